@@ -1,0 +1,1 @@
+"""MoE video models registered with transformers' Auto classes."""

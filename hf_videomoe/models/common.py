@@ -1,0 +1,164 @@
+"""Pieces shared by the two MoE video models: input checks, pixel normalisation, outputs, upcycling, weight init."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from transformers import PreTrainedModel
+from transformers import initialization as init
+from transformers.utils import ModelOutput
+
+from ..moe import MoeExperts, MoeRouter, SparseMoeBlock, moe_blocks, upcycle_mlp
+
+# ImageNet statistics, the convention of VideoMAE checkpoints (TimeSformer's use 0.45 / 0.225; see its config).
+IMAGENET_MEAN = [0.485, 0.456, 0.406]
+IMAGENET_STD = [0.229, 0.224, 0.225]
+# Pixel values produced by bilinear resizing or codecs can overshoot [0, 1] by a hair; anything beyond this is a
+# caller passing normalised or 0-255 pixels.
+_PIXEL_RANGE_TOLERANCE = 1e-3
+
+
+@dataclass
+class MoeVideoModelOutput(ModelOutput):
+    """Output of the MoE video backbones.
+
+    Args:
+        last_hidden_state: ``(batch, seq_len, hidden_size)``.
+        router_logits: one float32 tensor ``(batch, num_units, num_experts)`` per MoE layer, in layer order.
+        hidden_states: embeddings output plus every layer's output, when ``output_hidden_states=True``.
+        attentions: attention probabilities per layer, when ``output_attentions=True`` (needs eager attention).
+    """
+
+    last_hidden_state: torch.FloatTensor | None = None
+    router_logits: tuple[torch.FloatTensor, ...] | None = None
+    hidden_states: tuple[torch.FloatTensor, ...] | None = None
+    attentions: tuple[torch.FloatTensor, ...] | None = None
+
+
+@dataclass
+class MoeVideoClassifierOutput(ModelOutput):
+    """Output of the MoE video classifiers.
+
+    Args:
+        loss: cross-entropy plus ``aux_loss`` (when ``labels`` are given).
+        logits: ``(batch, num_labels)``.
+        aux_loss: the weighted load-balancing + z-loss (already multiplied by its coefficients).
+        router_logits: one ``(batch, num_units, num_experts)`` float32 tensor per MoE layer.
+        hidden_states, attentions: as in transformers' classifiers.
+    """
+
+    loss: torch.FloatTensor | None = None
+    logits: torch.FloatTensor | None = None
+    aux_loss: torch.FloatTensor | None = None
+    router_logits: tuple[torch.FloatTensor, ...] | None = None
+    hidden_states: tuple[torch.FloatTensor, ...] | None = None
+    attentions: tuple[torch.FloatTensor, ...] | None = None
+
+
+def validate_pixel_values(pixel_values, config, model_name: str) -> None:
+    """Raise a `ValueError`/`TypeError` naming the expected layout for anything the model cannot consume as is."""
+    size = config.image_size if isinstance(config.image_size, int) else tuple(config.image_size)[0]
+    expected = f"(batch, {config.num_frames}, {config.num_channels}, {size}, {size})"
+    if not isinstance(pixel_values, torch.Tensor):
+        raise TypeError(f"{model_name} expects `pixel_values` as a torch.Tensor {expected}, got {type(pixel_values)}.")
+    if not pixel_values.is_floating_point():
+        raise ValueError(
+            f"{model_name} expects float `pixel_values` in [0, 1] with shape {expected}, got dtype {pixel_values.dtype}"
+            " (divide uint8 frames by 255)."
+        )
+    if pixel_values.ndim != 5:
+        raise ValueError(
+            f"{model_name} expects `pixel_values` of rank 5 {expected} = (batch, frames, channels, height, width), "
+            f"got shape {tuple(pixel_values.shape)}."
+        )
+    _, frames, channels, height, width = pixel_values.shape
+    if (frames, channels, height, width) != (config.num_frames, config.num_channels, size, size):
+        raise ValueError(
+            f"{model_name} expects `pixel_values` of shape {expected}, got {tuple(pixel_values.shape)}. Sample or "
+            "resize the clip to the model's `num_frames` and `image_size`; channels go before height and width."
+        )
+    if pixel_values.numel() and not torch.compiler.is_compiling():
+        low, high = pixel_values.detach().aminmax()
+        if low < -_PIXEL_RANGE_TOLERANCE or high > 1 + _PIXEL_RANGE_TOLERANCE:
+            raise ValueError(
+                f"{model_name} expects raw pixels in [0, 1] (it normalises with `config.image_mean`/`image_std` "
+                f"itself), got values in [{float(low):.3f}, {float(high):.3f}]."
+            )
+
+
+def normalize_pixel_values(pixel_values: torch.Tensor, config, dtype: torch.dtype) -> torch.Tensor:
+    """``(x - image_mean) / image_std`` per channel, cast to the model's dtype."""
+    shape = (1, 1, -1, 1, 1)
+    mean = torch.tensor(config.image_mean, device=pixel_values.device, dtype=pixel_values.dtype).view(shape)
+    std = torch.tensor(config.image_std, device=pixel_values.device, dtype=pixel_values.dtype).view(shape)
+    return ((pixel_values - mean) / std).to(dtype)
+
+
+def init_moe_weights(module: nn.Module, std: float) -> None:
+    """`_init_weights` branch for the MoE parameters, which transformers' generic init does not know."""
+    if isinstance(module, MoeExperts):
+        init.normal_(module.up_proj, mean=0.0, std=std)
+        init.normal_(module.down_proj, mean=0.0, std=std)
+        init.zeros_(module.up_proj_bias)
+        init.zeros_(module.down_proj_bias)
+    elif isinstance(module, MoeRouter):
+        init.normal_(module.weight, mean=0.0, std=std)
+
+
+def upcycle_from_dense(
+    moe_cls: type[PreTrainedModel],
+    dense_cls: type[PreTrainedModel],
+    dense_model_or_path,
+    moe_config_kwargs: dict,
+    layers_attribute: str,
+) -> PreTrainedModel:
+    """Build ``moe_cls`` from a dense classifier, copying every shared weight and each MLP into its layer's experts.
+
+    Args:
+        moe_cls: the MoE classifier class.
+        dense_cls: the matching transformers classifier class, used to load a local path.
+        dense_model_or_path: a dense model instance or a local directory / Hub id loadable by ``dense_cls``.
+        moe_config_kwargs: the MoE fields (``num_experts``, ``moe_layers``, ...); ``None`` values are dropped.
+        layers_attribute: dotted path from the classifier to its ``nn.ModuleList`` of layers.
+    """
+    if isinstance(dense_model_or_path, (str, os.PathLike)):
+        path = os.fspath(dense_model_or_path)
+        if os.path.isdir(path) and not os.path.isfile(os.path.join(path, "config.json")):
+            raise ValueError(f"{path} is not a model directory: it has no config.json.")
+        dense = dense_cls.from_pretrained(path)
+    elif isinstance(dense_model_or_path, PreTrainedModel):
+        dense = dense_model_or_path
+    else:
+        raise TypeError(
+            f"from_dense expects a {dense_cls.__name__} or a path to one, got {type(dense_model_or_path).__name__}."
+        )
+    if moe_blocks(dense):
+        raise ValueError(f"{type(dense).__name__} already has MoE blocks; from_dense expects a dense model.")
+    expected_type = dense_cls.config_class.model_type
+    if dense.config.model_type != expected_type:
+        raise ValueError(f"from_dense for {moe_cls.__name__} needs a `{expected_type}` model, got `{dense.config.model_type}`.")
+
+    config_dict = dense.config.to_dict()
+    for key in ("model_type", "architectures", "transformers_version", "_name_or_path"):
+        config_dict.pop(key, None)
+    config_dict.update({k: v for k, v in moe_config_kwargs.items() if v is not None})
+    moe = moe_cls(moe_cls.config_class(**config_dict))
+    moe.to(dtype=next(dense.parameters()).dtype)
+
+    missing, unexpected = moe.load_state_dict(dense.state_dict(), strict=False)
+    # Only the MLPs of MoE layers may differ: they are copied into the experts below, routers keep their init.
+    moe_layer_prefixes = tuple(f"{layers_attribute}.{i}." for i in moe.config.moe_layers)
+    stray = [k for k in missing if not (k.startswith(moe_layer_prefixes) and (".mlp." in k))]
+    stray += [k for k in unexpected if not (k.startswith(moe_layer_prefixes) and (".intermediate." in k or ".output.dense" in k))]
+    if stray:
+        raise ValueError(f"Dense checkpoint does not map onto {moe_cls.__name__}: mismatched weights {stray[:8]}.")
+
+    dense_layers = dense.get_submodule(layers_attribute)
+    moe_layers = moe.get_submodule(layers_attribute)
+    for index in moe.config.moe_layers:
+        upcycle_mlp(moe_layers[index].mlp, dense_layers[index].intermediate.dense, dense_layers[index].output.dense)
+    moe.train(dense.training)
+    return moe

@@ -1,0 +1,65 @@
+"""VideoMAE-MoE configuration."""
+
+from __future__ import annotations
+
+from huggingface_hub.dataclasses import strict
+from transformers import VideoMAEConfig
+
+from ...moe.configuration_moe import validate_moe_fields
+from ..common import IMAGENET_MEAN, IMAGENET_STD
+
+
+@strict
+class VideoMAEMoeConfig(VideoMAEConfig):
+    r"""
+    Configuration of a VideoMAE encoder whose MLPs (in ``moe_layers``) are sparse Mixtures of Experts. All
+    [`~transformers.VideoMAEConfig`] fields apply; the extra ones are:
+
+    num_experts (`int`, defaults to 4): experts per MoE layer.
+    num_experts_per_tok (`int`, defaults to 1): top-k experts per routing unit (1 = the paper's hard top-1).
+    moe_layers (`list[int]`, *optional*): indices of layers whose MLP is an MoE; `None` means every layer.
+    router_granularity (`str`, defaults to `"token"`): `"token"`, `"frame"` (one decision per tubelet time step,
+        shared by its tokens) or `"clip"` (one decision per video).
+    router_aux_loss_coef (`float`, defaults to 0.01): weight of the Switch load-balancing loss in `loss`.
+    router_z_loss_coef (`float`, defaults to 0.001): weight of the router z-loss in `loss`.
+    router_jitter_noise (`float`, defaults to 0.0): multiplicative uniform noise on router inputs, training only.
+    output_router_logits (`bool`, defaults to `True`): return router logits and compute `aux_loss`. Attacks and
+        the trainers need them; turn off only for plain inference.
+    image_mean, image_std (`list[float]`): per-channel statistics used *inside* `forward` to normalise pixel values
+        given in [0, 1].
+
+    Invalid settings (top-k above `num_experts`, unknown granularity, `moe_layers` out of range, ...) raise
+    `ValueError` when the config is built.
+
+    Example:
+
+    ```python
+    >>> from hf_videomoe import VideoMAEMoeConfig, VideoMAEMoeForVideoClassification
+    >>> config = VideoMAEMoeConfig(image_size=32, patch_size=8, num_frames=8, hidden_size=64, num_hidden_layers=2,
+    ...                            num_attention_heads=2, intermediate_size=128, num_labels=8)
+    >>> model = VideoMAEMoeForVideoClassification(config)
+    ```"""
+
+    model_type = "videomae_moe"
+
+    num_experts: int = 4
+    num_experts_per_tok: int = 1
+    moe_layers: list[int] | None = None
+    router_granularity: str = "token"
+    router_aux_loss_coef: float = 0.01
+    router_z_loss_coef: float = 0.001
+    router_jitter_noise: float = 0.0
+    output_router_logits: bool = True
+    image_mean: list[float] | None = None
+    image_std: list[float] | None = None
+
+    def __post_init__(self, **kwargs):
+        if self.image_mean is None:
+            self.image_mean = list(IMAGENET_MEAN)
+        if self.image_std is None:
+            self.image_std = list(IMAGENET_STD)
+        validate_moe_fields(self)
+        super().__post_init__(**kwargs)
+
+
+__all__ = ["VideoMAEMoeConfig"]

@@ -1,0 +1,246 @@
+"""VideoMAE with sparse Mixture-of-Experts MLPs.
+
+Module names follow `transformers.models.videomae` (``videomae.embeddings``, ``videomae.encoder.layer.N.attention``,
+``fc_norm``, ``classifier``, ...) so that dense VideoMAE weights load onto every shared part; an MoE layer replaces
+``intermediate`` + ``output`` with ``mlp`` (router + stacked experts).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from transformers import VideoMAEForVideoClassification
+from transformers.models.videomae.modeling_videomae import (
+    VideoMAEAttention,
+    VideoMAEEmbeddings,
+    VideoMAEIntermediate,
+    VideoMAEOutput,
+    VideoMAEPreTrainedModel,
+)
+
+from ...moe import SparseMoeBlock, compute_aux_loss
+from ..common import (
+    MoeVideoClassifierOutput,
+    MoeVideoModelOutput,
+    init_moe_weights,
+    normalize_pixel_values,
+    upcycle_from_dense,
+    validate_pixel_values,
+)
+from .configuration_videomae_moe import VideoMAEMoeConfig
+
+
+def routing_units(config: VideoMAEMoeConfig, device=None) -> torch.Tensor | None:
+    """Token -> routing-unit map for VideoMAE's token order (tubelet time, patch row, patch column).
+
+    ``None`` means every token is its own unit (token routing).
+    """
+    patches_per_frame = (config.image_size // config.patch_size) ** 2
+    num_tokens = (config.num_frames // config.tubelet_size) * patches_per_frame
+    if config.router_granularity == "token":
+        return None
+    if config.router_granularity == "frame":
+        return torch.arange(num_tokens, device=device) // patches_per_frame
+    return torch.zeros(num_tokens, dtype=torch.long, device=device)
+
+
+class VideoMAEMoeLayer(nn.Module):
+    """A VideoMAE block whose MLP is either the stock dense one or a [`SparseMoeBlock`] (``is_moe``)."""
+
+    def __init__(self, config: VideoMAEMoeConfig, is_moe: bool):
+        super().__init__()
+        self.is_moe = is_moe
+        self.attention = VideoMAEAttention(config)
+        self.layernorm_before = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.layernorm_after = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        if is_moe:
+            self.mlp = SparseMoeBlock(config)
+            self.mlp_dropout = nn.Dropout(config.hidden_dropout_prob)
+        else:
+            self.intermediate = VideoMAEIntermediate(config)
+            self.output = VideoMAEOutput(config)
+
+    def forward(self, hidden_states: torch.Tensor, unit_index: torch.Tensor | None = None, **kwargs):
+        hidden_states_norm = self.layernorm_before(hidden_states)
+        context, attention_probs = self.attention.attention(hidden_states_norm, **kwargs)
+        hidden_states = self.attention.output(context, hidden_states_norm) + hidden_states
+
+        layer_input = self.layernorm_after(hidden_states)
+        if self.is_moe:
+            mlp_output, router_logits = self.mlp(layer_input, unit_index)
+            layer_output = self.mlp_dropout(mlp_output) + hidden_states
+        else:
+            layer_output = self.output(self.intermediate(layer_input), hidden_states)
+            router_logits = None
+        return layer_output, router_logits, attention_probs
+
+
+class VideoMAEMoeEncoder(nn.Module):
+    def __init__(self, config: VideoMAEMoeConfig):
+        super().__init__()
+        moe_layers = set(config.moe_layers)
+        self.layer = nn.ModuleList(
+            [VideoMAEMoeLayer(config, is_moe=i in moe_layers) for i in range(config.num_hidden_layers)]
+        )
+
+
+class VideoMAEMoePreTrainedModel(VideoMAEPreTrainedModel):
+    config_class = VideoMAEMoeConfig
+    config: VideoMAEMoeConfig
+    _no_split_modules = ["VideoMAEEmbeddings", "VideoMAEMoeLayer"]
+    _supports_flash_attn = False
+    _supports_flex_attn = False
+    # transformers decides whether `experts_implementation=` may be set by grepping the modeling file for the
+    # `@use_experts_implementation` decorator; ours lives in hf_videomoe.moe, so declare it.
+    _can_set_experts_implementation_cached_value = True
+    _can_record_outputs = {}
+
+    def _init_weights(self, module):
+        super()._init_weights(module)
+        init_moe_weights(module, self.config.initializer_range)
+
+
+class VideoMAEMoeModel(VideoMAEMoePreTrainedModel):
+    """The VideoMAE-MoE encoder. Takes ``pixel_values`` in [0, 1], ``(batch, frames, channels, height, width)``."""
+
+    def __init__(self, config: VideoMAEMoeConfig):
+        super().__init__(config)
+        self.embeddings = VideoMAEEmbeddings(config)
+        self.encoder = VideoMAEMoeEncoder(config)
+        self.layernorm = None if config.use_mean_pooling else nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.post_init()
+
+    def get_input_embeddings(self):
+        return self.embeddings.patch_embeddings
+
+    def forward(
+        self,
+        pixel_values: torch.Tensor,
+        output_router_logits: bool | None = None,
+        output_hidden_states: bool | None = None,
+        output_attentions: bool | None = None,
+        **kwargs,
+    ) -> MoeVideoModelOutput:
+        validate_pixel_values(pixel_values, self.config, type(self).__name__)
+        output_router_logits = self.config.output_router_logits if output_router_logits is None else output_router_logits
+        output_hidden_states = self.config.output_hidden_states if output_hidden_states is None else output_hidden_states
+        output_attentions = self.config.output_attentions if output_attentions is None else output_attentions
+
+        dtype = self.embeddings.patch_embeddings.projection.weight.dtype
+        hidden_states = self.embeddings(normalize_pixel_values(pixel_values, self.config, dtype), None)
+        unit_index = routing_units(self.config, hidden_states.device)
+
+        all_hidden_states = [hidden_states] if output_hidden_states else None
+        all_attentions = [] if output_attentions else None
+        all_router_logits = []
+        for layer in self.encoder.layer:
+            hidden_states, router_logits, attention_probs = layer(hidden_states, unit_index, **kwargs)
+            if router_logits is not None:
+                all_router_logits.append(router_logits)
+            if output_hidden_states:
+                all_hidden_states.append(hidden_states)
+            if output_attentions:
+                all_attentions.append(attention_probs)
+        if self.layernorm is not None:
+            hidden_states = self.layernorm(hidden_states)
+
+        return MoeVideoModelOutput(
+            last_hidden_state=hidden_states,
+            router_logits=tuple(all_router_logits) if output_router_logits else None,
+            hidden_states=tuple(all_hidden_states) if output_hidden_states else None,
+            attentions=tuple(all_attentions) if output_attentions else None,
+        )
+
+
+class VideoMAEMoeForVideoClassification(VideoMAEMoePreTrainedModel):
+    """VideoMAE-MoE with VideoMAE's classification head (mean pooling + ``fc_norm``, or the first token).
+
+    ``loss`` is the cross-entropy plus ``aux_loss`` (load-balancing and z-loss, already weighted by their config
+    coefficients) when ``labels`` are given.
+    """
+
+    def __init__(self, config: VideoMAEMoeConfig):
+        super().__init__(config)
+        self.num_labels = config.num_labels
+        self.videomae = VideoMAEMoeModel(config)
+        self.fc_norm = nn.LayerNorm(config.hidden_size) if config.use_mean_pooling else None
+        self.classifier = nn.Linear(config.hidden_size, config.num_labels) if config.num_labels > 0 else nn.Identity()
+        self.post_init()
+
+    def forward(
+        self,
+        pixel_values: torch.Tensor | None = None,
+        labels: torch.Tensor | None = None,
+        output_router_logits: bool | None = None,
+        output_hidden_states: bool | None = None,
+        output_attentions: bool | None = None,
+        **kwargs,
+    ) -> MoeVideoClassifierOutput:
+        output_router_logits = self.config.output_router_logits if output_router_logits is None else output_router_logits
+        outputs = self.videomae(
+            pixel_values,
+            output_router_logits=True,
+            output_hidden_states=output_hidden_states,
+            output_attentions=output_attentions,
+            **kwargs,
+        )
+        sequence_output = outputs.last_hidden_state
+        if self.fc_norm is not None:
+            pooled = self.fc_norm(sequence_output.mean(1))
+        else:
+            pooled = sequence_output[:, 0]
+        logits = self.classifier(pooled)
+
+        aux_loss = compute_aux_loss(outputs.router_logits, self.config) if output_router_logits else None
+        loss = None
+        if labels is not None:
+            loss = nn.functional.cross_entropy(logits.float(), labels.to(logits.device).long())
+            if aux_loss is not None:
+                loss = loss + aux_loss.to(loss.device)
+
+        return MoeVideoClassifierOutput(
+            loss=loss,
+            logits=logits,
+            aux_loss=aux_loss,
+            router_logits=outputs.router_logits if output_router_logits else None,
+            hidden_states=outputs.hidden_states,
+            attentions=outputs.attentions,
+        )
+
+    @classmethod
+    def from_dense(
+        cls,
+        dense_model_or_path,
+        num_experts: int = 4,
+        num_experts_per_tok: int = 1,
+        moe_layers: list[int] | None = None,
+        router_granularity: str = "token",
+        image_mean: list[float] | None = None,
+        image_std: list[float] | None = None,
+        **config_kwargs,
+    ) -> "VideoMAEMoeForVideoClassification":
+        """Upcycle a dense [`~transformers.VideoMAEForVideoClassification`] (instance, local directory or Hub id).
+
+        Every expert starts as a copy of its layer's dense MLP, so at initialisation the MoE model's logits on pixels
+        ``x`` in [0, 1] equal the dense model's logits on ``(x - image_mean) / image_std``. ``image_mean`` /
+        ``image_std`` default to ImageNet statistics (VideoMAE's); pass the dense checkpoint's processor statistics
+        if they differ. Extra keyword arguments set other MoE config fields (e.g. ``router_aux_loss_coef``).
+        """
+        return upcycle_from_dense(
+            cls,
+            VideoMAEForVideoClassification,
+            dense_model_or_path,
+            dict(
+                num_experts=num_experts,
+                num_experts_per_tok=num_experts_per_tok,
+                moe_layers=moe_layers,
+                router_granularity=router_granularity,
+                image_mean=image_mean,
+                image_std=image_std,
+                **config_kwargs,
+            ),
+            layers_attribute="videomae.encoder.layer",
+        )
+
+
+__all__ = ["VideoMAEMoeForVideoClassification", "VideoMAEMoeModel", "VideoMAEMoePreTrainedModel"]

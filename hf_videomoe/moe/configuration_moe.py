@@ -1,0 +1,42 @@
+"""Validation shared by the MoE model configs (both configs declare the same MoE fields)."""
+
+from __future__ import annotations
+
+from .modeling_moe import ROUTER_GRANULARITIES
+
+
+def validate_moe_fields(config) -> None:
+    """Raise `ValueError` for MoE settings that cannot work; normalise ``moe_layers`` to a sorted list."""
+    if not isinstance(config.num_experts, int) or config.num_experts < 1:
+        raise ValueError(f"`num_experts` must be a positive int, got {config.num_experts!r}.")
+    if not isinstance(config.num_experts_per_tok, int) or not 1 <= config.num_experts_per_tok <= config.num_experts:
+        raise ValueError(
+            f"`num_experts_per_tok` (top-k) must be an int in [1, num_experts={config.num_experts}], "
+            f"got {config.num_experts_per_tok!r}."
+        )
+    if config.router_granularity not in ROUTER_GRANULARITIES:
+        raise ValueError(
+            f"`router_granularity` must be one of {ROUTER_GRANULARITIES}, got {config.router_granularity!r}."
+        )
+    num_layers = config.num_hidden_layers
+    if config.moe_layers is None:
+        config.moe_layers = list(range(num_layers))
+    layers = [int(i) for i in config.moe_layers]
+    bad = [i for i in layers if not 0 <= i < num_layers]
+    if bad:
+        raise ValueError(f"`moe_layers` indices {bad} are out of range for num_hidden_layers={num_layers}.")
+    if len(set(layers)) != len(layers):
+        raise ValueError(f"`moe_layers` has duplicate indices: {layers}.")
+    config.moe_layers = sorted(layers)
+    for name in ("router_aux_loss_coef", "router_z_loss_coef", "router_jitter_noise"):
+        value = getattr(config, name)
+        if value < 0:
+            raise ValueError(f"`{name}` must be >= 0, got {value}.")
+    if config.router_jitter_noise >= 1:
+        raise ValueError(f"`router_jitter_noise` must be < 1, got {config.router_jitter_noise}.")
+    for name in ("image_mean", "image_std"):
+        value = getattr(config, name)
+        if len(value) != config.num_channels:
+            raise ValueError(f"`{name}` needs {config.num_channels} values (one per channel), got {list(value)}.")
+    if any(s <= 0 for s in config.image_std):
+        raise ValueError(f"`image_std` must be positive, got {list(config.image_std)}.")

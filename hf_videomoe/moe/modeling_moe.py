@@ -1,0 +1,188 @@
+"""The sparse Mixture-of-Experts MLP shared by VideoMAE-MoE and TimeSformer-MoE.
+
+A block replaces a transformer layer's MLP (``dense -> act -> dense``) with ``num_experts`` copies of that MLP and a
+linear router. Routing decisions are made per *routing unit*: a token, a frame (all tokens of one frame share one
+decision) or a clip (one decision per video). The router runs in float32 whatever the model dtype, because top-k on
+bf16 logits flips decisions between otherwise identical runs.
+
+There is no capacity factor and no token dropping: every token is computed by the experts it is routed to, so in eval
+mode a clip's output does not depend on what else is in the batch (attacks and per-sample evaluation rely on that).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers.activations import ACT2FN
+from transformers.integrations.moe import use_experts_implementation
+
+ROUTER_GRANULARITIES = ("token", "frame", "clip")
+
+
+class MoeRouter(nn.Module):
+    """Linear router ``hidden_size -> num_experts`` evaluated in float32.
+
+    Returns the raw router logits of shape ``(batch, num_units, num_experts)``; selection happens in
+    [`SparseMoeBlock`] so that forced routing and jitter live in one place.
+    """
+
+    def __init__(self, hidden_size: int, num_experts: int):
+        super().__init__()
+        self.num_experts = num_experts
+        self.weight = nn.Parameter(torch.empty(num_experts, hidden_size))
+        nn.init.normal_(self.weight, std=0.02)
+
+    def forward(self, unit_states: torch.Tensor) -> torch.Tensor:
+        return F.linear(unit_states.float(), self.weight.float())
+
+
+@use_experts_implementation(has_bias=True, has_gate=False)
+class MoeExperts(nn.Module):
+    """``num_experts`` ViT MLPs (``up_proj -> act -> down_proj``, with biases) stored as stacked 3-D parameters.
+
+    The layout (``up_proj``: ``(E, intermediate, hidden)``, ``down_proj``: ``(E, hidden, intermediate)``) is the one
+    transformers' experts kernels expect, so ``experts_implementation="grouped_mm" | "batched_mm" | "eager"`` selects
+    the kernel through the model config exactly as for Mixtral. ``forward`` below is the eager path: a loop over the
+    experts that received tokens, computing each expert only on its own tokens.
+    """
+
+    def __init__(self, config):
+        super().__init__()
+        self.num_experts = config.num_experts
+        self.hidden_dim = config.hidden_size
+        self.intermediate_dim = config.intermediate_size
+        self.up_proj = nn.Parameter(torch.empty(self.num_experts, self.intermediate_dim, self.hidden_dim))
+        self.up_proj_bias = nn.Parameter(torch.zeros(self.num_experts, self.intermediate_dim))
+        self.down_proj = nn.Parameter(torch.empty(self.num_experts, self.hidden_dim, self.intermediate_dim))
+        self.down_proj_bias = nn.Parameter(torch.zeros(self.num_experts, self.hidden_dim))
+        self.act_fn = ACT2FN[config.hidden_act] if isinstance(config.hidden_act, str) else config.hidden_act
+        std = getattr(config, "initializer_range", 0.02)
+        nn.init.trunc_normal_(self.up_proj, std=std)
+        nn.init.trunc_normal_(self.down_proj, std=std)
+
+    def forward(
+        self, hidden_states: torch.Tensor, top_k_index: torch.Tensor, top_k_weights: torch.Tensor
+    ) -> torch.Tensor:
+        final_hidden_states = torch.zeros_like(hidden_states)
+        with torch.no_grad():
+            expert_mask = F.one_hot(top_k_index, num_classes=self.num_experts).permute(2, 1, 0)
+            experts_hit = torch.greater(expert_mask.sum(dim=(-1, -2)), 0).nonzero().flatten().tolist()
+        for expert_idx in experts_hit:
+            top_k_pos, token_idx = torch.where(expert_mask[expert_idx])
+            current = F.linear(hidden_states[token_idx], self.up_proj[expert_idx], self.up_proj_bias[expert_idx])
+            current = self.act_fn(current)
+            current = F.linear(current, self.down_proj[expert_idx], self.down_proj_bias[expert_idx])
+            current = current * top_k_weights[token_idx, top_k_pos, None].to(current.dtype)
+            final_hidden_states.index_add_(0, token_idx, current.to(final_hidden_states.dtype))
+        return final_hidden_states
+
+
+def naive_experts_forward(
+    experts: MoeExperts, hidden_states: torch.Tensor, top_k_index: torch.Tensor, top_k_weights: torch.Tensor
+) -> torch.Tensor:
+    """Reference implementation: every expert on every token, then a weighted sum of the selected ones.
+
+    Used by the tests to check the sparse kernels; never used for real work (it costs ``num_experts`` times more).
+    """
+    up = torch.einsum("nd,eid->nei", hidden_states, experts.up_proj) + experts.up_proj_bias
+    down = torch.einsum("nei,edi->ned", experts.act_fn(up), experts.down_proj) + experts.down_proj_bias
+    selected = torch.gather(down, 1, top_k_index[..., None].expand(-1, -1, down.shape[-1]))
+    return (selected * top_k_weights[..., None].to(selected.dtype)).sum(dim=1)
+
+
+class SparseMoeBlock(nn.Module):
+    """Router + experts replacing one transformer MLP.
+
+    Args:
+        config: a model config carrying ``hidden_size``, ``intermediate_size``, ``hidden_act``, ``num_experts``,
+            ``num_experts_per_tok``, ``router_jitter_noise``.
+
+    Forward inputs are the (already layer-normed) hidden states ``(batch, seq_len, hidden)`` and ``unit_index``, a
+    ``(seq_len,)`` long tensor mapping every token to its routing unit (see the models' ``routing_units``). The router
+    sees the mean hidden state of each unit; all tokens of a unit share its top-k experts and weights.
+
+    Returns ``(hidden_states, router_logits)`` with ``router_logits`` of shape ``(batch, num_units, num_experts)`` in
+    float32.
+    """
+
+    def __init__(self, config):
+        super().__init__()
+        self.num_experts = config.num_experts
+        self.top_k = config.num_experts_per_tok
+        self.jitter_noise = config.router_jitter_noise
+        self.router = MoeRouter(config.hidden_size, config.num_experts)
+        self.experts = MoeExperts(config)
+        # Set by `force_experts`: an expert index every unit is sent to with weight 1 (used to evaluate E_i(x)).
+        self.forced_expert: int | None = None
+
+    def route(self, router_logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Top-k selection with weights renormalised over the selected experts (or the forced expert)."""
+        if self.forced_expert is not None:
+            top_k_index = torch.full_like(router_logits[..., :1], self.forced_expert, dtype=torch.long)
+            return top_k_index, torch.ones_like(router_logits[..., :1])
+        router_probs = router_logits.softmax(dim=-1)
+        top_k_weights, top_k_index = torch.topk(router_probs, self.top_k, dim=-1)
+        top_k_weights = top_k_weights / top_k_weights.sum(dim=-1, keepdim=True)
+        return top_k_index, top_k_weights
+
+    def forward(
+        self, hidden_states: torch.Tensor, unit_index: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        batch_size, seq_len, hidden_dim = hidden_states.shape
+        if unit_index is None:
+            unit_states = hidden_states
+        else:
+            num_units = int(unit_index.max()) + 1
+            unit_states = hidden_states.new_zeros(batch_size, num_units, hidden_dim).index_add(1, unit_index, hidden_states)
+            counts = torch.bincount(unit_index, minlength=num_units).to(hidden_states.dtype)
+            unit_states = unit_states / counts[None, :, None]
+        if self.training and self.jitter_noise > 0:
+            noise = torch.empty_like(unit_states).uniform_(1.0 - self.jitter_noise, 1.0 + self.jitter_noise)
+            unit_states = unit_states * noise
+
+        router_logits = self.router(unit_states)
+        top_k_index, top_k_weights = self.route(router_logits)
+        if unit_index is not None:
+            top_k_index = top_k_index[:, unit_index]
+            top_k_weights = top_k_weights[:, unit_index]
+
+        flat_states = hidden_states.reshape(-1, hidden_dim)
+        out = self.experts(
+            flat_states, top_k_index.reshape(flat_states.shape[0], -1), top_k_weights.reshape(flat_states.shape[0], -1)
+        )
+        return out.reshape(batch_size, seq_len, hidden_dim), router_logits
+
+
+def load_balancing_loss(router_logits: tuple[torch.Tensor, ...], num_experts: int, top_k: int) -> torch.Tensor:
+    """Switch-Transformer load-balancing loss, averaged over MoE layers.
+
+    For each layer: ``num_experts * sum_e f_e * P_e`` where ``f_e`` is the fraction of routing slots (unit x top-k)
+    assigned to expert ``e`` and ``P_e`` the mean router probability of ``e``. Equals 1 for perfectly uniform routing.
+    """
+    losses = []
+    for logits in router_logits:
+        probs = logits.float().reshape(-1, num_experts).softmax(dim=-1)
+        selected = torch.topk(probs, top_k, dim=-1).indices
+        tokens_per_expert = F.one_hot(selected, num_experts).float().mean(dim=(0, 1))
+        losses.append(num_experts * (tokens_per_expert * probs.mean(dim=0)).sum())
+    return torch.stack(losses).mean()
+
+
+def router_z_loss(router_logits: tuple[torch.Tensor, ...]) -> torch.Tensor:
+    """ST-MoE router z-loss: mean squared log-partition of the router logits, averaged over layers."""
+    return torch.stack([torch.logsumexp(logits.float(), dim=-1).pow(2).mean() for logits in router_logits]).mean()
+
+
+def compute_aux_loss(router_logits: tuple[torch.Tensor, ...], config) -> torch.Tensor | None:
+    """The weighted auxiliary loss a model adds to its task loss: ``aux_coef * balance + z_coef * z``."""
+    if not router_logits:
+        return None
+    aux = router_logits[0].new_zeros(())
+    if config.router_aux_loss_coef:
+        aux = aux + config.router_aux_loss_coef * load_balancing_loss(
+            router_logits, config.num_experts, config.num_experts_per_tok
+        )
+    if config.router_z_loss_coef:
+        aux = aux + config.router_z_loss_coef * router_z_loss(router_logits)
+    return aux

@@ -1,0 +1,107 @@
+"""Routing control: find the MoE blocks of a model, force experts, split router and expert parameters."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator, Sequence
+
+import torch
+from torch import nn
+
+from .modeling_moe import SparseMoeBlock
+
+
+def moe_blocks(model: nn.Module) -> list[SparseMoeBlock]:
+    """All [`SparseMoeBlock`]s of ``model`` in layer order (empty for a dense model)."""
+    return [module for module in model.modules() if isinstance(module, SparseMoeBlock)]
+
+
+def is_moe_model(model: nn.Module) -> bool:
+    """Whether ``model`` has at least one sparse MoE block (i.e. routers that component attacks can target)."""
+    return len(moe_blocks(model)) > 0
+
+
+def _require_moe(model: nn.Module, what: str) -> list[SparseMoeBlock]:
+    blocks = moe_blocks(model)
+    if not blocks:
+        raise ValueError(
+            f"{what} needs a Mixture-of-Experts model, but {type(model).__name__} has no SparseMoeBlock. "
+            "Upcycle a dense model with `VideoMAEMoeForVideoClassification.from_dense(...)` (or the TimeSformer "
+            "equivalent) first."
+        )
+    return blocks
+
+
+@contextlib.contextmanager
+def force_experts(model: nn.Module, experts: int | Sequence[int]):
+    """Route every unit of every MoE layer to a fixed expert (weight 1) inside the ``with`` block.
+
+    This computes E_i(x), "the model with routing forced to expert i". Router logits are still computed and returned,
+    so router objectives keep working while experts are forced.
+
+    Args:
+        model: a model with MoE blocks.
+        experts: one expert index for all layers, or one index per MoE layer.
+    """
+    blocks = _require_moe(model, "force_experts")
+    if isinstance(experts, int):
+        experts = [experts] * len(blocks)
+    experts = list(experts)
+    if len(experts) != len(blocks):
+        raise ValueError(f"force_experts got {len(experts)} expert indices for {len(blocks)} MoE layers.")
+    for block, expert in zip(blocks, experts):
+        if not 0 <= int(expert) < block.num_experts:
+            raise ValueError(f"Expert index {expert} is out of range for a block with {block.num_experts} experts.")
+    previous = [block.forced_expert for block in blocks]
+    try:
+        for block, expert in zip(blocks, experts):
+            block.forced_expert = int(expert)
+        yield model
+    finally:
+        for block, prev in zip(blocks, previous):
+            block.forced_expert = prev
+
+
+def named_router_parameters(model: nn.Module) -> Iterator[tuple[str, nn.Parameter]]:
+    """``(name, parameter)`` for every router weight of ``model``."""
+    for name, param in model.named_parameters():
+        if ".router." in f".{name}":
+            yield name, param
+
+
+def named_expert_parameters(model: nn.Module) -> Iterator[tuple[str, nn.Parameter]]:
+    """``(name, parameter)`` for every expert weight (stacked up/down projections and biases) of ``model``."""
+    for name, param in model.named_parameters():
+        if ".experts." in f".{name}":
+            yield name, param
+
+
+def router_parameters(model: nn.Module) -> Iterator[nn.Parameter]:
+    """Router parameters only (J-TLAT step 1 trains these)."""
+    for _, param in named_router_parameters(model):
+        yield param
+
+
+def expert_parameters(model: nn.Module) -> Iterator[nn.Parameter]:
+    """Expert parameters only (J-TLAT step 2 trains these)."""
+    for _, param in named_expert_parameters(model):
+        yield param
+
+
+def router_probabilities(router_logits: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+    """Softmax of each layer's router logits, ``(batch, num_units, num_experts)`` in float32."""
+    return [logits.float().softmax(dim=-1) for logits in router_logits]
+
+
+def clip_router_probabilities(router_logits: Sequence[torch.Tensor]) -> torch.Tensor:
+    """Router probabilities averaged over routing units and MoE layers: ``(batch, num_experts)``.
+
+    This is "R(x)" at clip level, used to pick a clip's top-2 experts (J-TLAT step 2) or its weakest expert
+    (TLGA-R's guidance target).
+    """
+    return torch.stack([probs.mean(dim=1) for probs in router_probabilities(router_logits)]).mean(dim=0)
+
+
+def selected_experts(router_logits: Sequence[torch.Tensor], top_k: int) -> list[torch.Tensor]:
+    """Top-k expert indices per layer, ``(batch, num_units, top_k)``."""
+    return [torch.topk(logits, top_k, dim=-1).indices for logits in router_logits]
