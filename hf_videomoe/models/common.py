@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import os
+import pickle
 from dataclasses import dataclass
 
 import torch
@@ -10,6 +12,11 @@ from torch import nn
 from transformers import PreTrainedModel
 from transformers import initialization as init
 from transformers.utils import ModelOutput
+
+try:
+    from safetensors import SafetensorError
+except ImportError:  # pragma: no cover - safetensors is a transformers dependency
+    SafetensorError = OSError
 
 from ..moe import MoeExperts, MoeRouter, SparseMoeBlock, moe_blocks, upcycle_mlp
 
@@ -58,6 +65,38 @@ class MoeVideoClassifierOutput(ModelOutput):
     attentions: tuple[torch.FloatTensor, ...] | None = None
 
 
+def _looks_like_local_path(path: str) -> bool:
+    """Whether ``path`` can only be a filesystem path (a Hub id is ``name`` or ``namespace/name``)."""
+    return os.path.isabs(path) or path.startswith((".", "~")) or path.count("/") > 1 or "\\" in path
+
+
+class ClearCheckpointErrorsMixin:
+    """``from_pretrained`` that turns missing / corrupt local checkpoints into one clear `OSError`.
+
+    transformers reports a missing local directory as an invalid Hub repo id, a directory without ``config.json``
+    as a size-mismatch report against a default config, and a truncated ``model.safetensors`` as a bare
+    ``SafetensorError`` from deep inside the loader. Auto classes dispatch to this method too.
+    """
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path, *model_args, **kwargs):
+        path = os.fspath(pretrained_model_name_or_path) if isinstance(pretrained_model_name_or_path, (str, os.PathLike)) else None
+        if path is not None:
+            if _looks_like_local_path(path) and not os.path.exists(os.path.expanduser(path)):
+                raise OSError(f"Could not load {cls.__name__} from {path}: no such file or directory.")
+            if os.path.isdir(path) and kwargs.get("config") is None and not os.path.isfile(os.path.join(path, "config.json")):
+                raise OSError(
+                    f"Could not load {cls.__name__} from {path}: the directory has no config.json (save checkpoints "
+                    "with `model.save_pretrained(path)`)."
+                )
+        try:
+            return super().from_pretrained(pretrained_model_name_or_path, *model_args, **kwargs)
+        except (SafetensorError, pickle.UnpicklingError, EOFError) as err:
+            raise OSError(
+                f"Could not load {cls.__name__} from {path}: the checkpoint looks corrupt ({type(err).__name__}: {err})."
+            ) from err
+
+
 def validate_pixel_values(pixel_values, config, model_name: str) -> None:
     """Raise a `ValueError`/`TypeError` naming the expected layout for anything the model cannot consume as is."""
     size = config.image_size if isinstance(config.image_size, int) else tuple(config.image_size)[0]
@@ -84,8 +123,8 @@ def validate_pixel_values(pixel_values, config, model_name: str) -> None:
         low, high = pixel_values.detach().aminmax()
         if low < -_PIXEL_RANGE_TOLERANCE or high > 1 + _PIXEL_RANGE_TOLERANCE:
             raise ValueError(
-                f"{model_name} expects raw pixels in [0, 1] (it normalises with `config.image_mean`/`image_std` "
-                f"itself), got values in [{float(low):.3f}, {float(high):.3f}]."
+                f"{model_name} expects raw pixels in [0, 1] with shape {expected} (it normalises with "
+                f"`config.image_mean`/`image_std` itself), got values in [{float(low):.3f}, {float(high):.3f}]."
             )
 
 
@@ -126,8 +165,23 @@ def upcycle_from_dense(
     """
     if isinstance(dense_model_or_path, (str, os.PathLike)):
         path = os.fspath(dense_model_or_path)
+        if _looks_like_local_path(path) and not os.path.exists(os.path.expanduser(path)):
+            raise OSError(f"from_dense: no dense checkpoint at {path} (no such file or directory).")
         if os.path.isdir(path) and not os.path.isfile(os.path.join(path, "config.json")):
             raise ValueError(f"{path} is not a model directory: it has no config.json.")
+        if os.path.isdir(path):
+            # Reject a checkpoint of another architecture before transformers loads it (noisily) into the wrong class.
+            try:
+                with open(os.path.join(path, "config.json"), encoding="utf-8") as f:
+                    saved_type = json.load(f).get("model_type")
+            except (OSError, ValueError, AttributeError):
+                saved_type = None
+            expected_type = dense_cls.config_class.model_type
+            if saved_type is not None and saved_type != expected_type:
+                raise ValueError(
+                    f"from_dense for {moe_cls.__name__} needs a `{expected_type}` checkpoint, but {path} holds a "
+                    f"`{saved_type}` model."
+                )
         dense = dense_cls.from_pretrained(path)
     elif isinstance(dense_model_or_path, PreTrainedModel):
         dense = dense_model_or_path

@@ -64,17 +64,28 @@ class MoeExperts(nn.Module):
     def forward(
         self, hidden_states: torch.Tensor, top_k_index: torch.Tensor, top_k_weights: torch.Tensor
     ) -> torch.Tensor:
+        # Group the (token, slot) pairs by expert with one sort, then run each expert that received tokens on exactly
+        # its tokens. One host sync (the per-expert counts); on CPU this is the fastest kernel (see docs/bench_moe.md).
+        top_k = top_k_index.shape[-1]
+        flat_index = top_k_index.reshape(-1)
+        order = torch.argsort(flat_index, stable=True)
+        counts = torch.bincount(flat_index, minlength=self.num_experts).tolist()
+        token_of_slot = order // top_k if top_k > 1 else order
+        slot_weights = top_k_weights.reshape(-1)[order]
         final_hidden_states = torch.zeros_like(hidden_states)
-        with torch.no_grad():
-            expert_mask = F.one_hot(top_k_index, num_classes=self.num_experts).permute(2, 1, 0)
-            experts_hit = torch.greater(expert_mask.sum(dim=(-1, -2)), 0).nonzero().flatten().tolist()
-        for expert_idx in experts_hit:
-            top_k_pos, token_idx = torch.where(expert_mask[expert_idx])
-            current = F.linear(hidden_states[token_idx], self.up_proj[expert_idx], self.up_proj_bias[expert_idx])
+        start = 0
+        for expert_idx, count in enumerate(counts):
+            if count == 0:
+                continue
+            end = start + count
+            tokens = token_of_slot[start:end]
+            current = hidden_states.index_select(0, tokens)
+            current = F.linear(current, self.up_proj[expert_idx], self.up_proj_bias[expert_idx])
             current = self.act_fn(current)
             current = F.linear(current, self.down_proj[expert_idx], self.down_proj_bias[expert_idx])
-            current = current * top_k_weights[token_idx, top_k_pos, None].to(current.dtype)
-            final_hidden_states.index_add_(0, token_idx, current.to(final_hidden_states.dtype))
+            current = current * slot_weights[start:end, None].to(current.dtype)
+            final_hidden_states.index_add_(0, tokens, current.to(final_hidden_states.dtype))
+            start = end
         return final_hidden_states
 
 

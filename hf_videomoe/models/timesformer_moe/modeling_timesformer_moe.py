@@ -21,6 +21,7 @@ from transformers.models.timesformer.modeling_timesformer import (
 
 from ...moe import SparseMoeBlock, compute_aux_loss
 from ..common import (
+    ClearCheckpointErrorsMixin,
     MoeVideoClassifierOutput,
     MoeVideoModelOutput,
     init_moe_weights,
@@ -132,7 +133,7 @@ class TimesformerMoeEncoder(nn.Module):
         )
 
 
-class TimesformerMoePreTrainedModel(TimesformerPreTrainedModel):
+class TimesformerMoePreTrainedModel(ClearCheckpointErrorsMixin, TimesformerPreTrainedModel):
     config_class = TimesformerMoeConfig
     config: TimesformerMoeConfig
     input_modalities = ("video",)

@@ -20,6 +20,7 @@ from transformers.models.videomae.modeling_videomae import (
 
 from ...moe import SparseMoeBlock, compute_aux_loss
 from ..common import (
+    ClearCheckpointErrorsMixin,
     MoeVideoClassifierOutput,
     MoeVideoModelOutput,
     init_moe_weights,
@@ -60,9 +61,9 @@ class VideoMAEMoeLayer(nn.Module):
             self.intermediate = VideoMAEIntermediate(config)
             self.output = VideoMAEOutput(config)
 
-    def forward(self, hidden_states: torch.Tensor, unit_index: torch.Tensor | None = None, **kwargs):
+    def forward(self, hidden_states: torch.Tensor, unit_index: torch.Tensor | None = None):
         hidden_states_norm = self.layernorm_before(hidden_states)
-        context, attention_probs = self.attention.attention(hidden_states_norm, **kwargs)
+        context, attention_probs = self.attention.attention(hidden_states_norm)
         hidden_states = self.attention.output(context, hidden_states_norm) + hidden_states
 
         layer_input = self.layernorm_after(hidden_states)
@@ -84,7 +85,7 @@ class VideoMAEMoeEncoder(nn.Module):
         )
 
 
-class VideoMAEMoePreTrainedModel(VideoMAEPreTrainedModel):
+class VideoMAEMoePreTrainedModel(ClearCheckpointErrorsMixin, VideoMAEPreTrainedModel):
     config_class = VideoMAEMoeConfig
     config: VideoMAEMoeConfig
     _no_split_modules = ["VideoMAEEmbeddings", "VideoMAEMoeLayer"]
@@ -134,7 +135,7 @@ class VideoMAEMoeModel(VideoMAEMoePreTrainedModel):
         all_attentions = [] if output_attentions else None
         all_router_logits = []
         for layer in self.encoder.layer:
-            hidden_states, router_logits, attention_probs = layer(hidden_states, unit_index, **kwargs)
+            hidden_states, router_logits, attention_probs = layer(hidden_states, unit_index)
             if router_logits is not None:
                 all_router_logits.append(router_logits)
             if output_hidden_states:
@@ -182,7 +183,6 @@ class VideoMAEMoeForVideoClassification(VideoMAEMoePreTrainedModel):
             output_router_logits=True,
             output_hidden_states=output_hidden_states,
             output_attentions=output_attentions,
-            **kwargs,
         )
         sequence_output = outputs.last_hidden_state
         if self.fc_norm is not None:

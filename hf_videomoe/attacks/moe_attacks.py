@@ -1,0 +1,214 @@
+"""The paper's component-level attacks on video Mixture-of-Experts (Wang et al., ICLR 2026).
+
+With F the MoE classifier, R its routers (all MoE layers, every routing unit), E_i the model with routing forced to
+expert i, r(x) the clean top-1 routing decision of each unit and ŷ_R the clip's weakest clean expert:
+
+==========  ===========================================================================  =====================
+name        objective (maximised)                                                        best iterate
+==========  ===========================================================================  =====================
+``pgd-r``   CE(R(x+δ), r(x)), plain sign steps                                            highest objective
+``tla-r``   ℓ_Router = CE(R(x+δ), r(x)) + λ·L_Lip(R)                                      highest objective
+``tlga-r``  ℓ*_Router = ℓ_Router − γ1·CE(R(x+δ), ŷ_R)                                     highest objective
+``tla-e``   CE(E_i(x+δ), y) + λ·L_Lip(E_i), i = clean top-1 expert of the clip            E_i misclassifies
+``tla-m``   ℓ_MoE = CE(F(x+δ), y) + λ·L_Lip(F)                                            F misclassifies
+``j-tla``   ℓ_MoE + γ2·ℓ_Router                                                           F misclassifies
+``j-tlga``  ℓ_MoE + γ2·ℓ*_Router                                                          F misclassifies
+==========  ===========================================================================  =====================
+
+All but ``pgd-r`` use the temporal adaptive step (``temporal_step="published"``). ``tla-m`` only needs logits and
+also applies to dense models.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .engine import GradientAttack, _check_real
+from .objectives import Objective
+
+DEFAULT_LIPSCHITZ_WEIGHT = 0.01
+"""λ: weight of the Lipschitz ratios (see docs/METHOD.md for the calibration)."""
+DEFAULT_GUIDANCE_WEIGHT = 1.0
+"""γ1: weight of the guidance CE toward the weakest expert in ℓ*_Router."""
+DEFAULT_ROUTER_WEIGHT = 1.0
+"""γ2: weight of the router loss in the joint attacks."""
+
+__all__ = [
+    "DEFAULT_GUIDANCE_WEIGHT",
+    "DEFAULT_LIPSCHITZ_WEIGHT",
+    "DEFAULT_ROUTER_WEIGHT",
+    "JTLA",
+    "JTLGA",
+    "PGDR",
+    "TLAE",
+    "TLAM",
+    "TLAR",
+    "TLGAR",
+]
+
+
+class _RouterAttack(GradientAttack):
+    """Attacks whose objective is the routing itself: no labels, no targeted mode, best iterate by objective."""
+
+    requires_moe = True
+    requires_labels = False
+    supports_targeted = False
+    default_selection = "objective"
+
+
+class PGDR(_RouterAttack):
+    """PGD-R: plain sign-PGD on the router consistency CE (flip each unit's clean top-1 routing decision).
+
+    Takes every [`Attack`] / [`GradientAttack`] argument (``temporal_step`` defaults to ``"uniform"``). Labels are not
+    needed.
+    """
+
+    name = "pgd-r"
+
+    def build_objective(self) -> Objective:
+        return Objective(loss=None, router_ce_weight=1.0)
+
+
+class TLAR(_RouterAttack):
+    """TLA-R: temporal Lipschitz attack on the routers, ℓ_Router = CE(R(x+δ), r(x)) + λ·L_Lip(R), with temporal
+    adaptive steps.
+
+    Args (besides [`GradientAttack`]'s; ``temporal_step`` defaults to ``"published"``):
+        lipschitz_weight: λ.
+    """
+
+    name = "tla-r"
+    default_temporal_step = "published"
+
+    def __init__(self, *, lipschitz_weight: float = DEFAULT_LIPSCHITZ_WEIGHT, **kwargs):
+        self.lipschitz_weight = _check_real("lipschitz_weight", lipschitz_weight, minimum=0.0)
+        super().__init__(**kwargs)
+
+    def build_objective(self) -> Objective:
+        return Objective(loss=None, router_ce_weight=1.0, router_lipschitz_weight=self.lipschitz_weight)
+
+    def _extra_settings(self) -> dict[str, Any]:
+        return {"lipschitz_weight": self.lipschitz_weight, **super()._extra_settings()}
+
+
+class TLGAR(TLAR):
+    """TLGA-R: guided router attack, ℓ*_Router = ℓ_Router − γ1·CE(R(x+δ), ŷ_R): flip the clean routing while steering
+    every unit toward ŷ_R, the expert with the lowest clean router probability of the clip.
+
+    Args (besides [`TLAR`]'s):
+        guidance_weight: γ1.
+    """
+
+    name = "tlga-r"
+
+    def __init__(self, *, guidance_weight: float = DEFAULT_GUIDANCE_WEIGHT, **kwargs):
+        self.guidance_weight = _check_real("guidance_weight", guidance_weight, minimum=0.0)
+        super().__init__(**kwargs)
+
+    def build_objective(self) -> Objective:
+        return Objective(
+            loss=None,
+            router_ce_weight=1.0,
+            router_lipschitz_weight=self.lipschitz_weight,
+            guidance_weight=self.guidance_weight,
+        )
+
+    def _extra_settings(self) -> dict[str, Any]:
+        return {"guidance_weight": self.guidance_weight, **super()._extra_settings()}
+
+
+class TLAM(GradientAttack):
+    """TLA-M: temporal Lipschitz attack on the whole model, ℓ_MoE = CE(F(x+δ), y) + λ·L_Lip(F) (Lipschitz ratio on the
+    logits), with temporal adaptive steps. Needs only logits, so it also applies to dense models.
+
+    Args (besides [`GradientAttack`]'s; ``temporal_step`` defaults to ``"published"``):
+        lipschitz_weight: λ.
+    """
+
+    name = "tla-m"
+    default_temporal_step = "published"
+
+    def __init__(self, *, lipschitz_weight: float = DEFAULT_LIPSCHITZ_WEIGHT, **kwargs):
+        self.lipschitz_weight = _check_real("lipschitz_weight", lipschitz_weight, minimum=0.0)
+        super().__init__(**kwargs)
+
+    def build_objective(self) -> Objective:
+        return Objective(loss="ce", lipschitz_weight=self.lipschitz_weight, targeted=self.targeted)
+
+    def _extra_settings(self) -> dict[str, Any]:
+        return {"lipschitz_weight": self.lipschitz_weight, **super()._extra_settings()}
+
+
+class TLAE(TLAM):
+    """TLA-E: attack on one expert, CE(E_i(x+δ), y) + λ·L_Lip(E_i), where i is the clip's clean top-1 expert (argmax
+    of the clean router probabilities averaged over units and layers) and E_i(x) is the model with every MoE layer
+    forced to expert i. Samples are grouped by expert: one forced forward per distinct expert per step.
+
+    The best iterate is the first one that fools E_i (the attacked component), else the one with the highest
+    objective. Args as [`TLAM`].
+    """
+
+    name = "tla-e"
+    requires_moe = True
+
+    def build_objective(self) -> Objective:
+        return Objective(loss="ce", lipschitz_weight=self.lipschitz_weight, component="expert",
+                         targeted=self.targeted)
+
+
+class JTLA(TLAM):
+    """J-TLA: joint attack on the whole model and the routers with one perturbation,
+    ℓ_MoE + γ2·ℓ_Router = CE(F(x+δ), y) + λ·L_Lip(F) + γ2·(CE(R(x+δ), r(x)) + λ·L_Lip(R)).
+
+    Every term comes from the same forward pass, so a step costs one forward and one backward.
+
+    Args (besides [`TLAM`]'s):
+        router_weight: γ2.
+    """
+
+    name = "j-tla"
+    requires_moe = True
+
+    def __init__(self, *, router_weight: float = DEFAULT_ROUTER_WEIGHT, **kwargs):
+        self.router_weight = _check_real("router_weight", router_weight, minimum=0.0)
+        super().__init__(**kwargs)
+
+    def build_objective(self) -> Objective:
+        return Objective(
+            loss="ce",
+            lipschitz_weight=self.lipschitz_weight,
+            router_ce_weight=self.router_weight,
+            router_lipschitz_weight=self.router_weight * self.lipschitz_weight,
+            targeted=self.targeted,
+        )
+
+    def _extra_settings(self) -> dict[str, Any]:
+        return {"router_weight": self.router_weight, **super()._extra_settings()}
+
+
+class JTLGA(JTLA):
+    """J-TLGA: the paper's strongest attack, ℓ*_MoE = ℓ_MoE + γ2·ℓ*_Router
+    = CE(F(x+δ), y) + λ·L_Lip(F) + γ2·(CE(R(x+δ), r(x)) + λ·L_Lip(R) − γ1·CE(R(x+δ), ŷ_R)).
+
+    Args (besides [`JTLA`]'s):
+        guidance_weight: γ1.
+    """
+
+    name = "j-tlga"
+
+    def __init__(self, *, guidance_weight: float = DEFAULT_GUIDANCE_WEIGHT, **kwargs):
+        self.guidance_weight = _check_real("guidance_weight", guidance_weight, minimum=0.0)
+        super().__init__(**kwargs)
+
+    def build_objective(self) -> Objective:
+        return Objective(
+            loss="ce",
+            lipschitz_weight=self.lipschitz_weight,
+            router_ce_weight=self.router_weight,
+            router_lipschitz_weight=self.router_weight * self.lipschitz_weight,
+            guidance_weight=self.router_weight * self.guidance_weight,
+            targeted=self.targeted,
+        )
+
+    def _extra_settings(self) -> dict[str, Any]:
+        return {"guidance_weight": self.guidance_weight, **super()._extra_settings()}

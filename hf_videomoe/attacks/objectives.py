@@ -1,0 +1,437 @@
+"""Attack objectives: per-sample losses that the attack engine *maximises*.
+
+Every public function returns one value per sample, shape ``(batch,)``, so that the engine can track the best iterate
+of each sample independently. The building blocks follow the paper (Wang et al., ICLR 2026, "Exposing and Defending
+the Achilles' Heel of Video Mixture-of-Experts") and AutoAttack (Croce & Hein, ICML 2020):
+
+- ``ce_loss`` / ``dlr_loss`` / ``dlr_targeted_loss`` / ``margin_loss`` on classifier logits;
+- ``lipschitz_ratio``: L_Lip(g; x, delta) = MSE(g(x), g(x + delta)) / MSE(x, x + delta);
+- ``router_lipschitz_ratio``: the same on router probabilities (all MoE layers, every routing unit);
+- ``router_consistency_ce``: CE of the adversarial router against the clean top-1 decision of each unit;
+- ``guidance_ce``: CE of the adversarial router toward a target expert (TLGA-R steers routing toward the weakest one);
+- ``weakest_expert`` / ``dominant_expert``: the clip-level argmin / argmax of the clean router probabilities.
+
+[`Objective`] combines them into the weighted sums of the named attacks, computes everything that only depends on the
+clean input *once* per attack call ([`Objective.prepare`]) and evaluates the adversarial part with a single forward
+pass per step (or one forward per distinct expert for the expert component E_i).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, fields, replace
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..moe import clip_router_probabilities, force_experts, is_moe_model, router_probabilities
+
+LIPSCHITZ_EPS = 1e-12
+"""Guard added to the denominator MSE(x, x + delta) of every Lipschitz ratio (delta = 0 gives 0, not NaN)."""
+
+CLASSIFICATION_LOSSES = ("ce", "dlr")
+COMPONENTS = ("model", "expert")
+
+__all__ = [
+    "CLASSIFICATION_LOSSES",
+    "LIPSCHITZ_EPS",
+    "Objective",
+    "ObjectiveContext",
+    "ObjectiveOutput",
+    "ce_loss",
+    "dlr_loss",
+    "dlr_targeted_loss",
+    "dominant_expert",
+    "guidance_ce",
+    "lipschitz_ratio",
+    "margin_loss",
+    "model_outputs",
+    "per_sample_mse",
+    "router_consistency_ce",
+    "router_lipschitz_ratio",
+    "weakest_expert",
+]
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Classification losses
+# ----------------------------------------------------------------------------------------------------------------------
+
+
+def ce_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Per-sample cross-entropy ``CE(logits, labels)``, shape ``(batch,)``, computed in float32."""
+    return F.cross_entropy(logits.float(), labels.long(), reduction="none")
+
+
+def _check_dlr_classes(logits: torch.Tensor, needed: int, what: str) -> None:
+    if logits.shape[-1] < needed:
+        raise ValueError(f"{what} needs at least {needed} classes (it uses the {needed}-th largest logit), "
+                         f"got logits with {logits.shape[-1]} classes. Use the CE loss instead.")
+
+
+def dlr_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Untargeted Difference-of-Logits-Ratio loss of Croce & Hein (2020), shape ``(batch,)``.
+
+    ``DLR(z, y) = -(z_y - max_{i != y} z_i) / (z_pi1 - z_pi3)`` with ``pi`` sorting the logits in decreasing order.
+    It is invariant to shifting and rescaling the logits, and positive exactly when the sample is misclassified.
+    Needs at least 3 classes.
+    """
+    _check_dlr_classes(logits, 3, "The DLR loss")
+    z = logits.float()
+    sorted_z, _ = z.sort(dim=-1, descending=True)
+    z_y = z.gather(-1, labels.long()[:, None]).squeeze(-1)
+    is_top = (sorted_z[:, 0] == z_y)
+    other_max = torch.where(is_top, sorted_z[:, 1], sorted_z[:, 0])
+    return -(z_y - other_max) / (sorted_z[:, 0] - sorted_z[:, 2] + LIPSCHITZ_EPS)
+
+
+def dlr_targeted_loss(logits: torch.Tensor, labels: torch.Tensor, target_labels: torch.Tensor) -> torch.Tensor:
+    """Targeted DLR loss of Croce & Hein (2020): ``-(z_y - z_t) / (z_pi1 - (z_pi3 + z_pi4) / 2)``, shape ``(batch,)``.
+
+    Maximising it pushes the target logit ``z_t`` above the true one ``z_y``. Needs at least 4 classes.
+    """
+    _check_dlr_classes(logits, 4, "The targeted DLR loss")
+    z = logits.float()
+    sorted_z, _ = z.sort(dim=-1, descending=True)
+    z_y = z.gather(-1, labels.long()[:, None]).squeeze(-1)
+    z_t = z.gather(-1, target_labels.long()[:, None]).squeeze(-1)
+    return -(z_y - z_t) / (sorted_z[:, 0] - 0.5 * (sorted_z[:, 2] + sorted_z[:, 3]) + LIPSCHITZ_EPS)
+
+
+def margin_loss(logits: torch.Tensor, labels: torch.Tensor, targeted: bool = False) -> torch.Tensor:
+    """Margin ``z_y - max_{i != y} z_i`` (untargeted) or ``max_{i != t} z_i - z_t`` (targeted, ``labels`` = targets).
+
+    Square Attack *minimises* it; it is <= 0 once the attack has succeeded. Shape ``(batch,)``.
+    """
+    z = logits.float()
+    index = labels.long()[:, None]
+    z_y = z.gather(-1, index).squeeze(-1)
+    others = z.scatter(-1, index, float("-inf")).amax(dim=-1)
+    return others - z_y if targeted else z_y - others
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Lipschitz ratios
+# ----------------------------------------------------------------------------------------------------------------------
+
+
+def per_sample_mse(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Mean squared difference over all non-batch dimensions, shape ``(batch,)``, in float32."""
+    diff = (a.float() - b.float()).reshape(a.shape[0], -1)
+    return diff.pow(2).mean(dim=1)
+
+
+def lipschitz_ratio(
+    clean_out: torch.Tensor, adv_out: torch.Tensor, clean_x: torch.Tensor, adv_x: torch.Tensor
+) -> torch.Tensor:
+    """The paper's local Lipschitz ratio ``MSE(g(x), g(x + delta)) / MSE(x, x + delta)`` per sample, ``(batch,)``.
+
+    ``clean_out`` / ``adv_out`` are the outputs of the component ``g`` (logits of the whole model or of one expert) on
+    the clean and adversarial input. Both MSEs average over every non-batch dimension, so the ratio does not depend on
+    the video layout. The denominator is guarded with [`LIPSCHITZ_EPS`]: ``delta = 0`` gives 0 (attacks use a random
+    start, so the ratio is informative from the first step).
+    """
+    return per_sample_mse(clean_out, adv_out) / (per_sample_mse(clean_x, adv_x) + LIPSCHITZ_EPS)
+
+
+def _check_router_logits(router_logits, what: str) -> tuple[torch.Tensor, ...]:
+    if router_logits is None or len(router_logits) == 0:
+        raise ValueError(f"{what} needs router logits (one tensor per MoE layer); the model returned none. "
+                         "Router objectives only apply to Mixture-of-Experts models.")
+    return tuple(router_logits)
+
+
+def router_lipschitz_ratio(
+    clean_router_logits: Sequence[torch.Tensor],
+    adv_router_logits: Sequence[torch.Tensor],
+    clean_x: torch.Tensor,
+    adv_x: torch.Tensor,
+) -> torch.Tensor:
+    """Lipschitz ratio of the router, ``(batch,)``: MSE of router *probabilities* over every MoE layer, routing unit
+    and expert (each layer weighted equally), divided by ``MSE(x, x + delta)`` (guarded as in [`lipschitz_ratio`])."""
+    clean = router_probabilities(_check_router_logits(clean_router_logits, "router_lipschitz_ratio"))
+    adv = router_probabilities(_check_router_logits(adv_router_logits, "router_lipschitz_ratio"))
+    numerator = torch.stack([per_sample_mse(c, a) for c, a in zip(clean, adv)]).mean(dim=0)
+    return numerator / (per_sample_mse(clean_x, adv_x) + LIPSCHITZ_EPS)
+
+
+def router_consistency_ce(
+    adv_router_logits: Sequence[torch.Tensor], clean_router_logits: Sequence[torch.Tensor]
+) -> torch.Tensor:
+    """Cross-entropy of the adversarial router against the clean top-1 expert of each routing unit, ``(batch,)``.
+
+    Averaged over routing units (tokens, frames or the clip) and then over MoE layers. Attacks maximise it to flip
+    routing decisions; J-TLAT's router step minimises it.
+    """
+    adv = _check_router_logits(adv_router_logits, "router_consistency_ce")
+    clean = _check_router_logits(clean_router_logits, "router_consistency_ce")
+    per_layer = []
+    for adv_logits, clean_logits in zip(adv, clean):
+        target = clean_logits.detach().argmax(dim=-1)  # (B, U)
+        log_probs = adv_logits.float().log_softmax(dim=-1)
+        per_layer.append(-log_probs.gather(-1, target[..., None]).squeeze(-1).mean(dim=1))
+    return torch.stack(per_layer).mean(dim=0)
+
+
+def guidance_ce(adv_router_logits: Sequence[torch.Tensor], target_expert: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy of the adversarial router toward ``target_expert`` (one expert per sample, ``(batch,)`` long),
+    over every routing unit and MoE layer, ``(batch,)``. TLGA-R *subtracts* it, steering routing toward the target."""
+    adv = _check_router_logits(adv_router_logits, "guidance_ce")
+    target_expert = target_expert.long()
+    per_layer = []
+    for logits in adv:
+        log_probs = logits.float().log_softmax(dim=-1)  # (B, U, E)
+        index = target_expert.to(log_probs.device)[:, None, None].expand(-1, log_probs.shape[1], 1)
+        per_layer.append(-log_probs.gather(-1, index).squeeze(-1).mean(dim=1))
+    return torch.stack(per_layer).mean(dim=0)
+
+
+def weakest_expert(clean_router_logits: Sequence[torch.Tensor]) -> torch.Tensor:
+    """Per clip, the expert with the lowest clean router probability (mean over units and layers): ``(batch,)`` long.
+
+    This is TLGA-R's guidance target ŷ_R.
+    """
+    return clip_router_probabilities(_check_router_logits(clean_router_logits, "weakest_expert")).argmin(dim=-1)
+
+
+def dominant_expert(clean_router_logits: Sequence[torch.Tensor]) -> torch.Tensor:
+    """Per clip, the clean top-1 expert at clip level (argmax of the mean router probabilities): ``(batch,)`` long.
+
+    TLA-E attacks this expert, E_i(x) with i = ``dominant_expert``.
+    """
+    return clip_router_probabilities(_check_router_logits(clean_router_logits, "dominant_expert")).argmax(dim=-1)
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Model outputs
+# ----------------------------------------------------------------------------------------------------------------------
+
+
+def model_outputs(model: nn.Module, pixel_values: torch.Tensor, router: bool = False):
+    """Run ``model`` on ``pixel_values`` and return ``(logits, router_logits)``.
+
+    Works for the MoE classifiers of this library (``router_logits`` is a tuple, one tensor per MoE layer), for
+    transformers classifiers (``router_logits`` is ``None``) and for plain modules returning a logits tensor.
+    ``router=True`` asks an MoE model for its router logits even when ``config.output_router_logits`` is off.
+    """
+    if router and is_moe_model(model):
+        out = model(pixel_values, output_router_logits=True)
+    else:
+        out = model(pixel_values)
+    if isinstance(out, torch.Tensor):
+        return out, None
+    if isinstance(out, dict) or hasattr(out, "logits"):
+        logits = out["logits"] if isinstance(out, dict) else out.logits
+        router_logits = out.get("router_logits") if isinstance(out, dict) else getattr(out, "router_logits", None)
+        return logits, router_logits
+    if isinstance(out, (tuple, list)):
+        return out[0], None
+    raise TypeError(f"Cannot read logits from a model output of type {type(out).__name__}; return a tensor or an "
+                    "object with a `logits` attribute.")
+
+
+def _select(value, index: torch.Tensor):
+    if value is None:
+        return None
+    if isinstance(value, torch.Tensor):
+        return value.index_select(0, index.to(value.device))
+    return tuple(_select(v, index) for v in value)
+
+
+@dataclass
+class ObjectiveContext:
+    """Everything an objective needs besides the adversarial input, computed once per attack call.
+
+    All tensors have the batch as first dimension; [`select`](ObjectiveContext.select) restricts them to a subset of
+    samples (the engine only forwards samples that are still being attacked).
+    """
+
+    x: torch.Tensor
+    labels: torch.Tensor | None = None
+    target_labels: torch.Tensor | None = None
+    clean_logits: torch.Tensor | None = None
+    clean_router_logits: tuple[torch.Tensor, ...] | None = None
+    expert: torch.Tensor | None = None
+    clean_expert_logits: torch.Tensor | None = None
+    guidance_target: torch.Tensor | None = None
+
+    def select(self, index: torch.Tensor) -> "ObjectiveContext":
+        """The context of the samples ``index`` (a 1-D long tensor)."""
+        return replace(self, **{f.name: _select(getattr(self, f.name), index) for f in fields(self)})
+
+
+@dataclass
+class ObjectiveOutput:
+    """Per-sample objective ``value`` (``(batch,)``, to maximise) and the ``logits`` the success test looks at (the
+    whole model's, or expert E_i's for the expert component)."""
+
+    value: torch.Tensor
+    logits: torch.Tensor | None
+
+
+class Objective:
+    """A weighted sum of the building blocks above, evaluated with one forward pass per step.
+
+    ``value = s * L(g(x+delta), y) + lipschitz_weight * L_Lip(g) + router_ce_weight * router_consistency_ce
+    + router_lipschitz_weight * router_lipschitz_ratio - guidance_weight * guidance_ce(weakest expert)``
+
+    where ``g`` is the whole model F (``component="model"``) or the clean top-1 expert E_i (``component="expert"``,
+    routing forced with [`~hf_videomoe.moe.force_experts`]; samples are grouped by expert and each group runs one
+    forced forward), ``L`` is ``loss`` (``"ce"``, ``"dlr"`` or ``None``) and ``s`` is +1 (untargeted, toward the
+    labels) or -1 for targeted CE (toward ``target_labels``; targeted DLR uses its own formula). Router terms read the
+    router logits of the same forward pass.
+
+    Args:
+        loss: classification loss on ``g``'s logits, or ``None`` for router-only objectives.
+        lipschitz_weight: λ, weight of ``lipschitz_ratio`` on ``g``'s logits.
+        router_ce_weight: weight of ``router_consistency_ce``.
+        router_lipschitz_weight: weight of ``router_lipschitz_ratio``.
+        guidance_weight: weight of the (subtracted) ``guidance_ce`` toward the weakest clean expert.
+        component: ``"model"`` or ``"expert"``.
+        targeted: targeted classification loss.
+    """
+
+    def __init__(
+        self,
+        *,
+        loss: str | None = "ce",
+        lipschitz_weight: float = 0.0,
+        router_ce_weight: float = 0.0,
+        router_lipschitz_weight: float = 0.0,
+        guidance_weight: float = 0.0,
+        component: str = "model",
+        targeted: bool = False,
+    ):
+        if loss is not None and loss not in CLASSIFICATION_LOSSES:
+            raise ValueError(f"`loss` must be one of {CLASSIFICATION_LOSSES} or None, got {loss!r}.")
+        if component not in COMPONENTS:
+            raise ValueError(f"`component` must be one of {COMPONENTS}, got {component!r}.")
+        self.loss = loss
+        self.lipschitz_weight = float(lipschitz_weight)
+        self.router_ce_weight = float(router_ce_weight)
+        self.router_lipschitz_weight = float(router_lipschitz_weight)
+        self.guidance_weight = float(guidance_weight)
+        self.component = component
+        self.targeted = bool(targeted)
+        if loss is None and not self.uses_router:
+            raise ValueError("An objective needs a classification loss or a router term.")
+
+    @property
+    def uses_router(self) -> bool:
+        """Whether any term reads router logits."""
+        return bool(self.router_ce_weight or self.router_lipschitz_weight or self.guidance_weight)
+
+    @property
+    def requires_moe(self) -> bool:
+        """Whether the objective only makes sense on a Mixture-of-Experts model."""
+        return self.uses_router or self.component == "expert"
+
+    @property
+    def requires_labels(self) -> bool:
+        """Whether labels are needed (a classification loss is part of the objective)."""
+        return self.loss is not None
+
+    def prepare(
+        self,
+        model: nn.Module,
+        x: torch.Tensor,
+        labels: torch.Tensor | None,
+        target_labels: torch.Tensor | None = None,
+    ) -> ObjectiveContext:
+        """Compute the clean quantities once (no gradient): clean logits and router logits where a term needs them,
+        the clean top-1 expert and E_i's clean logits for the expert component, the guidance target."""
+        ctx = ObjectiveContext(x=x, labels=labels, target_labels=target_labels)
+        needs_clean_model = self.uses_router or self.component == "expert" or (
+            self.component == "model" and self.lipschitz_weight != 0.0
+        )
+        if not needs_clean_model:
+            return ctx
+        with torch.no_grad():
+            logits, router_logits = model_outputs(model, x, router=True)
+            if self.requires_moe:
+                router_logits = _check_router_logits(router_logits, "This objective")
+                ctx.clean_router_logits = tuple(r.detach() for r in router_logits)
+            ctx.clean_logits = logits.detach()
+            if self.guidance_weight:
+                ctx.guidance_target = weakest_expert(ctx.clean_router_logits)
+            if self.component == "expert":
+                ctx.expert = dominant_expert(ctx.clean_router_logits)
+                if self.lipschitz_weight != 0.0:
+                    ctx.clean_expert_logits = self._expert_forward(model, x, ctx.expert)[0].detach()
+        return ctx
+
+    @staticmethod
+    def _expert_forward(model: nn.Module, x: torch.Tensor, expert: torch.Tensor):
+        """E_i(x) with a per-sample expert: one forced forward per distinct expert in the batch, then gathered."""
+        experts = expert.tolist()
+        distinct = sorted(set(experts))
+        if len(distinct) == 1:
+            with force_experts(model, distinct[0]):
+                return model_outputs(model, x, router=True)
+        order, logits_parts, router_parts = [], [], []
+        for e in distinct:
+            index = torch.tensor([i for i, v in enumerate(experts) if v == e], device=x.device)
+            with force_experts(model, e):
+                logits, router_logits = model_outputs(model, x.index_select(0, index), router=True)
+            order.append(index)
+            logits_parts.append(logits)
+            router_parts.append(router_logits)
+        inverse = torch.argsort(torch.cat(order))
+        logits = torch.cat(logits_parts).index_select(0, inverse.to(logits_parts[0].device))
+        router_logits = tuple(
+            torch.cat([parts[layer] for parts in router_parts]).index_select(0, inverse.to(router_parts[0][layer].device))
+            for layer in range(len(router_parts[0]))
+        )
+        return logits, router_logits
+
+    def __call__(self, model: nn.Module, adv_x: torch.Tensor, ctx: ObjectiveContext) -> ObjectiveOutput:
+        """Evaluate the objective on ``adv_x`` (gradients flow to ``adv_x`` when it requires grad)."""
+        if self.component == "expert":
+            logits, router_logits = self._expert_forward(model, adv_x, ctx.expert)
+            clean_logits = ctx.clean_expert_logits
+        else:
+            logits, router_logits = model_outputs(model, adv_x, router=self.uses_router)
+            clean_logits = ctx.clean_logits
+        value = logits.new_zeros(adv_x.shape[0], dtype=torch.float32)
+        if self.loss == "ce":
+            if self.targeted:
+                value = value - ce_loss(logits, ctx.target_labels)
+            else:
+                value = value + ce_loss(logits, ctx.labels)
+        elif self.loss == "dlr":
+            if self.targeted:
+                value = value + dlr_targeted_loss(logits, ctx.labels, ctx.target_labels)
+            else:
+                value = value + dlr_loss(logits, ctx.labels)
+        if self.lipschitz_weight:
+            value = value + self.lipschitz_weight * lipschitz_ratio(clean_logits, logits, ctx.x, adv_x)
+        if self.router_ce_weight:
+            value = value + self.router_ce_weight * router_consistency_ce(router_logits, ctx.clean_router_logits)
+        if self.router_lipschitz_weight:
+            value = value + self.router_lipschitz_weight * router_lipschitz_ratio(
+                ctx.clean_router_logits, router_logits, ctx.x, adv_x
+            )
+        if self.guidance_weight:
+            value = value - self.guidance_weight * guidance_ce(router_logits, ctx.guidance_target)
+        return ObjectiveOutput(value=value, logits=logits)
+
+    def describe(self) -> str:
+        """A human-readable formula of the objective (used in attack ``repr`` and settings)."""
+        g = "E_i" if self.component == "expert" else "F"
+        terms = []
+        if self.loss is not None:
+            name = self.loss.upper()
+            terms.append(f"-{name}({g}(x+d), t)" if (self.targeted and self.loss == "ce") else f"{name}({g}(x+d), y)")
+        if self.lipschitz_weight:
+            terms.append(f"{self.lipschitz_weight:g}*Lip({g})")
+        if self.router_ce_weight:
+            terms.append(f"{self.router_ce_weight:g}*CE(R(x+d), r(x))")
+        if self.router_lipschitz_weight:
+            terms.append(f"{self.router_lipschitz_weight:g}*Lip(R)")
+        if self.guidance_weight:
+            terms.append(f"-{self.guidance_weight:g}*CE(R(x+d), weakest)")
+        return " + ".join(terms).replace("+ -", "- ")
+
+    def __repr__(self) -> str:
+        return f"Objective({self.describe()})"

@@ -1,0 +1,48 @@
+"""Video classification data: the procedural MovingShapes benchmark, local video folders and batching.
+
+All datasets yield ``pixel_values`` as float32 ``(frames, channels=3, height, width)`` in ``[0, 1]`` and
+``labels`` as class ids of a `datasets.ClassLabel`.
+"""
+
+from .collator import VideoCollator, to_unit_float
+from .moving_shapes import (
+    DIFFICULTY_LEVELS,
+    MOVING_SHAPES_CLASSES,
+    MOVING_SHAPES_SHAPES,
+    make_moving_shapes,
+    paired_class,
+)
+from .video_folder import LAYOUTS, VideoDecodeTransform, load_video_folder, write_video_folder
+from .video_io import (
+    SAMPLING_MODES,
+    VIDEO_EXTENSIONS,
+    VideoDecodeError,
+    probe_video,
+    read_video,
+    resize_frames,
+    sample_frame_indices,
+    write_video,
+)
+
+
+__all__ = [
+    "DIFFICULTY_LEVELS",
+    "LAYOUTS",
+    "MOVING_SHAPES_CLASSES",
+    "MOVING_SHAPES_SHAPES",
+    "SAMPLING_MODES",
+    "VIDEO_EXTENSIONS",
+    "VideoCollator",
+    "VideoDecodeError",
+    "VideoDecodeTransform",
+    "load_video_folder",
+    "make_moving_shapes",
+    "paired_class",
+    "probe_video",
+    "read_video",
+    "resize_frames",
+    "sample_frame_indices",
+    "to_unit_float",
+    "write_video",
+    "write_video_folder",
+]

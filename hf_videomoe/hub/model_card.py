@@ -1,0 +1,366 @@
+"""Model cards for robust video MoE checkpoints: ``model-index`` robustness metrics, cost, plots, flags, reproduction."""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from huggingface_hub import EvalResult, ModelCard, ModelCardData
+
+from ..evaluation.report import RobustnessReport, format_eps, norm_symbol
+
+__all__ = ["CARD_TAGS", "build_model_card", "metrics_from_model_card", "report_metrics"]
+
+#: Tags every robustness card carries.
+CARD_TAGS = ("video-classification", "mixture-of-experts", "adversarial-robustness", "hf_videomoe")
+TASK_TYPE = "video-classification"
+TASK_NAME = "Video Classification"
+CLEAN_CONFIG = "clean"
+WORST_CASE_CONFIG = "worst-case"
+
+_PLOT_CAPTIONS = {
+    "eps_sweep": "Robust accuracy vs ε, every attack",
+    "expert_usage": "Expert usage per MoE layer, clean vs adversarial",
+    "perturbation_energy": "Per-frame perturbation energy of each attack",
+}
+
+_CITATION = """@inproceedings{wang2026achilles,
+  title     = {Exposing and Defending the Achilles' Heel of Video Mixture-of-Experts},
+  author    = {Wang and others},
+  booktitle = {International Conference on Learning Representations (ICLR)},
+  year      = {2026},
+  eprint    = {2602.01369},
+  archivePrefix = {arXiv}
+}"""
+
+
+def _percent(value: float | None) -> str:
+    return "–" if value is None else f"{100 * value:.1f} %"
+
+
+def _dataset_type(dataset_name: str) -> str:
+    return dataset_name.strip().lower().replace(" ", "-").replace("_", "-")
+
+
+def report_metrics(report: RobustnessReport) -> dict[str, Any]:
+    """The metrics a robustness card publishes, in the structure [`metrics_from_model_card`] returns:
+    ``{"clean_accuracy": float, "worst_case_accuracy": float, "robust_accuracy": {attack: float}}``."""
+    return {
+        "clean_accuracy": report.clean_accuracy,
+        "worst_case_accuracy": report.worst_case_accuracy,
+        "robust_accuracy": dict(report.robust_accuracy),
+    }
+
+
+def _eval_results(report: RobustnessReport, dataset_name: str, dataset_type: str, dataset_split: str | None):
+    common = dict(
+        task_type=TASK_TYPE,
+        task_name=TASK_NAME,
+        dataset_type=dataset_type,
+        dataset_name=dataset_name,
+        dataset_split=dataset_split,
+        metric_type="accuracy",
+    )
+    eps_label = f"{norm_symbol(report.norm)} ε={format_eps(report.eps, report.norm)}"
+    results = [
+        EvalResult(
+            **common,
+            metric_value=float(report.worst_case_accuracy),
+            metric_name=f"Worst-case robust accuracy ({len(report.attacks)} attacks, {eps_label})",
+            metric_config=WORST_CASE_CONFIG,
+            metric_args={
+                "attacks": list(report.attacks),
+                "norm": report.norm,
+                "eps": float(report.eps),
+                "num_samples": int(report.num_samples),
+                "seed": report.seed,
+            },
+        ),
+        EvalResult(
+            **common,
+            metric_value=float(report.clean_accuracy),
+            metric_name="Clean accuracy",
+            metric_config=CLEAN_CONFIG,
+            metric_args={"num_samples": int(report.num_samples)},
+        ),
+    ]
+    for attack in report.attacks:
+        settings = report.attack_settings.get(attack, {})
+        args: dict[str, Any] = {
+            "attack": settings.get("name", attack),
+            "norm": settings.get("norm", report.norm),
+            "eps": float(settings.get("eps", report.eps)),
+        }
+        for key in ("steps", "step_size", "seed", "restarts"):
+            value = settings.get(key)
+            if isinstance(value, (int, float, str, bool)):
+                args[key] = value
+        args["num_samples"] = int(report.num_samples)
+        results.append(
+            EvalResult(
+                **common,
+                metric_value=float(report.robust_accuracy[attack]),
+                metric_name=f"Robust accuracy ({report.attack_label(attack)})",
+                metric_config=attack,
+                metric_args=args,
+            )
+        )
+    return results
+
+
+def metrics_from_model_card(card: ModelCard | str | os.PathLike) -> dict[str, Any]:
+    """Read the robustness metrics back from a card built by [`build_model_card`].
+
+    Args:
+        card: a ``ModelCard``, or anything ``ModelCard.load`` accepts (a README path, a repo id).
+
+    Returns:
+        ``{"clean_accuracy": float, "worst_case_accuracy": float, "robust_accuracy": {attack: float}}`` (the same
+        structure as [`report_metrics`]).
+    """
+    if not isinstance(card, ModelCard):
+        card = ModelCard.load(card)
+    results = getattr(card.data, "eval_results", None) or []
+    out: dict[str, Any] = {"clean_accuracy": None, "worst_case_accuracy": None, "robust_accuracy": {}}
+    for result in results:
+        if result.metric_type != "accuracy" or result.task_type != TASK_TYPE:
+            continue
+        if result.metric_config == CLEAN_CONFIG:
+            out["clean_accuracy"] = result.metric_value
+        elif result.metric_config == WORST_CASE_CONFIG:
+            out["worst_case_accuracy"] = result.metric_value
+        elif result.metric_config:
+            out["robust_accuracy"][result.metric_config] = result.metric_value
+    if out["clean_accuracy"] is None and out["worst_case_accuracy"] is None and not out["robust_accuracy"]:
+        raise ValueError("The model card has no hf_videomoe robustness metrics in its model-index.")
+    return out
+
+
+def _reproduce_section(
+    report: RobustnessReport,
+    repo_id: str | None,
+    dataset_name: str,
+    dataset_kwargs: Mapping[str, Any] | None,
+    reproduce_command: str | None,
+) -> str:
+    model_ref = repo_id or "path/to/checkpoint"
+    if reproduce_command is None:
+        lines = []
+        model_dir = "checkpoint" if repo_id else model_ref
+        if repo_id:
+            lines.append(f"hf download {repo_id} --local-dir {model_dir}")
+        cmd = [f"hf-videomoe evaluate --model {model_dir}"]
+        cmd.append(f"--attacks {','.join(report.attack_settings.get(a, {}).get('name', a) for a in report.attacks)}")
+        cmd.append(f"--eps {report.eps!r} --norm {report.norm}")
+        if report.steps is not None:
+            cmd.append(f"--steps {report.steps}")
+        cmd.append(f"--seed {report.seed} --batch-size {report.batch_size or 8} --num-samples {report.num_samples}")
+        if report.eps_sweep:
+            values = sorted({e for curve in report.eps_sweep.values() for e in curve})
+            cmd.append("--eps-sweep " + ",".join(f"{e * 255:g}" for e in values))
+        if dataset_name.lower().replace("-", "").replace("_", "") == "movingshapes":
+            kw = dict(dataset_kwargs or {})
+            cmd.append("--dataset moving-shapes")
+            for key, flag in (("num_videos", "--num-videos"), ("num_frames", "--num-frames"),
+                              ("image_size", "--image-size"), ("seed", "--data-seed"), ("difficulty", "--difficulty")):
+                if key in kw:
+                    cmd.append(f"{flag} {kw[key]}")
+        else:
+            cmd.append(f"--dataset {dataset_name}")
+        lines.append(" \\\n    ".join(cmd))
+        reproduce_command = "\n".join(lines)
+
+    kwargs = [f"attacks={list(report.attacks)!r}", f"eps={report.eps!r}", f"norm={report.norm!r}"]
+    if report.steps is not None:
+        kwargs.append(f"steps={report.steps}")
+    kwargs += [f"seed={report.seed}", f"batch_size={report.batch_size or 8}"]
+    if report.eps_sweep:
+        values = sorted({e for curve in report.eps_sweep.values() for e in curve})
+        kwargs.append(f"eps_sweep={values!r}")
+    if dataset_name.lower().replace("-", "").replace("_", "") == "movingshapes":
+        data_args = ", ".join(f"{k}={v!r}" for k, v in (dataset_kwargs or {}).items())
+        data_line = f"dataset = make_moving_shapes({data_args})[\"test\"]"
+        data_import = "from hf_videomoe.data import make_moving_shapes\n"
+    else:
+        data_line = f"dataset = ...  # the {dataset_name} test split: columns pixel_values (T, C, H, W in [0, 1]), labels"
+        data_import = ""
+    snippet = (
+        "import hf_videomoe  # registers the MoE model classes\n"
+        f"{data_import}"
+        "from hf_videomoe.evaluation import evaluate_robustness\n"
+        "from transformers import AutoModelForVideoClassification\n\n"
+        f"model = AutoModelForVideoClassification.from_pretrained({model_ref!r})\n"
+        f"{data_line}\n"
+        f"dataset = dataset.select(range({report.num_samples}))\n"
+        f"report = evaluate_robustness(model, dataset, {', '.join(kwargs)})\n"
+        "print(report.to_markdown())"
+    )
+    settings = json.dumps(report.attack_settings, indent=2, sort_keys=True)
+    return (
+        "## How to reproduce these numbers\n\n"
+        f"```bash\n{reproduce_command}\n```\n\n"
+        f"or in Python:\n\n```python\n{snippet}\n```\n\n"
+        "Full attack settings (seeds, steps, step sizes) as recorded by the evaluator:\n\n"
+        f"<details><summary>attack settings</summary>\n\n```json\n{settings}\n```\n\n</details>"
+    )
+
+
+def _recipe_section(training_recipe: Mapping[str, Any] | None) -> str:
+    if not training_recipe:
+        return "## Training recipe\n\nNot recorded."
+    rows = ["| Setting | Value |", "|---|---|"]
+    for key, value in training_recipe.items():
+        if isinstance(value, (dict, list, tuple)):
+            value = json.dumps(value, sort_keys=isinstance(value, dict))
+        cell = str(value).replace("|", r"\|")
+        rows.append(f"| {key} | {cell} |")
+    return "## Training recipe\n\n" + "\n".join(rows)
+
+
+def _plots_section(plots: Mapping[str, Any] | None, plots_relative_to: str | os.PathLike | None) -> str:
+    if not plots:
+        return ""
+    lines = ["## Plots", ""]
+    for name, path in plots.items():
+        path = Path(path)
+        if plots_relative_to is not None:
+            try:
+                rel = path.resolve().relative_to(Path(plots_relative_to).resolve())
+            except ValueError:
+                rel = Path(path.name)
+        elif path.is_absolute():
+            rel = Path(path.name)
+        else:
+            rel = path
+        caption = _PLOT_CAPTIONS.get(name, name.replace("_", " "))
+        lines.append(f"**{caption}**\n\n![{caption}]({rel.as_posix()})\n")
+    return "\n".join(lines).rstrip()
+
+
+def build_model_card(
+    report: RobustnessReport,
+    model_name: str | None = None,
+    *,
+    base_model: str | None = None,
+    dataset_name: str | None = None,
+    dataset_type: str | None = None,
+    dataset_split: str | None = "test",
+    dataset_kwargs: Mapping[str, Any] | None = None,
+    training_recipe: Mapping[str, Any] | None = None,
+    plots: Mapping[str, Any] | None = None,
+    plots_relative_to: str | os.PathLike | None = None,
+    repo_id: str | None = None,
+    license: str | None = "apache-2.0",
+    tags: Sequence[str] | None = None,
+    description: str | None = None,
+    reproduce_command: str | None = None,
+) -> ModelCard:
+    """Build a Hub model card for a robust video classifier from its [`RobustnessReport`].
+
+    The YAML header carries a ``model-index`` with one ``accuracy`` result per evaluation: the worst case over all
+    attacks first (the headline), then clean accuracy, then each attack (``metric_config`` = attack name,
+    ``metric_args`` = attack, norm, ε, steps, step size, seed, samples). The body opens with the worst-case number
+    and has the robustness table, the ε sweep, the cost table against the dense model of the same shape, the plots
+    (relative image links), the reliability flags, the training recipe and the exact command reproducing the numbers.
+
+    Args:
+        report: the evaluation to publish.
+        model_name: the model's name (the ``model-index`` name and the card title); defaults to ``repo_id``'s name.
+        base_model: the Hub id of the checkpoint this model was fine-tuned / upcycled from, if any.
+        dataset_name: pretty dataset name (defaults to ``report.dataset_name`` or ``"MovingShapes"``).
+        dataset_type: dataset identifier in ``model-index`` (defaults to a slug of ``dataset_name``).
+        dataset_split: the evaluated split.
+        dataset_kwargs: ``make_moving_shapes`` arguments (``num_videos``, ``num_frames``, ``image_size``, ``seed``,
+            ``difficulty``) used in the reproduction command.
+        training_recipe: training settings to list (method, epochs, ε, λ, γ, learning rate, wall-clock...).
+        plots: name → PNG path, e.g. from ``report.plot(folder)``; linked relative to ``plots_relative_to`` (the
+            folder the README will live in), else by file name.
+        repo_id: the Hub repo the card is for (used in the usage / reproduction snippets).
+        license: SPDX id of the license.
+        tags: extra tags (the robustness tags are always present).
+        description: a paragraph under the title.
+        reproduce_command: override the generated ``hf-videomoe evaluate`` command.
+
+    Returns:
+        A ``huggingface_hub.ModelCard``; ``card.save("README.md")`` / ``ModelCard.load`` round-trip its metrics
+        (see [`metrics_from_model_card`]).
+    """
+    dataset_name = dataset_name or report.dataset_name or "MovingShapes"
+    dataset_type = dataset_type or _dataset_type(dataset_name)
+    if model_name is None:
+        model_name = repo_id.split("/")[-1] if repo_id else (report.model_class or "robust-video-moe")
+    all_tags = list(dict.fromkeys([*CARD_TAGS, *(tags or [])]))
+    card_data = ModelCardData(
+        model_name=model_name,
+        base_model=base_model,
+        datasets=None,
+        library_name="transformers",
+        pipeline_tag="video-classification",
+        license=license,
+        tags=all_tags,
+        metrics=["accuracy"],
+        eval_results=_eval_results(report, dataset_name, dataset_type, dataset_split),
+    )
+
+    moe_word = "Mixture-of-Experts " if report.is_moe else ""
+    intro = description or (
+        f"`{model_name}` is a {moe_word}video classifier ({report.model_type or report.model_class}) evaluated for "
+        f"adversarial robustness on {dataset_name} with "
+        "`hf_videomoe`, following *Exposing and Defending the Achilles' Heel of Video Mixture-of-Experts* "
+        "(Wang et al., ICLR 2026, [arXiv:2602.01369](https://arxiv.org/abs/2602.01369))."
+    )
+    repo_ref = repo_id or "path/to/checkpoint"
+    usage = (
+        "## Usage\n\n```python\n"
+        "import torch\n"
+        "import hf_videomoe  # registers the MoE architectures with transformers' Auto classes\n"
+        "from transformers import AutoModelForVideoClassification\n\n"
+        f"model = AutoModelForVideoClassification.from_pretrained({repo_ref!r}).eval()\n"
+        "# pixel_values: float in [0, 1], (batch, frames, channels, height, width); the model normalises inside\n"
+        "logits = model(pixel_values=pixel_values).logits\n"
+        "```"
+    )
+
+    robustness = "## Adversarial robustness\n\n" + report.accuracy_table()
+    robustness += (
+        "\n\nA sample counts as robust to an attack when it is classified correctly both clean and under that attack; "
+        "the worst case counts a sample only if it resists every attack."
+    )
+    if report.is_moe and report.routing_change:
+        robustness += (
+            " *Routing change*: 1 − IoU of the selected experts, clean vs adversarial (all MoE layers). *Lips-R*: "
+            "MSE(R(x), R(x+δ)) / MSE(x, x+δ) on router probabilities."
+        )
+    sections = [
+        f"# {model_name}",
+        "> " + report.headline(),
+        intro,
+        robustness,
+    ]
+    if report.eps_sweep:
+        sections.append("## Robust accuracy vs ε\n\n" + report.sweep_table())
+    cost = report.cost_table()
+    if cost:
+        saving = report.flops_saving
+        note = f"\n\nThe sparse model needs {100 * saving:.1f} % fewer FLOPs than the dense one." if saving and saving > 0 else ""
+        sections.append(
+            "## Inference cost\n\nForward FLOPs per clip (multiply-add = 2) and parameters, next to the dense model "
+            "of the same shape (same config without experts).\n\n" + cost + note
+        )
+    plots_md = _plots_section(plots, plots_relative_to)
+    if plots_md:
+        sections.append(plots_md)
+    sections.append("## Reliability checks\n\n" + report.flags_markdown())
+    sections.append(_recipe_section(training_recipe))
+    sections.append(_reproduce_section(report, repo_id, dataset_name, dataset_kwargs, reproduce_command))
+    sections.append(usage)
+    versions = ", ".join(f"{k} {v}" for k, v in report.versions.items())
+    if versions:
+        sections.append(f"## Software\n\nEvaluated with {versions}.")
+    sections.append(f"## Citation\n\n```bibtex\n{_CITATION}\n```")
+    body = "\n\n".join(sections) + "\n"
+    content = f"---\n{card_data.to_yaml()}\n---\n\n{body}"
+    return ModelCard(content)

@@ -1,0 +1,26 @@
+"""Adversarial training of (MoE) video classifiers with `transformers.Trainer`.
+
+```python
+from hf_videomoe.training import AdversarialTrainingArguments, AdversarialTrainer, JTLATTrainer
+
+args = AdversarialTrainingArguments(output_dir="out", adv_method="pgd-at", adv_steps=5, eval_attacks=["pgd"])
+AdversarialTrainer(model=model, args=args, train_dataset=train, eval_dataset=test).train()   # PGD-AT, TRADES, ...
+JTLATTrainer(model=moe_model, args=AdversarialTrainingArguments(output_dir="out"), train_dataset=train).train()
+```
+"""
+
+from ._utils import TrainingPhase
+from .arguments import ADV_METHODS, JTLAT_STEPS, AdversarialTrainingArguments
+from .jtlat import JTLATTrainer
+from .trainer import AdversarialTrainer, AdversarialTrainingCallback, PhaseLoss
+
+__all__ = [
+    "ADV_METHODS",
+    "JTLAT_STEPS",
+    "AdversarialTrainer",
+    "AdversarialTrainingArguments",
+    "AdversarialTrainingCallback",
+    "JTLATTrainer",
+    "PhaseLoss",
+    "TrainingPhase",
+]

@@ -1,0 +1,296 @@
+"""`AdversarialTrainingArguments`: `transformers.TrainingArguments` plus the adversarial-training recipe."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+from transformers import TrainingArguments
+
+from ..attacks import ATTACKS, DEFAULT_GUIDANCE_WEIGHT, DEFAULT_LIPSCHITZ_WEIGHT, DEFAULT_ROUTER_WEIGHT
+
+# Training methods, in the order of the paper's comparison table.
+ADV_METHODS = ("none", "pgd-at", "trades", "advmoe", "tlat", "j-tlat")
+# Methods that split the model into router / expert parameter groups and therefore need an MoE model.
+MOE_ONLY_METHODS = ("advmoe", "j-tlat")
+# The three J-TLAT steps, in the order they run inside a training step.
+JTLAT_STEPS = ("router", "expert", "model")
+_JTLAT_STEP_ALIASES = {"1": "router", "2": "expert", "3": "model", "experts": "expert", "routers": "router"}
+TEMPORAL_STEPS = ("published", "uniform", "inverse")
+NORMS = ("linf", "l2")
+# Robust-evaluation metric names (without the `eval_` prefix) that `metric_for_best_model` may select.
+ROBUST_METRIC_PREFIX = "robust_accuracy_"
+WORST_CASE_METRIC = "worst_case_accuracy"
+
+
+@dataclass
+class AdversarialTrainingArguments(TrainingArguments):
+    r"""[`~transformers.TrainingArguments`] for adversarial training of (MoE) video classifiers.
+
+    Every field of `TrainingArguments` is available; the ones below choose the adversarial-training method, the
+    attack used *inside* the training step (re-computed with the current weights for every batch), the weights of
+    the paper's losses and the robust evaluation run by [`AdversarialTrainer.evaluate`].
+
+    Two `TrainingArguments` defaults change:
+
+    - `remove_unused_columns=False`: video datasets often decode frames in a `with_transform` / `set_transform`
+      from raw columns (e.g. a file path) that `Trainer` would otherwise drop before the transform sees them. The
+      trainers only ever feed `pixel_values` (and `labels`) to the model, so extra columns are harmless as long as the
+      collator ignores them (`default_data_collator` skips strings; [`~hf_videomoe.data.VideoCollator`] drops them).
+    - `ddp_find_unused_parameters=True`: under `DistributedDataParallel` an expert that receives no token on a
+      process has no gradient there, and the router-only / expert-only updates of J-TLAT and AdvMoE leave whole
+      parameter groups unused in a pass. DDP needs `find_unused_parameters=True` for both; J-TLAT and AdvMoE refuse
+      `False`.
+
+    Selecting the most robust checkpoint: with `eval_attacks=["pgd", "j-tlga"]`, evaluation reports
+    `eval_robust_accuracy_pgd`, `eval_robust_accuracy_j-tlga` and `eval_worst_case_accuracy` (the fraction of clips
+    that no attack fools). Set `load_best_model_at_end=True`, `metric_for_best_model="eval_worst_case_accuracy"` (or
+    `"eval_robust_accuracy_pgd"`) and `greater_is_better=True` (inferred automatically for these names, since they do
+    not end in `loss`); `eval_strategy` and `save_strategy` must match as usual.
+
+    Args:
+        adv_method (`str`, *optional*):
+            `"none"` (clean training), `"pgd-at"` (Madry et al.), `"trades"` (Zhang et al. 2019), `"advmoe"`
+            (AdvMoE-style alternating router / expert training, Zhang et al. 2023), `"tlat"` (single-stage temporal
+            Lipschitz AT) or `"j-tlat"` (the paper's joint three-step method). `None` picks the trainer's default:
+            `"pgd-at"` for [`AdversarialTrainer`], `"j-tlat"` for [`JTLATTrainer`].
+        adv_eps (`float`, *optional*, defaults to 8/255):
+            Perturbation budget of the training attacks, in pixel units of the [0, 1] input (so 8/255 means 8 grey
+            levels). Must lie in [0, 1].
+        adv_steps (`int`, *optional*, defaults to 5):
+            Iterations of every training attack (`0` trains on the random start / clean input).
+        adv_step_size (`float`, *optional*):
+            Step size of the training attacks; `None` uses the attacks' default (`2.5 * eps / steps`).
+        adv_norm (`str`, *optional*, defaults to `"linf"`):
+            `"linf"` or `"l2"`.
+        adv_attack (`str`, *optional*):
+            Attack that generates the training examples of the single-stage methods; `None` uses the method's
+            attack: `pgd` for PGD-AT and AdvMoE's expert step, `tla-m` for TLAT. TRADES always maximises its own KL
+            term.
+        lipschitz_weight (`float`, *optional*, defaults to 0.01):
+            λ, the weight of the temporal Lipschitz term L_Lip(g) = MSE(g(x), g(x+δ)) / MSE(x, x+δ) in the losses of
+            TLAT and J-TLAT and in the paper's attacks. `>= 0`.
+        guidance_weight (`float`, *optional*, defaults to 1.0):
+            γ1, the weight of TLGA-R's guidance toward the weakest expert (attacks of J-TLAT). `>= 0`.
+        router_weight (`float`, *optional*, defaults to 1.0):
+            γ2, the weight of the router term in J-TLGA (attack of J-TLAT step 3). `>= 0`.
+        temporal_momentum (`float`, *optional*, defaults to 0.9):
+            β of the temporal adaptive step of the paper's attacks, in [0, 1].
+        temporal_step (`str`, *optional*, defaults to `"published"`):
+            `"published"`, `"uniform"` or `"inverse"` per-frame step rule of the paper's attacks.
+        trades_beta (`float`, *optional*, defaults to 6.0):
+            β of TRADES: `CE(f(x), y) + β · KL(f(x) ‖ f(x_adv))`. `>= 0`.
+        jtlat_router_attack (`str`, *optional*, defaults to `"tlga-r"`):
+            Attack generating the examples of J-TLAT steps 1 and 2: `"tlga-r"`, `"tla-r"` or `"pgd-r"`.
+        jtlat_model_attack (`str`, *optional*, defaults to `"j-tlga"`):
+            Attack generating the examples of J-TLAT step 3: `"j-tlga"`, `"j-tla"`, `"tla-m"` or `"pgd"`.
+        jtlat_reuse_adversarial (`bool`, *optional*, defaults to `False`):
+            Generate one adversarial batch per training step (with `jtlat_model_attack`) and use it in all three
+            J-TLAT steps instead of running a router attack for steps 1-2 and a joint attack for step 3. Roughly
+            halves the attack cost.
+        jtlat_steps (`list[str]`, *optional*, defaults to `["router", "expert", "model"]`):
+            Which J-TLAT steps run on every batch (`"router"`/`"1"`, `"expert"`/`"2"`, `"model"`/`"3"`); they
+            always run in that order.
+        jtlat_top_k (`int`, *optional*, defaults to 2):
+            Number of experts (the top ones of the clip-level router probabilities on the step-2 adversarial clip)
+            trained per clip in J-TLAT step 2.
+        advmoe_router_attack (`str`, *optional*, defaults to `"pgd"`):
+            Attack generating the examples of AdvMoE's router steps (`"pgd"` attacks the whole model as in AdvMoE;
+            `"pgd-r"` / `"tla-r"` attack the routers directly).
+        eval_attacks (`list[str]`, *optional*, defaults to `[]`):
+            Attacks (names of `hf_videomoe.attacks.ATTACKS`) under which `evaluate()` also reports robust accuracy
+            (`eval_robust_accuracy_<attack>`) and the worst case over them (`eval_worst_case_accuracy`).
+        eval_attack_eps (`float`, *optional*):
+            Budget of the evaluation attacks; `None` uses `adv_eps`.
+        eval_attack_steps (`int`, *optional*, defaults to 10):
+            Iterations of the evaluation attacks.
+        eval_max_samples (`int`, *optional*, defaults to 256):
+            Robust accuracy is measured on the first `eval_max_samples` clips of the evaluation set (`None`: all).
+    """
+
+    remove_unused_columns: bool = field(
+        default=False,
+        metadata={
+            "help": "Whether to drop dataset columns the model's forward does not accept. Defaults to False for "
+            "video datasets that decode frames in a transform from raw columns."
+        },
+    )
+    ddp_find_unused_parameters: bool | None = field(
+        default=True,
+        metadata={
+            "help": "`find_unused_parameters` of DistributedDataParallel. Defaults to True: experts without tokens "
+            "and the router-only / expert-only updates of J-TLAT and AdvMoE leave parameters unused."
+        },
+    )
+
+    adv_method: str | None = field(
+        default=None,
+        metadata={
+            "help": "Adversarial training method: none, pgd-at, trades, advmoe, tlat or j-tlat (None: the trainer's "
+            "default, pgd-at for AdversarialTrainer and j-tlat for JTLATTrainer).",
+            "choices": [None, *ADV_METHODS],
+        },
+    )
+    adv_eps: float = field(default=8 / 255, metadata={"help": "Training attack budget in [0, 1] pixel units."})
+    adv_steps: int = field(default=5, metadata={"help": "Iterations of the training attacks."})
+    adv_step_size: float | None = field(
+        default=None, metadata={"help": "Step size of the training attacks (None: the attacks' default)."}
+    )
+    adv_norm: str = field(default="linf", metadata={"help": "Threat model: linf or l2.", "choices": list(NORMS)})
+    adv_attack: str | None = field(
+        default=None,
+        metadata={"help": "Attack for single-stage methods (None: pgd for PGD-AT/AdvMoE, tla-m for TLAT)."},
+    )
+    lipschitz_weight: float = field(default=DEFAULT_LIPSCHITZ_WEIGHT, metadata={"help": "λ, weight of the temporal Lipschitz terms."})
+    guidance_weight: float = field(default=DEFAULT_GUIDANCE_WEIGHT, metadata={"help": "γ1, TLGA-R guidance weight."})
+    router_weight: float = field(default=DEFAULT_ROUTER_WEIGHT, metadata={"help": "γ2, weight of the router term of J-TLGA."})
+    temporal_momentum: float = field(default=0.9, metadata={"help": "β of the temporal adaptive step, in [0, 1]."})
+    temporal_step: str = field(
+        default="published",
+        metadata={"help": "Per-frame step rule of the paper's attacks.", "choices": list(TEMPORAL_STEPS)},
+    )
+    trades_beta: float = field(default=6.0, metadata={"help": "β of TRADES."})
+    jtlat_router_attack: str = field(
+        default="tlga-r", metadata={"help": "Attack of J-TLAT steps 1-2: tlga-r, tla-r or pgd-r."}
+    )
+    jtlat_model_attack: str = field(
+        default="j-tlga", metadata={"help": "Attack of J-TLAT step 3: j-tlga, j-tla, tla-m or pgd."}
+    )
+    jtlat_reuse_adversarial: bool = field(
+        default=False, metadata={"help": "Reuse one adversarial batch (jtlat_model_attack) for all J-TLAT steps."}
+    )
+    jtlat_steps: list[str] = field(
+        default_factory=lambda: list(JTLAT_STEPS),
+        metadata={"help": "J-TLAT steps to run on every batch: router, expert, model (or 1, 2, 3)."},
+    )
+    jtlat_top_k: int = field(default=2, metadata={"help": "Experts trained per clip in J-TLAT step 2."})
+    advmoe_router_attack: str = field(
+        default="pgd", metadata={"help": "Attack generating AdvMoE's router-step examples."}
+    )
+    eval_attacks: list[str] = field(
+        default_factory=list,
+        metadata={"help": "Attacks for robust accuracy during evaluation (e.g. pgd j-tlga)."},
+    )
+    eval_attack_eps: float | None = field(
+        default=None, metadata={"help": "Budget of the evaluation attacks (None: adv_eps)."}
+    )
+    eval_attack_steps: int = field(default=10, metadata={"help": "Iterations of the evaluation attacks."})
+    eval_max_samples: int | None = field(
+        default=256, metadata={"help": "Evaluation clips used for robust accuracy (None: all)."}
+    )
+
+    def __post_init__(self):
+        super().__post_init__()
+        self._validate_adversarial_fields()
+
+    # ------------------------------------------------------------------ validation
+    def _validate_adversarial_fields(self) -> None:
+        if self.adv_method is not None:
+            method = str(self.adv_method).lower()
+            if method not in ADV_METHODS:
+                raise ValueError(f"Unknown adv_method {self.adv_method!r}; choose one of {list(ADV_METHODS)}.")
+            self.adv_method = method
+
+        _check_range("adv_eps", self.adv_eps, 0.0, 1.0)
+        if self.eval_attack_eps is not None:
+            _check_range("eval_attack_eps", self.eval_attack_eps, 0.0, 1.0)
+        _check_int("adv_steps", self.adv_steps, 0)
+        _check_int("eval_attack_steps", self.eval_attack_steps, 0)
+        _check_int("jtlat_top_k", self.jtlat_top_k, 1)
+        if self.eval_max_samples is not None:
+            _check_int("eval_max_samples", self.eval_max_samples, 1)
+        if self.adv_step_size is not None:
+            _check_range("adv_step_size", self.adv_step_size, 0.0, low_inclusive=False)
+        for name in ("lipschitz_weight", "guidance_weight", "router_weight", "trades_beta"):
+            _check_range(name, getattr(self, name), 0.0)
+        _check_range("temporal_momentum", self.temporal_momentum, 0.0, 1.0)
+        if self.adv_norm not in NORMS:
+            raise ValueError(f"adv_norm must be one of {list(NORMS)}, got {self.adv_norm!r}.")
+        if self.temporal_step not in TEMPORAL_STEPS:
+            raise ValueError(f"temporal_step must be one of {list(TEMPORAL_STEPS)}, got {self.temporal_step!r}.")
+
+        self.jtlat_steps = _normalise_jtlat_steps(self.jtlat_steps)
+        if self.jtlat_router_attack not in ("tlga-r", "tla-r", "pgd-r"):
+            raise ValueError(
+                f"jtlat_router_attack must be 'tlga-r', 'tla-r' or 'pgd-r', got {self.jtlat_router_attack!r}."
+            )
+        if self.jtlat_model_attack not in ("j-tlga", "j-tla", "tla-m", "pgd"):
+            raise ValueError(
+                f"jtlat_model_attack must be 'j-tlga', 'j-tla', 'tla-m' or 'pgd', got {self.jtlat_model_attack!r}."
+            )
+
+        if isinstance(self.eval_attacks, str):
+            self.eval_attacks = [name for name in self.eval_attacks.replace(",", " ").split() if name]
+        self.eval_attacks = [str(name).lower() for name in (self.eval_attacks or [])]
+        if len(set(self.eval_attacks)) != len(self.eval_attacks):
+            raise ValueError(f"eval_attacks lists an attack twice: {self.eval_attacks}.")
+        attack_names = [name for name in (self.adv_attack, self.advmoe_router_attack) if name is not None]
+        if self.eval_attacks or attack_names:
+            known = tuple(ATTACKS)
+            for field_name, names in (
+                ("eval_attacks", self.eval_attacks),
+                ("adv_attack", [self.adv_attack] if self.adv_attack else []),
+                ("advmoe_router_attack", [self.advmoe_router_attack]),
+            ):
+                unknown = [name for name in names if name not in known]
+                if unknown:
+                    raise ValueError(f"Unknown attack(s) {unknown} in {field_name}; known attacks: {list(known)}.")
+
+        metric = self.metric_for_best_model
+        if metric is not None:
+            bare = metric[len("eval_") :] if metric.startswith("eval_") else metric
+            if bare.startswith(ROBUST_METRIC_PREFIX):
+                attack = bare[len(ROBUST_METRIC_PREFIX) :]
+                if attack not in self.eval_attacks:
+                    raise ValueError(
+                        f"metric_for_best_model={metric!r} needs {attack!r} in eval_attacks (got {self.eval_attacks})."
+                    )
+            elif bare == WORST_CASE_METRIC and not self.eval_attacks:
+                raise ValueError(f"metric_for_best_model={metric!r} needs at least one attack in eval_attacks.")
+
+        if self.ddp_find_unused_parameters is False and self.adv_method in MOE_ONLY_METHODS:
+            raise ValueError(
+                f"adv_method={self.adv_method!r} updates router and expert parameters in separate passes, which "
+                "leaves parameters unused under DistributedDataParallel: keep ddp_find_unused_parameters=True."
+            )
+
+    def adversarial_recipe(self) -> dict:
+        """The adversarial-training settings as a JSON-serialisable dict (for model cards and logs)."""
+        keys = (
+            "adv_method", "adv_eps", "adv_steps", "adv_step_size", "adv_norm", "adv_attack", "lipschitz_weight",
+            "guidance_weight", "router_weight", "temporal_momentum", "temporal_step", "trades_beta",
+            "jtlat_router_attack", "jtlat_model_attack", "jtlat_reuse_adversarial", "jtlat_steps", "jtlat_top_k",
+            "advmoe_router_attack", "eval_attacks", "eval_attack_eps", "eval_attack_steps", "eval_max_samples",
+        )  # fmt: skip
+        return {key: getattr(self, key) for key in keys}
+
+
+def _check_range(name: str, value, low: float, high: float = math.inf, low_inclusive: bool = True) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ValueError(f"{name} must be a number, got {value!r}.")
+    value = float(value)
+    above_low = value >= low if low_inclusive else value > low
+    if not (math.isfinite(value) and above_low and value <= high):
+        interval = ("[" if low_inclusive else "(") + f"{low:g}, " + ("inf)" if high == math.inf else f"{high:g}]")
+        raise ValueError(f"{name} must be a finite number in {interval}, got {value!r}.")
+
+
+def _check_int(name, value, low) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < low:
+        raise ValueError(f"{name} must be an integer >= {low}, got {value!r}.")
+
+
+def _normalise_jtlat_steps(steps) -> list[str]:
+    if isinstance(steps, str):
+        steps = [s for s in steps.replace(",", " ").split() if s]
+    normalised = []
+    for step in steps or []:
+        name = _JTLAT_STEP_ALIASES.get(str(step).lower(), str(step).lower())
+        if name not in JTLAT_STEPS:
+            raise ValueError(f"Unknown J-TLAT step {step!r}; choose among {list(JTLAT_STEPS)} (or 1, 2, 3).")
+        if name in normalised:
+            raise ValueError(f"jtlat_steps lists {name!r} twice: {steps}.")
+        normalised.append(name)
+    if not normalised:
+        raise ValueError("jtlat_steps must name at least one of 'router', 'expert', 'model'.")
+    return [name for name in JTLAT_STEPS if name in normalised]

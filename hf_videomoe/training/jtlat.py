@@ -1,0 +1,195 @@
+"""`JTLATTrainer`: Joint Temporal Lipschitz Adversarial Training (J-TLAT) of video Mixture-of-Experts."""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+import torch
+from torch import nn
+
+from ..attacks.objectives import lipschitz_ratio, router_consistency_ce, router_lipschitz_ratio
+from ..moe import clip_router_probabilities, force_experts
+from ._utils import TrainingPhase, split_router_logits
+from .trainer import AdversarialTrainer, PhaseLoss
+
+
+class JTLATTrainer(AdversarialTrainer):
+    r"""[`AdversarialTrainer`] running the paper's J-TLAT: three steps on every batch, each on its own parameter group.
+
+    1. **Router step** (``"router"``, router parameters only): on router-attack examples ``x_r`` (TLGA-R by default,
+       ``jtlat_router_attack``), minimise ``ℓ_Router = CE(R(x_r), r(x)) + λ · L_Lip(R; x, x_r)`` — routing
+       consistency with the clean top-1 decisions ``r(x)`` plus the router's Lipschitz ratio, averaged over MoE
+       layers and routing units.
+    2. **Expert step** (``"expert"``, expert parameters only): on the same ``x_r``, take for each clip the top-2
+       experts 𝓘 of the clip-level router probabilities ``R(x_r)`` (`clip_router_probabilities`) and minimise
+       ``Σ_{i∈𝓘} w_i [CE(E_i(x_r), y) + λ · L_Lip(E_i; x, x_r)]``, where ``E_i`` is the model with every MoE layer
+       forced to expert ``i`` and ``w_i`` the two router probabilities renormalised to sum to 1 (detached).
+    3. **Model step** (``"model"``, all parameters): on joint-attack examples ``x_m`` (J-TLGA by default,
+       ``jtlat_model_attack``), minimise ``CE(F(x_m), y) + λ · L_Lip(F; x, x_m)`` plus the MoE auxiliary loss.
+
+    All three steps use the weights at the start of the optimizer step: each back-propagates into its own group
+    (``requires_grad`` toggling), gradients add up in ``.grad``, and one optimizer step applies the sum. This keeps
+    Trainer's optimizer, scheduler, clipping and gradient-accumulation semantics; a router step therefore never moves
+    an expert, and an expert step never moves a router (see ``docs/METHOD_training.md`` for the comparison with three
+    sequential updates). ``jtlat_steps`` selects the steps, ``jtlat_reuse_adversarial=True`` generates a single
+    adversarial batch (with ``jtlat_model_attack``) for all of them.
+
+    Logged components: ``loss_router`` (``router_ce``, ``lipschitz_router``), ``loss_expert`` (``expert_ce``,
+    ``lipschitz_expert``, both already weighted by ``w_i``), ``loss_model`` (``adv_ce``, ``lipschitz_model``,
+    ``aux_loss``, ``clean_ce``), ``expert_usage_entropy`` and, on logging steps, ``routing_change``,
+    ``clean_accuracy`` and ``adv_accuracy`` of the training batch.
+
+    Example:
+
+    ```python
+    >>> from hf_videomoe.training import AdversarialTrainingArguments, JTLATTrainer
+    >>> args = AdversarialTrainingArguments(output_dir="out", adv_steps=5, lipschitz_weight=0.01, eval_attacks=["pgd"])
+    >>> trainer = JTLATTrainer(model=moe_model, args=args, train_dataset=ds["train"], eval_dataset=ds["test"])
+    >>> trainer.train()  # doctest: +SKIP
+    ```
+    """
+
+    default_adv_method: ClassVar[str] = "j-tlat"
+    supported_adv_methods: ClassVar[tuple[str, ...]] = ("j-tlat",)
+
+    def _check_method_supported(self) -> None:
+        if self.adv_method not in self.supported_adv_methods:
+            raise ValueError(
+                f"JTLATTrainer trains J-TLAT only, got adv_method={self.adv_method!r}; leave it unset (or 'j-tlat'), "
+                "or use AdversarialTrainer for the other methods."
+            )
+
+    def _setup_adversarial_training(self) -> None:
+        super()._setup_adversarial_training()
+        num_experts = self.accelerator.unwrap_model(self.model).config.num_experts
+        if self.args.jtlat_top_k > num_experts:
+            raise ValueError(f"jtlat_top_k={self.args.jtlat_top_k} exceeds the model's {num_experts} experts.")
+
+    def training_phases(self) -> list[TrainingPhase]:
+        args = self.args
+        router_attack = args.jtlat_model_attack if args.jtlat_reuse_adversarial else args.jtlat_router_attack
+        phases = {
+            "router": TrainingPhase("router", "J-TLAT step 1 (router)", "router", router_attack),
+            "expert": TrainingPhase("expert", "J-TLAT step 2 (expert)", "expert", router_attack),
+            "model": TrainingPhase("model", "J-TLAT step 3 (model)", "all", args.jtlat_model_attack),
+        }
+        return [phases[name] for name in args.jtlat_steps]
+
+    # ------------------------------------------------------------------------------------------------------------------
+    # Step 1 and step 3: one forward pass each
+    # ------------------------------------------------------------------------------------------------------------------
+
+    def compute_phase_loss(self, model: nn.Module, phase: TrainingPhase) -> PhaseLoss:
+        if phase.name == "router":
+            return self.router_loss(model, phase)
+        if phase.name == "model":
+            step = self._step
+            x_adv = self.adversarial_examples(model, phase.attack)
+            return self.lipschitz_model_loss(model, step.pixel_values, x_adv, step.labels)
+        raise ValueError(f"{phase.label} runs one pass per expert in `train_phase`; it has no single-pass loss.")
+
+    def router_loss(self, model: nn.Module, phase: TrainingPhase) -> PhaseLoss:
+        """``CE(R(x_r), r(x)) + λ · L_Lip(R; x, x_r)`` per clip (one forward pass on ``[x, x_r]``)."""
+        step = self._step
+        x = step.pixel_values
+        x_adv = self.adversarial_examples(model, phase.attack)
+        out = self._forward(model, torch.cat([x, x_adv]))
+        clean_rl, adv_rl = split_router_logits(out.router_logits, step.batch_size)
+        # Step 2 picks each clip's experts from these (pre-update) adversarial router probabilities.
+        step.adv_router_logits[phase.attack] = tuple(r.detach() for r in adv_rl)
+        consistency = router_consistency_ce(adv_rl, clean_rl)
+        terms = {"router_ce": consistency}
+        per_sample = consistency
+        if self.args.lipschitz_weight:
+            lip = router_lipschitz_ratio(clean_rl, adv_rl, x, x_adv)
+            terms["lipschitz_router"] = lip
+            per_sample = consistency + self.args.lipschitz_weight * lip
+        return PhaseLoss(per_sample, terms, None)
+
+    # ------------------------------------------------------------------------------------------------------------------
+    # Step 2: one forced-expert pass per expert
+    # ------------------------------------------------------------------------------------------------------------------
+
+    def train_phase(self, model: nn.Module, phase: TrainingPhase, final: bool) -> torch.Tensor:
+        if phase.name != "expert":
+            return super().train_phase(model, phase, final)
+        return self.train_expert_step(model, phase, final)
+
+    def expert_selection(self, model: nn.Module, phase: TrainingPhase) -> tuple[torch.Tensor, torch.Tensor]:
+        """Each clip's experts for step 2 and their weights: the ``jtlat_top_k`` largest clip-level router
+        probabilities on the adversarial clip, renormalised to sum to 1. Returns ``(indices, weights)``, both
+        ``(batch, k)``, detached."""
+        step = self._step
+        adv_rl = step.adv_router_logits.get(phase.attack)
+        if adv_rl is None:  # no router step this batch: route the adversarial clips once, without gradient
+            with torch.no_grad():
+                out = self._forward(self.accelerator.unwrap_model(model), self.adversarial_examples(model, phase.attack))
+            adv_rl = out.router_logits
+        probs = clip_router_probabilities(adv_rl).detach()
+        top_p, top_i = probs.topk(min(self.args.jtlat_top_k, probs.shape[-1]), dim=-1)
+        return top_i, top_p / top_p.sum(dim=-1, keepdim=True).clamp_min(1e-12)
+
+    def train_expert_step(self, model: nn.Module, phase: TrainingPhase, final: bool) -> torch.Tensor:
+        """J-TLAT step 2. Clips are grouped by selected expert; each expert ``e`` runs one forced forward / backward
+        pass on its clips (clean and adversarial halves when λ > 0), weighted by ``w_e``, into expert parameters only.
+
+        Under several processes the last expert's pass is the micro-batch's synchronising pass when step 2 is the
+        last step; a process with no clip for that expert then runs it on one clip with weight 0 (processes must run
+        the same DDP passes).
+        """
+        step = self._step
+        x, y, batch_size = step.pixel_values, step.labels, step.batch_size
+        x_adv = self.adversarial_examples(model, phase.attack)
+        indices, weights = self.expert_selection(model, phase)
+        unwrapped = self.accelerator.unwrap_model(model)
+        num_experts = unwrapped.config.num_experts
+        lipschitz_weight = self.args.lipschitz_weight
+        num_items = step.num_items_in_batch
+        distributed = self.accelerator.num_processes > 1
+
+        per_clip = x.new_zeros(batch_size, dtype=torch.float32)
+        ce_per_clip = torch.zeros_like(per_clip)
+        lip_per_clip = torch.zeros_like(per_clip)
+        expert_ces, expert_lips = [], []
+        total = torch.zeros((), device=self.args.device)
+        for expert in range(num_experts):
+            chosen = indices == expert
+            clip_index = chosen.any(dim=-1).nonzero().squeeze(1)
+            clip_weight = (weights * chosen).sum(dim=-1)
+            last = final and expert == num_experts - 1
+            if clip_index.numel() == 0:
+                if not (last and distributed):
+                    continue
+                clip_index = torch.zeros(1, dtype=torch.long, device=x.device)  # weight 0: a pass that adds nothing
+            w = clip_weight[clip_index]
+            xs, xa, ys = x[clip_index], x_adv[clip_index], y[clip_index]
+            with self.parameter_groups.only("expert"), force_experts(unwrapped, expert):
+                with self.compute_loss_context_manager():
+                    pass_model = self.pass_model(model, last)
+                    if lipschitz_weight:
+                        out = self._forward(pass_model, torch.cat([xs, xa]))
+                        clean_logits, adv_logits = out.logits.split(clip_index.numel())
+                        lip = lipschitz_ratio(clean_logits, adv_logits, xs, xa)
+                    else:
+                        adv_logits, lip = self._forward(pass_model, xa).logits, torch.zeros_like(w)
+                    ce = self._ce(adv_logits, ys)
+                    per_sample = w * (ce + lipschitz_weight * lip)
+                    loss = self._reduce(per_sample, num_items, batch_size)
+                total = total + self._backward(loss, num_items)
+            per_clip.index_add_(0, clip_index, per_sample.detach())
+            ce_per_clip.index_add_(0, clip_index, (w * ce).detach())
+            lip_per_clip.index_add_(0, clip_index, (w * lip).detach())
+            expert_ces.append(ce.detach())
+            expert_lips.append(lip.detach())
+
+        terms = {"expert_ce": ce_per_clip}
+        if lipschitz_weight:
+            terms["lipschitz_expert"] = lip_per_clip
+        self._record_phase(phase, PhaseLoss(per_clip, terms))
+        # The NaN guard looks at the raw values of every pass (a clip's weighted sum could hide nothing, but a pass
+        # with weight 0 must still be checked); the term names are the same on every process.
+        raw = {"expert_ce": expert_ces, "lipschitz_expert": expert_lips}
+        self._raise_if_not_finite(
+            phase, {name: torch.cat(values) if values else per_clip.new_zeros(0) for name, values in raw.items()}
+        )
+        return total

@@ -1,0 +1,54 @@
+"""Shared fixtures: tiny model configs (fast on 2 CPU cores). Tests never touch the network."""
+
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import pytest  # noqa: E402
+
+TINY_SHAPE = dict(
+    image_size=16,
+    patch_size=8,
+    num_frames=4,
+    hidden_size=32,
+    num_hidden_layers=2,
+    num_attention_heads=2,
+    intermediate_size=64,
+    num_labels=8,
+)
+
+
+@pytest.fixture
+def tiny_videomae_config():
+    """Factory: ``tiny_videomae_config(**overrides)`` -> ``VideoMAEMoeConfig`` (tubelet 2, so 2 time steps x 4 patches).
+
+    ``tiny_videomae_config(dense=True, ...)`` returns the dense ``transformers.VideoMAEConfig`` of the same shape.
+    """
+
+    def make(dense: bool = False, **overrides):
+        from transformers import VideoMAEConfig
+
+        from hf_videomoe import VideoMAEMoeConfig
+
+        kwargs = {**TINY_SHAPE, "tubelet_size": 2, **overrides}
+        return (VideoMAEConfig if dense else VideoMAEMoeConfig)(**kwargs)
+
+    return make
+
+
+@pytest.fixture
+def tiny_timesformer_config():
+    """Factory: ``tiny_timesformer_config(**overrides)`` -> ``TimesformerMoeConfig`` (1 CLS + 4 frames x 4 patches).
+
+    ``tiny_timesformer_config(dense=True, ...)`` returns the dense ``transformers.TimesformerConfig``.
+    """
+
+    def make(dense: bool = False, **overrides):
+        from transformers import TimesformerConfig
+
+        from hf_videomoe import TimesformerMoeConfig
+
+        kwargs = {**TINY_SHAPE, **overrides}
+        return (TimesformerConfig if dense else TimesformerMoeConfig)(**kwargs)
+
+    return make

@@ -1,0 +1,339 @@
+"""The sparse MoE block: expert kernels, router gradients, forced routing, jitter, aux losses, and cost accounting."""
+
+import copy
+
+import pytest
+import torch
+from torch import nn
+from transformers import TimesformerForVideoClassification, VideoMAEForVideoClassification
+
+from hf_videomoe import TimesformerMoeForVideoClassification, VideoMAEMoeForVideoClassification
+from hf_videomoe.evaluation import CostReport, count_cost, count_parameters, dense_equivalent_config
+from hf_videomoe.moe import (
+    force_experts,
+    load_balancing_loss,
+    moe_blocks,
+    naive_experts_forward,
+    router_parameters,
+    router_z_loss,
+)
+
+MOE_CLASSES = {"videomae": VideoMAEMoeForVideoClassification, "timesformer": TimesformerMoeForVideoClassification}
+DENSE_CLASSES = {"videomae": VideoMAEForVideoClassification, "timesformer": TimesformerForVideoClassification}
+TOKENS = {"videomae": 8, "timesformer": 17}  # tokens per clip of the tiny configs
+IMPLEMENTATIONS = ["eager", "batched_mm", "grouped_mm"]
+
+
+@pytest.fixture(params=["videomae", "timesformer"])
+def kind(request):
+    return request.param
+
+
+@pytest.fixture
+def make_config(kind, tiny_videomae_config, tiny_timesformer_config):
+    return tiny_videomae_config if kind == "videomae" else tiny_timesformer_config
+
+
+def build(kind, make_config, seed=0, **overrides):
+    torch.manual_seed(seed)
+    return MOE_CLASSES[kind](make_config(**overrides)).eval()
+
+
+def clip(batch=2, seed=1):
+    return torch.rand(batch, 4, 3, 16, 16, generator=torch.Generator().manual_seed(seed))
+
+
+# ------------------------------------------------------------------------------------------------ expert kernels
+
+
+def test_default_experts_implementation_is_a_fast_kernel(tiny_videomae_config):
+    model = VideoMAEMoeForVideoClassification(tiny_videomae_config())
+    assert model.config._experts_implementation in ("grouped_mm", "batched_mm")
+
+
+@pytest.mark.parametrize("top_k", [1, 2])
+@pytest.mark.parametrize("implementation", IMPLEMENTATIONS)
+def test_experts_kernel_matches_naive_loop(tiny_videomae_config, implementation, top_k):
+    torch.manual_seed(0)
+    model = VideoMAEMoeForVideoClassification(tiny_videomae_config(num_experts_per_tok=top_k))
+    model.set_experts_implementation(implementation)
+    assert model.config._experts_implementation == implementation
+    experts = moe_blocks(model)[0].experts
+    with torch.no_grad():  # distinct experts and non-zero biases
+        for param in experts.parameters():
+            param.copy_(torch.randn_like(param) * 0.1)
+
+    num_tokens, num_experts = 37, experts.num_experts
+    cases = {
+        "random": torch.rand(num_tokens, num_experts).argsort(dim=-1)[:, :top_k],
+        # experts 2 and 3 receive no token: empty groups must be skipped without breaking the others
+        "unbalanced": torch.stack([torch.zeros(num_tokens, dtype=torch.long), torch.ones(num_tokens, dtype=torch.long)],
+                                  dim=-1)[:, :top_k],
+    }
+    for name, index in cases.items():
+        states = torch.randn(num_tokens, experts.hidden_dim)
+        weights = torch.rand(num_tokens, top_k) + 0.1
+        weights = weights / weights.sum(-1, keepdim=True)
+        grad_out = torch.randn(num_tokens, experts.hidden_dim)
+        results = []
+        for fn in (lambda h, w: experts(h, index, w), lambda h, w: naive_experts_forward(experts, h, index, w)):
+            h, w = states.clone().requires_grad_(), weights.clone().requires_grad_()
+            experts.zero_grad()
+            out = fn(h, w)
+            out.backward(grad_out)
+            results.append((out.detach(), h.grad, w.grad, experts.up_proj.grad.clone(), experts.down_proj_bias.grad.clone()))
+        for got, want, what in zip(results[0], results[1], ("output", "input grad", "weight grad", "up grad", "bias grad")):
+            torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5, msg=f"{implementation}/{name}: {what}")
+
+
+def test_experts_kernels_agree_on_whole_model(kind, make_config):
+    model = build(kind, make_config, num_experts_per_tok=2, router_granularity="token")
+    x = clip()
+    results = {}
+    for implementation in IMPLEMENTATIONS:
+        model.set_experts_implementation(implementation)
+        pixels = x.clone().requires_grad_()
+        out = model(pixels)
+        (out.logits.square().sum() + out.aux_loss).backward()
+        results[implementation] = (out.logits.detach(), pixels.grad)
+    for implementation in ("batched_mm", "grouped_mm"):
+        torch.testing.assert_close(results[implementation][0], results["eager"][0], rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(results[implementation][1], results["eager"][1], rtol=1e-4, atol=1e-6)
+
+
+# ------------------------------------------------------------------------------------------------ router gradients
+
+
+def _router_grads(model, loss):
+    params = list(router_parameters(model))
+    grads = torch.autograd.grad(loss, params, retain_graph=True, allow_unused=True)
+    return [torch.zeros_like(p) if g is None else g for p, g in zip(params, grads)]
+
+
+@pytest.mark.parametrize("top_k", [1, 2])
+def test_router_receives_gradients(kind, make_config, top_k):
+    model = build(kind, make_config, num_experts_per_tok=top_k).train()
+    x, labels = clip(), torch.tensor([0, 5])
+    out = model(x, labels=labels)
+    ce = torch.nn.functional.cross_entropy(out.logits, labels)
+    torch.testing.assert_close(out.loss, ce + out.aux_loss)
+    assert out.aux_loss > 0
+
+    aux_grads = _router_grads(model, out.aux_loss)
+    assert len(aux_grads) == 2 and all(g.abs().sum() > 0 for g in aux_grads)
+    ce_grads = _router_grads(model, ce)
+    if top_k == 1:
+        # Top-1 weights are renormalised to exactly 1 (w / w): the task loss cannot reach the router (up to float
+        # round-off), only the aux loss can.
+        assert all(g.abs().max() < 1e-6 < 1e-5 < a.abs().max() for g, a in zip(ce_grads, aux_grads))
+    else:
+        assert all(g.abs().sum() > 0 for g in ce_grads)
+
+    out.loss.backward()
+    for param in router_parameters(model):
+        assert param.grad is not None and param.grad.abs().sum() > 0
+
+
+# ------------------------------------------------------------------------------------------------ forced routing
+
+
+def _replicate_expert(model, experts):
+    """A copy of ``model`` whose every expert (in MoE layer ``l``) holds the weights of expert ``experts[l]``."""
+    clone = copy.deepcopy(model)
+    with torch.no_grad():
+        for block, index in zip(moe_blocks(clone), experts):
+            for param in block.experts.parameters():
+                param.copy_(param[index : index + 1].expand_as(param))
+    return clone
+
+
+def test_force_experts_computes_single_expert(kind, make_config):
+    model = build(kind, make_config, num_experts_per_tok=2)
+    with torch.no_grad():  # make the experts differ
+        for block in moe_blocks(model):
+            for param in block.experts.parameters():
+                param.add_(0.05 * torch.randn_like(param))
+    x = clip()
+    with torch.no_grad():
+        baseline = model(x)
+        for experts in ([0, 0], [1, 1], [2, 2], [3, 3], [3, 1]):
+            arg = experts[0] if experts[0] == experts[1] else experts
+            with force_experts(model, arg) as forced_model:
+                assert forced_model is model
+                forced = model(x)
+            reference = _replicate_expert(model, experts)(x)
+            torch.testing.assert_close(forced.logits, reference.logits, rtol=0, atol=1e-5)
+            # Router logits are still computed while experts are forced (layer 0 sees the same input).
+            assert len(forced.router_logits) == 2
+            torch.testing.assert_close(forced.router_logits[0], baseline.router_logits[0], rtol=0, atol=0)
+            for a, b in zip(forced.router_logits, reference.router_logits):
+                torch.testing.assert_close(a, b, rtol=0, atol=1e-5)
+        assert all(block.forced_expert is None for block in moe_blocks(model))
+        torch.testing.assert_close(model(x).logits, baseline.logits, rtol=0, atol=0)
+        assert not torch.allclose(_replicate_expert(model, [0, 0])(x).logits, baseline.logits, atol=1e-6)
+
+
+def test_force_experts_restores_routing(kind, make_config):
+    model = build(kind, make_config)
+    blocks = moe_blocks(model)
+    with pytest.raises(RuntimeError, match="boom"):
+        with force_experts(model, 2):
+            assert [b.forced_expert for b in blocks] == [2, 2]
+            raise RuntimeError("boom")
+    assert [b.forced_expert for b in blocks] == [None, None]
+    with force_experts(model, [0, 1]):
+        with force_experts(model, 3):
+            assert [b.forced_expert for b in blocks] == [3, 3]
+        assert [b.forced_expert for b in blocks] == [0, 1]
+    assert [b.forced_expert for b in blocks] == [None, None]
+
+
+def test_force_experts_rejects_bad_arguments(kind, make_config):
+    model = build(kind, make_config)
+    with pytest.raises(ValueError, match="out of range"):
+        with force_experts(model, 4):
+            pass
+    with pytest.raises(ValueError, match="2 MoE layers"):
+        with force_experts(model, [0, 1, 2]):
+            pass
+    dense = DENSE_CLASSES[kind](make_config(dense=True))
+    with pytest.raises(ValueError, match="Mixture-of-Experts"):
+        with force_experts(dense, 0):
+            pass
+    assert all(b.forced_expert is None for b in moe_blocks(model))
+
+
+# ---------------------------------------------------------------------------------------------- jitter, aux losses
+
+
+def test_jitter_only_in_training(kind, make_config):
+    model = build(kind, make_config, router_jitter_noise=0.3)
+    x = clip()
+    with torch.no_grad():
+        a, b = model(x), model(x)
+        torch.testing.assert_close(a.logits, b.logits, rtol=0, atol=0)
+        torch.testing.assert_close(a.router_logits[0], b.router_logits[0], rtol=0, atol=0)
+        model.train()
+        c, d = model(x), model(x)
+    assert not torch.equal(c.router_logits[0], d.router_logits[0])
+    assert not torch.equal(c.router_logits[0], a.router_logits[0])
+    # Without jitter, training-mode forwards are deterministic too (dropout is 0 in the tiny configs).
+    model = build(kind, make_config).train()
+    with torch.no_grad():
+        torch.testing.assert_close(model(x).router_logits[0], model(x).router_logits[0], rtol=0, atol=0)
+
+
+def test_aux_losses():
+    uniform = (torch.zeros(2, 8, 4),)
+    torch.testing.assert_close(load_balancing_loss(uniform, num_experts=4, top_k=1), torch.tensor(1.0))
+    # Everything routed to one expert with certainty costs num_experts.
+    collapsed = torch.full((2, 8, 4), -30.0)
+    collapsed[..., 0] = 30.0
+    torch.testing.assert_close(load_balancing_loss((collapsed,), num_experts=4, top_k=1), torch.tensor(4.0))
+    torch.testing.assert_close(router_z_loss(uniform), torch.log(torch.tensor(4.0)) ** 2)
+
+
+def test_aux_loss_coefficients(kind, make_config):
+    x = clip()
+    with torch.no_grad():
+        base = build(kind, make_config, router_aux_loss_coef=0.0, router_z_loss_coef=0.0)(x)
+        assert base.aux_loss == 0
+        model = build(kind, make_config, router_aux_loss_coef=0.5, router_z_loss_coef=0.25)
+        out = model(x)
+    expected = 0.5 * load_balancing_loss(out.router_logits, 4, 1) + 0.25 * router_z_loss(out.router_logits)
+    torch.testing.assert_close(out.aux_loss, expected)
+
+
+# ---------------------------------------------------------------------------------------------------- cost
+
+
+def _router_flops(kind, num_units_per_layer, num_layers=2, hidden=32, experts=4):
+    return num_layers * 2 * num_units_per_layer * hidden * experts
+
+
+def test_count_cost_moe_against_dense(kind, make_config):
+    model = build(kind, make_config)  # 4 experts, top-1, token routing, default (grouped_mm) kernel
+    config = model.config
+    narrow = DENSE_CLASSES[kind](dense_equivalent_config(config, match="active"))
+    matched = DENSE_CLASSES[kind](dense_equivalent_config(config, match="total"))
+    moe_cost, narrow_cost, matched_cost = count_cost(model), count_cost(narrow), count_cost(matched)
+    assert isinstance(moe_cost, CostReport) and moe_cost.input_shape == (4, 3, 16, 16)
+
+    # One expert per token: exactly the one-expert-width dense model plus the router's matmul.
+    router = _router_flops(kind, TOKENS[kind])
+    assert moe_cost.flops == narrow_cost.flops + router
+    assert router < 0.02 * moe_cost.flops
+    assert moe_cost.flops < 0.75 * matched_cost.flops
+    assert sum(v for k, v in moe_cost.flops_by_module.items() if k.endswith(".mlp.router")) == router
+
+    # Parameters: the MoE has (nearly) the parameter-matched model's total, and the narrow model's active count.
+    assert moe_cost.active_parameters < moe_cost.total_parameters
+    router_params = sum(p.numel() for p in router_parameters(model))
+    assert moe_cost.active_parameters == narrow_cost.total_parameters + router_params
+    assert abs(moe_cost.total_parameters - matched_cost.total_parameters) <= router_params + 2 * 3 * 32
+    for dense_cost in (narrow_cost, matched_cost):
+        assert dense_cost.active_parameters == dense_cost.total_parameters
+
+
+def test_count_cost_counts_routed_tokens_only(kind, make_config):
+    """Top-2 costs exactly one more expert MLP per token than top-1; frame routing has a smaller router."""
+    top1 = count_cost(build(kind, make_config))
+    top2 = count_cost(build(kind, make_config, num_experts_per_tok=2))
+    mlp = 2 * (2 + 2) * TOKENS[kind] * 32 * 64  # 2 layers x (up + down matmul, 2 FLOPs per MAC), one expert
+    assert top2.flops - top1.flops == mlp
+    frame = count_cost(build(kind, make_config, router_granularity="frame"))
+    frames = 2 if kind == "videomae" else 5
+    assert top1.flops - frame.flops == _router_flops(kind, TOKENS[kind]) - _router_flops(kind, frames)
+
+
+def test_count_cost_restores_model_state(kind, make_config):
+    model = build(kind, make_config).train()
+    implementation = model.config._experts_implementation
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    cost = count_cost(model, batch_size=3)
+    assert model.training and model.config._experts_implementation == implementation
+    assert all(torch.equal(state[k], v) for k, v in model.state_dict().items())
+    # FLOPs are per clip and do not depend on the kernel the model uses.
+    assert cost.batch_size == 3
+    assert cost.flops == count_cost(model).flops
+    model.set_experts_implementation("batched_mm")
+    assert count_cost(model).flops == cost.flops
+    assert model.config._experts_implementation == "batched_mm"
+
+
+def test_count_parameters_formula(kind, make_config):
+    model = build(kind, make_config, num_experts=4, num_experts_per_tok=2, moe_layers=[1])
+    active, total = count_parameters(model)
+    expert = 2 * 32 * 64 + 64 + 32  # up + down weights and biases of one expert
+    assert total == sum(p.numel() for p in model.parameters())
+    assert total - active == (4 - 2) * expert
+    dense = DENSE_CLASSES[kind](make_config(dense=True))
+    assert count_parameters(dense)[0] == count_parameters(dense)[1]
+
+
+def test_count_cost_input_shape(kind, make_config):
+    model = build(kind, make_config)
+    assert count_cost(model, input_shape=(2, 4, 3, 16, 16)).batch_size == 2
+    with pytest.raises(ValueError, match="frames, channels, height, width"):
+        count_cost(model, input_shape=(3, 16, 16))
+    with pytest.raises(ValueError, match="input_shape"):
+        count_cost(nn.Linear(3, 3))
+    plain = nn.Sequential(nn.Flatten(), nn.Linear(4 * 3 * 16 * 16, 8))
+    assert count_cost(plain, input_shape=(4, 3, 16, 16)).flops == 2 * 4 * 3 * 16 * 16 * 8
+
+
+def test_dense_equivalent_config(tiny_videomae_config, tiny_timesformer_config):
+    from transformers import TimesformerConfig, VideoMAEConfig
+
+    moe = tiny_videomae_config(num_experts=3)
+    active, total = dense_equivalent_config(moe), dense_equivalent_config(moe, match="total")
+    assert type(active) is VideoMAEConfig and active.model_type == "videomae"
+    assert (active.intermediate_size, total.intermediate_size) == (64, 192)
+    assert not hasattr(active, "num_experts") and active.hidden_size == 32 and active.tubelet_size == 2
+    tsf = dense_equivalent_config(tiny_timesformer_config(drop_path_rate=0.1, attention_type="joint_space_time"))
+    assert type(tsf) is TimesformerConfig and tsf.attention_type == "joint_space_time" and tsf.drop_path_rate == 0.1
+    assert dense_equivalent_config(moe, intermediate_size=100).intermediate_size == 100
+    with pytest.raises(ValueError, match="match"):
+        dense_equivalent_config(moe, match="flops")
+    with pytest.raises(TypeError):
+        dense_equivalent_config(object())
