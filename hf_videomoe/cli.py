@@ -223,16 +223,23 @@ def cmd_evaluate(args) -> None:
     dataset = _subset(_load_dataset(args, "test"), args.num_samples)
     attacks = [a.strip() for a in args.attacks.split(",") if a.strip()]
     eps_sweep = [float(e) / 255 for e in args.eps_sweep.split(",")] if args.eps_sweep else None
+    if args.dataset == "moving-shapes":
+        dataset_name = "MovingShapes"
+        dataset_kwargs = {"num_videos": args.num_videos, "num_frames": args.num_frames,
+                          "image_size": args.image_size, "seed": args.data_seed, "difficulty": args.difficulty}
+    else:
+        dataset_name, dataset_kwargs = args.dataset, None
     report = evaluate_robustness(
         model, dataset, attacks=attacks, eps=args.eps, steps=args.steps, norm=args.norm, seed=args.seed,
-        batch_size=args.batch_size, eps_sweep=eps_sweep, state_dir=args.state_dir,
+        batch_size=args.batch_size, eps_sweep=eps_sweep, state_dir=args.state_dir, dataset_name=dataset_name,
     )
     output_dir = Path(args.output_dir or Path(args.model) / "robustness")
     output_dir.mkdir(parents=True, exist_ok=True)
     report.save(output_dir / "report.json")
     (output_dir / "report.md").write_text(report.to_markdown())
     plots = report.plot(output_dir)
-    card = build_model_card(report, model_name=Path(args.model).name, plots=plots)
+    card = build_model_card(report, model_name=Path(args.model).name, plots=plots, dataset_name=dataset_name,
+                            dataset_kwargs=dataset_kwargs)
     card.save(output_dir / "README.md")
     print(report.to_markdown())
     print(f"\nReport, plots and model card written to {output_dir}")

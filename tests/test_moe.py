@@ -46,9 +46,15 @@ def clip(batch=2, seed=1):
 # ------------------------------------------------------------------------------------------------ expert kernels
 
 
-def test_default_experts_implementation_is_a_fast_kernel(tiny_videomae_config):
+def test_default_experts_implementation(tmp_path, tiny_videomae_config):
+    """Eager (sorted, one matmul pair per expert) is the fastest kernel on CPU; grouped_mm where CUDA exists."""
+    expected = "grouped_mm" if torch.cuda.is_available() else "eager"
     model = VideoMAEMoeForVideoClassification(tiny_videomae_config())
-    assert model.config._experts_implementation in ("grouped_mm", "batched_mm")
+    assert model.config._experts_implementation == expected
+    model.save_pretrained(tmp_path)
+    assert VideoMAEMoeForVideoClassification.from_pretrained(tmp_path).config._experts_implementation == expected
+    chosen = VideoMAEMoeForVideoClassification.from_pretrained(tmp_path, experts_implementation="grouped_mm")
+    assert chosen.config._experts_implementation == "grouped_mm"
 
 
 @pytest.mark.parametrize("top_k", [1, 2])
@@ -99,6 +105,41 @@ def test_experts_kernels_agree_on_whole_model(kind, make_config):
     for implementation in ("batched_mm", "grouped_mm"):
         torch.testing.assert_close(results[implementation][0], results["eager"][0], rtol=1e-5, atol=1e-5)
         torch.testing.assert_close(results[implementation][1], results["eager"][1], rtol=1e-4, atol=1e-6)
+
+
+# ------------------------------------------------------------------------------------------------ routing units
+
+
+def _unit_of_token(kind, granularity):
+    """Expected token -> unit map of the tiny configs (VideoMAE: time-major tubelets; TimeSformer: CLS first, then
+    patch-major with the frame index fastest; its CLS token is a unit of its own under frame routing)."""
+    if granularity == "clip":
+        return [0] * TOKENS[kind]
+    if kind == "videomae":
+        return [j // 4 for j in range(8)]
+    return [4] + [j % 4 for j in range(16)]
+
+
+@pytest.mark.parametrize("granularity", ["frame", "clip"])
+def test_units_share_one_decision(kind, make_config, granularity):
+    """The router sees the mean hidden state of each unit, and every token of a unit gets the unit's experts."""
+    model = build(kind, make_config, router_granularity=granularity, num_experts_per_tok=2)
+    block = moe_blocks(model)[0]
+    captured = {}
+    block.register_forward_hook(lambda mod, args, out: captured.update(states=args[0]))
+    original = block.experts.forward
+    block.experts.forward = lambda h, idx, w: captured.update(index=idx, weights=w) or original(h, idx, w)
+    with torch.no_grad():
+        out = model(clip())
+    units = torch.tensor(_unit_of_token(kind, granularity))
+    states = captured["states"]  # (batch, tokens, hidden)
+    means = torch.stack([states[:, units == u].mean(dim=1) for u in range(int(units.max()) + 1)], dim=1)
+    torch.testing.assert_close(out.router_logits[0], block.router(means), rtol=1e-5, atol=1e-6)
+    index = captured["index"].reshape(2, TOKENS[kind], 2)
+    weights = captured["weights"].reshape(2, TOKENS[kind], 2)
+    top = torch.topk(out.router_logits[0].softmax(-1), 2, dim=-1)
+    torch.testing.assert_close(index, top.indices[:, units])
+    torch.testing.assert_close(weights, (top.values / top.values.sum(-1, keepdim=True))[:, units])
 
 
 # ------------------------------------------------------------------------------------------------ router gradients
@@ -247,7 +288,7 @@ def test_aux_loss_coefficients(kind, make_config):
 # ---------------------------------------------------------------------------------------------------- cost
 
 
-def _router_flops(kind, num_units_per_layer, num_layers=2, hidden=32, experts=4):
+def _router_flops(num_units_per_layer, num_layers=2, hidden=32, experts=4):
     return num_layers * 2 * num_units_per_layer * hidden * experts
 
 
@@ -260,7 +301,7 @@ def test_count_cost_moe_against_dense(kind, make_config):
     assert isinstance(moe_cost, CostReport) and moe_cost.input_shape == (4, 3, 16, 16)
 
     # One expert per token: exactly the one-expert-width dense model plus the router's matmul.
-    router = _router_flops(kind, TOKENS[kind])
+    router = _router_flops(TOKENS[kind])
     assert moe_cost.flops == narrow_cost.flops + router
     assert router < 0.02 * moe_cost.flops
     assert moe_cost.flops < 0.75 * matched_cost.flops
@@ -283,7 +324,7 @@ def test_count_cost_counts_routed_tokens_only(kind, make_config):
     assert top2.flops - top1.flops == mlp
     frame = count_cost(build(kind, make_config, router_granularity="frame"))
     frames = 2 if kind == "videomae" else 5
-    assert top1.flops - frame.flops == _router_flops(kind, TOKENS[kind]) - _router_flops(kind, frames)
+    assert top1.flops - frame.flops == _router_flops(TOKENS[kind]) - _router_flops(frames)
 
 
 def test_count_cost_restores_model_state(kind, make_config):
@@ -299,6 +340,10 @@ def test_count_cost_restores_model_state(kind, make_config):
     model.set_experts_implementation("batched_mm")
     assert count_cost(model).flops == cost.flops
     assert model.config._experts_implementation == "batched_mm"
+    # grouped_mm is invisible to FlopCounterMode: the experts of a wrapped model are switched to eager as well.
+    model.set_experts_implementation("grouped_mm")
+    assert count_cost(nn.Sequential(model), input_shape=(4, 3, 16, 16)).flops == cost.flops
+    assert model.config._experts_implementation == "grouped_mm"
 
 
 def test_count_parameters_formula(kind, make_config):

@@ -32,8 +32,8 @@ class FGSM(GradientAttack):
     """Fast Gradient Sign Method (Goodfellow et al., 2015): one step of size ``eps`` along the gradient sign (L∞) or
     the normalised gradient (L2), from the clean input (or a random start: "R+FGSM").
 
-    As every attack of the engine it returns, per sample, the better of the evaluated points (the start and the step)
-    under the misclassification-first rule.
+    Unlike the multi-step attacks it returns the stepped point by default (``selection="last"``), as FGSM is usually
+    understood; ``selection="misclassification"`` returns the start instead when that already fools the model.
 
     Takes every [`Attack`] / [`GradientAttack`] argument; ``random_start`` defaults to ``False``. FGSM is single-step
     by definition: ``steps`` and ``step_size`` are accepted (and validated) for a uniform interface, but it always
@@ -44,6 +44,7 @@ class FGSM(GradientAttack):
     """
 
     name = "fgsm"
+    default_selection = "last"
 
     def __init__(self, *, loss: str = "ce", random_start: bool = False, steps: int | None = None,
                  step_size: float | None = None, **kwargs):

@@ -140,10 +140,10 @@ class IndexedSource(DataSource):
     def labels(self) -> list[int] | None:
         """All labels when they can be read without loading pixels (for the resume fingerprint and range checks)."""
         if self._is_hf:
+            if (self.data.format or {}).get("type") == "custom":
+                return None  # a with_transform / set_transform may need other columns: labels come per batch
             key = _label_key({name: None for name in self.data.column_names})
-            column = self.data[key]
-            values = column[: self.num_samples] if not isinstance(column, list) else column[: self.num_samples]
-            return [int(v) for v in list(values)]
+            return [int(v) for v in list(self.data[key][: self.num_samples])]
         if isinstance(self.data, (list, tuple)):
             out = []
             for sample in self.data[: self.num_samples]:

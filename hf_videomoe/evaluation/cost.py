@@ -112,16 +112,19 @@ def _clip_shape(model: nn.Module, input_shape: Sequence[int] | None) -> tuple[in
 
 @contextlib.contextmanager
 def _eager_experts(model: nn.Module):
-    """Temporarily run the experts with the eager kernel (the one ``FlopCounterMode`` sees), then restore."""
-    if not moe_blocks(model) or not hasattr(model, "set_experts_implementation"):
-        yield
-        return
-    previous = model.get_experts_implementation()
-    model.set_experts_implementation("eager")
+    """Temporarily run the experts with the eager kernel (the one ``FlopCounterMode`` sees), then restore.
+
+    Works on the experts' configs directly, so a wrapped model (e.g. inside another ``nn.Module``) is handled too.
+    """
+    configs = {id(block.experts.config): block.experts.config for block in moe_blocks(model)}.values()
+    previous = [(config, config._experts_implementation_internal) for config in configs]
     try:
+        for config, _ in previous:
+            config._experts_implementation_internal = "eager"
         yield
     finally:
-        model.set_experts_implementation(previous)
+        for config, implementation in previous:
+            config._experts_implementation_internal = implementation
 
 
 def _cpu_sdpa_flops(query_shape, key_shape, value_shape, *args, out_shape=None, **kwargs) -> int:

@@ -111,10 +111,14 @@ class RobustnessReport:
         active_parameters / total_parameters: parameters used per routing unit / stored.
         dense_parameters: parameters of that dense model.
         eps, norm: the perturbation budget shared by the attacks built by name (``"linf"`` or ``"l2"``).
+        input_shape: one clip's shape ``[frames, channels, height, width]``.
         steps: the shared step count (``None`` if each attack used its own default).
         seed: the base seed (each batch reseeds the global RNG with ``seed + batch_index``).
         attacks: attack names in evaluation order.
         attack_settings: attack name → ``Attack.settings()`` (steps, step sizes, seeds, weights...).
+        attack_arguments: attack name → the exact ``build_attack`` arguments (with ``"name"``) of attacks built by
+            name, so that ``evaluate_robustness(model, data, attacks=report.attack_arguments)`` rebuilds them; attacks
+            given as instances are recorded as ``{"instance": class name}``.
         num_samples: evaluated samples.
         batch_size: batch size of the evaluation (part of the resumable state).
         eps_sweep: attack name → {ε: robust accuracy}; includes ``eps`` itself.
@@ -138,10 +142,12 @@ class RobustnessReport:
     num_samples: int
     eps: float
     norm: str = "linf"
+    input_shape: list[int] | None = None
     steps: int | None = None
     seed: int | None = 0
     attacks: list[str] = field(default_factory=list)
     attack_settings: dict[str, dict[str, Any]] = field(default_factory=dict)
+    attack_arguments: dict[str, dict[str, Any]] = field(default_factory=dict)
     routing_change: dict[str, float] = field(default_factory=dict)
     routing_change_per_layer: dict[str, list[float]] = field(default_factory=dict)
     router_lipschitz: dict[str, float] = field(default_factory=dict)

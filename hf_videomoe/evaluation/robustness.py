@@ -59,7 +59,6 @@ __all__ = ["DEFAULT_ATTACKS", "evaluate_robustness"]
 #: Attacks run when ``attacks=None``: three standard white-box attacks, the gradient-free Square (the gradient-masking
 #: check needs it) and the paper's strongest MoE attack (dropped automatically for dense models).
 DEFAULT_ATTACKS = ("pgd", "apgd-ce", "apgd-dlr", "square", "j-tlga")
-_MOE_ONLY_FALLBACK = frozenset({"pgd-r", "tla-r", "tlga-r", "tla-e", "tla-m", "j-tla", "j-tlga"})
 _STATE_FORMAT = 1
 
 
@@ -152,7 +151,8 @@ def _resolve_attacks(
     """Turn the ``attacks`` argument into specs; every error (unknown name or option, duplicate label, MoE attack on
     a dense model) is raised here, before any data is touched."""
     if attacks is None:
-        attacks = [a for a in DEFAULT_ATTACKS if moe or a not in _MOE_ONLY_FALLBACK]
+        registry = _attacks_module().ATTACKS
+        attacks = [a for a in DEFAULT_ATTACKS if moe or not registry[a].requires_moe]
     if isinstance(attacks, str) or _is_attack_instance(attacks):
         attacks = [attacks]
     if isinstance(attacks, Mapping):
@@ -315,7 +315,15 @@ def _resolve_distributed(accelerator: Any) -> _Dist:
         initialised = bool(getattr(PartialState, "_shared_state", {}))
         if not initialised and int(os.environ.get("WORLD_SIZE", "1")) <= 1:
             return _Dist()
-        state = PartialState()
+        if initialised:
+            state = PartialState()
+        else:
+            # PartialState only sets up multi-CPU (gloo) runs when told to; mirror AcceleratorState's
+            # ACCELERATE_USE_CPU flag and fall back to CPU when there is no accelerator.
+            from accelerate.utils import parse_flag_from_env
+
+            cpu = parse_flag_from_env("ACCELERATE_USE_CPU") or not torch.cuda.is_available()
+            state = PartialState(cpu=cpu)
     world = int(getattr(state, "num_processes", 1))
     rank = int(getattr(state, "process_index", 0))
     return _Dist(world=world, rank=rank, state=state)
@@ -977,10 +985,16 @@ def evaluate_robustness(
         num_samples=agg["num_samples"],
         eps=eps,
         norm=norm,
+        input_shape=[int(v) for v in sample_shape(source.first_sample())],
         steps=steps,
         seed=int(seed),
         attacks=labels,
         attack_settings={s.label: s.settings() for s in specs},
+        attack_arguments={
+            s.label: json.loads(json.dumps({"name": s.name, **s.kwargs}, default=_json_default))
+            if s.kwargs is not None else {"instance": type(s.attack).__name__}
+            for s in specs
+        },
         routing_change=agg["routing_change"],
         routing_change_per_layer=agg["routing_change_per_layer"],
         router_lipschitz=agg["router_lipschitz"],

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -80,6 +79,3 @@ def robust_accuracy_inputs(report: "RobustnessReport") -> dict[str, Any]:
     ]
     return {"predictions": rows, "references": list(per_sample["label"]), "attack_names": attacks}
 
-
-def _metric_dir_exists() -> bool:  # used by tests / packaging checks
-    return os.path.isfile(os.path.join(ROBUST_ACCURACY_METRIC_PATH, "robust_accuracy.py"))

@@ -139,6 +139,57 @@ def metrics_from_model_card(card: ModelCard | str | os.PathLike) -> dict[str, An
     return out
 
 
+def _is_moving_shapes(dataset_name: str) -> bool:
+    return dataset_name.lower().replace("-", "").replace("_", "").replace(" ", "") == "movingshapes"
+
+
+def _moving_shapes_kwargs(report: RobustnessReport, dataset_kwargs: Mapping[str, Any] | None) -> dict[str, Any]:
+    """``make_moving_shapes`` arguments: the given ones, with frames / size filled in from the evaluated clips."""
+    kwargs = dict(dataset_kwargs or {})
+    if report.input_shape:
+        kwargs.setdefault("num_frames", report.input_shape[0])
+        kwargs.setdefault("image_size", report.input_shape[-1])
+    return kwargs
+
+
+def _cli_command(report: RobustnessReport, repo_id: str | None, dataset_name: str, dataset_kwargs) -> tuple[str, bool]:
+    """The ``hf-videomoe evaluate`` command and whether it reproduces every attack setting exactly."""
+    lines = []
+    model_dir = "checkpoint" if repo_id else "path/to/checkpoint"
+    if repo_id:
+        lines.append(f"hf download {repo_id} --local-dir {model_dir}")
+    names = [report.attack_arguments.get(a, {}).get("name", a) for a in report.attacks]
+    cmd = [f"hf-videomoe evaluate --model {model_dir}", f"--attacks {','.join(names)}",
+           f"--eps {report.eps!r} --norm {report.norm}"]
+    cli_steps = report.steps if report.steps is not None else 10
+    cmd.append(f"--steps {cli_steps}")
+    cmd.append(f"--seed {report.seed} --batch-size {report.batch_size or 8} --num-samples {report.num_samples}")
+    if report.eps_sweep:
+        values = sorted({e for curve in report.eps_sweep.values() for e in curve})
+        cmd.append("--eps-sweep " + ",".join(f"{e * 255:g}" for e in values))
+    if _is_moving_shapes(dataset_name):
+        kw = _moving_shapes_kwargs(report, dataset_kwargs)
+        cmd.append("--dataset moving-shapes")
+        for key, flag in (("num_videos", "--num-videos"), ("num_frames", "--num-frames"),
+                          ("image_size", "--image-size"), ("seed", "--data-seed"), ("difficulty", "--difficulty")):
+            if key in kw:
+                cmd.append(f"{flag} {kw[key]}")
+    else:
+        cmd.append(f"--dataset {dataset_name}")
+    lines.append(" \\\n    ".join(cmd))
+    # The CLI gives every gradient attack the shared eps / steps / seed and Square its default budget.
+    shared = {"eps": report.eps, "norm": report.norm, "seed": report.seed}
+    exact = not report.steps_check and list(report.eps_sweep) in ([], list(report.attacks))
+    exact = exact and len(names) == len(set(names)) and all(
+        args.get("name") == label
+        and all(args.get(k) == v for k, v in shared.items())
+        and (args.get("steps") == cli_steps if label != "square" else "steps" not in args)
+        and set(args) <= {"name", "eps", "norm", "seed", "steps"}
+        for label, args in report.attack_arguments.items()
+    )
+    return "\n".join(lines), exact
+
+
 def _reproduce_section(
     report: RobustnessReport,
     repo_id: str | None,
@@ -147,41 +198,32 @@ def _reproduce_section(
     reproduce_command: str | None,
 ) -> str:
     model_ref = repo_id or "path/to/checkpoint"
+    exact = True
     if reproduce_command is None:
-        lines = []
-        model_dir = "checkpoint" if repo_id else model_ref
-        if repo_id:
-            lines.append(f"hf download {repo_id} --local-dir {model_dir}")
-        cmd = [f"hf-videomoe evaluate --model {model_dir}"]
-        cmd.append(f"--attacks {','.join(report.attack_settings.get(a, {}).get('name', a) for a in report.attacks)}")
-        cmd.append(f"--eps {report.eps!r} --norm {report.norm}")
-        if report.steps is not None:
-            cmd.append(f"--steps {report.steps}")
-        cmd.append(f"--seed {report.seed} --batch-size {report.batch_size or 8} --num-samples {report.num_samples}")
-        if report.eps_sweep:
-            values = sorted({e for curve in report.eps_sweep.values() for e in curve})
-            cmd.append("--eps-sweep " + ",".join(f"{e * 255:g}" for e in values))
-        if dataset_name.lower().replace("-", "").replace("_", "") == "movingshapes":
-            kw = dict(dataset_kwargs or {})
-            cmd.append("--dataset moving-shapes")
-            for key, flag in (("num_videos", "--num-videos"), ("num_frames", "--num-frames"),
-                              ("image_size", "--image-size"), ("seed", "--data-seed"), ("difficulty", "--difficulty")):
-                if key in kw:
-                    cmd.append(f"{flag} {kw[key]}")
-        else:
-            cmd.append(f"--dataset {dataset_name}")
-        lines.append(" \\\n    ".join(cmd))
-        reproduce_command = "\n".join(lines)
+        reproduce_command, exact = _cli_command(report, repo_id, dataset_name, dataset_kwargs)
 
-    kwargs = [f"attacks={list(report.attacks)!r}", f"eps={report.eps!r}", f"norm={report.norm!r}"]
+    by_name = report.attack_arguments and all("name" in a for a in report.attack_arguments.values())
+    if by_name:
+        entries = "".join(f"        {label!r}: {args!r},\n" for label, args in report.attack_arguments.items())
+        attacks_arg = "{\n" + entries + "    }"
+    else:
+        attacks_arg = repr(list(report.attacks))
+    kwargs = [f"attacks={attacks_arg}", f"eps={report.eps!r}", f"norm={report.norm!r}"]
     if report.steps is not None:
         kwargs.append(f"steps={report.steps}")
     kwargs += [f"seed={report.seed}", f"batch_size={report.batch_size or 8}"]
     if report.eps_sweep:
         values = sorted({e for curve in report.eps_sweep.values() for e in curve})
         kwargs.append(f"eps_sweep={values!r}")
-    if dataset_name.lower().replace("-", "").replace("_", "") == "movingshapes":
-        data_args = ", ".join(f"{k}={v!r}" for k, v in (dataset_kwargs or {}).items())
+        swept = list(report.eps_sweep)
+        if swept != list(report.attacks):
+            kwargs.append(f"sweep_attacks={swept!r}")
+    if report.steps_check:
+        samples = max(info["num_samples"] for info in report.steps_check.values())
+        kwargs.append(f"check_steps=True, check_steps_attacks={list(report.steps_check)!r}")
+        kwargs.append(f"check_steps_samples={samples}")
+    if _is_moving_shapes(dataset_name):
+        data_args = ", ".join(f"{k}={v!r}" for k, v in _moving_shapes_kwargs(report, dataset_kwargs).items())
         data_line = f"dataset = make_moving_shapes({data_args})[\"test\"]"
         data_import = "from hf_videomoe.data import make_moving_shapes\n"
     else:
@@ -195,14 +237,19 @@ def _reproduce_section(
         f"model = AutoModelForVideoClassification.from_pretrained({model_ref!r})\n"
         f"{data_line}\n"
         f"dataset = dataset.select(range({report.num_samples}))\n"
-        f"report = evaluate_robustness(model, dataset, {', '.join(kwargs)})\n"
+        f"report = evaluate_robustness(\n    model,\n    dataset,\n    " + ",\n    ".join(kwargs) + ",\n)\n"
         "print(report.to_markdown())"
+    )
+    note = "" if exact else (
+        "The command line applies `--eps`, `--steps` and `--seed` to every gradient attack (and its default query "
+        "budget to Square); some attacks here used other settings, which the Python version reproduces exactly.\n\n"
     )
     settings = json.dumps(report.attack_settings, indent=2, sort_keys=True)
     return (
         "## How to reproduce these numbers\n\n"
         f"```bash\n{reproduce_command}\n```\n\n"
-        f"or in Python:\n\n```python\n{snippet}\n```\n\n"
+        f"{note}"
+        f"In Python (exact settings):\n\n```python\n{snippet}\n```\n\n"
         "Full attack settings (seeds, steps, step sizes) as recorded by the evaluator:\n\n"
         f"<details><summary>attack settings</summary>\n\n```json\n{settings}\n```\n\n</details>"
     )

@@ -70,13 +70,22 @@ def _looks_like_local_path(path: str) -> bool:
     return os.path.isabs(path) or path.startswith((".", "~")) or path.count("/") > 1 or "\\" in path
 
 
-class ClearCheckpointErrorsMixin:
-    """``from_pretrained`` that turns missing / corrupt local checkpoints into one clear `OSError`.
+class MoePreTrainedModelMixin:
+    """Behaviour shared by the MoE ``PreTrainedModel``s (listed before the transformers base class).
 
-    transformers reports a missing local directory as an invalid Hub repo id, a directory without ``config.json``
-    as a size-mismatch report against a default config, and a truncated ``model.safetensors`` as a bare
-    ``SafetensorError`` from deep inside the loader. Auto classes dispatch to this method too.
+    * ``from_pretrained`` turns missing / corrupt local checkpoints into one clear `OSError`: transformers reports a
+      missing local directory as an invalid Hub repo id, a directory without ``config.json`` as a size-mismatch
+      report against a default config, and a truncated ``model.safetensors`` as a bare ``SafetensorError`` from deep
+      inside the loader. Auto classes dispatch to this method too.
+    * The default experts kernel is ``"eager"`` on machines without CUDA (it is the fastest on CPU, see
+      docs/bench_moe.md) and transformers' ``"grouped_mm"`` otherwise. An explicit ``experts_implementation=`` or
+      ``set_experts_implementation(...)`` always wins.
     """
+
+    def get_correct_experts_implementation(self, requested_experts: str | None) -> str:
+        if requested_experts is None and not torch.cuda.is_available():
+            requested_experts = "eager"
+        return super().get_correct_experts_implementation(requested_experts)
 
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path, *model_args, **kwargs):

@@ -23,6 +23,8 @@ from __future__ import annotations
 
 import inspect
 import os
+import time
+from pathlib import Path
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
@@ -37,6 +39,7 @@ from transformers.utils import logging
 from ..attacks import ATTACKS, attack_mode, build_attack
 from ..attacks.objectives import lipschitz_ratio
 from ..evaluation import evaluate_robustness
+from ..hub import build_model_card, push_robust_checkpoint
 from ..moe import is_moe_model
 from ._utils import (
     ParameterGroups,
@@ -762,6 +765,7 @@ class AdversarialTrainer(Trainer):
             name: {"name": name, **self.attack_kwargs(name, eps=eps, steps=args.eval_attack_steps, step_size=None)}
             for name in args.eval_attacks
         }
+        start = time.time()
         report = evaluate_robustness(
             model,
             dataset,
@@ -782,13 +786,133 @@ class AdversarialTrainer(Trainer):
         self.robustness_reports[prefix] = report
         if prefix == "eval" or self.robustness_report is None:
             self.robustness_report = report
-        metrics = {f"{prefix}_clean_accuracy": report.clean_accuracy}
+        metrics = {f"{prefix}_clean_accuracy": report.clean_accuracy, f"{prefix}_robust_runtime": time.time() - start}
         for name, value in report.robust_accuracy.items():
             metrics[f"{prefix}_{ROBUST_METRIC_PREFIX}{name}"] = value
         metrics[f"{prefix}_{WORST_CASE_METRIC}"] = report.worst_case_accuracy
         for name, value in (report.routing_change or {}).items():
             metrics[f"{prefix}_routing_change_{name}"] = value
         return {key: float(value) for key, value in metrics.items()}
+
+    # ------------------------------------------------------------------------------------------------------------------
+    # Model card and Hub
+    # ------------------------------------------------------------------------------------------------------------------
+
+    def training_recipe(self) -> dict[str, Any]:
+        """The training settings that matter for robustness, for the model card (JSON-serialisable)."""
+        args = self.args
+        recipe: dict[str, Any] = {"method": self.method_label, "trainer": type(self).__name__}
+        for key, value in args.adversarial_recipe().items():
+            family = key.split("_")[0]
+            if (family == "jtlat" and self.adv_method != "j-tlat") or (family == "advmoe" and self.adv_method != "advmoe"):
+                continue
+            if key == "trades_beta" and self.adv_method != "trades":
+                continue
+            recipe[key] = value
+        recipe["adv_method"] = self.adv_method
+        recipe.update(
+            learning_rate=args.learning_rate,
+            per_device_train_batch_size=args.per_device_train_batch_size,
+            gradient_accumulation_steps=args.gradient_accumulation_steps,
+            num_processes=self.accelerator.num_processes,
+            optimizer_steps=self.state.global_step,
+            seed=args.seed,
+        )
+        runtimes = [log["train_runtime"] for log in self.state.log_history if "train_runtime" in log]
+        if runtimes:
+            recipe["train_runtime_s"] = round(float(runtimes[-1]), 1)
+        phase_updates = self._adversarial_callback_state().phase_updates
+        if phase_updates:
+            recipe["phase_updates"] = dict(phase_updates)
+        return recipe
+
+    def create_model_card(
+        self,
+        language: str | None = None,
+        license: str | None = None,
+        tags: str | list[str] | None = None,
+        model_name: str | None = None,
+        finetuned_from: str | None = None,
+        tasks: str | list[str] | None = None,
+        dataset_tags: str | list[str] | None = None,
+        dataset: str | list[str] | None = None,
+        dataset_args: str | list[str] | None = None,
+    ) -> None:
+        """Write ``README.md`` (and ``report.json``) in ``output_dir``.
+
+        With a robustness report (from `evaluate` with ``eval_attacks``), the card is
+        [`~hf_videomoe.hub.build_model_card`]'s: ``model-index`` metrics with worst-case, clean and per-attack robust
+        accuracy, the robustness table and this trainer's recipe ([`training_recipe`]). Without one, Trainer's
+        default card, tagged with the adversarial-training method.
+        """
+        tags = [tags] if isinstance(tags, str) else list(tags or [])
+        tags = list(dict.fromkeys([*tags, "adversarial-training", self.adv_method]))
+        if self.robustness_report is None:
+            return super().create_model_card(
+                language=language, license=license, tags=tags, model_name=model_name, finetuned_from=finetuned_from,
+                tasks=tasks, dataset_tags=dataset_tags, dataset=dataset, dataset_args=dataset_args,
+            )  # fmt: skip
+        if not self.is_world_process_zero():
+            return None
+        card = build_model_card(
+            self.robustness_report,
+            model_name=model_name or Path(self.args.output_dir).name,
+            base_model=finetuned_from,
+            dataset_name=dataset if isinstance(dataset, str) else None,
+            training_recipe=self.training_recipe(),
+            license=license or "apache-2.0",
+            tags=tags,
+            repo_id=self.hub_model_id,
+        )
+        os.makedirs(self.args.output_dir, exist_ok=True)
+        card.save(os.path.join(self.args.output_dir, "README.md"))
+        self.robustness_report.save(os.path.join(self.args.output_dir, "report.json"))
+        return None
+
+    def push_to_hub(
+        self,
+        commit_message: str | None = "End of training",
+        blocking: bool = True,
+        token: str | None = None,
+        revision: str | None = None,
+        private: bool | None = None,
+        **kwargs,
+    ):
+        """Upload the model with its robustness report and model card.
+
+        With a robustness report (from `evaluate` with ``eval_attacks``), the checkpoint goes up in one commit through
+        [`~hf_videomoe.hub.push_robust_checkpoint`]: weights, ``README.md`` with ``model-index`` robust-accuracy
+        metrics and this trainer's recipe, ``report.json``, ``robustness_report.md`` and plots. The repo is
+        ``repo_id`` (keyword), else ``args.hub_model_id``, else the name of ``output_dir``; ``endpoint`` selects another
+        Hub-compatible server; other keyword arguments go to `build_model_card`. Uploads are blocking. Without a
+        report, this is `Trainer.push_to_hub`.
+        """
+        if self.robustness_report is None:
+            return super().push_to_hub(
+                commit_message=commit_message, blocking=blocking, token=token, revision=revision, private=private,
+                **kwargs,
+            )  # fmt: skip
+        args = self.args
+        if not blocking:
+            logger.warning("push_to_hub uploads robust checkpoints in one blocking commit; ignoring blocking=False.")
+        self.callback_handler.on_push_begin(args, self.state, self.control)
+        self.save_model(_internal_call=True)
+        if not self.is_world_process_zero():
+            return None
+        repo_id = kwargs.pop("repo_id", None) or self.hub_model_id or args.hub_model_id
+        repo_id = repo_id or Path(args.output_dir).absolute().name
+        return push_robust_checkpoint(
+            self.model,
+            repo_id,
+            self.robustness_report,
+            token=token if token is not None else args.hub_token,
+            private=args.hub_private_repo if private is None else private,
+            commit_message=None if commit_message == "End of training" else commit_message,
+            revision=revision if revision is not None else args.hub_revision,
+            model_name=kwargs.pop("model_name", None) or repo_id.split("/")[-1],
+            training_recipe=kwargs.pop("training_recipe", None) or self.training_recipe(),
+            **kwargs,
+        )
 
 
 def _forward_parameter_names(model: nn.Module) -> set[str]:

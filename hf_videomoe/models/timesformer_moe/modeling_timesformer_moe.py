@@ -21,7 +21,7 @@ from transformers.models.timesformer.modeling_timesformer import (
 
 from ...moe import SparseMoeBlock, compute_aux_loss
 from ..common import (
-    ClearCheckpointErrorsMixin,
+    MoePreTrainedModelMixin,
     MoeVideoClassifierOutput,
     MoeVideoModelOutput,
     init_moe_weights,
@@ -133,7 +133,7 @@ class TimesformerMoeEncoder(nn.Module):
         )
 
 
-class TimesformerMoePreTrainedModel(ClearCheckpointErrorsMixin, TimesformerPreTrainedModel):
+class TimesformerMoePreTrainedModel(MoePreTrainedModelMixin, TimesformerPreTrainedModel):
     config_class = TimesformerMoeConfig
     config: TimesformerMoeConfig
     input_modalities = ("video",)

@@ -20,7 +20,7 @@ from transformers.models.videomae.modeling_videomae import (
 
 from ...moe import SparseMoeBlock, compute_aux_loss
 from ..common import (
-    ClearCheckpointErrorsMixin,
+    MoePreTrainedModelMixin,
     MoeVideoClassifierOutput,
     MoeVideoModelOutput,
     init_moe_weights,
@@ -85,7 +85,7 @@ class VideoMAEMoeEncoder(nn.Module):
         )
 
 
-class VideoMAEMoePreTrainedModel(ClearCheckpointErrorsMixin, VideoMAEPreTrainedModel):
+class VideoMAEMoePreTrainedModel(MoePreTrainedModelMixin, VideoMAEPreTrainedModel):
     config_class = VideoMAEMoeConfig
     config: VideoMAEMoeConfig
     _no_split_modules = ["VideoMAEEmbeddings", "VideoMAEMoeLayer"]

@@ -1,0 +1,496 @@
+"""Tests of `hf_videomoe.training`: arguments, every adversarial-training method, J-TLAT's parameter groups, robust
+evaluation, checkpoint selection, resume, NaN guard, gradient accumulation, model card and Hub push.
+
+Tiny models (VideoMAE-MoE 16 px, patch 8, 4 frames, hidden 32, 2 layers, 4 experts) and 16-64 clips keep the file
+fast on two shared CPU cores; the two-process test lives in ``test_training_distributed.py``.
+"""
+
+import math
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+from datasets import Dataset  # noqa: E402
+from transformers import TrainerCallback, TrainingArguments, VideoMAEForVideoClassification  # noqa: E402
+
+import hf_videomoe  # noqa: E402,F401
+from hf_videomoe import VideoMAEMoeForVideoClassification  # noqa: E402
+from hf_videomoe.data import make_moving_shapes  # noqa: E402
+from hf_videomoe.evaluation import RobustnessReport, evaluate_robustness  # noqa: E402
+from hf_videomoe.moe import SparseMoeBlock, moe_blocks, named_expert_parameters, named_router_parameters  # noqa: E402
+from hf_videomoe.training import (  # noqa: E402
+    AdversarialTrainer,
+    AdversarialTrainingArguments,
+    AdversarialTrainingCallback,
+    JTLATTrainer,
+)
+
+METHODS = ("none", "pgd-at", "trades", "tlat", "advmoe", "j-tlat")
+# Loss components each method logs (next to Trainer's `loss`).
+LOGGED = {
+    "none": {"loss_model", "clean_ce", "aux_loss", "expert_usage_entropy"},
+    "pgd-at": {"loss_model", "adv_ce", "aux_loss", "expert_usage_entropy", "routing_change", "adv_accuracy",
+               "clean_accuracy"},
+    "trades": {"loss_model", "clean_ce", "trades_kl", "adv_ce", "aux_loss", "routing_change"},
+    "tlat": {"loss_model", "adv_ce", "lipschitz_model", "clean_ce", "aux_loss", "routing_change"},
+    "advmoe": {"loss_router", "loss_expert", "adv_ce", "aux_loss", "routing_change"},
+    "j-tlat": {"loss_router", "router_ce", "lipschitz_router", "loss_expert", "expert_ce", "lipschitz_expert",
+               "loss_model", "adv_ce", "lipschitz_model", "clean_ce", "aux_loss", "expert_usage_entropy",
+               "routing_change", "clean_accuracy", "adv_accuracy"},
+}
+
+
+@pytest.fixture(scope="module", autouse=True)
+def single_thread():
+    """One intra-op thread: OpenMP spin-waiting makes tiny models very slow on a shared 2-core machine."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
+@pytest.fixture
+def moe_model(tiny_videomae_config):
+    def make(seed: int = 0, **overrides):
+        torch.manual_seed(seed)
+        return VideoMAEMoeForVideoClassification(tiny_videomae_config(num_experts=4, **overrides))
+
+    return make
+
+
+@pytest.fixture(scope="module")
+def shapes():
+    """MovingShapes, easy, 4 frames of 16 px: 32 training clips (4 per class) and 16 test clips."""
+    return make_moving_shapes(48, num_frames=4, image_size=16, difficulty="easy", seed=0, test_size=16)
+
+
+def motion_dataset(num_clips: int, seed: int, noise: float = 0.1) -> Dataset:
+    """A 2-class motion task: a white 4x4 square crosses a noisy grey frame left-to-right (0) or right-to-left (1).
+
+    Clean training solves it from the tubelet embedding alone and is fooled by an 8/255 PGD; adversarial training
+    has to rely on the square itself.
+    """
+    generator = torch.Generator().manual_seed(seed)
+    labels = torch.arange(num_clips) % 2
+    pixels = (0.5 + noise * torch.randn(num_clips, 4, 3, 16, 16, generator=generator)).clamp(0, 1)
+    for i in range(num_clips):
+        row = int(torch.randint(0, 12, (1,), generator=generator))
+        start = int(torch.randint(0, 4, (1,), generator=generator))
+        for t in range(4):
+            col = start + 3 * t if labels[i] == 0 else 12 - start - 3 * t
+            pixels[i, t, :, row : row + 4, col : col + 4] = 1.0
+    return Dataset.from_dict({"pixel_values": pixels.numpy(), "labels": labels.tolist()}).with_format("torch")
+
+
+def make_args(tmp_path, **overrides) -> AdversarialTrainingArguments:
+    defaults = dict(
+        output_dir=str(tmp_path / "out"),
+        adv_steps=1,
+        max_steps=4,
+        per_device_train_batch_size=8,
+        per_device_eval_batch_size=8,
+        learning_rate=3e-3,
+        logging_steps=1,
+        save_strategy="no",
+        report_to=[],
+        use_cpu=True,
+        seed=0,
+        dataloader_num_workers=0,
+    )
+    return AdversarialTrainingArguments(**{**defaults, **overrides})
+
+
+def make_trainer(model, args, train_dataset, **kwargs):
+    cls = JTLATTrainer if args.adv_method in (None, "j-tlat") else AdversarialTrainer
+    return cls(model=model, args=args, train_dataset=train_dataset, **kwargs)
+
+
+def state_dict_copy(model):
+    return {name: value.detach().clone() for name, value in model.state_dict().items()}
+
+
+def changed_parameters(before, model, atol=0.0):
+    return {name for name, value in model.state_dict().items() if not torch.allclose(before[name], value, atol=atol, rtol=0)}
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Arguments
+
+
+def test_arguments_defaults():
+    args = AdversarialTrainingArguments(output_dir="unused", report_to=[])
+    assert args.adv_method is None  # the trainer's default: pgd-at / j-tlat
+    assert args.adv_eps == pytest.approx(8 / 255)
+    assert args.remove_unused_columns is False
+    assert args.ddp_find_unused_parameters is True
+    assert args.jtlat_steps == ["router", "expert", "model"]
+    assert args.eval_attacks == []
+    assert AdversarialTrainingArguments(output_dir="unused", report_to=[], jtlat_steps=["3", "1"]).jtlat_steps == [
+        "router",
+        "model",
+    ]
+    best = AdversarialTrainingArguments(
+        output_dir="unused", report_to=[], eval_attacks=["pgd"], metric_for_best_model="eval_worst_case_accuracy"
+    )
+    assert best.greater_is_better is True
+
+
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        (dict(adv_method="fgsm-at"), "adv_method"),
+        (dict(adv_eps=1.5), "adv_eps"),
+        (dict(adv_eps=-1 / 255), "adv_eps"),
+        (dict(lipschitz_weight=-0.1), "lipschitz_weight"),
+        (dict(guidance_weight=-1.0), "guidance_weight"),
+        (dict(router_weight=float("nan")), "router_weight"),
+        (dict(trades_beta=-1.0), "trades_beta"),
+        (dict(temporal_momentum=1.5), "temporal_momentum"),
+        (dict(adv_steps=-1), "adv_steps"),
+        (dict(adv_step_size=0.0), "adv_step_size"),
+        (dict(adv_norm="l1"), "adv_norm"),
+        (dict(temporal_step="fast"), "temporal_step"),
+        (dict(jtlat_steps=["router", "decoder"]), "J-TLAT step"),
+        (dict(jtlat_steps=[]), "jtlat_steps"),
+        (dict(jtlat_router_attack="pgd"), "jtlat_router_attack"),
+        (dict(eval_attacks=["pgd", "nope"]), "nope"),
+        (dict(adv_attack="pgdd"), "adv_attack"),
+        (dict(eval_attacks=["pgd"], metric_for_best_model="eval_robust_accuracy_j-tlga"), "j-tlga"),
+        (dict(metric_for_best_model="eval_worst_case_accuracy"), "eval_attacks"),
+        (dict(adv_method="j-tlat", ddp_find_unused_parameters=False), "ddp_find_unused_parameters"),
+        (dict(eval_max_samples=0), "eval_max_samples"),
+    ],
+)
+def test_arguments_validation(overrides, message):
+    with pytest.raises(ValueError, match=message):
+        AdversarialTrainingArguments(output_dir="unused", report_to=[], **overrides)
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Bad inputs fail before training
+
+
+def test_bad_inputs_raise_before_training(tmp_path, moe_model, tiny_videomae_config, shapes):
+    dense = VideoMAEForVideoClassification(tiny_videomae_config(dense=True))
+    train = shapes["train"]
+    with pytest.raises(ValueError, match="Mixture-of-Experts"):
+        JTLATTrainer(model=dense, args=make_args(tmp_path), train_dataset=train)
+    with pytest.raises(ValueError, match="Mixture-of-Experts"):
+        AdversarialTrainer(model=dense, args=make_args(tmp_path, adv_method="advmoe"), train_dataset=train)
+    with pytest.raises(ValueError, match="Mixture-of-Experts"):
+        AdversarialTrainer(model=dense, args=make_args(tmp_path, adv_attack="tla-r"), train_dataset=train)
+    with pytest.raises(ValueError, match="Mixture-of-Experts"):
+        AdversarialTrainer(model=dense, args=make_args(tmp_path, eval_attacks=["j-tlga"]), train_dataset=train)
+    with pytest.raises(ValueError, match="JTLATTrainer"):
+        AdversarialTrainer(model=moe_model(), args=make_args(tmp_path, adv_method="j-tlat"), train_dataset=train)
+    with pytest.raises(ValueError, match="J-TLAT only"):
+        JTLATTrainer(model=moe_model(), args=make_args(tmp_path, adv_method="pgd-at"), train_dataset=train)
+    with pytest.raises(ValueError, match="jtlat_top_k"):
+        JTLATTrainer(model=moe_model(), args=make_args(tmp_path, jtlat_top_k=5), train_dataset=train)
+    with pytest.raises(TypeError, match="AdversarialTrainingArguments"):
+        AdversarialTrainer(model=moe_model(), args=TrainingArguments(output_dir=str(tmp_path), report_to=[]))
+    with pytest.raises(ValueError, match="compute_loss_func"):
+        AdversarialTrainer(model=moe_model(), args=make_args(tmp_path), compute_loss_func=lambda *a, **k: 0.0)
+    unlabelled = Dataset.from_dict({"pixel_values": torch.rand(4, 4, 3, 16, 16).numpy()}).with_format("torch")
+    with pytest.raises(ValueError, match="no labels"):
+        JTLATTrainer(model=moe_model(), args=make_args(tmp_path), train_dataset=unlabelled)
+    with pytest.raises(ValueError, match="no labels"):
+        AdversarialTrainer(model=moe_model(), args=make_args(tmp_path, eval_attacks=["pgd"]), eval_dataset=unlabelled)
+    assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Every method trains and reduces its own loss
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_method_reduces_its_loss_and_logs_components(tmp_path, moe_model, shapes, method):
+    train = shapes["train"].select(range(16))
+    args = make_args(tmp_path, adv_method=method, max_steps=12, per_device_train_batch_size=16)
+    trainer = make_trainer(moe_model(), args, train)
+    trainer.train()
+    logs = [entry for entry in trainer.state.log_history if "loss" in entry]
+    assert len(logs) == 12
+    keys = set().union(*(entry.keys() for entry in logs))
+    assert LOGGED[method] <= keys, LOGGED[method] - keys
+    # AdvMoE alternates expert (even) and router (odd) steps: compare each of them with itself.
+    tracked = ["loss_expert", "loss_router"] if method == "advmoe" else ["loss"]
+    if method == "j-tlat":
+        tracked += ["loss_router", "loss_expert", "loss_model"]
+    for key in tracked:
+        values = [entry[key] for entry in logs if key in entry]
+        assert all(math.isfinite(v) for v in values)
+        assert sum(values[-2:]) / 2 < sum(values[:2]) / 2, (key, values)
+    callback = next(cb for cb in trainer.callback_handler.callbacks if isinstance(cb, AdversarialTrainingCallback))
+    expected = {"advmoe": {"expert": 6, "router": 6}, "j-tlat": {"router": 12, "expert": 12, "model": 12}}
+    assert callback.phase_updates == expected.get(method, {"model": 12})
+
+
+def test_dense_model_pgd_at(tmp_path, tiny_videomae_config, shapes):
+    torch.manual_seed(0)
+    dense = VideoMAEForVideoClassification(tiny_videomae_config(dense=True))
+    trainer = AdversarialTrainer(model=dense, args=make_args(tmp_path, max_steps=2), train_dataset=shapes["train"])
+    trainer.train()
+    keys = set().union(*(entry.keys() for entry in trainer.state.log_history))
+    assert {"adv_ce", "adv_accuracy"} <= keys and "routing_change" not in keys
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Parameter groups: J-TLAT step 1 changes only routers, step 2 only experts; AdvMoE alternates
+
+
+def _names(pairs):
+    return {name for name, _ in pairs}
+
+
+@pytest.mark.parametrize("step, group", [("router", "router"), ("expert", "expert")])
+def test_jtlat_single_step_changes_only_its_group(tmp_path, moe_model, shapes, step, group):
+    model = moe_model()
+    router, experts = _names(named_router_parameters(model)), _names(named_expert_parameters(model))
+    before = state_dict_copy(model)
+    args = make_args(tmp_path, jtlat_steps=[step], max_steps=2, weight_decay=0.01)
+    JTLATTrainer(model=model, args=args, train_dataset=shapes["train"]).train()
+    changed = changed_parameters(before, model)
+    assert changed == (router if group == "router" else experts)
+
+
+class _GradientRecorder(JTLATTrainer):
+    """Records, per J-TLAT step, which parameters its backward pass(es) touched."""
+
+    def train_phase(self, model, phase, final):
+        params = dict(self.model.named_parameters())
+        before = {n: (p.grad.clone() if p.grad is not None else None) for n, p in params.items()}
+        loss = super().train_phase(model, phase, final)
+        touched = set()
+        for name, param in params.items():
+            if param.grad is None:
+                continue
+            previous = before[name]
+            delta = param.grad if previous is None else param.grad - previous
+            if delta.abs().max() > 0:
+                touched.add(name)
+        self.touched.setdefault(phase.name, set()).update(touched)
+        return loss
+
+
+def test_jtlat_steps_back_propagate_into_their_own_groups(tmp_path, moe_model, shapes):
+    model = moe_model()
+    router, experts = _names(named_router_parameters(model)), _names(named_expert_parameters(model))
+    trainer = _GradientRecorder(model=model, args=make_args(tmp_path, max_steps=2), train_dataset=shapes["train"])
+    trainer.touched = {}
+    trainer.train()
+    assert trainer.touched["router"] and trainer.touched["router"] <= router
+    assert trainer.touched["expert"] and trainer.touched["expert"] <= experts
+    assert trainer.touched["model"] - router - experts  # step 3 trains the whole model
+    assert not any(p.requires_grad is False for p in model.parameters())  # flags restored
+
+
+def test_advmoe_alternates_expert_and_router_updates(tmp_path, moe_model, shapes):
+    model = moe_model()
+    router = _names(named_router_parameters(model))
+    everything = set(state_dict_copy(model))
+    before = state_dict_copy(model)
+    args = make_args(tmp_path, adv_method="advmoe", max_steps=1)
+    AdversarialTrainer(model=model, args=args, train_dataset=shapes["train"]).train()
+    first = changed_parameters(before, model)  # step 0: every non-router parameter (that got a gradient)
+    assert first and not (first & router)
+    assert {name for name in everything - router if "experts" in name} <= first
+    before = state_dict_copy(model)
+    args = make_args(tmp_path, adv_method="advmoe", max_steps=2, output_dir=str(tmp_path / "second"))
+    AdversarialTrainer(model=model, args=args, train_dataset=shapes["train"]).train()  # steps 0 (experts), 1 (routers)
+    assert router <= changed_parameters(before, model)
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Robustness: J-TLAT beats clean training under PGD
+
+
+def _pgd_accuracy(model, dataset):
+    report = evaluate_robustness(
+        model, dataset, ["pgd"], eps=8 / 255, steps=10, batch_size=32, diagnostics=False, compute_cost=False,
+        check_determinism=False, check_gradients=False, progress=False,
+    )  # fmt: skip
+    return report.clean_accuracy, report.robust_accuracy["pgd"]
+
+
+def test_jtlat_is_more_robust_than_clean_training_on_a_motion_task(tmp_path, moe_model):
+    train, test = motion_dataset(64, seed=0), motion_dataset(64, seed=1)
+    results = {}
+    for method in ("none", "j-tlat"):
+        model = moe_model(num_labels=2)
+        args = make_args(
+            tmp_path, adv_method=method, adv_steps=2, max_steps=100, per_device_train_batch_size=16, logging_steps=50,
+            output_dir=str(tmp_path / method),
+        )  # fmt: skip
+        make_trainer(model, args, train).train()
+        results[method] = _pgd_accuracy(model, test)
+    clean_none, robust_none = results["none"]
+    clean_jtlat, robust_jtlat = results["j-tlat"]
+    assert clean_none >= 0.8 and clean_jtlat >= 0.8, results  # both learn the task...
+    assert robust_none <= 0.1, results  # ...clean training is fooled...
+    assert robust_jtlat >= robust_none + 0.2, results  # ...J-TLAT much less
+
+
+@pytest.mark.slow
+def test_jtlat_is_more_robust_than_clean_training_on_moving_shapes(tmp_path, tiny_videomae_config):
+    data = make_moving_shapes(320, num_frames=4, image_size=16, difficulty="easy", seed=0, test_size=64)
+    results = {}
+    for method in ("none", "j-tlat"):
+        torch.manual_seed(0)
+        model = VideoMAEMoeForVideoClassification(tiny_videomae_config(num_experts=4, patch_size=4, hidden_size=48))
+        args = make_args(
+            tmp_path, adv_method=method, adv_steps=2, num_train_epochs=12, max_steps=-1,
+            per_device_train_batch_size=16, logging_steps=50, output_dir=str(tmp_path / method),
+        )  # fmt: skip
+        make_trainer(model, args, data["train"]).train()
+        results[method] = _pgd_accuracy(model, data["test"])
+    print("RESULTS", results)
+    assert results["j-tlat"][1] > results["none"][1], results
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Robust evaluation and checkpoint selection, model card
+
+
+def test_robust_evaluation_selects_best_checkpoint_and_writes_card(tmp_path, moe_model, shapes):
+    args = make_args(
+        tmp_path, max_steps=4, eval_strategy="steps", eval_steps=2, save_strategy="steps", save_steps=2,
+        eval_attacks=["pgd", "j-tlga"], eval_attack_steps=2, eval_max_samples=8, load_best_model_at_end=True,
+        metric_for_best_model="eval_worst_case_accuracy",
+    )  # fmt: skip
+    seen = []
+
+    class Spy(TrainerCallback):
+        def on_evaluate(self, args, state, control, metrics=None, **kwargs):
+            seen.append(dict(metrics))
+
+    trainer = AdversarialTrainer(
+        model=moe_model(), args=args, train_dataset=shapes["train"], eval_dataset=shapes["test"], callbacks=[Spy()]
+    )
+    trainer.train()
+    evals = [entry for entry in trainer.state.log_history if "eval_loss" in entry]
+    assert len(evals) == 2
+    for entry in evals + seen:
+        for key in ("eval_clean_accuracy", "eval_robust_accuracy_pgd", "eval_robust_accuracy_j-tlga",
+                    "eval_worst_case_accuracy", "eval_routing_change_pgd"):  # fmt: skip
+            assert key in entry, key
+        assert entry["eval_worst_case_accuracy"] <= min(entry["eval_robust_accuracy_pgd"], entry["eval_clean_accuracy"])
+    best = max(entry["eval_worst_case_accuracy"] for entry in evals)
+    assert trainer.state.best_metric == pytest.approx(best)
+    assert trainer.state.best_model_checkpoint is not None
+    assert isinstance(trainer.robustness_report, RobustnessReport)
+    assert trainer.robustness_report.num_samples == 8
+
+    # Evaluating on a dict of datasets prefixes every metric with the dataset name.
+    metrics = trainer.evaluate({"shapes": shapes["test"]})
+    assert "eval_shapes_robust_accuracy_pgd" in metrics and "eval_shapes_worst_case_accuracy" in metrics
+
+    from hf_videomoe.hub import metrics_from_model_card
+
+    trainer.create_model_card(model_name="tiny-robust")
+    card_metrics = metrics_from_model_card(tmp_path / "out" / "README.md")
+    report = RobustnessReport.load(tmp_path / "out" / "report.json")
+    assert report.worst_case_accuracy == trainer.robustness_report.worst_case_accuracy
+    assert card_metrics  # model-index metrics parsed back from the card
+    readme = (tmp_path / "out" / "README.md").read_text()
+    assert "adversarial-training" in readme and "PGD-AT" in readme
+
+
+@pytest.mark.slow
+def test_push_to_hub_uploads_robust_checkpoint(tmp_path, moe_model, shapes, monkeypatch):
+    import huggingface_hub.constants
+
+    from hf_videomoe.hub.testing import LoopbackHubServer
+
+    args = make_args(tmp_path, max_steps=1, eval_attacks=["pgd"], eval_attack_steps=1, eval_max_samples=8)
+    trainer = AdversarialTrainer(model=moe_model(), args=args, train_dataset=shapes["train"], eval_dataset=shapes["test"])
+    trainer.train()
+    trainer.evaluate()
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setenv("NO_PROXY", "127.0.0.1,localhost")
+    with LoopbackHubServer() as server:
+        trainer.push_to_hub(repo_id="user/tiny-robust", endpoint=server.url, token="test", plots=False)
+        files = set(server.repos["user/tiny-robust"].files)
+    assert {"README.md", "config.json", "model.safetensors", "report.json"} <= files
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Resume, NaN guard, gradient accumulation
+
+
+class _StopAt(TrainerCallback):
+    def __init__(self, step):
+        self.step = step
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if state.global_step == self.step:
+            control.should_training_stop = True
+
+
+def test_interrupted_jtlat_run_resumes_to_identical_weights(tmp_path, moe_model, shapes):
+    train = shapes["train"].select(range(24))  # 3 steps per epoch: the resume point is mid-epoch
+
+    def run(output_dir, stop_at=None, resume=None):
+        args = make_args(tmp_path, output_dir=str(output_dir), max_steps=6, save_strategy="steps", save_steps=2,
+                         adv_steps=1, data_seed=0)  # fmt: skip
+        model = moe_model(seed=1 if resume else 0)  # a resumed run must not depend on the fresh initialisation
+        callbacks = [_StopAt(stop_at)] if stop_at else []
+        trainer = JTLATTrainer(model=model, args=args, train_dataset=train, callbacks=callbacks)
+        trainer.train(resume_from_checkpoint=resume)
+        return trainer
+
+    full = run(tmp_path / "full")
+    interrupted = run(tmp_path / "interrupted", stop_at=4)
+    assert interrupted.state.global_step == 4
+    assert (tmp_path / "interrupted" / "checkpoint-4").is_dir()
+    resumed = run(tmp_path / "interrupted", resume=str(tmp_path / "interrupted" / "checkpoint-4"))
+    assert resumed.state.global_step == 6
+    expected, actual = full.model.state_dict(), resumed.model.state_dict()
+    for name in expected:
+        torch.testing.assert_close(actual[name], expected[name], atol=1e-6, rtol=0, msg=name)
+    state = lambda t: next(cb for cb in t.callback_handler.callbacks if isinstance(cb, AdversarialTrainingCallback))
+    assert state(resumed).phase_updates == state(full).phase_updates == {"router": 6, "expert": 6, "model": 6}
+
+
+def test_nan_stops_training_naming_the_component_and_keeps_last_checkpoint(tmp_path, moe_model, shapes):
+    model = moe_model()
+    args = make_args(tmp_path, max_steps=6, save_strategy="steps", save_steps=2)
+    trainer = JTLATTrainer(model=model, args=args, train_dataset=shapes["train"])
+
+    def poison(block, inputs, output):
+        # NaN from the third optimizer step on, only while experts are forced, i.e. in J-TLAT step 2.
+        if block.forced_expert is not None and trainer.state.global_step >= 2:
+            return output[0] * float("nan"), output[1]
+        return output
+
+    for block in moe_blocks(model):
+        block.register_forward_hook(poison)
+    with pytest.raises(FloatingPointError, match=r"J-TLAT step 2 \(expert\) loss is NaN at step 3") as err:
+        trainer.train()
+    assert "checkpoint-2" in str(err.value) and "expert_ce" in str(err.value)
+    checkpoints = sorted(p.name for p in (tmp_path / "out").iterdir() if p.name.startswith("checkpoint-"))
+    assert checkpoints == ["checkpoint-2"]
+    assert all(torch.isfinite(p).all() for p in model.parameters())  # the NaN step never updated the weights
+    assert isinstance(moe_blocks(model)[0], SparseMoeBlock)
+
+
+@pytest.mark.parametrize("method", ["j-tlat", "trades"])
+def test_gradient_accumulation_matches_a_full_batch(tmp_path, moe_model, shapes, method):
+    # ε = 0 makes the adversarial examples deterministic (the clean clips), and without the (batch-level)
+    # load-balancing loss the objective is a per-clip sum: 2 micro-batches of 4 must equal one batch of 8. Plain SGD
+    # (Adam would turn float rounding in near-zero gradients into full-size updates).
+    train = shapes["train"].select(range(16))
+    finals = []
+    for batch_size, accumulation in ((8, 1), (4, 2)):
+        model = moe_model(router_aux_loss_coef=0.0, router_z_loss_coef=0.0)
+        args = make_args(
+            tmp_path, adv_method=method, adv_eps=0.0, max_steps=2, per_device_train_batch_size=batch_size,
+            gradient_accumulation_steps=accumulation, output_dir=str(tmp_path / f"ga{accumulation}"), optim="sgd",
+            learning_rate=0.5,
+        )  # fmt: skip
+        make_trainer(model, args, train).train()
+        finals.append(model.state_dict())
+    for name in finals[0]:
+        torch.testing.assert_close(finals[1][name], finals[0][name], atol=1e-6, rtol=1e-5, msg=name)
