@@ -52,3 +52,14 @@ def tiny_timesformer_config():
         return (TimesformerConfig if dense else TimesformerMoeConfig)(**kwargs)
 
     return make
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _single_torch_thread():
+    """Tiny test models only pay thread overhead; several tests also run two processes on two cores."""
+    import torch
+
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)

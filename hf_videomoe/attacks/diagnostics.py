@@ -42,7 +42,7 @@ def _chunks(n: int, batch_size: int | None):
 
 def _router_logits(model: nn.Module, pixel_values: torch.Tensor) -> tuple[torch.Tensor, ...]:
     device = next((p.device for p in model.parameters()), pixel_values.device)
-    return tuple(model_outputs(model, pixel_values.to(device), router=True)[1])
+    return tuple(model_outputs(model, pixel_values.to(device), router=True, moe=True)[1])
 
 
 def routing_change(

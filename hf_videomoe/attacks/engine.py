@@ -234,7 +234,7 @@ class BestIterate:
     def update(
         self, index: torch.Tensor | None, x_adv: torch.Tensor, value: torch.Tensor, fooled: torch.Tensor | None
     ) -> None:
-        """Offer iterate ``x_adv`` (objective ``value``, success flags ``fooled``) for samples ``index`` (all if None)."""
+        """Offer iterate ``x_adv`` (objective ``value``, success flags ``fooled``) for samples ``index`` (None: all)."""
         value = value.detach().float()
         best_value = self.value if index is None else self.value[index]
         if self.selection == "last":
@@ -562,8 +562,11 @@ class Attack:
         with attack_mode(model, grad=True):
             work = work.clone()
             if self.targeted and target_labels is None:
-                with torch.no_grad():
-                    target_labels = model_outputs(model, work)[0].argmin(dim=-1)
+                with torch.no_grad():  # least-likely clean class other than the true one
+                    logits = model_outputs(model, work)[0].float()
+                    if labels is not None:
+                        logits = logits.scatter(1, labels[:, None], float("inf"))
+                    target_labels = logits.argmin(dim=-1)
             elif target_labels is not None:
                 target_labels = target_labels.to(device)
             if self.targeted and labels is not None and (target_labels == labels).any():
@@ -596,8 +599,8 @@ class Attack:
             if pixel_key not in batch:
                 raise ValueError(f"The batch has no {pixel_key!r} column (columns: {sorted(batch)}).")
             pixels = _as_tensor(batch[pixel_key], pixel_key)
-            if not pixels.is_floating_point():
-                pixels = pixels.float()
+            if pixels.dtype not in (torch.float32, torch.float16, torch.bfloat16):
+                pixels = pixels.float()  # python-formatted rows come back as float64; integer frames are rejected below
             key = label_key if label_key in batch else ("label" if "label" in batch else None)
             labels = _as_tensor(batch[key], key) if key is not None else None
             targets = _as_tensor(batch["target_labels"], "target_labels") if "target_labels" in batch else None
@@ -773,7 +776,9 @@ class GradientAttack(Attack):
         ctx = objective.prepare(model, x, labels, target_labels)
         classifies = objective.requires_labels or self.targeted
         # With "last", each restart keeps its final iterates and restarts are compared like "misclassification".
-        merge_rule = self.selection if self.selection != "last" else ("misclassification" if classifies else "objective")
+        merge_rule = self.selection
+        if merge_rule == "last":
+            merge_rule = "misclassification" if classifies else "objective"
         tracker = BestIterate(x, merge_rule)
         base_seed = self._base_seed()
         with self._progress(self.restarts * self.steps) as bar:

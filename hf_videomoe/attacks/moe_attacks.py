@@ -26,7 +26,7 @@ from typing import Any
 from .engine import GradientAttack, _check_real
 from .objectives import Objective
 
-DEFAULT_LIPSCHITZ_WEIGHT = 0.01
+DEFAULT_LIPSCHITZ_WEIGHT = 1e-5
 """λ: weight of the Lipschitz ratios (see docs/METHOD.md for the calibration)."""
 DEFAULT_GUIDANCE_WEIGHT = 1.0
 """γ1: weight of the guidance CE toward the weakest expert in ℓ*_Router."""

@@ -208,14 +208,15 @@ def dominant_expert(clean_router_logits: Sequence[torch.Tensor]) -> torch.Tensor
 # ----------------------------------------------------------------------------------------------------------------------
 
 
-def model_outputs(model: nn.Module, pixel_values: torch.Tensor, router: bool = False):
+def model_outputs(model: nn.Module, pixel_values: torch.Tensor, router: bool = False, moe: bool | None = None):
     """Run ``model`` on ``pixel_values`` and return ``(logits, router_logits)``.
 
     Works for the MoE classifiers of this library (``router_logits`` is a tuple, one tensor per MoE layer), for
     transformers classifiers (``router_logits`` is ``None``) and for plain modules returning a logits tensor.
-    ``router=True`` asks an MoE model for its router logits even when ``config.output_router_logits`` is off.
+    ``router=True`` asks an MoE model for its router logits even when ``config.output_router_logits`` is off
+    (``moe``: whether the model is an MoE model, if the caller already knows; looked up otherwise).
     """
-    if router and is_moe_model(model):
+    if router and (is_moe_model(model) if moe is None else moe):
         out = model(pixel_values, output_router_logits=True)
     else:
         out = model(pixel_values)
@@ -231,12 +232,21 @@ def model_outputs(model: nn.Module, pixel_values: torch.Tensor, router: bool = F
                     "object with a `logits` attribute.")
 
 
+def _stack_layers(router_logits: Sequence[torch.Tensor]) -> torch.Tensor:
+    """Stack per-layer router logits into ``(batch, layers, units, experts)`` float32 (all MoE layers of a model share
+    the routing granularity, hence the number of units)."""
+    if len({tuple(r.shape) for r in router_logits}) != 1:
+        raise ValueError("Router objectives need the same number of routing units in every MoE layer, got shapes "
+                         f"{[tuple(r.shape) for r in router_logits]}.")
+    return torch.stack([r.float() for r in router_logits], dim=1)
+
+
 def _select(value, index: torch.Tensor):
-    if value is None:
-        return None
     if isinstance(value, torch.Tensor):
         return value.index_select(0, index.to(value.device))
-    return tuple(_select(v, index) for v in value)
+    if isinstance(value, (tuple, list)):
+        return tuple(_select(v, index) for v in value)
+    return value
 
 
 @dataclass
@@ -255,6 +265,9 @@ class ObjectiveContext:
     expert: torch.Tensor | None = None
     clean_expert_logits: torch.Tensor | None = None
     guidance_target: torch.Tensor | None = None
+    clean_router_probs: torch.Tensor | None = None
+    clean_router_top1: torch.Tensor | None = None
+    moe: bool = False
 
     def select(self, index: torch.Tensor) -> "ObjectiveContext":
         """The context of the samples ``index`` (a 1-D long tensor)."""
@@ -341,18 +354,22 @@ class Objective:
     ) -> ObjectiveContext:
         """Compute the clean quantities once (no gradient): clean logits and router logits where a term needs them,
         the clean top-1 expert and E_i's clean logits for the expert component, the guidance target."""
-        ctx = ObjectiveContext(x=x, labels=labels, target_labels=target_labels)
+        ctx = ObjectiveContext(x=x, labels=labels, target_labels=target_labels, moe=is_moe_model(model))
         needs_clean_model = self.uses_router or self.component == "expert" or (
             self.component == "model" and self.lipschitz_weight != 0.0
         )
         if not needs_clean_model:
             return ctx
         with torch.no_grad():
-            logits, router_logits = model_outputs(model, x, router=True)
+            logits, router_logits = model_outputs(model, x, router=True, moe=ctx.moe)
             if self.requires_moe:
                 router_logits = _check_router_logits(router_logits, "This objective")
                 ctx.clean_router_logits = tuple(r.detach() for r in router_logits)
             ctx.clean_logits = logits.detach()
+            if self.uses_router:
+                stacked = _stack_layers(ctx.clean_router_logits)
+                ctx.clean_router_top1 = stacked.argmax(dim=-1)  # (B, L, U)
+                ctx.clean_router_probs = stacked.softmax(dim=-1)  # (B, L, U, E)
             if self.guidance_weight:
                 ctx.guidance_target = weakest_expert(ctx.clean_router_logits)
             if self.component == "expert":
@@ -368,21 +385,23 @@ class Objective:
         distinct = sorted(set(experts))
         if len(distinct) == 1:
             with force_experts(model, distinct[0]):
-                return model_outputs(model, x, router=True)
+                return model_outputs(model, x, router=True, moe=True)
         order, logits_parts, router_parts = [], [], []
         for e in distinct:
             index = torch.tensor([i for i, v in enumerate(experts) if v == e], device=x.device)
             with force_experts(model, e):
-                logits, router_logits = model_outputs(model, x.index_select(0, index), router=True)
+                logits, router_logits = model_outputs(model, x.index_select(0, index), router=True, moe=True)
             order.append(index)
             logits_parts.append(logits)
             router_parts.append(router_logits)
         inverse = torch.argsort(torch.cat(order))
-        logits = torch.cat(logits_parts).index_select(0, inverse.to(logits_parts[0].device))
-        router_logits = tuple(
-            torch.cat([parts[layer] for parts in router_parts]).index_select(0, inverse.to(router_parts[0][layer].device))
-            for layer in range(len(router_parts[0]))
-        )
+
+        def gather(parts):
+            stacked = torch.cat(parts)
+            return stacked.index_select(0, inverse.to(stacked.device))
+
+        logits = gather(logits_parts)
+        router_logits = tuple(gather([parts[layer] for parts in router_parts]) for layer in range(len(router_parts[0])))
         return logits, router_logits
 
     def __call__(self, model: nn.Module, adv_x: torch.Tensor, ctx: ObjectiveContext) -> ObjectiveOutput:
@@ -391,7 +410,7 @@ class Objective:
             logits, router_logits = self._expert_forward(model, adv_x, ctx.expert)
             clean_logits = ctx.clean_expert_logits
         else:
-            logits, router_logits = model_outputs(model, adv_x, router=self.uses_router)
+            logits, router_logits = model_outputs(model, adv_x, router=self.uses_router, moe=ctx.moe)
             clean_logits = ctx.clean_logits
         value = logits.new_zeros(adv_x.shape[0], dtype=torch.float32)
         if self.loss == "ce":
@@ -404,17 +423,32 @@ class Objective:
                 value = value + dlr_targeted_loss(logits, ctx.labels, ctx.target_labels)
             else:
                 value = value + dlr_loss(logits, ctx.labels)
+        denominator = None
+        if self.lipschitz_weight or self.router_lipschitz_weight:
+            denominator = per_sample_mse(ctx.x, adv_x) + LIPSCHITZ_EPS  # shared by both Lipschitz ratios
         if self.lipschitz_weight:
-            value = value + self.lipschitz_weight * lipschitz_ratio(clean_logits, logits, ctx.x, adv_x)
-        if self.router_ce_weight:
-            value = value + self.router_ce_weight * router_consistency_ce(router_logits, ctx.clean_router_logits)
-        if self.router_lipschitz_weight:
-            value = value + self.router_lipschitz_weight * router_lipschitz_ratio(
-                ctx.clean_router_logits, router_logits, ctx.x, adv_x
-            )
-        if self.guidance_weight:
-            value = value - self.guidance_weight * guidance_ce(router_logits, ctx.guidance_target)
+            value = value + self.lipschitz_weight * per_sample_mse(clean_logits, logits) / denominator
+        if self.uses_router:
+            value = value + self._router_terms(_check_router_logits(router_logits, "This objective"), ctx, denominator)
         return ObjectiveOutput(value=value, logits=logits)
+
+    def _router_terms(self, router_logits, ctx: ObjectiveContext, denominator) -> torch.Tensor:
+        """router_ce_weight * router_consistency_ce + router_lipschitz_weight * router_lipschitz_ratio
+        - guidance_weight * guidance_ce, fused over layers (one log-softmax on the stacked ``(B, layers, units, E)``
+        logits; clean targets / probabilities precomputed). Equal to the public functions of this module (tested)."""
+        log_probs = _stack_layers(router_logits).log_softmax(dim=-1)  # (B, L, U, E)
+        total = 0.0
+        if self.router_ce_weight:
+            ce = -log_probs.gather(-1, ctx.clean_router_top1[..., None]).squeeze(-1).mean(dim=(1, 2))
+            total = total + self.router_ce_weight * ce
+        if self.router_lipschitz_weight:
+            spread = (log_probs.exp() - ctx.clean_router_probs).pow(2).mean(dim=(1, 2, 3))
+            total = total + self.router_lipschitz_weight * spread / denominator
+        if self.guidance_weight:
+            index = ctx.guidance_target[:, None, None, None].expand(-1, log_probs.shape[1], log_probs.shape[2], 1)
+            guidance = -log_probs.gather(-1, index).squeeze(-1).mean(dim=(1, 2))
+            total = total - self.guidance_weight * guidance
+        return total
 
     def describe(self) -> str:
         """A human-readable formula of the objective (used in attack ``repr`` and settings)."""

@@ -23,7 +23,15 @@ from .engine import (
     project,
     sample_seeds,
 )
-from .objectives import CLASSIFICATION_LOSSES, Objective, ce_loss, dlr_loss, dlr_targeted_loss, margin_loss, model_outputs
+from .objectives import (
+    CLASSIFICATION_LOSSES,
+    Objective,
+    ce_loss,
+    dlr_loss,
+    dlr_targeted_loss,
+    margin_loss,
+    model_outputs,
+)
 
 __all__ = ["APGD", "APGDCE", "APGDDLR", "FGSM", "PGD", "Square"]
 
@@ -154,10 +162,15 @@ class APGD(Attack):
     def _extra_settings(self) -> dict[str, Any]:
         return {"loss": self.loss, "rho": self.rho, "momentum": self.momentum}
 
-    def checkpoints(self) -> list[int]:
-        """The iterations (1-based counts of steps) at which the step-size conditions are checked."""
+    def _schedule(self) -> tuple[int, int, int]:
+        """First checkpoint interval, minimum interval and interval decrement (reference implementation)."""
         n = self.steps
-        k, k_min, decrement = max(int(0.22 * n), 1), max(int(0.06 * n), 1), max(int(0.03 * n), 1)
+        return max(int(0.22 * n), 1), max(int(0.06 * n), 1), max(int(0.03 * n), 1)
+
+    def checkpoints(self) -> list[int]:
+        """The iterations (counted in steps) after which the step-size conditions are checked: ``p_j * steps``."""
+        k, k_min, decrement = self._schedule()
+        n = self.steps
         points, at = [], 0
         while at + k <= n:
             at += k
@@ -242,8 +255,7 @@ class APGD(Attack):
         successes = torch.zeros(batch, device=x.device)
         reduced_last_check = torch.ones(batch, dtype=torch.bool, device=x.device)
         loss_best_last_check = loss_best.clone()
-        k = max(int(0.22 * self.steps), 1)
-        k_min, decrement = max(int(0.06 * self.steps), 1), max(int(0.03 * self.steps), 1)
+        k, k_min, decrement = self._schedule()
         since_check = 0
 
         for i in range(self.steps):
@@ -446,7 +458,7 @@ class Square(Attack):
             if todo.numel() == 0:
                 break
             p = square_p_schedule(i, self.steps, self.p_init)
-            s = min(max(int(round(math.sqrt(p * height * width))), 1), min(height, width) - 1) if min(height, width) > 1 else 1
+            s = min(max(int(round(math.sqrt(p * height * width))), 1), max(min(height, width) - 1, 1))
             u = table[todo, i]
             vh = (u[:, 0] * (height - s + 1)).long().clamp(max=height - s)
             vw = (u[:, 1] * (width - s + 1)).long().clamp(max=width - s)
@@ -457,7 +469,8 @@ class Square(Attack):
                 frame_mask = frame_ids[None] == vf[:, None]
             else:
                 frame_mask = torch.ones(todo.numel(), frames, dtype=torch.bool, device=x.device)
-            mask = frame_mask[:, :, None, None, None] & row_mask[:, None, None, :, None] & col_mask[:, None, None, None, :]
+            mask = (frame_mask[:, :, None, None, None] & row_mask[:, None, None, :, None]
+                    & col_mask[:, None, None, None, :])
 
             x_cur, best_cur = xs[todo], x_best[todo]
             delta_cur = best_cur - x_cur
@@ -471,8 +484,9 @@ class Square(Attack):
                 take = changes & ~chosen
                 proposal = torch.where(_per_sample_view(take, proposal), candidate, proposal)
                 chosen |= take
-            new_margin, new_loss, new_fooled = self._margin_and_loss(model, proposal, ys[todo] if ys is not None else None,
-                                                                     ts[todo] if ts is not None else None)
+            new_margin, new_loss, new_fooled = self._margin_and_loss(
+                model, proposal, None if ys is None else ys[todo], None if ts is None else ts[todo]
+            )
             improved = new_loss < loss[todo]
             accepted = todo[improved]
             x_best[accepted] = proposal[improved]

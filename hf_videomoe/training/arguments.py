@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 
 from transformers import TrainingArguments
 
-from ..attacks import ATTACKS, DEFAULT_GUIDANCE_WEIGHT, DEFAULT_LIPSCHITZ_WEIGHT, DEFAULT_ROUTER_WEIGHT
+from ..attacks import DEFAULT_GUIDANCE_WEIGHT, DEFAULT_LIPSCHITZ_WEIGHT, DEFAULT_ROUTER_WEIGHT, resolve_attack_name
 
 # Training methods, in the order of the paper's comparison table.
 ADV_METHODS = ("none", "pgd-at", "trades", "advmoe", "tlat", "j-tlat")
@@ -70,6 +70,11 @@ class AdversarialTrainingArguments(TrainingArguments):
         lipschitz_weight (`float`, *optional*, defaults to 0.01):
             λ, the weight of the temporal Lipschitz term L_Lip(g) = MSE(g(x), g(x+δ)) / MSE(x, x+δ) in the losses of
             TLAT and J-TLAT and in the paper's attacks. `>= 0`.
+        lipschitz_detach_clean (`bool`, *optional*, defaults to `True`):
+            In the training losses, treat the clean side ``g(x)`` of every Lipschitz term as a fixed target: the
+            gradient pulls ``g(x + δ)`` toward ``g(x)`` (consistency-training style) instead of pulling both toward
+            each other, and the clean clips are forwarded once per step without gradient (shared by the J-TLAT steps)
+            instead of being back-propagated in every step. `False` back-propagates through both sides.
         guidance_weight (`float`, *optional*, defaults to 1.0):
             γ1, the weight of TLGA-R's guidance toward the weakest expert (attacks of J-TLAT). `>= 0`.
         router_weight (`float`, *optional*, defaults to 1.0):
@@ -86,8 +91,8 @@ class AdversarialTrainingArguments(TrainingArguments):
             Attack generating the examples of J-TLAT step 3: `"j-tlga"`, `"j-tla"`, `"tla-m"` or `"pgd"`.
         jtlat_reuse_adversarial (`bool`, *optional*, defaults to `False`):
             Generate one adversarial batch per training step (with `jtlat_model_attack`) and use it in all three
-            J-TLAT steps instead of running a router attack for steps 1-2 and a joint attack for step 3. Roughly
-            halves the attack cost.
+            J-TLAT steps instead of running a router attack for steps 1-2 and a joint attack for step 3. Halves the
+            attack cost; with top-1 routing steps 1 and 3 then also share one forward / backward pass.
         jtlat_steps (`list[str]`, *optional*, defaults to `["router", "expert", "model"]`):
             Which J-TLAT steps run on every batch (`"router"`/`"1"`, `"expert"`/`"2"`, `"model"`/`"3"`); they
             always run in that order.
@@ -141,9 +146,17 @@ class AdversarialTrainingArguments(TrainingArguments):
         default=None,
         metadata={"help": "Attack for single-stage methods (None: pgd for PGD-AT/AdvMoE, tla-m for TLAT)."},
     )
-    lipschitz_weight: float = field(default=DEFAULT_LIPSCHITZ_WEIGHT, metadata={"help": "λ, weight of the temporal Lipschitz terms."})
+    lipschitz_weight: float = field(
+        default=DEFAULT_LIPSCHITZ_WEIGHT, metadata={"help": "λ, weight of the temporal Lipschitz terms."}
+    )
+    lipschitz_detach_clean: bool = field(
+        default=True,
+        metadata={"help": "Treat the clean side of the Lipschitz terms as a fixed target (no gradient through it)."},
+    )
     guidance_weight: float = field(default=DEFAULT_GUIDANCE_WEIGHT, metadata={"help": "γ1, TLGA-R guidance weight."})
-    router_weight: float = field(default=DEFAULT_ROUTER_WEIGHT, metadata={"help": "γ2, weight of the router term of J-TLGA."})
+    router_weight: float = field(
+        default=DEFAULT_ROUTER_WEIGHT, metadata={"help": "γ2, weight of the router term of J-TLGA."}
+    )
     temporal_momentum: float = field(default=0.9, metadata={"help": "β of the temporal adaptive step, in [0, 1]."})
     temporal_step: str = field(
         default="published",
@@ -221,20 +234,12 @@ class AdversarialTrainingArguments(TrainingArguments):
 
         if isinstance(self.eval_attacks, str):
             self.eval_attacks = [name for name in self.eval_attacks.replace(",", " ").split() if name]
-        self.eval_attacks = [str(name).lower() for name in (self.eval_attacks or [])]
+        self.eval_attacks = [_attack_name("eval_attacks", name) for name in (self.eval_attacks or [])]
         if len(set(self.eval_attacks)) != len(self.eval_attacks):
             raise ValueError(f"eval_attacks lists an attack twice: {self.eval_attacks}.")
-        attack_names = [name for name in (self.adv_attack, self.advmoe_router_attack) if name is not None]
-        if self.eval_attacks or attack_names:
-            known = tuple(ATTACKS)
-            for field_name, names in (
-                ("eval_attacks", self.eval_attacks),
-                ("adv_attack", [self.adv_attack] if self.adv_attack else []),
-                ("advmoe_router_attack", [self.advmoe_router_attack]),
-            ):
-                unknown = [name for name in names if name not in known]
-                if unknown:
-                    raise ValueError(f"Unknown attack(s) {unknown} in {field_name}; known attacks: {list(known)}.")
+        if self.adv_attack is not None:
+            self.adv_attack = _attack_name("adv_attack", self.adv_attack)
+        self.advmoe_router_attack = _attack_name("advmoe_router_attack", self.advmoe_router_attack)
 
         metric = self.metric_for_best_model
         if metric is not None:
@@ -258,6 +263,7 @@ class AdversarialTrainingArguments(TrainingArguments):
         """The adversarial-training settings as a JSON-serialisable dict (for model cards and logs)."""
         keys = (
             "adv_method", "adv_eps", "adv_steps", "adv_step_size", "adv_norm", "adv_attack", "lipschitz_weight",
+            "lipschitz_detach_clean",
             "guidance_weight", "router_weight", "temporal_momentum", "temporal_step", "trades_beta",
             "jtlat_router_attack", "jtlat_model_attack", "jtlat_reuse_adversarial", "jtlat_steps", "jtlat_top_k",
             "advmoe_router_attack", "eval_attacks", "eval_attack_eps", "eval_attack_steps", "eval_max_samples",
@@ -273,6 +279,13 @@ def _check_range(name: str, value, low: float, high: float = math.inf, low_inclu
     if not (math.isfinite(value) and above_low and value <= high):
         interval = ("[" if low_inclusive else "(") + f"{low:g}, " + ("inf)" if high == math.inf else f"{high:g}]")
         raise ValueError(f"{name} must be a finite number in {interval}, got {value!r}.")
+
+
+def _attack_name(field_name: str, name) -> str:
+    try:
+        return resolve_attack_name(str(name))
+    except ValueError as err:
+        raise ValueError(f"{field_name}: {err}") from None
 
 
 def _check_int(name, value, low) -> None:

@@ -5,10 +5,11 @@ from __future__ import annotations
 from typing import ClassVar
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from ..attacks.objectives import lipschitz_ratio, router_consistency_ce, router_lipschitz_ratio
-from ..moe import clip_router_probabilities, force_experts
+from ..moe import clip_router_probabilities, force_experts, moe_blocks
 from ._utils import TrainingPhase, split_router_logits
 from .trainer import AdversarialTrainer, PhaseLoss
 
@@ -32,7 +33,8 @@ class JTLATTrainer(AdversarialTrainer):
     Trainer's optimizer, scheduler, clipping and gradient-accumulation semantics; a router step therefore never moves
     an expert, and an expert step never moves a router (see ``docs/METHOD_training.md`` for the comparison with three
     sequential updates). ``jtlat_steps`` selects the steps, ``jtlat_reuse_adversarial=True`` generates a single
-    adversarial batch (with ``jtlat_model_attack``) for all of them.
+    adversarial batch (with ``jtlat_model_attack``) for all of them, and then (top-1 routing) steps 1 and 3 share one
+    forward / backward pass (see [`fuses_router_and_model_steps`]).
 
     Logged components: ``loss_router`` (``router_ce``, ``lipschitz_router``), ``loss_expert`` (``expert_ce``,
     ``lipschitz_expert``, both already weighted by ``w_i``), ``loss_model`` (``adv_ce``, ``lipschitz_model``,
@@ -73,7 +75,24 @@ class JTLATTrainer(AdversarialTrainer):
             "expert": TrainingPhase("expert", "J-TLAT step 2 (expert)", "expert", router_attack),
             "model": TrainingPhase("model", "J-TLAT step 3 (model)", "all", args.jtlat_model_attack),
         }
+        if self.fuses_router_and_model_steps:
+            fused = TrainingPhase("router+model", "J-TLAT steps 1+3 (router, model)", "all", args.jtlat_model_attack)
+            return [fused] + ([phases["expert"]] if "expert" in args.jtlat_steps else [])
         return [phases[name] for name in args.jtlat_steps]
+
+    @property
+    def fuses_router_and_model_steps(self) -> bool:
+        """Whether steps 1 and 3 share one forward / backward pass.
+
+        When both run on the same adversarial clips (``jtlat_reuse_adversarial``) and routing is top-1, step 1's
+        router-only gradient equals the gradient of ``ℓ_Router`` computed from router logits recomputed on *detached*
+        router inputs (with top-1 routing the expert weight is 1, so a router influences nothing downstream but its
+        own logits). Step 3's forward pass then serves both losses and one backward pass applies ``∇ℓ_model`` to all
+        parameters and ``∇ℓ_Router`` to the routers only — the same update as two passes, for one pass less.
+        """
+        args = self.args
+        top_1 = getattr(self.accelerator.unwrap_model(self.model).config, "num_experts_per_tok", 1) == 1
+        return args.jtlat_reuse_adversarial and top_1 and {"router", "model"} <= set(args.jtlat_steps)
 
     # ------------------------------------------------------------------------------------------------------------------
     # Step 1 and step 3: one forward pass each
@@ -86,17 +105,65 @@ class JTLATTrainer(AdversarialTrainer):
             step = self._step
             x_adv = self.adversarial_examples(model, phase.attack)
             return self.lipschitz_model_loss(model, step.pixel_values, x_adv, step.labels)
+        if phase.name == "router+model":
+            return self.fused_router_model_loss(model, phase)
         raise ValueError(f"{phase.label} runs one pass per expert in `train_phase`; it has no single-pass loss.")
 
+    def fused_router_model_loss(self, model: nn.Module, phase: TrainingPhase) -> PhaseLoss:
+        """Steps 1 and 3 from step 3's forward pass (see [`fuses_router_and_model_steps`]): the router inputs of
+        that pass are captured and the router logits recomputed from them detached, so ``ℓ_Router``'s gradient
+        reaches the router weights only."""
+        step = self._step
+        x, y = step.pixel_values, step.labels
+        x_adv = self.adversarial_examples(model, phase.attack)
+        routers = [block.router for block in moe_blocks(self.accelerator.unwrap_model(model))]
+        inputs: dict[int, torch.Tensor] = {}
+        hooks = [
+            router.register_forward_pre_hook(lambda module, args, i=i: inputs.__setitem__(i, args[0]))
+            for i, router in enumerate(routers)
+        ]
+        try:
+            model_loss = self.lipschitz_model_loss(model, x, x_adv, y)
+        finally:
+            for hook in hooks:
+                hook.remove()
+        batch = step.batch_size
+        adv_rl = tuple(
+            F.linear(inputs[i][-batch:].detach().float(), router.weight.float()) for i, router in enumerate(routers)
+        )
+        if self.args.lipschitz_detach_clean or not self.args.lipschitz_weight:
+            clean_rl = self.clean_outputs(model).router_logits
+        else:  # the model step forwarded [x, x_adv]: the clean router logits get their own (detached-input) gradient
+            clean_rl = tuple(
+                F.linear(inputs[i][:batch].detach().float(), router.weight.float()) for i, router in enumerate(routers)
+            )
+        router_loss = self._router_objective(clean_rl, adv_rl, x, x_adv)
+        step.adv_router_logits[phase.attack] = tuple(r.detach() for r in adv_rl)
+        terms = {
+            "loss_router": router_loss.per_sample,
+            **router_loss.terms,
+            "loss_model": model_loss.per_sample,
+            **model_loss.terms,
+        }
+        return PhaseLoss(router_loss.per_sample + model_loss.per_sample, terms, model_loss.logits)
+
     def router_loss(self, model: nn.Module, phase: TrainingPhase) -> PhaseLoss:
-        """``CE(R(x_r), r(x)) + λ · L_Lip(R; x, x_r)`` per clip (one forward pass on ``[x, x_r]``)."""
+        """``CE(R(x_r), r(x)) + λ · L_Lip(R; x, x_r)`` per clip: one forward pass on ``x_r`` with the clean router
+        logits from the shared clean pass (``lipschitz_detach_clean``), else one on ``[x, x_r]``."""
         step = self._step
         x = step.pixel_values
         x_adv = self.adversarial_examples(model, phase.attack)
-        out = self._forward(model, torch.cat([x, x_adv]))
-        clean_rl, adv_rl = split_router_logits(out.router_logits, step.batch_size)
+        if self.args.lipschitz_detach_clean:
+            clean_rl = self.clean_outputs(model).router_logits
+            adv_rl = self._forward(model, x_adv).router_logits
+        else:
+            out = self._forward(model, torch.cat([x, x_adv]))
+            clean_rl, adv_rl = split_router_logits(out.router_logits, step.batch_size)
         # Step 2 picks each clip's experts from these (pre-update) adversarial router probabilities.
         step.adv_router_logits[phase.attack] = tuple(r.detach() for r in adv_rl)
+        return self._router_objective(clean_rl, adv_rl, x, x_adv)
+
+    def _router_objective(self, clean_rl, adv_rl, x: torch.Tensor, x_adv: torch.Tensor) -> PhaseLoss:
         consistency = router_consistency_ce(adv_rl, clean_rl)
         terms = {"router_ce": consistency}
         per_sample = consistency
@@ -122,16 +189,18 @@ class JTLATTrainer(AdversarialTrainer):
         step = self._step
         adv_rl = step.adv_router_logits.get(phase.attack)
         if adv_rl is None:  # no router step this batch: route the adversarial clips once, without gradient
+            x_adv = self.adversarial_examples(model, phase.attack)
             with torch.no_grad():
-                out = self._forward(self.accelerator.unwrap_model(model), self.adversarial_examples(model, phase.attack))
-            adv_rl = out.router_logits
+                adv_rl = self._forward(self.accelerator.unwrap_model(model), x_adv).router_logits
         probs = clip_router_probabilities(adv_rl).detach()
         top_p, top_i = probs.topk(min(self.args.jtlat_top_k, probs.shape[-1]), dim=-1)
         return top_i, top_p / top_p.sum(dim=-1, keepdim=True).clamp_min(1e-12)
 
     def train_expert_step(self, model: nn.Module, phase: TrainingPhase, final: bool) -> torch.Tensor:
         """J-TLAT step 2. Clips are grouped by selected expert; each expert ``e`` runs one forced forward / backward
-        pass on its clips (clean and adversarial halves when λ > 0), weighted by ``w_e``, into expert parameters only.
+        pass on its adversarial clips (after a forced forward without gradient on their clean versions for the
+        Lipschitz target, or on ``[clean, adversarial]`` when ``lipschitz_detach_clean=False``), weighted by ``w_e``,
+        into expert parameters only.
 
         Under several processes the last expert's pass is the micro-batch's synchronising pass when step 2 is the
         last step; a process with no clip for that expert then runs it on one clip with weight 0 (processes must run
@@ -166,7 +235,12 @@ class JTLATTrainer(AdversarialTrainer):
             with self.parameter_groups.only("expert"), force_experts(unwrapped, expert):
                 with self.compute_loss_context_manager():
                     pass_model = self.pass_model(model, last)
-                    if lipschitz_weight:
+                    if lipschitz_weight and self.args.lipschitz_detach_clean:
+                        with torch.no_grad():
+                            clean_logits = self._forward(unwrapped, xs).logits
+                        adv_logits = self._forward(pass_model, xa).logits
+                        lip = lipschitz_ratio(clean_logits, adv_logits, xs, xa)
+                    elif lipschitz_weight:
                         out = self._forward(pass_model, torch.cat([xs, xa]))
                         clean_logits, adv_logits = out.logits.split(clip_index.numel())
                         lip = lipschitz_ratio(clean_logits, adv_logits, xs, xa)

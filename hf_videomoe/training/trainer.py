@@ -24,13 +24,14 @@ from __future__ import annotations
 import inspect
 import os
 import time
-from pathlib import Path
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, ClassVar
 
 import torch
 from torch import nn
+from torch.utils.data import IterableDataset
 from transformers import Trainer, TrainerCallback
 from transformers.trainer_callback import ExportableState
 from transformers.trainer_utils import IntervalStrategy, get_last_checkpoint
@@ -98,7 +99,8 @@ class AdversarialTrainingCallback(TrainerCallback, ExportableState):
         }
 
     def on_train_begin(self, args, state, control, **kwargs):
-        stored = state.stateful_callbacks.get(type(self).__name__) if isinstance(state.stateful_callbacks, dict) else None
+        callbacks = state.stateful_callbacks
+        stored = callbacks.get(type(self).__name__) if isinstance(callbacks, dict) else None
         if isinstance(stored, list):
             stored = stored[0] if stored else None
         if not stored:
@@ -143,7 +145,8 @@ class ForwardOutput:
 
 @dataclass
 class _StepState:
-    """What the phases of one micro-batch share: the clean batch, adversarial examples, router logits, NaN flags."""
+    """What the phases of one micro-batch share: the clean batch, its adversarial examples (per attack), the
+    adversarial router logits of the router step, the clean outputs used as Lipschitz targets."""
 
     pixel_values: torch.Tensor
     labels: torch.Tensor
@@ -151,6 +154,7 @@ class _StepState:
     phase: TrainingPhase | None = None
     adversarial: dict[str, torch.Tensor] = field(default_factory=dict)
     adv_router_logits: dict[str, tuple[torch.Tensor, ...]] = field(default_factory=dict)
+    clean: ForwardOutput | None = None
     main_attack: str | None = None
 
     @property
@@ -249,6 +253,7 @@ class AdversarialTrainer(Trainer):
             preprocess_logits_for_metrics=preprocess_logits_for_metrics,
         )
         self._step: _StepState | None = None
+        self._phase_terms: dict[str, torch.Tensor] = {}
         self._micro_step = 0
         self._micro_step_global_step = -1
         self._metric_sums: dict[str, torch.Tensor] = {}
@@ -468,24 +473,47 @@ class AdversarialTrainer(Trainer):
             return self.lipschitz_model_loss(model, x, x_adv, y)
         raise ValueError(f"No loss for phase {phase.name!r} of adv_method={method!r}.")
 
-    def lipschitz_model_loss(self, model: nn.Module, x: torch.Tensor, x_adv: torch.Tensor, y: torch.Tensor) -> PhaseLoss:
-        """``CE(F(x_adv), y) + λ · L_Lip(F; x, x_adv)`` + aux (TLAT, J-TLAT step 3). With λ = 0 only x_adv is forwarded."""
+    def lipschitz_model_loss(
+        self, model: nn.Module, x: torch.Tensor, x_adv: torch.Tensor, y: torch.Tensor
+    ) -> PhaseLoss:
+        """``CE(F(x_adv), y) + λ · L_Lip(F; x, x_adv)`` + aux (TLAT, J-TLAT step 3).
+
+        With ``lipschitz_detach_clean`` (default) ``F(x)`` comes from the step's shared clean forward pass without
+        gradient; otherwise ``[x, x_adv]`` go through one forward pass and both sides get gradients. With λ = 0 only
+        ``x_adv`` is forwarded.
+        """
         weight = self.args.lipschitz_weight
         if weight == 0:
             out = self._forward(model, x_adv)
             ce = self._ce(out.logits, y)
             return self._with_aux(PhaseLoss(ce, {"adv_ce": ce}, out.logits), out)
-        out = self._forward(model, torch.cat([x, x_adv]))
-        clean_logits, adv_logits = out.logits.split(x.shape[0])
+        if self.args.lipschitz_detach_clean:
+            clean_logits = self.clean_outputs(model).logits
+            out = self._forward(model, x_adv)
+            adv_logits = out.logits
+        else:
+            out = self._forward(model, torch.cat([x, x_adv]))
+            clean_logits, adv_logits = out.logits.split(x.shape[0])
         ce = self._ce(adv_logits, y)
         lip = lipschitz_ratio(clean_logits, adv_logits, x, x_adv)
         terms = {"adv_ce": ce, "lipschitz_model": lip, "clean_ce": self._ce(clean_logits.detach(), y)}
         return self._with_aux(PhaseLoss(ce + weight * lip, terms, adv_logits), out)
 
+    def clean_outputs(self, model: nn.Module) -> ForwardOutput:
+        """Outputs on the clean clips of the micro-batch, without gradient: the targets of the Lipschitz terms when
+        ``lipschitz_detach_clean`` is set. One forward pass of the unwrapped model (in training mode, like the
+        adversarial passes) per micro-batch, shared by every phase."""
+        step = self._step
+        if step.clean is None:
+            with torch.no_grad():
+                step.clean = self._forward(self.accelerator.unwrap_model(model), step.pixel_values)
+        return step.clean
+
     def _with_aux(self, loss: PhaseLoss, out: ForwardOutput) -> PhaseLoss:
         """Add the model's (already weighted) MoE auxiliary loss, and record the expert-usage entropy."""
         if out.aux_loss is not None:
-            loss.per_sample = loss.per_sample + out.aux_loss.float()
+            # `.mean()`: DataParallel returns one aux loss per replica.
+            loss.per_sample = loss.per_sample + out.aux_loss.float().mean()
             loss.terms["aux_loss"] = out.aux_loss
         if out.router_logits:
             loss.terms["expert_usage_entropy"] = expert_usage_entropy(out.router_logits, self._top_k())
@@ -504,8 +532,10 @@ class AdversarialTrainer(Trainer):
         the model's clean loss (Trainer's default), which `evaluate` reports as ``eval_loss``.
         """
         if not model.training:
+            # The clean loss as the model computes it (a batch mean): `num_items_in_batch` is not forwarded, since
+            # Trainer would then rescale a loss the model did not normalise by it.
             model_inputs = {key: value for key, value in inputs.items() if key in self._forward_params}
-            return super().compute_loss(model, model_inputs, return_outputs, num_items_in_batch)
+            return super().compute_loss(model, model_inputs, return_outputs)
         own_state = self._step is None
         if own_state:
             self._step = self._new_step_state(inputs, num_items_in_batch)
@@ -574,7 +604,8 @@ class AdversarialTrainer(Trainer):
             if self._micro_step == 0:
                 counts = self._adversarial_callback_state().phase_updates
                 for phase in phases:
-                    counts[phase.name] = counts.get(phase.name, 0) + 1
+                    for name in phase.name.split("+"):
+                        counts[name] = counts.get(name, 0) + 1
             total = torch.zeros((), device=self.args.device)
             for index, phase in enumerate(phases):
                 self._step.phase = phase
@@ -589,6 +620,7 @@ class AdversarialTrainer(Trainer):
         """Compute ``phase``'s loss and back-propagate it into ``phase.parameters`` only. ``final`` marks the last
         backward pass of the micro-batch: the only one that synchronises gradients across processes."""
         num_items = self._step.num_items_in_batch
+        self._phase_terms = {}
         with self.parameter_groups.only(phase.parameters), self.compute_loss_context_manager():
             loss = self.compute_loss(self.pass_model(model, final), {}, num_items_in_batch=num_items)
             self._raise_if_not_finite(phase)
@@ -609,8 +641,9 @@ class AdversarialTrainer(Trainer):
     def _raise_if_not_finite(self, phase: TrainingPhase, terms: Mapping[str, torch.Tensor] | None = None) -> None:
         """Raise `FloatingPointError` if a loss term of ``phase`` is NaN / infinite on any process.
 
-        Called after the forward pass and before the backward pass of every phase, so the bad batch never reaches the
-        optimizer, and (by raising out of `train`) no checkpoint is written after it.
+        Called after the forward pass of every phase (before its backward pass; after all passes of J-TLAT's expert
+        step), so the bad batch never reaches the optimizer, and (by raising out of `train`) no checkpoint is written
+        after it. The check is collective, so every process raises together.
         """
         terms = self._phase_terms if terms is None else terms
         names = [name for name, value in terms.items() if torch.is_tensor(value)]
@@ -651,7 +684,9 @@ class AdversarialTrainer(Trainer):
 
     def _record_phase(self, phase: TrainingPhase, loss: PhaseLoss) -> None:
         """Keep the phase's terms for the NaN check and accumulate their means for `log`."""
-        terms = {f"loss_{phase.name}": loss.per_sample, **loss.terms}
+        terms = dict(loss.terms)
+        if not any(name.startswith("loss_") for name in terms):  # a fused phase reports its parts itself
+            terms = {f"loss_{phase.name}": loss.per_sample, **terms}
         self._phase_terms = terms
         for name, value in terms.items():
             self._accumulate(name, value)
@@ -803,11 +838,9 @@ class AdversarialTrainer(Trainer):
         args = self.args
         recipe: dict[str, Any] = {"method": self.method_label, "trainer": type(self).__name__}
         for key, value in args.adversarial_recipe().items():
-            family = key.split("_")[0]
-            if (family == "jtlat" and self.adv_method != "j-tlat") or (family == "advmoe" and self.adv_method != "advmoe"):
-                continue
-            if key == "trades_beta" and self.adv_method != "trades":
-                continue
+            owner = {"jtlat": "j-tlat", "advmoe": "advmoe", "trades": "trades"}.get(key.split("_")[0])
+            if owner is not None and owner != self.adv_method:
+                continue  # settings of another method
             recipe[key] = value
         recipe["adv_method"] = self.adv_method
         recipe.update(
@@ -922,7 +955,7 @@ def _forward_parameter_names(model: nn.Module) -> set[str]:
 
 
 def _check_labelled(dataset, name: str) -> None:
-    """Raise a `ValueError` if ``dataset`` visibly has no labels (datasets columns, or the keys of its first example)."""
+    """Raise a `ValueError` if ``dataset`` visibly has no labels (its columns, or the keys of its first example)."""
     if dataset is None:
         return
     keys = None
@@ -930,7 +963,7 @@ def _check_labelled(dataset, name: str) -> None:
     has_transform = getattr(dataset, "format", {}).get("type") == "custom" if hasattr(dataset, "format") else False
     if isinstance(column_names, list) and not has_transform:
         keys = column_names
-    elif hasattr(dataset, "__getitem__") and hasattr(dataset, "__len__") and not isinstance(dataset, torch.utils.data.IterableDataset):
+    elif hasattr(dataset, "__getitem__") and hasattr(dataset, "__len__") and not isinstance(dataset, IterableDataset):
         if len(dataset) == 0:
             raise ValueError(f"{name} is empty.")
         first = dataset[0]
