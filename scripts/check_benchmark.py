@@ -56,11 +56,12 @@ class PermuteFrames:
         return batch
 
 
-def build_model(num_frames: int, image_size: int, seed: int) -> VideoMAEMoeForVideoClassification:
+def build_model(args, seed: int) -> VideoMAEMoeForVideoClassification:
     torch.manual_seed(seed)
     config = VideoMAEMoeConfig(
-        image_size=image_size, patch_size=8, num_frames=num_frames, tubelet_size=2, hidden_size=96,
-        num_hidden_layers=4, num_attention_heads=4, intermediate_size=384, num_labels=8,
+        image_size=args.image_size, patch_size=8, num_frames=args.num_frames, tubelet_size=2,
+        hidden_size=args.hidden_size, num_hidden_layers=args.num_layers, num_attention_heads=4,
+        intermediate_size=4 * args.hidden_size, num_labels=8,
         num_experts=4, num_experts_per_tok=1, image_mean=[0.5] * 3, image_std=[0.25] * 3,
     )
     return VideoMAEMoeForVideoClassification(config)
@@ -86,7 +87,7 @@ def within_pair_accuracy(predictions: torch.Tensor, labels: torch.Tensor) -> flo
 def train(model, data, collator, args, output_dir: Path) -> float:
     training_args = TrainingArguments(
         output_dir=str(output_dir), num_train_epochs=args.max_epochs, per_device_train_batch_size=32,
-        learning_rate=1e-3, weight_decay=0.05, warmup_steps=20, lr_scheduler_type="cosine", save_strategy="no",
+        learning_rate=args.learning_rate, weight_decay=0.05, warmup_steps=20, lr_scheduler_type="cosine", save_strategy="no",
         eval_strategy="no", logging_steps=50, report_to=[], seed=args.seed, use_cpu=True, disable_tqdm=True,
     )
     start = time.perf_counter()
@@ -101,12 +102,16 @@ def main() -> None:
     parser.add_argument("--num-frames", type=int, default=8)
     parser.add_argument("--image-size", type=int, default=32)
     parser.add_argument("--difficulty", default="medium")
+    parser.add_argument("--hidden-size", type=int, default=64)
+    parser.add_argument("--num-layers", type=int, default=3)
+    parser.add_argument("--learning-rate", type=float, default=2e-3)
+    parser.add_argument("--threads", type=int, default=2, help="torch intra-op threads (the target is 2 cores).")
     parser.add_argument("--budget-seconds", type=float, default=300.0, help="Training wall-clock budget per model.")
     parser.add_argument("--max-epochs", type=float, default=30)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--output", default="docs/learnability.json")
     args = parser.parse_args()
-    torch.set_num_threads(max(1, torch.get_num_threads()))
+    torch.set_num_threads(args.threads)
 
     data = make_moving_shapes(args.num_videos, num_frames=args.num_frames, image_size=args.image_size,
                               seed=args.seed, difficulty=args.difficulty)
@@ -114,7 +119,7 @@ def main() -> None:
     test = data["test"]
     scratch = Path("outputs/check_benchmark")
 
-    model = build_model(args.num_frames, args.image_size, args.seed)
+    model = build_model(args, args.seed)
     seconds = train(model, data, collator, args, scratch / "temporal")
     predictions, labels = predict(model, test, collator)
     reversed_predictions, _ = predict(model, test.with_transform(_reverse_frames), collator)
@@ -122,7 +127,7 @@ def main() -> None:
     reversed_to_pair = float((reversed_predictions == (labels ^ 1)).float().mean())
     assert all(paired_class(int(c)) == int(c) ^ 1 for c in labels[:8])
 
-    blind = build_model(args.num_frames, args.image_size, args.seed)
+    blind = build_model(args, args.seed)
     blind_seconds = train(blind, data, PermuteFrames(collator, args.seed), args, scratch / "order_blind")
     blind_predictions, _ = predict(blind, test, PermuteFrames(collator, args.seed + 1))
 

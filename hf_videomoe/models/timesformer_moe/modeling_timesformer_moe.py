@@ -207,6 +207,10 @@ class TimesformerMoeForVideoClassification(TimesformerMoePreTrainedModel):
     ``loss`` is the cross-entropy plus ``aux_loss`` when ``labels`` are given.
     """
 
+    # `forward` takes **kwargs (so Trainer's `num_items_in_batch` is accepted and ignored); without this flag Trainer
+    # would assume the loss is already normalised by item count and skip its gradient-accumulation scaling.
+    accepts_loss_kwargs = False
+
     def __init__(self, config: TimesformerMoeConfig):
         super().__init__(config)
         self.num_labels = config.num_labels
