@@ -1,0 +1,116 @@
+"""The `hf-videomoe` command line on tiny settings, the reduced demo, and the README's code blocks."""
+
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from hf_videomoe.cli import build_parser, main
+from hf_videomoe.hub.testing import LoopbackHubServer
+
+ROOT = Path(__file__).resolve().parent.parent
+TINY_DATA = ["--num-videos", "32", "--num-frames", "4", "--image-size", "16", "--difficulty", "easy"]
+TINY_MODEL = ["--patch-size", "8", "--hidden-size", "32", "--num-layers", "2", "--num-heads", "2"]
+
+
+@pytest.mark.parametrize("command", ["demo", "train", "attack", "evaluate", "push", "bench"])
+def test_every_subcommand_has_help(command, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main([command, "--help"])
+    assert exit_info.value.code == 0
+    assert "usage: hf-videomoe " + command in capsys.readouterr().out
+
+
+def test_attack_list_names_every_attack(capsys):
+    from hf_videomoe.attacks import ATTACKS
+
+    main(["attack", "--list"])
+    out = capsys.readouterr().out
+    assert all(name in out for name in ATTACKS)
+
+
+def test_errors_are_actionable(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["attack", "--model", str(tmp_path / "missing"), *TINY_DATA])
+    assert exit_info.value.code == 2
+    assert "does not exist" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["attack", "--model", str(tmp_path), "--attack", "pgdd", *TINY_DATA])  # no config.json, then bad name
+    with pytest.raises(SystemExit) as exit_info:
+        main(["push", "--model", str(tmp_path), "--repo-id", "user/x"])
+    assert exit_info.value.code == 2
+
+
+@pytest.fixture(scope="module")
+def trained_model(tmp_path_factory):
+    output = tmp_path_factory.mktemp("cli") / "model"
+    main(["train", *TINY_DATA, *TINY_MODEL, "--adv-method", "pgd-at", "--adv-steps", "1", "--max-steps", "2",
+          "--batch-size", "8", "--eval-attacks", "", "--use-cpu", "--output-dir", str(output)])
+    return output
+
+
+def test_train_attack_evaluate(trained_model, tmp_path, capsys):
+    assert (trained_model / "config.json").is_file() and (trained_model / "model.safetensors").is_file()
+    result_path = tmp_path / "attack.json"
+    main(["attack", "--model", str(trained_model), "--attack", "tlga-r", "--steps", "2", "--num-samples", "8",
+          "--output", str(result_path), *TINY_DATA])
+    result = json.loads(result_path.read_text())
+    assert result["num_samples"] == 8 and 0 <= result["robust_accuracy"] <= 1 and "routing_change" in result
+
+    report_dir = tmp_path / "report"
+    main(["evaluate", "--model", str(trained_model), "--attacks", "pgd,j-tlga", "--steps", "2", "--num-samples", "8",
+          "--output-dir", str(report_dir), *TINY_DATA])
+    report = json.loads((report_dir / "report.json").read_text())
+    assert report["worst_case_accuracy"] <= min(report["robust_accuracy"].values()) <= report["clean_accuracy"]
+    assert (report_dir / "README.md").is_file()
+    assert "worst" in capsys.readouterr().out.lower()
+
+
+def test_push_to_loopback_hub(trained_model, tmp_path):
+    main(["evaluate", "--model", str(trained_model), "--attacks", "pgd", "--steps", "1", "--num-samples", "8",
+          *TINY_DATA])
+    server = LoopbackHubServer().start()
+    try:
+        env = dict(os.environ, HF_ENDPOINT=server.url, HF_HUB_OFFLINE="0", HF_HOME=str(tmp_path / "hf"),
+                   HF_TOKEN="test-token")
+        proc = subprocess.run(
+            [sys.executable, "-m", "hf_videomoe.cli", "push", "--model", str(trained_model), "--repo-id", "user/cli-moe"],
+            env=env, capture_output=True, text=True, timeout=240,
+        )
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        assert {"model.safetensors", "config.json", "README.md"} <= set(server.files("user/cli-moe"))
+    finally:
+        server.stop()
+
+
+def test_demo_reduced_mode(tmp_path):
+    from hf_videomoe.demo import run_demo
+
+    summary = run_demo(output_dir=tmp_path, quick=True)
+    assert set(summary) == {"MoE (no AT)", "MoE + PGD-AT", "MoE + J-TLAT"}
+    for row in summary.values():
+        assert row["worst_case"] <= min(row["pgd"], row["tlga-r"], row["j-tlga"]) <= row["clean"]
+    assert (tmp_path / "summary.json").is_file()
+    assert len(list((tmp_path / "reports").glob("*/README.md"))) == 3
+
+
+def _readme_python_blocks():
+    text = (ROOT / "README.md").read_text()
+    return [body for info, body in re.findall(r"```(python[^\n]*)\n(.*?)```", text, re.S) if "no-run" not in info]
+
+
+def test_readme_code_blocks_run(tmp_path, monkeypatch):
+    blocks = _readme_python_blocks()
+    assert blocks, "README has no runnable python block"
+    monkeypatch.chdir(tmp_path)
+    for block in blocks:
+        exec(compile(block, "README.md", "exec"), {"__name__": "__readme__"})
+
+
+def test_parser_defaults_match_paper_budget():
+    args = build_parser().parse_args(["attack", "--model", "m"])
+    assert args.eps == pytest.approx(8 / 255) and args.norm == "linf"
