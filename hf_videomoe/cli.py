@@ -214,7 +214,6 @@ def cmd_attack(args) -> None:
 
 
 def cmd_evaluate(args) -> None:
-    from huggingface_hub import ModelCard  # noqa: F401  (fail early if the hub client is broken)
 
     from .evaluation import evaluate_robustness
     from .hub import build_model_card

@@ -54,7 +54,7 @@ from tqdm.auto import tqdm  # noqa: E402
 from transformers import Trainer  # noqa: E402
 from transformers.utils import logging as hf_logging  # noqa: E402
 
-from hf_videomoe.data import VideoCollator, make_moving_shapes  # noqa: E402
+from hf_videomoe.data import make_moving_shapes  # noqa: E402
 from hf_videomoe.evaluation import evaluate_robustness  # noqa: E402
 from hf_videomoe.training import AdversarialTrainer, AdversarialTrainingArguments, JTLATTrainer  # noqa: E402
 
@@ -171,6 +171,35 @@ def _show_inner_progress() -> bool:
     return sys.stderr.isatty()
 
 
+class TensorVideoDataset(torch.utils.data.Dataset):
+    """A split of MovingShapes held as two tensors (indexing an Arrow-backed `datasets.Dataset` and validating every
+    clip in the collator costs more than the tiny model's forward / backward pass at this scale)."""
+
+    column_names = ["pixel_values", "labels"]
+
+    def __init__(self, dataset):
+        columns = dataset[:]
+        self.pixel_values = torch.as_tensor(columns["pixel_values"]).float().contiguous()
+        self.labels = torch.as_tensor(columns["labels"]).long()
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, index):
+        return {"pixel_values": self.pixel_values[index], "labels": self.labels[index]}
+
+    def select(self, indices):
+        out = copy.copy(self)
+        indices = torch.as_tensor(list(indices), dtype=torch.long)
+        out.pixel_values, out.labels = self.pixel_values[indices], self.labels[indices]
+        return out
+
+
+def stack_collate(features):
+    return {"pixel_values": torch.stack([f["pixel_values"] for f in features]),
+            "labels": torch.stack([torch.as_tensor(f["labels"]) for f in features])}
+
+
 # ----------------------------------------------------------------------------------------------------------------------
 # Models
 # ----------------------------------------------------------------------------------------------------------------------
@@ -222,7 +251,7 @@ PIXEL_MEAN, PIXEL_STD = 0.5, 0.25
 
 
 class NormalizingCollator:
-    """`VideoCollator` followed by ``(x - PIXEL_MEAN) / PIXEL_STD`` (clean training of the dense baseline only)."""
+    """The collator followed by ``(x - PIXEL_MEAN) / PIXEL_STD`` (clean training of the dense baseline only)."""
 
     def __init__(self, collator):
         self.collator = collator
@@ -289,7 +318,8 @@ class Reproduction:
         self.ablation_seeds = [] if skip_ablations else ablation_seeds
         self.attack_table_seeds = attack_table_seeds
         self._data = None
-        self.collator = VideoCollator()
+        self._tensors = {}
+        self.collator = stack_collate
         self.out.mkdir(parents=True, exist_ok=True)
         self._check_settings()
 
@@ -319,13 +349,18 @@ class Reproduction:
                                             seed=s.data_seed, difficulty=s.difficulty)
         return self._data
 
+    def split(self, name: str) -> TensorVideoDataset:
+        if name not in self._tensors:
+            self._tensors[name] = TensorVideoDataset(self.data[name])
+        return self._tensors[name]
+
     @property
     def label_names(self) -> list[str]:
         return self.data["train"].features["labels"].names
 
     @property
     def eval_set(self):
-        test = self.data["test"]
+        test = self.split("test")
         return test.select(range(min(self.settings.eval_samples, len(test))))
 
     # -- plan --------------------------------------------------------------------------------------------------------
@@ -370,7 +405,7 @@ class Reproduction:
         dense = build_dense(s, self.label_names)
         args = training_arguments(path / "trainer", s, epochs=s.dense_epochs, lr=s.dense_lr, seed=seed)
         start, cpu = time.perf_counter(), time.process_time()
-        Trainer(model=dense, args=args, train_dataset=self.data["train"],
+        Trainer(model=dense, args=args, train_dataset=self.split("train"),
                 data_collator=NormalizingCollator(self.collator)).train()
         seconds, cpu = time.perf_counter() - start, time.process_time() - cpu
         # Fold the input normalisation into the weights and check that the function is unchanged.
@@ -433,7 +468,7 @@ class Reproduction:
         trainer_cls = JTLATTrainer if method == "j-tlat" else AdversarialTrainer
         log(f"seed {seed}: training {run_name} ({method}, {s.adv_epochs:g} epochs, {s.adv_steps}-step attacks at "
             f"ε={eps_name(s.train_eps)})")
-        trainer = trainer_cls(model=model, args=args, train_dataset=self.data["train"], data_collator=self.collator)
+        trainer = trainer_cls(model=model, args=args, train_dataset=self.split("train"), data_collator=self.collator)
         begin, cpu = time.perf_counter(), time.process_time()
         trainer.train()
         seconds, cpu = time.perf_counter() - begin, time.process_time() - cpu

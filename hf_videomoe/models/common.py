@@ -18,7 +18,7 @@ try:
 except ImportError:  # pragma: no cover - safetensors is a transformers dependency
     SafetensorError = OSError
 
-from ..moe import MoeExperts, MoeRouter, SparseMoeBlock, moe_blocks, upcycle_mlp
+from ..moe import MoeExperts, MoeRouter, compute_aux_loss, moe_blocks, upcycle_mlp
 
 # ImageNet statistics, the convention of VideoMAE checkpoints (TimeSformer's use 0.45 / 0.225; see its config).
 IMAGENET_MEAN = [0.485, 0.456, 0.406]
@@ -105,6 +105,24 @@ class MoePreTrainedModelMixin:
                 f"Could not load {cls.__name__} from {path}: the checkpoint looks corrupt ({type(err).__name__}: {err})."
             ) from err
 
+
+
+def classifier_output(logits, labels, backbone_outputs, config, output_router_logits: bool) -> MoeVideoClassifierOutput:
+    """Cross-entropy + weighted aux loss and the output object, shared by both MoE classifiers."""
+    aux_loss = compute_aux_loss(backbone_outputs.router_logits, config) if output_router_logits else None
+    loss = None
+    if labels is not None:
+        loss = nn.functional.cross_entropy(logits.float(), labels.to(logits.device).long())
+        if aux_loss is not None:
+            loss = loss + aux_loss.to(loss.device)
+    return MoeVideoClassifierOutput(
+        loss=loss,
+        logits=logits,
+        aux_loss=aux_loss,
+        router_logits=backbone_outputs.router_logits if output_router_logits else None,
+        hidden_states=backbone_outputs.hidden_states,
+        attentions=backbone_outputs.attentions,
+    )
 
 def validate_pixel_values(pixel_values, config, model_name: str) -> None:
     """Raise a `ValueError`/`TypeError` naming the expected layout for anything the model cannot consume as is."""

@@ -19,10 +19,11 @@ from transformers.models.timesformer.modeling_timesformer import (
     TimesformerPreTrainedModel,
 )
 
-from ...moe import SparseMoeBlock, compute_aux_loss
+from ...moe import SparseMoeBlock
 from ..common import (
     MoePreTrainedModelMixin,
     MoeVideoClassifierOutput,
+    classifier_output,
     MoeVideoModelOutput,
     init_moe_weights,
     normalize_pixel_values,
@@ -236,21 +237,7 @@ class TimesformerMoeForVideoClassification(TimesformerMoePreTrainedModel):
         )
         logits = self.classifier(outputs.last_hidden_state[:, 0])
 
-        aux_loss = compute_aux_loss(outputs.router_logits, self.config) if output_router_logits else None
-        loss = None
-        if labels is not None:
-            loss = nn.functional.cross_entropy(logits.float(), labels.to(logits.device).long())
-            if aux_loss is not None:
-                loss = loss + aux_loss.to(loss.device)
-
-        return MoeVideoClassifierOutput(
-            loss=loss,
-            logits=logits,
-            aux_loss=aux_loss,
-            router_logits=outputs.router_logits if output_router_logits else None,
-            hidden_states=outputs.hidden_states,
-            attentions=outputs.attentions,
-        )
+        return classifier_output(logits, labels, outputs, self.config, output_router_logits)
 
     @classmethod
     def from_dense(

@@ -18,10 +18,11 @@ from transformers.models.videomae.modeling_videomae import (
     VideoMAEPreTrainedModel,
 )
 
-from ...moe import SparseMoeBlock, compute_aux_loss
+from ...moe import SparseMoeBlock
 from ..common import (
     MoePreTrainedModelMixin,
     MoeVideoClassifierOutput,
+    classifier_output,
     MoeVideoModelOutput,
     init_moe_weights,
     normalize_pixel_values,
@@ -195,21 +196,7 @@ class VideoMAEMoeForVideoClassification(VideoMAEMoePreTrainedModel):
             pooled = sequence_output[:, 0]
         logits = self.classifier(pooled)
 
-        aux_loss = compute_aux_loss(outputs.router_logits, self.config) if output_router_logits else None
-        loss = None
-        if labels is not None:
-            loss = nn.functional.cross_entropy(logits.float(), labels.to(logits.device).long())
-            if aux_loss is not None:
-                loss = loss + aux_loss.to(loss.device)
-
-        return MoeVideoClassifierOutput(
-            loss=loss,
-            logits=logits,
-            aux_loss=aux_loss,
-            router_logits=outputs.router_logits if output_router_logits else None,
-            hidden_states=outputs.hidden_states,
-            attentions=outputs.attentions,
-        )
+        return classifier_output(logits, labels, outputs, self.config, output_router_logits)
 
     @classmethod
     def from_dense(
