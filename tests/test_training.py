@@ -36,7 +36,7 @@ LOGGED = {
     "trades": {"loss_model", "clean_ce", "trades_kl", "adv_ce", "aux_loss", "routing_change"},
     "tlat": {"loss_model", "adv_ce", "lipschitz_model", "clean_ce", "aux_loss", "routing_change"},
     "advmoe": {"loss_router", "loss_expert", "adv_ce", "aux_loss", "routing_change"},
-    "j-tlat": {"loss_router", "router_ce", "lipschitz_router", "loss_expert", "expert_ce", "lipschitz_expert",
+    "j-tlat": {"loss_router", "router_ce", "lipschitz_router", "router_balance", "loss_expert", "expert_ce", "lipschitz_expert",
                "loss_model", "adv_ce", "lipschitz_model", "clean_ce", "aux_loss", "expert_usage_entropy",
                "routing_change", "clean_accuracy", "adv_accuracy"},
 }
@@ -162,6 +162,7 @@ def test_arguments_defaults():
         (dict(metric_for_best_model="eval_worst_case_accuracy"), "eval_attacks"),
         (dict(adv_method="j-tlat", ddp_find_unused_parameters=False), "ddp_find_unused_parameters"),
         (dict(eval_max_samples=0), "eval_max_samples"),
+        (dict(jtlat_router_balance_weight=-0.1), "jtlat_router_balance_weight"),
     ],
 )
 def test_arguments_validation(overrides, message):
@@ -536,7 +537,7 @@ def test_nan_stops_training_naming_the_component_and_keeps_last_checkpoint(tmp_p
                                            ("trades", {})])  # fmt: skip
 def test_gradient_accumulation_matches_a_full_batch(tmp_path, moe_model, shapes, method, extra):
     # ε = 0 makes the adversarial examples deterministic (the clean clips), and without the (batch-level)
-    # load-balancing loss the objective is a per-clip sum: 2 micro-batches of 4 must equal one batch of 8. Plain SGD
+    # load-balancing losses (the model's aux loss and J-TLAT's step-1 balance term) the objective is a per-clip sum: 2 micro-batches of 4 must equal one batch of 8. Plain SGD
     # (Adam would turn float rounding in near-zero gradients into full-size updates).
     train = shapes["train"].select(range(16))
     finals = []
@@ -545,7 +546,7 @@ def test_gradient_accumulation_matches_a_full_batch(tmp_path, moe_model, shapes,
         args = make_args(
             tmp_path, adv_method=method, adv_eps=0.0, max_steps=2, per_device_train_batch_size=batch_size,
             gradient_accumulation_steps=accumulation, output_dir=str(tmp_path / f"ga{accumulation}"), optim="sgd",
-            learning_rate=0.5, **extra,
+            learning_rate=0.5, jtlat_router_balance_weight=0.0, **extra,
         )  # fmt: skip
         make_trainer(model, args, train).train()
         finals.append(model.state_dict())

@@ -96,6 +96,10 @@ class AdversarialTrainingArguments(TrainingArguments):
         jtlat_steps (`list[str]`, *optional*, defaults to `["router", "expert", "model"]`):
             Which J-TLAT steps run on every batch (`"router"`/`"1"`, `"expert"`/`"2"`, `"model"`/`"3"`); they
             always run in that order.
+        jtlat_router_balance_weight (`float`, *optional*, defaults to 0.1):
+            Weight of the Switch load-balancing loss (on the adversarial router logits) added to J-TLAT step 1. Step 1
+            pulls every routing unit toward its own clean decision, which sharpens routing; with top-1 nothing else
+            pushes back and the routers collapse onto one expert (docs/RESULTS.md, demo). Our addition; 0 disables it.
         jtlat_top_k (`int`, *optional*, defaults to 2):
             Number of experts (the top ones of the clip-level router probabilities on the step-2 adversarial clip)
             trained per clip in J-TLAT step 2.
@@ -177,6 +181,10 @@ class AdversarialTrainingArguments(TrainingArguments):
         metadata={"help": "J-TLAT steps to run on every batch: router, expert, model (or 1, 2, 3)."},
     )
     jtlat_top_k: int = field(default=2, metadata={"help": "Experts trained per clip in J-TLAT step 2."})
+    jtlat_router_balance_weight: float = field(
+        default=0.1,
+        metadata={"help": "Weight of the Switch load-balancing loss in J-TLAT step 1 (0 = the router objective alone)."},
+    )
     advmoe_router_attack: str = field(
         default="pgd", metadata={"help": "Attack generating AdvMoE's router-step examples."}
     )
@@ -214,7 +222,7 @@ class AdversarialTrainingArguments(TrainingArguments):
             _check_int("eval_max_samples", self.eval_max_samples, 1)
         if self.adv_step_size is not None:
             _check_range("adv_step_size", self.adv_step_size, 0.0, low_inclusive=False)
-        for name in ("lipschitz_weight", "guidance_weight", "router_weight", "trades_beta"):
+        for name in ("lipschitz_weight", "guidance_weight", "router_weight", "trades_beta", "jtlat_router_balance_weight"):
             _check_range(name, getattr(self, name), 0.0)
         _check_range("temporal_momentum", self.temporal_momentum, 0.0, 1.0)
         if self.adv_norm not in NORMS:
@@ -265,7 +273,7 @@ class AdversarialTrainingArguments(TrainingArguments):
             "adv_method", "adv_eps", "adv_steps", "adv_step_size", "adv_norm", "adv_attack", "lipschitz_weight",
             "lipschitz_detach_clean",
             "guidance_weight", "router_weight", "temporal_momentum", "temporal_step", "trades_beta",
-            "jtlat_router_attack", "jtlat_model_attack", "jtlat_reuse_adversarial", "jtlat_steps", "jtlat_top_k",
+            "jtlat_router_attack", "jtlat_model_attack", "jtlat_reuse_adversarial", "jtlat_steps", "jtlat_top_k", "jtlat_router_balance_weight",
             "advmoe_router_attack", "eval_attacks", "eval_attack_eps", "eval_attack_steps", "eval_max_samples",
         )  # fmt: skip
         return {key: getattr(self, key) for key in keys}

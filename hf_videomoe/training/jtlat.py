@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..attacks.objectives import lipschitz_ratio, router_consistency_ce, router_lipschitz_ratio
-from ..moe import clip_router_probabilities, force_experts, moe_blocks
+from ..moe import clip_router_probabilities, force_experts, load_balancing_loss, moe_blocks
 from ._utils import TrainingPhase, split_router_logits
 from .trainer import AdversarialTrainer, PhaseLoss
 
@@ -171,6 +171,12 @@ class JTLATTrainer(AdversarialTrainer):
             lip = router_lipschitz_ratio(clean_rl, adv_rl, x, x_adv)
             terms["lipschitz_router"] = lip
             per_sample = consistency + self.args.lipschitz_weight * lip
+        if self.args.jtlat_router_balance_weight:
+            # Counterweight to the self-sharpening consistency CE: without it top-1 routers collapse onto one expert.
+            config = self.accelerator.unwrap_model(self.model).config
+            balance = load_balancing_loss(adv_rl, config.num_experts, config.num_experts_per_tok)
+            terms["router_balance"] = balance
+            per_sample = per_sample + self.args.jtlat_router_balance_weight * balance
         return PhaseLoss(per_sample, terms, None)
 
     # ------------------------------------------------------------------------------------------------------------------
