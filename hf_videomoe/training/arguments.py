@@ -98,8 +98,9 @@ class AdversarialTrainingArguments(TrainingArguments):
             always run in that order.
         jtlat_router_balance_weight (`float`, *optional*, defaults to 0.1):
             Weight of the Switch load-balancing loss (on the adversarial router logits) added to J-TLAT step 1. Step 1
-            pulls every routing unit toward its own clean decision, which sharpens routing; with top-1 nothing else
-            pushes back and the routers collapse onto one expert (docs/RESULTS.md, demo). Our addition; 0 disables it.
+            pulls every routing unit toward its own clean decision, which sharpens routing, and with top-1 nothing else
+            pushes back. Our addition; 0 disables it. At 0.1 it does NOT stop the routers collapsing onto one expert
+            in the demo (docs/RESULTS.md §2); that collapse is an open problem.
         jtlat_top_k (`int`, *optional*, defaults to 2):
             Number of experts (the top ones of the clip-level router probabilities on the step-2 adversarial clip)
             trained per clip in J-TLAT step 2.

@@ -172,7 +172,7 @@ class JTLATTrainer(AdversarialTrainer):
             terms["lipschitz_router"] = lip
             per_sample = consistency + self.args.lipschitz_weight * lip
         if self.args.jtlat_router_balance_weight:
-            # Counterweight to the self-sharpening consistency CE: without it top-1 routers collapse onto one expert.
+            # Counterweight to the self-sharpening consistency CE (at 0.1 it does not prevent collapse: RESULTS.md).
             config = self.accelerator.unwrap_model(self.model).config
             balance = load_balancing_loss(adv_rl, config.num_experts, config.num_experts_per_tok)
             terms["router_balance"] = balance
