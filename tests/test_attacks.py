@@ -602,6 +602,45 @@ def test_objectives_computed_once_per_call(batch):
     assert calls.count(True) == 4 and calls.count(False) == 2
 
 
+def test_router_consistency_soft_targets():
+    """Hard targets: CE toward the clean top-1, which keeps pushing even when routing is unchanged (sharpening). Soft
+    targets: CE toward the clean probabilities, equal to the clean entropy and stationary when routing is unchanged."""
+    from hf_videomoe.attacks.objectives import router_consistency_ce
+
+    clean = (torch.randn(3, 5, 4),)
+    adv = (clean[0].clone().requires_grad_(True),)
+    probs = clean[0].softmax(-1)
+    hard = router_consistency_ce(adv, clean)
+    torch.testing.assert_close(hard, -probs.max(-1).values.log().mean(1))
+    soft = router_consistency_ce(adv, clean, soft_targets=True)
+    torch.testing.assert_close(soft, -(probs * probs.log()).sum(-1).mean(1))
+    (soft_grad,) = torch.autograd.grad(soft.sum(), adv)
+    (hard_grad,) = torch.autograd.grad(router_consistency_ce(adv, clean).sum(), adv)
+    assert soft_grad.abs().max() < 1e-6 < hard_grad.abs().max()
+
+
+@pytest.mark.parametrize("name", ["j-tlga", "tlga-r", "tla-m"])
+def test_precomputed_clean_outputs_skip_the_clean_pass_and_change_nothing(name, batch):
+    """A caller that already ran the clean pass (the trainers) hands it over: one forward fewer, the same examples."""
+    model = tiny_model()
+    x, y = batch["pixel_values"], batch["labels"]
+    attack = build_attack(name, steps=3, seed=0, **({"lipschitz_weight": 1e-3} if name == "tla-m" else {}))
+    with torch.no_grad():
+        out = model.eval()(pixel_values=x, output_router_logits=True)
+    calls = []
+    handle = model.register_forward_hook(lambda *args: calls.append(torch.is_grad_enabled()))
+    reference = attack.perturb(model, x, y)
+    own = len(calls)
+    shared = attack.perturb(model, x, y, clean_outputs=(out.logits, out.router_logits))
+    handle.remove()
+    assert len(calls) - own == own - 1
+    assert torch.equal(shared, reference)
+    with pytest.raises(ValueError, match="clean_outputs"):
+        attack.perturb(model, x, y, clean_outputs=(out.logits[:2], out.router_logits))
+    with pytest.raises(TypeError, match="clean_outputs"):
+        attack.perturb(model, x, y, clean_outputs=out.logits)
+
+
 # ----------------------------------------------------------------------------------------------------------------------
 # Other models and granularities
 # ----------------------------------------------------------------------------------------------------------------------

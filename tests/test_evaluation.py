@@ -27,6 +27,7 @@ from hf_videomoe.evaluation import (  # noqa: E402
 )
 from hf_videomoe.evaluation import robustness as robustness_module  # noqa: E402
 from hf_videomoe.evaluation.flags import compute_flags  # noqa: E402
+from hf_videomoe.moe import moe_blocks  # noqa: E402
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 NUM_SAMPLES = 8
@@ -157,6 +158,7 @@ def test_flags_quiet_on_plain_model(report):
         "steps_monotonicity": "passed",
         "determinism": "passed",
         "gradients": "passed",
+        "router_collapse": "passed",
     }
 
 
@@ -265,6 +267,22 @@ def test_non_deterministic_forward_flag(model, data):
     assert report.flags[0].evidence["max_abs_logit_diff"] > 1e-4
 
 
+def test_router_collapse_flag_on_a_collapsed_moe(data):
+    # Zero router weights give every routing unit equal logits, so top-1 sends all of them to expert 0.
+    collapsed = make_model()
+    with torch.no_grad():
+        for block in moe_blocks(collapsed):
+            block.router.weight.zero_()
+    report = evaluate_robustness(
+        collapsed, data, attacks=["fgsm"], eps=EPS, batch_size=8, check_gradients=False, check_determinism=False,
+        compute_cost=False, progress=False,
+    )
+    assert "router_collapse" in report.flag_names, report.checks
+    flag = next(f for f in report.flags if f.name == "router_collapse")
+    assert set(flag.evidence["busiest_expert_share"].values()) == {1.0}
+    assert report.checks["router_collapse"] == "flagged"
+
+
 class WeakerWithEps:
     """A stand-in attack that perturbs (FGSM) only for ε <= 2/255: robust accuracy then rises with ε."""
 
@@ -303,6 +321,7 @@ def test_compute_flags_thresholds():
         robust_accuracy={"pgd": 0.30, "square": 0.28},
         eps_sweep={"pgd": {1 / 255: 0.5, 2 / 255: 0.3, 4 / 255: 0.1}},
         steps_check={"pgd": {"steps": 10, "doubled_steps": 20, "num_samples": 8, "accuracy": 0.3, "doubled_accuracy": 0.3}},
+        expert_usage=[[0.25, 0.25, 0.3, 0.2], [0.9, 0.05, 0.05, 0.0]],
         **base,
     )
     assert flags == [] and set(checks.values()) == {"passed"}
@@ -312,10 +331,13 @@ def test_compute_flags_thresholds():
         steps_check={"pgd": {"steps": 10, "doubled_steps": 20, "num_samples": 8, "accuracy": 0.2, "doubled_accuracy": 0.4}},
         **{**base, "determinism": {"max_abs_diff": 0.5, "prediction_changed_fraction": 0.25},
            "gradients": {"bad_fraction": 0.5, "num_samples": 8, "median_norm": 0.0}},
+        expert_usage=[[0.25, 0.25, 0.3, 0.2], [0.96, 0.04, 0.0, 0.0]],
     )
     assert [f.name for f in flags] == [
-        "gradient_masking", "non_monotonic_eps", "non_monotonic_steps", "non_deterministic_forward", "zero_gradients"
+        "gradient_masking", "non_monotonic_eps", "non_monotonic_steps", "non_deterministic_forward", "zero_gradients",
+        "router_collapse",
     ]
+    assert flags[-1].evidence["busiest_expert_share"] == {"1": 0.96}  # MoE layer index -> share
     assert all(isinstance(f, ReliabilityFlag) and f.message and f.evidence for f in flags)
     assert set(checks.values()) == {"flagged"}
     _, checks = compute_flags(robust_accuracy={"pgd": 0.3}, eps_sweep={}, steps_check={}, **{

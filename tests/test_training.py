@@ -163,6 +163,7 @@ def test_arguments_defaults():
         (dict(adv_method="j-tlat", ddp_find_unused_parameters=False), "ddp_find_unused_parameters"),
         (dict(eval_max_samples=0), "eval_max_samples"),
         (dict(jtlat_router_balance_weight=-0.1), "jtlat_router_balance_weight"),
+        (dict(jtlat_router_target="argmax"), "jtlat_router_target"),
     ],
 )
 def test_arguments_validation(overrides, message):
@@ -403,6 +404,24 @@ def test_jtlat_is_more_robust_than_clean_training_on_moving_shapes(tmp_path, tin
         results[method] = _pgd_accuracy(model, test)
     assert results["none"][0] >= 0.8 and results["j-tlat"][0] >= 0.8, results
     assert results["j-tlat"][1] >= results["none"][1] + 0.1, results
+    # ... and without collapsing its routers onto one expert (the step-1 balance term; RESULTS.md §2).
+    with torch.no_grad():
+        pixels = torch.stack([torch.as_tensor(clip) for clip in test["pixel_values"]])
+        router_logits = model.eval()(pixel_values=pixels, output_router_logits=True).router_logits
+    for layer, logits in enumerate(router_logits):
+        share = logits.argmax(-1).flatten().bincount(minlength=4).max().item() / logits[..., 0].numel()
+        assert share < 0.95, f"MoE layer {layer} sends {share:.0%} of its tokens to one expert"
+
+
+def test_jtlat_soft_router_target(tmp_path, moe_model, shapes):
+    """``jtlat_router_target="soft"``: step 1 matches the clean router probabilities instead of the clean top-1."""
+    model = moe_model()
+    routers = {n: p.detach().clone() for n, p in model.named_parameters() if ".router." in n}
+    args = make_args(tmp_path, adv_method="j-tlat", jtlat_router_target="soft", jtlat_steps=["router"], max_steps=2)
+    trainer = make_trainer(model, args, shapes["train"])
+    trainer.train()
+    assert any("router_ce" in entry for entry in trainer.state.log_history)
+    assert any(not torch.equal(p, routers[n]) for n, p in model.named_parameters() if n in routers)
 
 
 # ----------------------------------------------------------------------------------------------------------------------

@@ -531,6 +531,7 @@ class Attack:
         labels: torch.Tensor | Sequence[int] | None = None,
         *,
         target_labels: torch.Tensor | Sequence[int] | None = None,
+        clean_outputs: tuple[torch.Tensor, Sequence[torch.Tensor] | None] | None = None,
     ) -> torch.Tensor:
         """Return adversarial ``pixel_values`` (a new tensor of the same shape, dtype and device).
 
@@ -540,6 +541,9 @@ class Attack:
             pixel_values: ``(batch, frames, channels, height, width)`` float tensor in ``bounds``.
             labels: ``(batch,)`` true labels (optional for router-only attacks).
             target_labels: ``(batch,)`` targets in targeted mode (default: least-likely clean class).
+            clean_outputs: ``(logits, router_logits)`` of ``model`` on ``pixel_values`` in eval mode, when the caller
+                already has them (a trainer sharing its clean pass): the attack then skips its own clean forward.
+                Attacks that need no clean quantities ignore it.
         """
         if not isinstance(model, nn.Module):
             raise TypeError(f"{self.name} expects a torch.nn.Module, got {type(model).__name__}.")
@@ -571,7 +575,7 @@ class Attack:
                 target_labels = target_labels.to(device)
             if self.targeted and labels is not None and (target_labels == labels).any():
                 raise ValueError("Some target_labels equal the true labels; a targeted attack needs a different class.")
-            adv = self._attack(model, work, labels, target_labels)
+            adv = self._attack(model, work, labels, target_labels, clean_outputs=_check_clean_outputs(clean_outputs, x))
         adv = adv.detach()
         if self.bounds is not None:
             adv = adv.clamp(*self.bounds)
@@ -678,9 +682,10 @@ class Attack:
         x: torch.Tensor,
         labels: torch.Tensor | None,
         target_labels: torch.Tensor | None,
+        clean_outputs: tuple[torch.Tensor, Sequence[torch.Tensor] | None] | None = None,
     ) -> torch.Tensor:
         """Return adversarial examples for the validated float32 input ``x`` (already on the model's device, inside
-        [`attack_mode`]). Must not modify ``x``."""
+        [`attack_mode`]). Must not modify ``x``. ``clean_outputs``: see [`perturb`]."""
         raise NotImplementedError
 
     # -- helpers for subclasses ----------------------------------------------------------------------------------------
@@ -712,6 +717,18 @@ def _model_device(model: nn.Module, fallback: torch.device) -> torch.device:
 # ----------------------------------------------------------------------------------------------------------------------
 # Projected gradient engine
 # ----------------------------------------------------------------------------------------------------------------------
+
+
+def _check_clean_outputs(clean_outputs, x: torch.Tensor):
+    if clean_outputs is None:
+        return None
+    if not isinstance(clean_outputs, (tuple, list)) or len(clean_outputs) != 2:
+        raise TypeError("`clean_outputs` must be a `(logits, router_logits)` pair.")
+    logits, router_logits = clean_outputs
+    if not isinstance(logits, torch.Tensor) or logits.ndim != 2 or logits.shape[0] != x.shape[0]:
+        raise ValueError(f"`clean_outputs` logits must be a (batch={x.shape[0]}, num_labels) tensor, got "
+                         f"{getattr(logits, 'shape', type(logits).__name__)}.")
+    return logits.detach(), None if router_logits is None else tuple(r.detach() for r in router_logits)
 
 
 class GradientAttack(Attack):
@@ -771,9 +788,9 @@ class GradientAttack(Attack):
             "objective": self.build_objective().describe(),
         }
 
-    def _attack(self, model, x, labels, target_labels):
+    def _attack(self, model, x, labels, target_labels, clean_outputs=None):
         objective = self.build_objective()
-        ctx = objective.prepare(model, x, labels, target_labels)
+        ctx = objective.prepare(model, x, labels, target_labels, clean_outputs=clean_outputs)
         classifies = objective.requires_labels or self.targeted
         # With "last", each restart keeps its final iterates and restarts are compared like "misclassification".
         merge_rule = self.selection

@@ -157,20 +157,29 @@ def router_lipschitz_ratio(
 
 
 def router_consistency_ce(
-    adv_router_logits: Sequence[torch.Tensor], clean_router_logits: Sequence[torch.Tensor]
+    adv_router_logits: Sequence[torch.Tensor],
+    clean_router_logits: Sequence[torch.Tensor],
+    soft_targets: bool = False,
 ) -> torch.Tensor:
-    """Cross-entropy of the adversarial router against the clean top-1 expert of each routing unit, ``(batch,)``.
+    """Cross-entropy of the adversarial router against the clean routing of each routing unit, ``(batch,)``.
 
-    Averaged over routing units (tokens, frames or the clip) and then over MoE layers. Attacks maximise it to flip
-    routing decisions; J-TLAT's router step minimises it.
+    The target is the clean top-1 expert (``soft_targets=False``, the paper's ``r(x)``) or the clean router
+    probabilities (``soft_targets=True``: the cross-entropy then equals ``KL(R(x) ‖ R(x + δ))`` plus the clean
+    entropy, so its minimum does not reward sharper routing). Averaged over routing units (tokens, frames or the clip)
+    and then over MoE layers. Attacks maximise it to flip routing decisions; J-TLAT's router step minimises it.
     """
     adv = _check_router_logits(adv_router_logits, "router_consistency_ce")
     clean = _check_router_logits(clean_router_logits, "router_consistency_ce")
     per_layer = []
     for adv_logits, clean_logits in zip(adv, clean):
-        target = clean_logits.detach().argmax(dim=-1)  # (B, U)
         log_probs = adv_logits.float().log_softmax(dim=-1)
-        per_layer.append(-log_probs.gather(-1, target[..., None]).squeeze(-1).mean(dim=1))
+        if soft_targets:
+            target_probs = clean_logits.detach().float().softmax(dim=-1)  # (B, U, E)
+            per_unit = -(target_probs * log_probs).sum(dim=-1)
+        else:
+            target = clean_logits.detach().argmax(dim=-1)  # (B, U)
+            per_unit = -log_probs.gather(-1, target[..., None]).squeeze(-1)
+        per_layer.append(per_unit.mean(dim=1))
     return torch.stack(per_layer).mean(dim=0)
 
 
@@ -351,9 +360,11 @@ class Objective:
         x: torch.Tensor,
         labels: torch.Tensor | None,
         target_labels: torch.Tensor | None = None,
+        clean_outputs: tuple[torch.Tensor, Sequence[torch.Tensor] | None] | None = None,
     ) -> ObjectiveContext:
         """Compute the clean quantities once (no gradient): clean logits and router logits where a term needs them,
-        the clean top-1 expert and E_i's clean logits for the expert component, the guidance target."""
+        the clean top-1 expert and E_i's clean logits for the expert component, the guidance target.
+        ``clean_outputs``: the model's ``(logits, router_logits)`` on ``x`` if already computed (skips that forward)."""
         ctx = ObjectiveContext(x=x, labels=labels, target_labels=target_labels, moe=is_moe_model(model))
         needs_clean_model = self.uses_router or self.component == "expert" or (
             self.component == "model" and self.lipschitz_weight != 0.0
@@ -361,7 +372,10 @@ class Objective:
         if not needs_clean_model:
             return ctx
         with torch.no_grad():
-            logits, router_logits = model_outputs(model, x, router=True, moe=ctx.moe)
+            if clean_outputs is None or (ctx.moe and clean_outputs[1] is None):
+                logits, router_logits = model_outputs(model, x, router=True, moe=ctx.moe)
+            else:
+                logits, router_logits = clean_outputs
             if self.requires_moe:
                 router_logits = _check_router_logits(router_logits, "This objective")
                 ctx.clean_router_logits = tuple(r.detach() for r in router_logits)

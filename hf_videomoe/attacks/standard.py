@@ -201,7 +201,7 @@ class APGD(Attack):
             return grad.sign()
         return grad / _per_sample_view(_l2_norm(grad).clamp_min(1e-12), grad)
 
-    def _attack(self, model, x, labels, target_labels):
+    def _attack(self, model, x, labels, target_labels, clean_outputs=None):
         tracker = BestIterate(x, "misclassification")
         base_seed = self._base_seed()
         with self._progress(self.restarts * self.steps) as bar:
@@ -420,7 +420,7 @@ class Square(Attack):
             loss = margin.clone()
         return margin, loss, self._fooled(logits, labels, target_labels)
 
-    def _attack(self, model, x, labels, target_labels):
+    def _attack(self, model, x, labels, target_labels, clean_outputs=None):
         tracker = BestIterate(x, "misclassification")
         base_seed = self._base_seed()
         with torch.no_grad(), self._progress(self.restarts * self.steps) as bar:

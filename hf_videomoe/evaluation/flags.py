@@ -38,6 +38,8 @@ class FlagThresholds:
     tolerance: float = 0.01
     determinism_atol: float = 1e-4
     zero_gradient_fraction: float = 0.1
+    #: a MoE layer whose busiest expert takes more than this share of the clean routing units is flagged as collapsed
+    collapse_share: float = 0.95
 
 
 def _round(value: float) -> float:
@@ -56,6 +58,7 @@ def compute_flags(
     determinism: dict[str, Any] | None,
     gradients: dict[str, Any] | None,
     thresholds: FlagThresholds,
+    expert_usage: list[list[float]] | None = None,
 ) -> tuple[list[ReliabilityFlag], dict[str, str]]:
     """Run every check on aggregated evaluation results; returns ``(flags, checks)`` (check name → status)."""
     flags: list[ReliabilityFlag] = []
@@ -205,4 +208,31 @@ def compute_flags(
         checks["gradients"] = "flagged"
     else:
         checks["gradients"] = "passed"
+
+    # 6. Router collapse: a layer that sends (almost) every routing unit to one expert is a dense layer in disguise, so
+    #    a zero routing change under router attacks says nothing about robust routing.
+    if not expert_usage:
+        checks["router_collapse"] = "skipped: no expert usage (dense model, or diagnostics=False)"
+    else:
+        collapsed = {
+            str(layer): _round(max(shares)) for layer, shares in enumerate(expert_usage)
+            if shares and max(shares) > thresholds.collapse_share
+        }
+        if collapsed:
+            flags.append(
+                ReliabilityFlag(
+                    name="router_collapse",
+                    message=(
+                        f"{len(collapsed)} of {len(expert_usage)} MoE layers route more than "
+                        f"{100 * thresholds.collapse_share:.0f} % of the clean routing units to a single expert: the "
+                        "model is effectively dense there, so a low routing change under router attacks reflects "
+                        "collapse, not robust routing, and the MoE's capacity is unused. Train with a load-balancing "
+                        "loss (`router_aux_loss_coef`, and `jtlat_router_balance_weight` for J-TLAT)."
+                    ),
+                    evidence={"busiest_expert_share": collapsed, "threshold": thresholds.collapse_share},
+                )
+            )
+            checks["router_collapse"] = "flagged"
+        else:
+            checks["router_collapse"] = "passed"
     return flags, checks

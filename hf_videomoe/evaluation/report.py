@@ -72,7 +72,7 @@ class ReliabilityFlag:
 
     Attributes:
         name: stable identifier, e.g. ``"gradient_masking"``, ``"non_monotonic_eps"``, ``"non_monotonic_steps"``,
-            ``"non_deterministic_forward"``, ``"zero_gradients"``.
+            ``"non_deterministic_forward"``, ``"zero_gradients"``, ``"router_collapse"``.
         message: what the flag means and what to try.
         evidence: the numbers that raised it (JSON-serialisable).
     """

@@ -976,6 +976,7 @@ def evaluate_robustness(
         determinism=agg["determinism"],
         gradients=agg["gradients"],
         thresholds=thresholds,
+        expert_usage=agg["expert_usage"].get("clean"),
     )
     config = getattr(model, "config", None)
     return RobustnessReport(

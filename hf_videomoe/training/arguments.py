@@ -67,7 +67,7 @@ class AdversarialTrainingArguments(TrainingArguments):
             Attack that generates the training examples of the single-stage methods; `None` uses the method's
             attack: `pgd` for PGD-AT and AdvMoE's expert step, `tla-m` for TLAT. TRADES always maximises its own KL
             term.
-        lipschitz_weight (`float`, *optional*, defaults to 0.01):
+        lipschitz_weight (`float`, *optional*, defaults to 1e-5):
             λ, the weight of the temporal Lipschitz term L_Lip(g) = MSE(g(x), g(x+δ)) / MSE(x, x+δ) in the losses of
             TLAT and J-TLAT and in the paper's attacks. `>= 0`.
         lipschitz_detach_clean (`bool`, *optional*, defaults to `True`):
@@ -96,11 +96,16 @@ class AdversarialTrainingArguments(TrainingArguments):
         jtlat_steps (`list[str]`, *optional*, defaults to `["router", "expert", "model"]`):
             Which J-TLAT steps run on every batch (`"router"`/`"1"`, `"expert"`/`"2"`, `"model"`/`"3"`); they
             always run in that order.
-        jtlat_router_balance_weight (`float`, *optional*, defaults to 0.1):
-            Weight of the Switch load-balancing loss (on the adversarial router logits) added to J-TLAT step 1. Step 1
-            pulls every routing unit toward its own clean decision, which sharpens routing, and with top-1 nothing else
-            pushes back. Our addition; 0 disables it. At 0.1 it does NOT stop the routers collapsing onto one expert
-            in the demo (docs/RESULTS.md §2); that collapse is an open problem.
+        jtlat_router_target (`str`, *optional*, defaults to `"hard"`):
+            Target of J-TLAT step 1's routing-consistency cross-entropy: `"hard"`, the clean top-1 expert of each
+            routing unit (the paper's `r(x)`), or `"soft"`, the clean router probabilities (a KL-style consistency
+            whose minimum does not reward sharper routing).
+        jtlat_router_balance_weight (`float`, *optional*, defaults to 1.0):
+            Weight of the Switch load-balancing loss (on the adversarial router logits) added to J-TLAT step 1. Our
+            addition; 0 disables it. Step 1 pulls every routing unit toward its own (moving) clean decision, and with
+            renormalised top-1 routing the task loss sends the router no gradient, so nothing else pushes back: without
+            it (or at 0.1) the demo's routers collapse onto one expert per layer; at 1.0 they stay balanced
+            (docs/RESULTS.md §2).
         jtlat_top_k (`int`, *optional*, defaults to 2):
             Number of experts (the top ones of the clip-level router probabilities on the step-2 adversarial clip)
             trained per clip in J-TLAT step 2.
@@ -182,8 +187,13 @@ class AdversarialTrainingArguments(TrainingArguments):
         metadata={"help": "J-TLAT steps to run on every batch: router, expert, model (or 1, 2, 3)."},
     )
     jtlat_top_k: int = field(default=2, metadata={"help": "Experts trained per clip in J-TLAT step 2."})
+    jtlat_router_target: str = field(
+        default="hard",
+        metadata={"help": "Target of J-TLAT step 1's consistency CE: hard (clean top-1) or soft (clean probabilities).",
+                  "choices": ["hard", "soft"]},
+    )
     jtlat_router_balance_weight: float = field(
-        default=0.1,
+        default=1.0,
         metadata={"help": "Weight of the Switch load-balancing loss in J-TLAT step 1 (0 = the router objective alone)."},
     )
     advmoe_router_attack: str = field(
@@ -232,6 +242,8 @@ class AdversarialTrainingArguments(TrainingArguments):
             raise ValueError(f"temporal_step must be one of {list(TEMPORAL_STEPS)}, got {self.temporal_step!r}.")
 
         self.jtlat_steps = _normalise_jtlat_steps(self.jtlat_steps)
+        if self.jtlat_router_target not in ("hard", "soft"):
+            raise ValueError(f"jtlat_router_target must be 'hard' or 'soft', got {self.jtlat_router_target!r}.")
         if self.jtlat_router_attack not in ("tlga-r", "tla-r", "pgd-r"):
             raise ValueError(
                 f"jtlat_router_attack must be 'tlga-r', 'tla-r' or 'pgd-r', got {self.jtlat_router_attack!r}."
@@ -274,7 +286,7 @@ class AdversarialTrainingArguments(TrainingArguments):
             "adv_method", "adv_eps", "adv_steps", "adv_step_size", "adv_norm", "adv_attack", "lipschitz_weight",
             "lipschitz_detach_clean",
             "guidance_weight", "router_weight", "temporal_momentum", "temporal_step", "trades_beta",
-            "jtlat_router_attack", "jtlat_model_attack", "jtlat_reuse_adversarial", "jtlat_steps", "jtlat_top_k", "jtlat_router_balance_weight",
+            "jtlat_router_attack", "jtlat_model_attack", "jtlat_reuse_adversarial", "jtlat_steps", "jtlat_top_k", "jtlat_router_target", "jtlat_router_balance_weight",
             "advmoe_router_attack", "eval_attacks", "eval_attack_eps", "eval_attack_steps", "eval_max_samples",
         )  # fmt: skip
         return {key: getattr(self, key) for key in keys}

@@ -164,7 +164,7 @@ class JTLATTrainer(AdversarialTrainer):
         return self._router_objective(clean_rl, adv_rl, x, x_adv)
 
     def _router_objective(self, clean_rl, adv_rl, x: torch.Tensor, x_adv: torch.Tensor) -> PhaseLoss:
-        consistency = router_consistency_ce(adv_rl, clean_rl)
+        consistency = router_consistency_ce(adv_rl, clean_rl, soft_targets=self.args.jtlat_router_target == "soft")
         terms = {"router_ce": consistency}
         per_sample = consistency
         if self.args.lipschitz_weight:

@@ -411,7 +411,11 @@ class AdversarialTrainer(Trainer):
             else:
                 attack_obj = self._attack(attack)
                 attack_obj.seed = seed
-                adv = attack_obj.perturb(unwrapped, step.pixel_values, step.labels)
+                clean = None
+                if self.shares_clean_pass:
+                    out = self.clean_outputs(model)
+                    clean = (out.logits, out.router_logits)
+                adv = attack_obj.perturb(unwrapped, step.pixel_values, step.labels, clean_outputs=clean)
             step.adversarial[attack] = adv.detach()
             self._adversarial_callback_state().adversarial_batches += 1
         step.main_attack = attack
@@ -500,14 +504,25 @@ class AdversarialTrainer(Trainer):
         return self._with_aux(PhaseLoss(ce + weight * lip, terms, adv_logits), out)
 
     def clean_outputs(self, model: nn.Module) -> ForwardOutput:
-        """Outputs on the clean clips of the micro-batch, without gradient: the targets of the Lipschitz terms when
-        ``lipschitz_detach_clean`` is set. One forward pass of the unwrapped model (in training mode, like the
-        adversarial passes) per micro-batch, shared by every phase."""
+        """Outputs on the clean clips of the micro-batch, without gradient: the targets of the Lipschitz terms and of
+        the routing consistency when ``lipschitz_detach_clean`` is set. One eval-mode forward pass of the unwrapped
+        model per micro-batch (a fixed target carries no dropout noise), shared by every phase and by the training
+        attacks, which would otherwise each run the same clean pass (see [`shares_clean_pass`])."""
         step = self._step
         if step.clean is None:
-            with torch.no_grad():
-                step.clean = self._forward(self.accelerator.unwrap_model(model), step.pixel_values)
+            unwrapped = self.accelerator.unwrap_model(model)
+            with attack_mode(unwrapped, grad=False):
+                step.clean = self._forward(unwrapped, step.pixel_values)
         return step.clean
+
+    @property
+    def shares_clean_pass(self) -> bool:
+        """Whether the losses read the shared clean pass ([`clean_outputs`]), which is then also handed to the
+        training attacks (`Attack.perturb(clean_outputs=...)`) so that it runs once per micro-batch."""
+        args = self.args
+        if not args.lipschitz_detach_clean:
+            return False
+        return self.adv_method == "j-tlat" or (self.adv_method == "tlat" and args.lipschitz_weight != 0)
 
     def _with_aux(self, loss: PhaseLoss, out: ForwardOutput) -> PhaseLoss:
         """Add the model's (already weighted) MoE auxiliary loss, and record the expert-usage entropy."""
