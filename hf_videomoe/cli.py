@@ -36,7 +36,9 @@ def _add_data_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--split-dir", default=None, help="Folder with the UCF-101 / HMDB-51 split files.")
     group.add_argument("--split-id", type=int, default=1, help="Official split number (1-3) for UCF-101 / HMDB-51.")
     group.add_argument("--num-videos", type=int, default=800, help="MovingShapes: clips to generate (train + test).")
-    group.add_argument("--difficulty", default="medium", help="MovingShapes difficulty: easy | medium | hard.")
+    group.add_argument("--difficulty", default="easy", choices=("easy", "medium", "hard"),
+                       help="MovingShapes difficulty (default easy: the level a small model learns in minutes on a CPU; "
+                       "medium / hard need far longer runs, docs/RESULTS.md §1).")
     group.add_argument("--num-frames", type=int, default=8, help="Frames per clip.")
     group.add_argument("--image-size", type=int, default=32, help="Frame height and width.")
     group.add_argument("--data-seed", type=int, default=0, help="Seed of the MovingShapes generator.")
@@ -51,10 +53,10 @@ def _add_attack_arguments(parser: argparse.ArgumentParser, many: bool) -> None:
         group.add_argument("--attack", default="pgd", help="Attack name (see --list).")
     group.add_argument("--eps", type=float, default=8 / 255, help="Perturbation budget in [0,1] pixel units (8/255).")
     group.add_argument("--steps", type=int, default=10, help="Attack iterations.")
-    group.add_argument("--norm", default="linf", choices=("linf", "l2"))
+    group.add_argument("--norm", default="linf", choices=("linf", "l2"), help="Threat model: L-inf or L2 ball.")
     group.add_argument("--seed", type=int, default=0, help="Attack seed (random start).")
     group.add_argument("--num-samples", type=int, default=None, help="Evaluate at most this many test clips.")
-    group.add_argument("--batch-size", type=int, default=16)
+    group.add_argument("--batch-size", type=int, default=16, help="Clips per attack / evaluation batch.")
 
 
 def _load_dataset(args, split: str):
@@ -279,9 +281,9 @@ def build_parser() -> argparse.ArgumentParser:
         description="Train a dense VideoMAE, upcycle it to VideoMAE-MoE, adversarially train with plain AT and with "
         "J-TLAT, attack both with PGD, TLGA-R and J-TLGA, and write reports, plots and a model card.",
     )
-    demo.add_argument("--output-dir", default="outputs/demo")
+    demo.add_argument("--output-dir", default="outputs/demo", help="Where checkpoints, reports, plots and cards go.")
     demo.add_argument("--quick", action="store_true", help="Tiny settings that finish in about a minute.")
-    demo.add_argument("--seed", type=int, default=0)
+    demo.add_argument("--seed", type=int, default=0, help="Seed of the data, the models and the attacks.")
     demo.set_defaults(func=cmd_demo)
 
     train = sub.add_parser(
@@ -291,30 +293,34 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_data_arguments(train)
     model = train.add_argument_group("model")
-    model.add_argument("--model-type", default="videomae_moe", choices=MODEL_TYPES)
+    model.add_argument("--model-type", default="videomae_moe", choices=MODEL_TYPES,
+                       help="MoE model to train (built from scratch, or upcycled from --dense-checkpoint), or a dense "
+                       "VideoMAE baseline.")
     model.add_argument("--dense-checkpoint", default=None,
                        help="Dense VideoMAE / TimeSformer checkpoint (local dir or Hub id) to upcycle into the MoE.")
-    model.add_argument("--num-experts", type=int, default=4)
-    model.add_argument("--top-k", type=int, default=1)
-    model.add_argument("--granularity", default="token", choices=("token", "frame", "clip"))
-    model.add_argument("--patch-size", type=int, default=8)
-    model.add_argument("--hidden-size", type=int, default=96)
-    model.add_argument("--num-layers", type=int, default=4)
-    model.add_argument("--num-heads", type=int, default=4)
+    model.add_argument("--num-experts", type=int, default=4, help="Experts per MoE layer.")
+    model.add_argument("--top-k", type=int, default=1, help="Experts each routing unit is sent to.")
+    model.add_argument("--granularity", default="token", choices=("token", "frame", "clip"),
+                       help="Routing unit: every token, every frame (its tokens share one decision) or the whole clip.")
+    model.add_argument("--patch-size", type=int, default=8, help="Patch size (models built from scratch only).")
+    model.add_argument("--hidden-size", type=int, default=96, help="Hidden size (models built from scratch only).")
+    model.add_argument("--num-layers", type=int, default=4, help="Transformer layers (models built from scratch only).")
+    model.add_argument("--num-heads", type=int, default=4, help="Attention heads (models built from scratch only).")
     opt = train.add_argument_group("training")
-    opt.add_argument("--adv-method", default="none", choices=("none", "pgd-at", "trades", "advmoe", "tlat", "j-tlat"))
+    opt.add_argument("--adv-method", default="none", choices=("none", "pgd-at", "trades", "advmoe", "tlat", "j-tlat"),
+                     help="Training method: clean, PGD-AT, TRADES, AdvMoE-style, TLAT or J-TLAT (docs/METHOD.md §3).")
     opt.add_argument("--eps", type=float, default=8 / 255, help="Training attack budget (L-inf, [0,1] pixels).")
     opt.add_argument("--adv-steps", type=int, default=3, help="Training attack steps.")
     opt.add_argument("--eval-attacks", default="pgd", help="Comma-separated attacks for robust eval each epoch.")
-    opt.add_argument("--epochs", type=float, default=5)
-    opt.add_argument("--max-steps", type=int, default=-1)
-    opt.add_argument("--batch-size", type=int, default=16)
-    opt.add_argument("--learning-rate", type=float, default=1e-3)
-    opt.add_argument("--warmup-steps", type=int, default=20)
-    opt.add_argument("--seed", type=int, default=0)
+    opt.add_argument("--epochs", type=float, default=5, help="Training epochs.")
+    opt.add_argument("--max-steps", type=int, default=-1, help="Stop after this many optimizer steps (overrides --epochs).")
+    opt.add_argument("--batch-size", type=int, default=16, help="Clips per device and step.")
+    opt.add_argument("--learning-rate", type=float, default=1e-3, help="AdamW peak learning rate.")
+    opt.add_argument("--warmup-steps", type=int, default=20, help="Linear warm-up steps.")
+    opt.add_argument("--seed", type=int, default=0, help="Seed of the model init, data order and training attacks.")
     opt.add_argument("--use-cpu", action="store_true", help="Force CPU even when a GPU is visible.")
     opt.add_argument("--resume", default=None, help="Checkpoint directory to resume from (or 'true' for the last).")
-    train.add_argument("--output-dir", required=True)
+    train.add_argument("--output-dir", required=True, help="Checkpoints, the final model and its robustness card.")
     train.set_defaults(func=cmd_train)
 
     attack = sub.add_parser("attack", help="Attack a trained model on a dataset and print clean vs robust accuracy.")
@@ -340,7 +346,7 @@ def build_parser() -> argparse.ArgumentParser:
     push.add_argument("--model", required=True, help="Model directory.")
     push.add_argument("--repo-id", required=True, help="Hub repository, e.g. user/videomae-moe-jtlat.")
     push.add_argument("--report", default=None, help="report.json (defaults to MODEL/robustness/report.json).")
-    push.add_argument("--private", action="store_true")
+    push.add_argument("--private", action="store_true", help="Create the Hub repository as private.")
     push.add_argument("--token", default=None, help="Hub token (defaults to the logged-in one).")
     push.set_defaults(func=cmd_push)
 

@@ -91,6 +91,7 @@ ABLATIONS = {
     "no-aux": ("no load-balancing loss (aux coef 0, step-1 balance 0)", {"jtlat_router_balance_weight": 0.0},
                {"router_aux_loss_coef": 0.0}),
     "router-soft": ("router target: clean probabilities (soft)", {"jtlat_router_target": "soft"}, {}),
+    "balance-switch": ("step-1 balance: Switch loss instead of the sharp one", {"jtlat_router_balance": "switch"}, {}),
     "no-guidance": ("no guidance (γ1 = 0)", {"guidance_weight": 0.0}, {}),
 }
 
@@ -530,6 +531,8 @@ class Reproduction:
             "active_parameters": report.active_parameters,
             "total_parameters": report.total_parameters,
             "flags": report.flag_names,
+            # The busiest expert's share of the clean routing units, per MoE layer (1.0 = collapsed onto one expert).
+            "busiest_expert_share": [max(layer) for layer in report.expert_usage.get("clean", [])] or None,
             "num_samples": report.num_samples,
             "eval_seconds": eval_seconds,
         }
@@ -735,7 +738,8 @@ def ablation_table_markdown(results: dict, settings: Settings, seeds: list[int])
         return "_(ablations skipped or not run yet)_"
     e = eps_name(settings.train_eps)
     lines = [f"| J-TLAT variant | clean % | PGD % (ε={e}) | J-TLGA % (ε={e}) | worst case % | Lips-R (J-TLGA) | "
-             f"routing change (J-TLGA) | train s / epoch (wall) | train CPU s / epoch | seeds |", "|---" * 10 + "|"]
+             f"routing change (J-TLGA) | busiest expert share (max over layers) | train s / epoch (wall) | "
+             f"train CPU s / epoch | seeds |", "|---" * 11 + "|"]
     base = {s: r for s, r in results["defenses"].get("j-tlat", {}).items() if s in seeds}
     rows_by_name = {"full J-TLAT (published rule, λ, aux, γ1 on)": base}
     for name, (label, _, _) in ABLATIONS.items():
@@ -751,6 +755,7 @@ def ablation_table_markdown(results: dict, settings: Settings, seeds: list[int])
             fmt(_values(rows, lambda r: r["worst_case"])),
             fmt(_values(rows, lambda r: r["router_lipschitz"]["j-tlga"]), scale=1.0, digits=3),
             fmt(_values(rows, lambda r: r["routing_change"]["j-tlga"]), scale=1.0, digits=3),
+            fmt(_values(rows, lambda r: max(r["busiest_expert_share"])), scale=1.0, digits=2),
             fmt(_values(rows, lambda r: r["train"]["seconds_per_epoch"]), scale=1.0, digits=0),
             fmt(_values(rows, lambda r: r["train"].get("cpu_seconds_per_epoch")), scale=1.0, digits=0),
             str(len(rows)),
@@ -910,10 +915,16 @@ def what_holds(results: dict, settings: Settings, ablation_seeds: list[int]) -> 
                            ("temporal-inverse", "the published temporal step rule beats the inverse rule"),
                            ("no-lipschitz", "the Lipschitz term helps"),
                            ("no-aux", "the load-balancing loss helps robustness"),
-                           ("no-guidance", "guidance (γ1) in the training attacks helps")):
+                           ("no-guidance", "guidance (γ1) in the training attacks helps"),
+                           ("balance-switch", "the sharp step-1 balance term helps robustness (vs the Switch loss)")):
             if name in ab:
                 out.append("- " + compare(base, ab[name], lambda r: r["worst_case"], higher_is="a", what=what,
                                           resolution=res))
+        if "balance-switch" in ab:
+            out.append("- " + compare(base, ab["balance-switch"], lambda r: max(r["busiest_expert_share"]),
+                                      higher_is="b", what="the sharp step-1 balance term keeps routing more balanced "
+                                      "(busiest expert's share in the most unbalanced layer)", unit="", unit_scale=1.0,
+                                      digits=2))
         if "no-lipschitz" in ab:
             out.append("- " + compare(base, ab["no-lipschitz"], lambda r: r["router_lipschitz"]["j-tlga"],
                                       higher_is="b", what="the Lipschitz term lowers Lips-R", unit="", unit_scale=1.0,
@@ -1009,7 +1020,8 @@ def protocol_markdown(settings: Settings, seeds, ablation_seeds, attack_table_se
         f"TLA-M examples, λ = {lib['lipschitz_weight']:g}), J-TLAT (`JTLATTrainer`: "
         f"{lib['jtlat_router_attack'].upper()} examples for the router and expert steps, "
         f"{lib['jtlat_model_attack'].upper()} for the model step, λ = {lib['lipschitz_weight']:g}, "
-        f"γ1 = {lib['guidance_weight']:g}, γ2 = {lib['router_weight']:g}, temporal step rule "
+        f"γ1 = {lib['guidance_weight']:g}, γ2 = {lib['router_weight']:g}, step-1 balance "
+        f"`{lib['jtlat_router_balance']}` (weight {lib['jtlat_router_balance_weight']:g}), temporal step rule "
         f"`{lib['temporal_step']}`, β = {lib['temporal_momentum']:g}, top-{lib['jtlat_top_k']} experts in step 2).",
         f"- **Budgets ε.** Training at ε={eps_name(s.train_eps)}; table (a) at "
         f"{', '.join('ε=' + eps_name(e) for e in s.eps_values)}; tables (b) and ablations at ε={eps_name(s.train_eps)}. "

@@ -12,6 +12,7 @@ from hf_videomoe.evaluation import CostReport, count_cost, count_parameters, den
 from hf_videomoe.moe import (
     force_experts,
     load_balancing_loss,
+    sharpened_balance_loss,
     moe_blocks,
     naive_experts_forward,
     router_parameters,
@@ -272,6 +273,30 @@ def test_aux_losses():
     collapsed[..., 0] = 30.0
     torch.testing.assert_close(load_balancing_loss((collapsed,), num_experts=4, top_k=1), torch.tensor(4.0))
     torch.testing.assert_close(router_z_loss(uniform), torch.log(torch.tensor(4.0)) ** 2)
+
+
+def test_sharpened_balance_loss_sees_collapsed_decisions_behind_flat_probabilities():
+    """The Switch loss is ≈ 1 when every unit picks one expert by a small common offset (near-uniform probabilities);
+    the sharpened balance term is not — that is the router collapse J-TLAT step 1 must resist."""
+    generator = torch.Generator().manual_seed(0)
+    offset_collapse = 0.05 * torch.randn(2, 64, 4, generator=generator)
+    offset_collapse[..., 0] += 0.3
+    assert (offset_collapse.argmax(-1) == 0).float().mean() > 0.95
+    switch = load_balancing_loss((offset_collapse,), num_experts=4, top_k=1)
+    sharp = sharpened_balance_loss((offset_collapse,), num_experts=4, temperature=0.1)
+    # Both are 1 when balanced and 4 when collapsed with certainty; here the Switch loss has barely moved off 1.
+    assert switch < 1.25 and sharp > 2.5 and sharp - 1 > 4 * (switch - 1)
+    # Balanced confident decisions cost 1, a confident collapse costs num_experts, as for the Switch loss.
+    balanced = torch.full((1, 8, 4), -30.0)
+    balanced[0, torch.arange(8), torch.arange(8) % 4] = 30.0
+    collapsed = torch.full((1, 8, 4), -30.0)
+    collapsed[..., 0] = 30.0
+    torch.testing.assert_close(sharpened_balance_loss((balanced,), 4), torch.tensor(1.0))
+    torch.testing.assert_close(sharpened_balance_loss((collapsed,), 4), torch.tensor(4.0))
+    # Averaged over layers; differentiable, and its gradient lowers the dominant expert's logit.
+    logits = offset_collapse.clone().requires_grad_(True)
+    sharpened_balance_loss((logits, balanced), 4).backward()
+    assert logits.grad[..., 0].sum() > 0 > logits.grad[..., 1:].sum()
 
 
 def test_aux_loss_coefficients(kind, make_config):

@@ -164,6 +164,8 @@ def test_arguments_defaults():
         (dict(eval_max_samples=0), "eval_max_samples"),
         (dict(jtlat_router_balance_weight=-0.1), "jtlat_router_balance_weight"),
         (dict(jtlat_router_target="argmax"), "jtlat_router_target"),
+        (dict(jtlat_router_balance="entropy"), "jtlat_router_balance"),
+        (dict(jtlat_router_balance_temperature=0.0), "jtlat_router_balance_temperature"),
     ],
 )
 def test_arguments_validation(overrides, message):
@@ -422,6 +424,21 @@ def test_jtlat_soft_router_target(tmp_path, moe_model, shapes):
     trainer.train()
     assert any("router_ce" in entry for entry in trainer.state.log_history)
     assert any(not torch.equal(p, routers[n]) for n, p in model.named_parameters() if n in routers)
+
+
+def test_jtlat_step1_balance_term(tmp_path, moe_model, shapes):
+    """Step 1 logs ``router_balance``, the chosen balance term of the adversarial router logits (1 = balanced, 4 =
+    collapsed): the Switch loss and the sharpened one are different terms on the same (seeded) step."""
+    logged = {}
+    for balance in ("switch", "sharp"):
+        args = make_args(tmp_path / balance, adv_method="j-tlat", jtlat_router_balance=balance, jtlat_steps=["router"],
+                         max_steps=1, logging_steps=1)
+        trainer = make_trainer(moe_model(), args, shapes["train"])
+        trainer.train()
+        assert trainer.training_recipe()["jtlat_router_balance"] == balance
+        logged[balance] = [entry["router_balance"] for entry in trainer.state.log_history if "router_balance" in entry]
+        assert logged[balance] and 1.0 - 1e-4 <= logged[balance][0] <= 4.0 + 1e-4
+    assert logged["switch"][0] != logged["sharp"][0]
 
 
 # ----------------------------------------------------------------------------------------------------------------------

@@ -16,6 +16,9 @@ Gradients Give a False Sense of Security"; Carlini et al. 2019, "On Evaluating A
 ``zero_gradients``
     the input gradient of the cross-entropy is exactly zero or not finite for more than ``zero_gradient_fraction``
     of the samples.
+``router_collapse``
+    a MoE layer sends more than ``collapse_share`` of its clean routing units to one expert: the model is a dense
+    model in disguise, and a routing change of 0 under router attacks then means nothing.
 """
 
 from __future__ import annotations

@@ -9,6 +9,7 @@ from .modeling_moe import (
     load_balancing_loss,
     naive_experts_forward,
     router_z_loss,
+    sharpened_balance_loss,
 )
 from .routing import (
     clip_router_probabilities,
@@ -43,5 +44,6 @@ __all__ = [
     "router_probabilities",
     "router_z_loss",
     "selected_experts",
+    "sharpened_balance_loss",
     "upcycle_mlp",
 ]

@@ -101,11 +101,17 @@ class AdversarialTrainingArguments(TrainingArguments):
             routing unit (the paper's `r(x)`), or `"soft"`, the clean router probabilities (a KL-style consistency
             whose minimum does not reward sharper routing).
         jtlat_router_balance_weight (`float`, *optional*, defaults to 1.0):
-            Weight of the Switch load-balancing loss (on the adversarial router logits) added to J-TLAT step 1. Our
-            addition; 0 disables it. Step 1 pulls every routing unit toward its own (moving) clean decision, and with
-            renormalised top-1 routing the task loss sends the router no gradient, so nothing else pushes back: without
-            it (or at 0.1) the demo's routers collapse onto one expert per layer; at 1.0 they stay balanced
-            (docs/RESULTS.md §2).
+            Weight of a load-balancing term (on the adversarial router logits) added to J-TLAT step 1. Our addition; 0
+            disables it. Step 1 pulls every routing unit toward its own (moving) clean decision, and with renormalised
+            top-1 routing the task loss sends the router no gradient, so nothing else pushes back: without it the
+            demo's routers collapse onto one expert per layer (docs/METHOD.md §3, "Router collapse").
+        jtlat_router_balance (`str`, *optional*, defaults to `"sharp"`):
+            Which balance term: `"switch"`, the Switch-Transformer loss `N·Σ f_e·P_e` (`load_balancing_loss`), or
+            `"sharp"`, `N·Σ q_e²` on the mean of `softmax(logits / jtlat_router_balance_temperature)`
+            (`sharpened_balance_loss`), which penalises unbalanced *decisions* even when the router probabilities are
+            nearly uniform (where the Switch loss is already ≈ 1).
+        jtlat_router_balance_temperature (`float`, *optional*, defaults to 0.1):
+            Temperature of the `"sharp"` balance term (smaller = closer to the hard top-1 counts).
         jtlat_top_k (`int`, *optional*, defaults to 2):
             Number of experts (the top ones of the clip-level router probabilities on the step-2 adversarial clip)
             trained per clip in J-TLAT step 2.
@@ -194,7 +200,15 @@ class AdversarialTrainingArguments(TrainingArguments):
     )
     jtlat_router_balance_weight: float = field(
         default=1.0,
-        metadata={"help": "Weight of the Switch load-balancing loss in J-TLAT step 1 (0 = the router objective alone)."},
+        metadata={"help": "Weight of the load-balancing term in J-TLAT step 1 (0 = the router objective alone)."},
+    )
+    jtlat_router_balance: str = field(
+        default="sharp",
+        metadata={"help": "Balance term of J-TLAT step 1: switch (N·Σ f·P) or sharp (N·Σ q², q = mean softmax(z/τ)).",
+                  "choices": ["switch", "sharp"]},
+    )
+    jtlat_router_balance_temperature: float = field(
+        default=0.1, metadata={"help": "Temperature τ of the sharp balance term of J-TLAT step 1."}
     )
     advmoe_router_attack: str = field(
         default="pgd", metadata={"help": "Attack generating AdvMoE's router-step examples."}
@@ -242,6 +256,9 @@ class AdversarialTrainingArguments(TrainingArguments):
             raise ValueError(f"temporal_step must be one of {list(TEMPORAL_STEPS)}, got {self.temporal_step!r}.")
 
         self.jtlat_steps = _normalise_jtlat_steps(self.jtlat_steps)
+        if self.jtlat_router_balance not in ("switch", "sharp"):
+            raise ValueError(f"jtlat_router_balance must be 'switch' or 'sharp', got {self.jtlat_router_balance!r}.")
+        _check_range("jtlat_router_balance_temperature", self.jtlat_router_balance_temperature, 0.0, low_inclusive=False)
         if self.jtlat_router_target not in ("hard", "soft"):
             raise ValueError(f"jtlat_router_target must be 'hard' or 'soft', got {self.jtlat_router_target!r}.")
         if self.jtlat_router_attack not in ("tlga-r", "tla-r", "pgd-r"):
@@ -287,6 +304,7 @@ class AdversarialTrainingArguments(TrainingArguments):
             "lipschitz_detach_clean",
             "guidance_weight", "router_weight", "temporal_momentum", "temporal_step", "trades_beta",
             "jtlat_router_attack", "jtlat_model_attack", "jtlat_reuse_adversarial", "jtlat_steps", "jtlat_top_k", "jtlat_router_target", "jtlat_router_balance_weight",
+            "jtlat_router_balance", "jtlat_router_balance_temperature",
             "advmoe_router_attack", "eval_attacks", "eval_attack_eps", "eval_attack_steps", "eval_max_samples",
         )  # fmt: skip
         return {key: getattr(self, key) for key in keys}

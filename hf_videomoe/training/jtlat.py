@@ -9,7 +9,13 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..attacks.objectives import lipschitz_ratio, router_consistency_ce, router_lipschitz_ratio
-from ..moe import clip_router_probabilities, force_experts, load_balancing_loss, moe_blocks
+from ..moe import (
+    clip_router_probabilities,
+    force_experts,
+    load_balancing_loss,
+    moe_blocks,
+    sharpened_balance_loss,
+)
 from ._utils import TrainingPhase, split_router_logits
 from .trainer import AdversarialTrainer, PhaseLoss
 
@@ -172,9 +178,12 @@ class JTLATTrainer(AdversarialTrainer):
             terms["lipschitz_router"] = lip
             per_sample = consistency + self.args.lipschitz_weight * lip
         if self.args.jtlat_router_balance_weight:
-            # Counterweight to the self-sharpening consistency CE (at 0.1 it does not prevent collapse: RESULTS.md).
+            # Counterweight to the self-reinforcing consistency CE, which otherwise collapses routing (METHOD.md §3).
             config = self.accelerator.unwrap_model(self.model).config
-            balance = load_balancing_loss(adv_rl, config.num_experts, config.num_experts_per_tok)
+            if self.args.jtlat_router_balance == "sharp":
+                balance = sharpened_balance_loss(adv_rl, config.num_experts, self.args.jtlat_router_balance_temperature)
+            else:
+                balance = load_balancing_loss(adv_rl, config.num_experts, config.num_experts_per_tok)
             terms["router_balance"] = balance
             per_sample = per_sample + self.args.jtlat_router_balance_weight * balance
         return PhaseLoss(per_sample, terms, None)
