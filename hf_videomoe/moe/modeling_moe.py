@@ -180,17 +180,18 @@ def load_balancing_loss(router_logits: tuple[torch.Tensor, ...], num_experts: in
     return torch.stack(losses).mean()
 
 
-def sharpened_balance_loss(router_logits: tuple[torch.Tensor, ...], num_experts: int, temperature: float = 0.1
-                           ) -> torch.Tensor:
+def sharpened_balance_loss(
+    router_logits: tuple[torch.Tensor, ...], num_experts: int, temperature: float = 0.1
+) -> torch.Tensor:
     """A load-balancing loss on the *assignments*, averaged over MoE layers: ``num_experts * sum_e q_e ** 2`` with
     ``q_e`` the mean over routing units of ``softmax(logits / temperature)_e``, a differentiable stand-in for the
     fraction of units whose top-1 expert is ``e``. 1 when the assignments are balanced, ``num_experts`` when one expert
     takes every unit.
 
-    Why not the Switch loss: ``num_experts * sum_e f_e * P_e`` is also 1 when every unit goes to one expert but the
-    router probabilities are nearly uniform (``P_e ≈ 1 / num_experts``), so it flattens the probabilities without
-    spreading the decisions; a router that favours one expert by a small common offset on every unit (collapse)
-    then pays almost nothing. With a small ``temperature`` the decisions themselves are what is penalised.
+    Why not the Switch loss: ``num_experts * sum_e f_e * P_e`` is already close to 1 when every unit goes to one
+    expert but the router probabilities are nearly uniform (``P_e ≈ 1 / num_experts``), so it flattens the
+    probabilities without spreading the decisions; a router that favours one expert by a small common offset on every
+    unit (collapse) then pays almost nothing. With a small ``temperature`` the decisions themselves are penalised.
     """
     losses = []
     for logits in router_logits:
