@@ -51,7 +51,7 @@ class JTLATTrainer(AdversarialTrainer):
 
     ```python
     >>> from hf_videomoe.training import AdversarialTrainingArguments, JTLATTrainer
-    >>> args = AdversarialTrainingArguments(output_dir="out", adv_steps=5, lipschitz_weight=0.01, eval_attacks=["pgd"])
+    >>> args = AdversarialTrainingArguments(output_dir="out", adv_steps=5, lipschitz_weight=1e-5, eval_attacks=["pgd"])
     >>> trainer = JTLATTrainer(model=moe_model, args=args, train_dataset=ds["train"], eval_dataset=ds["test"])
     >>> trainer.train()  # doctest: +SKIP
     ```
