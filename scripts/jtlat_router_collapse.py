@@ -30,13 +30,12 @@ from hf_videomoe.training import JTLATTrainer  # noqa: E402
 
 VARIANTS = {
     "paper": ("paper's step 1 (no balance term)", {"jtlat_router_balance_weight": 0.0}),
-    "balance-0.1": ("balance weight 0.1", {"jtlat_router_balance_weight": 0.1}),
-    "balance-1.0": ("balance weight 1.0 (default)", {"jtlat_router_balance_weight": 1.0}),
-    "soft": ("soft target, balance 0.1", {"jtlat_router_target": "soft", "jtlat_router_balance_weight": 0.1}),
-    "sharp-1.0": ("sharp balance (τ = 0.1), weight 1.0",
+    "balance-0.1": ("Switch balance, weight 0.1", {"jtlat_router_balance": "switch", "jtlat_router_balance_weight": 0.1}),
+    "balance-1.0": ("Switch balance, weight 1.0", {"jtlat_router_balance": "switch", "jtlat_router_balance_weight": 1.0}),
+    "soft": ("soft target, Switch balance 0.1",
+             {"jtlat_router_target": "soft", "jtlat_router_balance": "switch", "jtlat_router_balance_weight": 0.1}),
+    "sharp-1.0": ("sharp balance (τ = 0.1), weight 1.0 (default)",
                   {"jtlat_router_balance": "sharp", "jtlat_router_balance_weight": 1.0}),
-    "sharp-0.1": ("sharp balance (τ = 0.1), weight 0.1",
-                  {"jtlat_router_balance": "sharp", "jtlat_router_balance_weight": 0.1}),
 }
 
 

@@ -100,9 +100,8 @@ ABLATIONS = {
 class Settings:
     """Every size and hyper-parameter of the run. Defaults: the full run, 128.5 minutes summed over its units with one
     torch thread each and 2-3 jobs sharing 2 cores (docs/RESULTS.md §3: 20-27 minutes per seed for tables (a) and (b),
-    about 30 per ablation seed). Processes
-    with disjoint ``--seeds`` / ``--ablation-seeds`` can share one ``--output-dir`` to use several cores; a last run
-    with all seeds then only collects the cached results."""
+    about 30 per ablation seed). Processes with disjoint ``--seeds`` / ``--ablation-seeds`` can share one
+    ``--output-dir`` to use several cores; a last run with all seeds then only collects the cached results."""
 
     model_type: str = "videomae"
     # data
