@@ -1,12 +1,13 @@
 """Which part of the paper's attacks makes them weaker or stronger than PGD (docs/RESULTS.md §3).
 
 Runs PGD, TLA-M and J-TLGA on one trained MoE with one piece switched at a time — the temporal step rule
-(``published`` vs ``uniform``), the Lipschitz term (λ) and the router term (γ2) — and prints / writes the robust
-accuracy of each variant (a clip counts when it is classified correctly clean and under the attack). Default model: the
-seed-0 MoE AT model of ``scripts/reproduce_paper.py``, on the same evaluation clips::
+(``published`` vs ``uniform``), the Lipschitz term (λ, and whether its denominator MSE(x, x+δ) is differentiated) and
+the router term (γ2) — and prints / writes the robust accuracy of each variant (a clip counts when it is classified
+correctly clean and under the attack). Default model: the seed-0 MoE AT model of ``scripts/reproduce_paper.py``, on the
+same evaluation clips::
 
     python scripts/reproduce_paper.py                # writes outputs/reproduce/seed0/moe-at/model
-    python scripts/attack_components.py              # ~3 min on one core
+    python scripts/attack_components.py              # ~5 min on one core
     python scripts/attack_components.py --model out/jtlat --eps 8
 """
 
@@ -38,11 +39,16 @@ VARIANTS = [
     ("TLA-M, λ = 0", "tla-m", {"lipschitz_weight": 0.0}),
     ("TLA-M, uniform step", "tla-m", {"temporal_step": "uniform"}),
     ("TLA-M, uniform step, λ = 0 (= PGD)", "tla-m", {"temporal_step": "uniform", "lipschitz_weight": 0.0}),
+    ("TLA-M, fixed Lipschitz denominator", "tla-m", {"lipschitz_denominator": "fixed"}),
+    ("TLA-M, uniform step, fixed denominator", "tla-m", {"temporal_step": "uniform", "lipschitz_denominator": "fixed"}),
     ("J-TLGA (paper: published step, λ, γ2 on)", "j-tlga", {}),
     ("J-TLGA, λ = 0", "j-tlga", {"lipschitz_weight": 0.0}),
     ("J-TLGA, uniform step", "j-tlga", {"temporal_step": "uniform"}),
     ("J-TLGA, uniform step, λ = 0", "j-tlga", {"temporal_step": "uniform", "lipschitz_weight": 0.0}),
     ("J-TLGA, uniform step, γ2 = 0", "j-tlga", {"temporal_step": "uniform", "router_weight": 0.0}),
+    ("J-TLGA, fixed Lipschitz denominator", "j-tlga", {"lipschitz_denominator": "fixed"}),
+    ("J-TLGA, uniform step, fixed denominator", "j-tlga",
+     {"temporal_step": "uniform", "lipschitz_denominator": "fixed"}),
 ]
 
 

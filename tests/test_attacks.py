@@ -591,6 +591,41 @@ def test_objective_matches_the_paper_formula(model, batch):
     assert torch.allclose(value, expected, rtol=1e-4, atol=1e-5)
 
 
+def test_fixed_lipschitz_denominator_keeps_the_value_and_drops_its_gradient(model, batch):
+    """``lipschitz_denominator="fixed"``: the same objective value, but the input gradient is that of
+    ``λ·MSE(F(x), F(x+δ)) / MSE(x, x+δ)`` with the denominator held constant — the paper's gradient also pushes δ to
+    shrink (which raises the ratio)."""
+    x, y = batch["pixel_values"], batch["labels"]
+    lam = 1e-3
+    adv = (x + 0.02 * torch.randn(x.shape, generator=torch.Generator().manual_seed(0))).clamp(0, 1)
+    values, grads = {}, {}
+    for mode in ("gradient", "fixed"):
+        objective = build_attack("j-tlga", lipschitz_weight=lam, lipschitz_denominator=mode).build_objective()
+        assert objective.lipschitz_denominator == mode
+        with torch.no_grad():
+            ctx = objective.prepare(model, x, y)
+        point = adv.clone().requires_grad_(True)
+        value = objective(model, point, ctx).value
+        (grads[mode],) = torch.autograd.grad(value.sum(), point)
+        values[mode] = value.detach()
+    torch.testing.assert_close(values["fixed"], values["gradient"])
+    # The difference is exactly the gradient of the denominator term, λ·R·(-1/D)·∂D, for both Lipschitz ratios.
+    with torch.no_grad():
+        clean, attacked = model(x), model(adv)
+        numerator = (O.per_sample_mse(clean.logits, attacked.logits)
+                     + O.router_lipschitz_ratio(clean.router_logits, attacked.router_logits, x, adv)
+                     * O.per_sample_mse(x, adv))
+    point = adv.clone().requires_grad_(True)
+    denominator_term = lam * numerator / (O.per_sample_mse(x, point) + O.LIPSCHITZ_EPS)
+    (expected,) = torch.autograd.grad(denominator_term.sum(), point)
+    torch.testing.assert_close(grads["gradient"] - grads["fixed"], expected, rtol=1e-3, atol=1e-7)
+    assert build_attack("tla-m").settings()["lipschitz_denominator"] == "gradient"
+    with pytest.raises(ValueError, match="lipschitz_denominator"):
+        build_attack("tla-r", lipschitz_denominator="detached")
+    with pytest.raises(TypeError, match="lipschitz_denominator"):
+        build_attack("pgd", lipschitz_denominator="fixed")
+
+
 def test_objectives_computed_once_per_call(batch):
     """Clean outputs are computed once per attack call: a J-TLGA with K steps costs K+1 forwards with gradients...
     K forward/backward passes, 1 clean forward and 1 forward for the last iterate."""

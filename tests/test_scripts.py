@@ -39,7 +39,7 @@ def test_reproduction_and_attack_components_quick(tmp_path):
                         "--output", str(table), cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     rows = [line for line in table.read_text().splitlines() if line.startswith("| ") and "variant" not in line]
-    assert len(rows) == 11
+    assert len(rows) == 15
     values = {row.split(" | ")[0][2:]: float(row.split(" | ")[1].strip(" |")) for row in rows}
     # TLA-M with uniform steps and λ = 0 is PGD's objective and step rule: the same attack, the same number.
     assert values["TLA-M, uniform step, λ = 0 (= PGD)"] == values["PGD (uniform step)"]

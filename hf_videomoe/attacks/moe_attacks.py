@@ -23,8 +23,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from .engine import GradientAttack, _check_real
-from .objectives import Objective
+from .engine import GradientAttack, _check_choice, _check_real
+from .objectives import LIPSCHITZ_DENOMINATORS, Objective
 
 DEFAULT_LIPSCHITZ_WEIGHT = 1e-5
 """λ: weight of the Lipschitz ratios (see docs/METHOD.md for the calibration)."""
@@ -75,20 +75,28 @@ class TLAR(_RouterAttack):
 
     Args (besides [`GradientAttack`]'s; ``temporal_step`` defaults to ``"published"``):
         lipschitz_weight: λ.
+        lipschitz_denominator: ``"gradient"`` (the paper's L_Lip, differentiated through MSE(x, x+δ) too) or
+            ``"fixed"`` (that denominator detached, so the step only pushes the output change; a stronger attack in
+            our measurements, docs/RESULTS.md §3).
     """
 
     name = "tla-r"
     default_temporal_step = "published"
 
-    def __init__(self, *, lipschitz_weight: float = DEFAULT_LIPSCHITZ_WEIGHT, **kwargs):
+    def __init__(self, *, lipschitz_weight: float = DEFAULT_LIPSCHITZ_WEIGHT, lipschitz_denominator: str = "gradient",
+                 **kwargs):
         self.lipschitz_weight = _check_real("lipschitz_weight", lipschitz_weight, minimum=0.0)
+        self.lipschitz_denominator = _check_choice("lipschitz_denominator", lipschitz_denominator,
+                                                   LIPSCHITZ_DENOMINATORS)
         super().__init__(**kwargs)
 
     def build_objective(self) -> Objective:
-        return Objective(loss=None, router_ce_weight=1.0, router_lipschitz_weight=self.lipschitz_weight)
+        return Objective(loss=None, router_ce_weight=1.0, router_lipschitz_weight=self.lipschitz_weight,
+                         lipschitz_denominator=self.lipschitz_denominator)
 
     def _extra_settings(self) -> dict[str, Any]:
-        return {"lipschitz_weight": self.lipschitz_weight, **super()._extra_settings()}
+        return {"lipschitz_weight": self.lipschitz_weight, "lipschitz_denominator": self.lipschitz_denominator,
+                **super()._extra_settings()}
 
 
 class TLGAR(TLAR):
@@ -111,6 +119,7 @@ class TLGAR(TLAR):
             router_ce_weight=1.0,
             router_lipschitz_weight=self.lipschitz_weight,
             guidance_weight=self.guidance_weight,
+            lipschitz_denominator=self.lipschitz_denominator,
         )
 
     def _extra_settings(self) -> dict[str, Any]:
@@ -123,20 +132,28 @@ class TLAM(GradientAttack):
 
     Args (besides [`GradientAttack`]'s; ``temporal_step`` defaults to ``"published"``):
         lipschitz_weight: λ.
+        lipschitz_denominator: ``"gradient"`` (the paper's L_Lip, differentiated through MSE(x, x+δ) too) or
+            ``"fixed"`` (that denominator detached, so the step only pushes the output change; a stronger attack in
+            our measurements, docs/RESULTS.md §3).
     """
 
     name = "tla-m"
     default_temporal_step = "published"
 
-    def __init__(self, *, lipschitz_weight: float = DEFAULT_LIPSCHITZ_WEIGHT, **kwargs):
+    def __init__(self, *, lipschitz_weight: float = DEFAULT_LIPSCHITZ_WEIGHT, lipschitz_denominator: str = "gradient",
+                 **kwargs):
         self.lipschitz_weight = _check_real("lipschitz_weight", lipschitz_weight, minimum=0.0)
+        self.lipschitz_denominator = _check_choice("lipschitz_denominator", lipschitz_denominator,
+                                                   LIPSCHITZ_DENOMINATORS)
         super().__init__(**kwargs)
 
     def build_objective(self) -> Objective:
-        return Objective(loss="ce", lipschitz_weight=self.lipschitz_weight, targeted=self.targeted)
+        return Objective(loss="ce", lipschitz_weight=self.lipschitz_weight, targeted=self.targeted,
+                         lipschitz_denominator=self.lipschitz_denominator)
 
     def _extra_settings(self) -> dict[str, Any]:
-        return {"lipschitz_weight": self.lipschitz_weight, **super()._extra_settings()}
+        return {"lipschitz_weight": self.lipschitz_weight, "lipschitz_denominator": self.lipschitz_denominator,
+                **super()._extra_settings()}
 
 
 class TLAE(TLAM):
@@ -153,7 +170,7 @@ class TLAE(TLAM):
 
     def build_objective(self) -> Objective:
         return Objective(loss="ce", lipschitz_weight=self.lipschitz_weight, component="expert",
-                         targeted=self.targeted)
+                         targeted=self.targeted, lipschitz_denominator=self.lipschitz_denominator)
 
 
 class JTLA(TLAM):
@@ -180,6 +197,7 @@ class JTLA(TLAM):
             router_ce_weight=self.router_weight,
             router_lipschitz_weight=self.router_weight * self.lipschitz_weight,
             targeted=self.targeted,
+            lipschitz_denominator=self.lipschitz_denominator,
         )
 
     def _extra_settings(self) -> dict[str, Any]:
@@ -208,6 +226,7 @@ class JTLGA(JTLA):
             router_lipschitz_weight=self.router_weight * self.lipschitz_weight,
             guidance_weight=self.router_weight * self.guidance_weight,
             targeted=self.targeted,
+            lipschitz_denominator=self.lipschitz_denominator,
         )
 
     def _extra_settings(self) -> dict[str, Any]:

@@ -29,12 +29,15 @@ from ..moe import clip_router_probabilities, force_experts, is_moe_model, router
 
 LIPSCHITZ_EPS = 1e-12
 """Guard added to the denominator MSE(x, x + delta) of every Lipschitz ratio (delta = 0 gives 0, not NaN)."""
+LIPSCHITZ_DENOMINATORS = ("gradient", "fixed")
+"""How the attacks differentiate that denominator: through it (the paper's formula) or not (``"fixed"``)."""
 
 CLASSIFICATION_LOSSES = ("ce", "dlr")
 COMPONENTS = ("model", "expert")
 
 __all__ = [
     "CLASSIFICATION_LOSSES",
+    "LIPSCHITZ_DENOMINATORS",
     "LIPSCHITZ_EPS",
     "Objective",
     "ObjectiveContext",
@@ -312,6 +315,9 @@ class Objective:
         guidance_weight: weight of the (subtracted) ``guidance_ce`` toward the weakest clean expert.
         component: ``"model"`` or ``"expert"``.
         targeted: targeted classification loss.
+        lipschitz_denominator: ``"gradient"`` (the paper's ratio: the gradient also flows through ``MSE(x, x+δ)``,
+            which rewards *shrinking* the perturbation) or ``"fixed"`` (the denominator is detached: only the output
+            change is pushed; the ratio's value is the same).
     """
 
     def __init__(
@@ -324,6 +330,7 @@ class Objective:
         guidance_weight: float = 0.0,
         component: str = "model",
         targeted: bool = False,
+        lipschitz_denominator: str = "gradient",
     ):
         if loss is not None and loss not in CLASSIFICATION_LOSSES:
             raise ValueError(f"`loss` must be one of {CLASSIFICATION_LOSSES} or None, got {loss!r}.")
@@ -336,6 +343,11 @@ class Objective:
         self.guidance_weight = float(guidance_weight)
         self.component = component
         self.targeted = bool(targeted)
+        if lipschitz_denominator not in LIPSCHITZ_DENOMINATORS:
+            raise ValueError(
+                f"`lipschitz_denominator` must be one of {LIPSCHITZ_DENOMINATORS}, got {lipschitz_denominator!r}."
+            )
+        self.lipschitz_denominator = lipschitz_denominator
         if loss is None and not self.uses_router:
             raise ValueError("An objective needs a classification loss or a router term.")
 
@@ -440,6 +452,8 @@ class Objective:
         denominator = None
         if self.lipschitz_weight or self.router_lipschitz_weight:
             denominator = per_sample_mse(ctx.x, adv_x) + LIPSCHITZ_EPS  # shared by both Lipschitz ratios
+            if self.lipschitz_denominator == "fixed":
+                denominator = denominator.detach()
         if self.lipschitz_weight:
             value = value + self.lipschitz_weight * per_sample_mse(clean_logits, logits) / denominator
         if self.uses_router:
