@@ -14,6 +14,7 @@ same evaluation clips::
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 from pathlib import Path
@@ -67,9 +68,15 @@ def main(argv=None) -> int:
     torch.set_num_threads(1)
     model = AutoModelForVideoClassification.from_pretrained(args.model).eval()
     config = model.config
-    # The reproduction's data (scripts/reproduce_paper.py Settings): 2,400 easy clips, data seed 0.
-    test = make_moving_shapes(2400, num_frames=config.num_frames, image_size=config.image_size, seed=0,
-                              difficulty="easy")["test"]
+    # The data the model was trained and evaluated on: the reproduction's settings.json (<output-dir>/seedN/run/model)
+    # when the model comes from scripts/reproduce_paper.py, else its defaults (2,400 easy clips, data seed 0).
+    data = {"num_videos": 2400, "difficulty": "easy", "data_seed": 0}
+    parents = args.model.resolve().parents
+    settings_path = parents[2] / "settings.json" if len(parents) > 2 else None
+    if settings_path is not None and settings_path.exists():
+        data.update({key: json.loads(settings_path.read_text())[key] for key in data})
+    test = make_moving_shapes(data["num_videos"], num_frames=config.num_frames, image_size=config.image_size,
+                              seed=data["data_seed"], difficulty=data["difficulty"])["test"]
     columns = test.select(range(min(args.num_samples, len(test)))).with_format("torch")[:]
     x, y = columns["pixel_values"].float(), columns["labels"].long()
 

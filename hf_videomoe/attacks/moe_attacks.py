@@ -47,6 +47,28 @@ __all__ = [
 ]
 
 
+class _LipschitzAttack(GradientAttack):
+    """Gradient attacks with a temporal Lipschitz term (the paper's ``tla-*`` / ``tlga-r`` / ``j-tla*``).
+
+    Args (besides [`GradientAttack`]'s):
+        lipschitz_weight: λ.
+        lipschitz_denominator: ``"gradient"`` (the paper's L_Lip, differentiated through MSE(x, x+δ) too) or
+            ``"fixed"`` (that denominator detached, so the step only pushes the output change; a stronger attack in
+            our measurements, docs/RESULTS.md §3).
+    """
+
+    def __init__(self, *, lipschitz_weight: float = DEFAULT_LIPSCHITZ_WEIGHT, lipschitz_denominator: str = "gradient",
+                 **kwargs):
+        self.lipschitz_weight = _check_real("lipschitz_weight", lipschitz_weight, minimum=0.0)
+        self.lipschitz_denominator = _check_choice("lipschitz_denominator", lipschitz_denominator,
+                                                   LIPSCHITZ_DENOMINATORS)
+        super().__init__(**kwargs)
+
+    def _extra_settings(self) -> dict[str, Any]:
+        return {"lipschitz_weight": self.lipschitz_weight, "lipschitz_denominator": self.lipschitz_denominator,
+                **super()._extra_settings()}
+
+
 class _RouterAttack(GradientAttack):
     """Attacks whose objective is the routing itself: no labels, no targeted mode, best iterate by objective."""
 
@@ -69,34 +91,20 @@ class PGDR(_RouterAttack):
         return Objective(loss=None, router_ce_weight=1.0)
 
 
-class TLAR(_RouterAttack):
+class TLAR(_LipschitzAttack, _RouterAttack):
     """TLA-R: temporal Lipschitz attack on the routers, ℓ_Router = CE(R(x+δ), r(x)) + λ·L_Lip(R), with temporal
     adaptive steps.
 
     Args (besides [`GradientAttack`]'s; ``temporal_step`` defaults to ``"published"``):
-        lipschitz_weight: λ.
-        lipschitz_denominator: ``"gradient"`` (the paper's L_Lip, differentiated through MSE(x, x+δ) too) or
-            ``"fixed"`` (that denominator detached, so the step only pushes the output change; a stronger attack in
-            our measurements, docs/RESULTS.md §3).
+        lipschitz_weight, lipschitz_denominator: see [`_LipschitzAttack`].
     """
 
     name = "tla-r"
     default_temporal_step = "published"
 
-    def __init__(self, *, lipschitz_weight: float = DEFAULT_LIPSCHITZ_WEIGHT, lipschitz_denominator: str = "gradient",
-                 **kwargs):
-        self.lipschitz_weight = _check_real("lipschitz_weight", lipschitz_weight, minimum=0.0)
-        self.lipschitz_denominator = _check_choice("lipschitz_denominator", lipschitz_denominator,
-                                                   LIPSCHITZ_DENOMINATORS)
-        super().__init__(**kwargs)
-
     def build_objective(self) -> Objective:
         return Objective(loss=None, router_ce_weight=1.0, router_lipschitz_weight=self.lipschitz_weight,
                          lipschitz_denominator=self.lipschitz_denominator)
-
-    def _extra_settings(self) -> dict[str, Any]:
-        return {"lipschitz_weight": self.lipschitz_weight, "lipschitz_denominator": self.lipschitz_denominator,
-                **super()._extra_settings()}
 
 
 class TLGAR(TLAR):
@@ -126,34 +134,20 @@ class TLGAR(TLAR):
         return {"guidance_weight": self.guidance_weight, **super()._extra_settings()}
 
 
-class TLAM(GradientAttack):
+class TLAM(_LipschitzAttack):
     """TLA-M: temporal Lipschitz attack on the whole model, ℓ_MoE = CE(F(x+δ), y) + λ·L_Lip(F) (Lipschitz ratio on the
     logits), with temporal adaptive steps. Needs only logits, so it also applies to dense models.
 
     Args (besides [`GradientAttack`]'s; ``temporal_step`` defaults to ``"published"``):
-        lipschitz_weight: λ.
-        lipschitz_denominator: ``"gradient"`` (the paper's L_Lip, differentiated through MSE(x, x+δ) too) or
-            ``"fixed"`` (that denominator detached, so the step only pushes the output change; a stronger attack in
-            our measurements, docs/RESULTS.md §3).
+        lipschitz_weight, lipschitz_denominator: see [`_LipschitzAttack`].
     """
 
     name = "tla-m"
     default_temporal_step = "published"
 
-    def __init__(self, *, lipschitz_weight: float = DEFAULT_LIPSCHITZ_WEIGHT, lipschitz_denominator: str = "gradient",
-                 **kwargs):
-        self.lipschitz_weight = _check_real("lipschitz_weight", lipschitz_weight, minimum=0.0)
-        self.lipschitz_denominator = _check_choice("lipschitz_denominator", lipschitz_denominator,
-                                                   LIPSCHITZ_DENOMINATORS)
-        super().__init__(**kwargs)
-
     def build_objective(self) -> Objective:
         return Objective(loss="ce", lipschitz_weight=self.lipschitz_weight, targeted=self.targeted,
                          lipschitz_denominator=self.lipschitz_denominator)
-
-    def _extra_settings(self) -> dict[str, Any]:
-        return {"lipschitz_weight": self.lipschitz_weight, "lipschitz_denominator": self.lipschitz_denominator,
-                **super()._extra_settings()}
 
 
 class TLAE(TLAM):

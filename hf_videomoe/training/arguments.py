@@ -15,6 +15,7 @@ ADV_METHODS = ("none", "pgd-at", "trades", "advmoe", "tlat", "j-tlat")
 MOE_ONLY_METHODS = ("advmoe", "j-tlat")
 # The three J-TLAT steps, in the order they run inside a training step.
 JTLAT_STEPS = ("router", "expert", "model")
+JTLAT_ROUTER_BALANCES = ("switch", "sharp")
 _JTLAT_STEP_ALIASES = {"1": "router", "2": "expert", "3": "model", "experts": "expert", "routers": "router"}
 TEMPORAL_STEPS = ("published", "uniform", "inverse")
 NORMS = ("linf", "l2")
@@ -205,7 +206,7 @@ class AdversarialTrainingArguments(TrainingArguments):
     jtlat_router_balance: str = field(
         default="sharp",
         metadata={"help": "Balance term of J-TLAT step 1: switch (N·Σ f·P) or sharp (N·Σ q², q = mean softmax(z/τ)).",
-                  "choices": ["switch", "sharp"]},
+                  "choices": list(JTLAT_ROUTER_BALANCES)},
     )
     jtlat_router_balance_temperature: float = field(
         default=0.1, metadata={"help": "Temperature τ of the sharp balance term of J-TLAT step 1."}
@@ -256,8 +257,10 @@ class AdversarialTrainingArguments(TrainingArguments):
             raise ValueError(f"temporal_step must be one of {list(TEMPORAL_STEPS)}, got {self.temporal_step!r}.")
 
         self.jtlat_steps = _normalise_jtlat_steps(self.jtlat_steps)
-        if self.jtlat_router_balance not in ("switch", "sharp"):
-            raise ValueError(f"jtlat_router_balance must be 'switch' or 'sharp', got {self.jtlat_router_balance!r}.")
+        if self.jtlat_router_balance not in JTLAT_ROUTER_BALANCES:
+            raise ValueError(
+                f"jtlat_router_balance must be one of {list(JTLAT_ROUTER_BALANCES)}, got {self.jtlat_router_balance!r}."
+            )
         _check_range("jtlat_router_balance_temperature", self.jtlat_router_balance_temperature, 0.0, low_inclusive=False)
         if self.jtlat_router_target not in ("hard", "soft"):
             raise ValueError(f"jtlat_router_target must be 'hard' or 'soft', got {self.jtlat_router_target!r}.")
