@@ -120,11 +120,13 @@ def cmd_train(args) -> None:
         intermediate_size=4 * args.hidden_size, num_labels=len(label_names),
         id2label=dict(enumerate(label_names)), label2id={n: i for i, n in enumerate(label_names)},
     )
-    moe = dict(num_experts=args.num_experts, num_experts_per_tok=args.top_k, router_granularity=args.granularity)
+    moe = dict(num_experts=args.num_experts, num_experts_per_tok=args.top_k, router_granularity=args.granularity,
+               router_gate=args.router_gate)
     if args.dense_checkpoint:
         model_cls = (hf_videomoe.TimesformerMoeForVideoClassification if args.model_type == "timesformer_moe"
                      else hf_videomoe.VideoMAEMoeForVideoClassification)
-        model = model_cls.from_dense(args.dense_checkpoint, **moe)
+        model = model_cls.from_dense(args.dense_checkpoint, expert_init=args.expert_init,
+                                     expert_init_ratio=args.expert_init_ratio, expert_init_seed=args.seed, **moe)
     elif args.model_type == "videomae_moe":
         model = hf_videomoe.VideoMAEMoeForVideoClassification(hf_videomoe.VideoMAEMoeConfig(**common, **moe))
     elif args.model_type == "timesformer_moe":
@@ -270,6 +272,8 @@ def cmd_bench(args) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from .moe import EXPERT_INITS, ROUTER_GATES, ROUTER_GRANULARITIES  # already loaded with the package: no cost
+
     parser = argparse.ArgumentParser(
         prog="hf-videomoe",
         description="Robust Mixture-of-Experts video transformers: train, attack, evaluate and publish.",
@@ -300,8 +304,18 @@ def build_parser() -> argparse.ArgumentParser:
                        help="Dense VideoMAE / TimeSformer checkpoint (local dir or Hub id) to upcycle into the MoE.")
     model.add_argument("--num-experts", type=int, default=4, help="Experts per MoE layer.")
     model.add_argument("--top-k", type=int, default=1, help="Experts each routing unit is sent to.")
-    model.add_argument("--granularity", default="token", choices=("token", "frame", "clip"),
-                       help="Routing unit: every token, every frame (its tokens share one decision) or the whole clip.")
+    model.add_argument("--granularity", default="token", choices=ROUTER_GRANULARITIES,
+                       help="Routing unit: every token, every frame (its tokens share one decision), the whole clip in "
+                       "every layer, or 'model' (the paper's: one decision per clip shared by every MoE layer, so "
+                       "expert i is a whole path).")
+    model.add_argument("--router-gate", default="straight_through", choices=ROUTER_GATES,
+                       help="How the task loss reaches the router (same forward value for all; see docs/METHOD.md).")
+    model.add_argument("--expert-init", default="drop_upcycling", choices=EXPERT_INITS,
+                       help="With --dense-checkpoint: make the upcycled experts differ (Drop-Upcycling re-initialises "
+                       "a different fraction of each expert's neurons) or keep exact copies ('copy'). Without it "
+                       "experts start from independent random weights anyway.")
+    model.add_argument("--expert-init-ratio", type=float, default=0.5,
+                       help="Fraction of neurons re-initialised per expert (drop_upcycling) or relative noise (noise).")
     model.add_argument("--patch-size", type=int, default=8, help="Patch size (models built from scratch only).")
     model.add_argument("--hidden-size", type=int, default=96, help="Hidden size (models built from scratch only).")
     model.add_argument("--num-layers", type=int, default=4, help="Transformer layers (models built from scratch only).")

@@ -40,6 +40,39 @@ from hf_videomoe.moe import selected_experts  # noqa: E402
 FLOPS_TARGET = 0.40  # MoE FLOPs <= 40 % of the parameter-matched dense model
 NARROW_TIME_TARGET = 1.25  # MoE time <= 1.25 x the one-expert-width dense model
 MATCHED_TIME_TARGET = 0.50  # MoE time <= 0.5 x the parameter-matched dense model
+GATE_TIME_TARGET = 1.02  # a gate that passes the task gradient to the router adds < 2 % to the forward time
+GATES = ("renormalize", "straight_through", "switch")
+
+
+def time_gates(config, pixels, repeats: int, warmup: int) -> dict[str, dict[str, list[float]]]:
+    """Forward (eval, no grad) and training forward+backward times of the same weights under every router gate,
+    interleaved round by round like the main table."""
+    models = {}
+    for gate in GATES:
+        torch.manual_seed(0)
+        models[gate] = VideoMAEMoeForVideoClassification(VideoMAEMoeConfig(**{**config.to_dict(), "router_gate": gate}))
+    labels = torch.zeros(pixels.shape[0], dtype=torch.long)
+
+    def forward(model):
+        model.eval()
+        with torch.no_grad():
+            model(pixels)
+
+    def train_step(model):
+        model.train()
+        model(pixels, labels=labels).loss.backward()
+        model.zero_grad(set_to_none=True)
+
+    times = {gate: {"forward": [], "train": []} for gate in GATES}
+    for round_index in range(warmup + repeats):
+        order = GATES[round_index % len(GATES):] + GATES[: round_index % len(GATES)]
+        for gate in order:
+            for kind, fn in (("forward", forward), ("train", train_step)):
+                start = time.perf_counter()
+                fn(models[gate])
+                if round_index >= warmup:
+                    times[gate][kind].append(time.perf_counter() - start)
+    return times
 
 
 def parse_args(argv=None):
@@ -133,6 +166,8 @@ def main(argv=None):
                 times["moe:batched_mm"].append(time.perf_counter() - start)
     moe.set_experts_implementation(default_impl)
 
+    gate_times = time_gates(config, pixels, args.repeats, args.warmup)
+
     # Expert load of the (random-init) router: share of routing slots taken by the busiest expert, per layer.
     loads = []
     for chosen in selected_experts(router_logits, args.top_k):
@@ -212,8 +247,33 @@ def main(argv=None):
     default_row = next(row for row in rows if row["name"] == f"moe:{default_impl}")
     all_pass = (flops_ratio <= FLOPS_TARGET and default_row["vs_narrow"] <= NARROW_TIME_TARGET
                 and default_row["vs_matched"] <= MATCHED_TIME_TARGET)
+    gate_ratios = {}
+    for gate in GATES:
+        for kind in ("forward", "train"):
+            gate_ratios[gate, kind] = statistics.median(
+                a / b for a, b in zip(gate_times[gate][kind], gate_times["renormalize"][kind]))
+    default_gate = config.router_gate
+    lines.append(f"| `{default_gate}` gate (default) forward time ≤ {GATE_TIME_TARGET:.2f}× `renormalize` | "
+                 f"{gate_ratios[default_gate, 'forward']:.3f}× | "
+                 f"{verdict(gate_ratios[default_gate, 'forward'] <= GATE_TIME_TARGET)} |")
+    all_pass = all_pass and gate_ratios[default_gate, "forward"] <= GATE_TIME_TARGET
     lines.append("")
     lines.append(f"**Default kernel (`{default_impl}`): {'all targets PASS' if all_pass else 'some targets FAIL'}.**\n")
+    lines.append("## Router gates\n")
+    lines.append(
+        "Same weights under each gate; eager kernel; forward in eval mode without gradients, and one training "
+        "forward + backward (where the gates differ: only the router's gradient). Medians over the rounds of per-round "
+        "ratios to `renormalize` (the gate that sends the router no task gradient at top-1).\n"
+    )
+    lines.append("| gate | median forward (ms) | × renormalize | median train step (ms) | × renormalize |")
+    lines.append("|---|---:|---:|---:|---:|")
+    for gate in GATES:
+        lines.append(
+            f"| `{gate}`{' (default)' if gate == default_gate else ''} | "
+            f"{1e3 * statistics.median(gate_times[gate]['forward']):.1f} | {gate_ratios[gate, 'forward']:.3f} | "
+            f"{1e3 * statistics.median(gate_times[gate]['train']):.1f} | {gate_ratios[gate, 'train']:.3f} |"
+        )
+    lines.append("")
     lines.append("## Notes\n")
     lines.append(
         f"- FLOPs: `torch.utils.flop_counter.FlopCounterMode` (multiply-add = 2; matmuls, convolutions and attention), "

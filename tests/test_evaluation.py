@@ -56,9 +56,16 @@ def tiny_config(**overrides):
     return VideoMAEMoeConfig(**kwargs)
 
 
-def make_model(seed=0):
+def make_model(seed=0, expert_scale=5.0):
+    """A tiny MoE whose routing matters: at the default init the MLPs barely move the residual stream, so random
+    routing would give the same predictions (and raise `routing_irrelevant`); scaled experts make routing decisive."""
     torch.manual_seed(seed)
-    return VideoMAEMoeForVideoClassification(tiny_config()).eval()
+    model = VideoMAEMoeForVideoClassification(tiny_config()).eval()
+    with torch.no_grad():
+        for block in moe_blocks(model):
+            block.experts.up_proj.mul_(expert_scale)
+            block.experts.down_proj.mul_(expert_scale)
+    return model
 
 
 def make_data(model, n=NUM_SAMPLES, seed=1, wrong=2):
@@ -159,6 +166,7 @@ def test_flags_quiet_on_plain_model(report):
         "determinism": "passed",
         "gradients": "passed",
         "router_collapse": "passed",
+        "routing_relevance": "passed",
     }
 
 
@@ -313,6 +321,31 @@ def test_eps_monotonicity_flag_with_stand_in_attack(model, data):
     assert report.flags[0].evidence["increases"]["weird"][0]["larger_eps"] == round(8 / 255, 6)
 
 
+def relevance(learned, random, se):
+    return {"learned": learned, "random": random, "forced": [learned] * 4, "learned_minus_random": learned - random,
+            "learned_minus_random_se": se, "forced_spread": 0.0, "num_samples": 256}
+
+
+@pytest.mark.parametrize(
+    "learned, random, se, expected",
+    [
+        (0.80, 0.50, 0.03, None),  # clearly better than random
+        (0.66, 0.65, 0.00, "routing_irrelevant"),  # inside the 2-point margin
+        (0.70, 0.65, 0.03, "routing_irrelevant"),  # 5 points, but inside 2 standard errors
+        (0.70, 0.65, 0.01, None),  # 5 points and 5 standard errors
+        (0.25, 0.39, 0.03, "routing_worse_than_random"),  # the demo's PGD-AT MoE before the gate fix
+    ],
+)
+def test_routing_relevance_flags(learned, random, se, expected):
+    flags, checks = compute_flags(
+        robust_accuracy={"pgd": 0.3}, white_box=["pgd"], black_box=[], eps_sweep={}, sweep_requested=False,
+        steps_check={}, steps_requested=False, determinism=None, gradients=None, thresholds=FlagThresholds(),
+        routing_relevance=relevance(learned, random, se),
+    )
+    assert [f.name for f in flags] == ([expected] if expected else [])
+    assert checks["routing_relevance"] == ("flagged" if expected else "passed")
+
+
 def test_compute_flags_thresholds():
     base = dict(white_box=["pgd"], black_box=["square"], sweep_requested=True, steps_requested=True,
                 determinism={"max_abs_diff": 0.0, "prediction_changed_fraction": 0.0},
@@ -322,6 +355,7 @@ def test_compute_flags_thresholds():
         eps_sweep={"pgd": {1 / 255: 0.5, 2 / 255: 0.3, 4 / 255: 0.1}},
         steps_check={"pgd": {"steps": 10, "doubled_steps": 20, "num_samples": 8, "accuracy": 0.3, "doubled_accuracy": 0.3}},
         expert_usage=[[0.25, 0.25, 0.3, 0.2], [0.9, 0.05, 0.05, 0.0]],
+        routing_relevance=relevance(learned=0.8, random=0.5, se=0.05),
         **base,
     )
     assert flags == [] and set(checks.values()) == {"passed"}
@@ -332,12 +366,13 @@ def test_compute_flags_thresholds():
         **{**base, "determinism": {"max_abs_diff": 0.5, "prediction_changed_fraction": 0.25},
            "gradients": {"bad_fraction": 0.5, "num_samples": 8, "median_norm": 0.0}},
         expert_usage=[[0.25, 0.25, 0.3, 0.2], [0.96, 0.04, 0.0, 0.0]],
+        routing_relevance=relevance(learned=0.25, random=0.39, se=0.03),
     )
     assert [f.name for f in flags] == [
         "gradient_masking", "non_monotonic_eps", "non_monotonic_steps", "non_deterministic_forward", "zero_gradients",
-        "router_collapse",
+        "router_collapse", "routing_worse_than_random",
     ]
-    assert flags[-1].evidence["busiest_expert_share"] == {"1": 0.96}  # MoE layer index -> share
+    assert flags[-2].evidence["busiest_expert_share"] == {"1": 0.96}  # MoE layer index -> share
     assert all(isinstance(f, ReliabilityFlag) and f.message and f.evidence for f in flags)
     assert set(checks.values()) == {"flagged"}
     _, checks = compute_flags(robust_accuracy={"pgd": 0.3}, eps_sweep={}, steps_check={}, **{

@@ -15,6 +15,7 @@ from hf_videomoe.moe import (
     sharpened_balance_loss,
     moe_blocks,
     naive_experts_forward,
+    record_routing,
     router_parameters,
     router_z_loss,
 )
@@ -163,17 +164,88 @@ def test_router_receives_gradients(kind, make_config, top_k):
 
     aux_grads = _router_grads(model, out.aux_loss)
     assert len(aux_grads) == 2 and all(g.abs().sum() > 0 for g in aux_grads)
-    ce_grads = _router_grads(model, ce)
-    if top_k == 1:
-        # Top-1 weights are renormalised to exactly 1 (w / w): the task loss cannot reach the router (up to float
-        # round-off), only the aux loss can.
-        assert all(g.abs().max() < 1e-6 < 1e-5 < a.abs().max() for g, a in zip(ce_grads, aux_grads))
-    else:
-        assert all(g.abs().sum() > 0 for g in ce_grads)
-
     out.loss.backward()
     for param in router_parameters(model):
         assert param.grad is not None and param.grad.abs().sum() > 0
+
+
+@pytest.mark.parametrize("granularity", ["token", "frame", "clip", "model"])
+@pytest.mark.parametrize("gate", ["straight_through", "switch"])
+def test_task_loss_alone_reaches_every_router_at_top1(kind, make_config, gate, granularity):
+    """With every auxiliary loss off, the cross-entropy of a top-1 model gives every router a non-zero gradient."""
+    model = build(kind, make_config, router_gate=gate, router_granularity=granularity, router_aux_loss_coef=0.0,
+                  router_z_loss_coef=0.0).train()
+    out = model(clip(), labels=torch.tensor([0, 5]))
+    assert out.aux_loss == 0
+    grads = _router_grads(model, out.loss)
+    assert len(grads) == (1 if granularity == "model" else 2)
+    assert all(g.abs().max() > 1e-7 for g in grads)
+
+
+def test_renormalize_gate_starves_the_router_at_top1(kind, make_config):
+    """The legacy gate: top-1 weights are p / p = 1, so the task loss cannot reach the router (up to round-off)."""
+    model = build(kind, make_config, router_gate="renormalize").train()
+    out = model(clip(), labels=torch.tensor([0, 5]))
+    ce_grads = _router_grads(model, torch.nn.functional.cross_entropy(out.logits, torch.tensor([0, 5])))
+    aux_grads = _router_grads(model, out.aux_loss)
+    assert all(g.abs().max() < 1e-6 < 1e-5 < a.abs().max() for g, a in zip(ce_grads, aux_grads))
+
+
+@pytest.mark.parametrize("top_k", [1, 2])
+def test_gates_share_their_forward_value(kind, make_config, top_k):
+    """Every gate has the same forward value (up to round-off of ``w + p - p``): only the router's gradient differs."""
+    logits = [build(kind, make_config, seed=3, router_gate=gate, num_experts_per_tok=top_k)(clip()).logits
+              for gate in ("straight_through", "switch", "renormalize")]
+    torch.testing.assert_close(logits[0], logits[1], rtol=0, atol=1e-6)
+    torch.testing.assert_close(logits[0], logits[2], rtol=0, atol=1e-6)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_router_logits_stay_float32_under_autocast(kind, make_config, dtype):
+    model = build(kind, make_config, router_granularity="model")
+    with torch.autocast("cpu", dtype=dtype):
+        out = model(clip())
+    assert out.logits.dtype == dtype  # the rest of the model does run in half precision
+    assert all(r.dtype == torch.float32 for r in out.router_logits)
+    torch.testing.assert_close(out.router_logits[0], model(clip()).router_logits[0], rtol=0.05, atol=0.05)
+
+
+def test_unknown_gate_is_rejected(make_config):
+    with pytest.raises(ValueError, match="router_gate"):
+        make_config(router_gate="softmax")
+
+
+# ------------------------------------------------------------------------------------------------ model-level routing
+
+
+def test_model_level_routing_is_one_decision_shared_by_all_layers(kind, make_config):
+    model = build(kind, make_config, router_granularity="model", num_experts_per_tok=1)
+    blocks = moe_blocks(model)
+    assert blocks[0].router is not None and all(b.router is None for b in blocks[1:])
+    x = clip(batch=4)
+    with record_routing(model) as passes:
+        out = model(x)
+    (decisions,) = passes
+    assert all(tuple(rl.shape) == (4, 1, 4) for rl in out.router_logits)
+    for decision in decisions[1:]:
+        assert torch.equal(decision.top_k_index, decisions[0].top_k_index)
+        assert torch.equal(decision.router_logits, decisions[0].router_logits)
+    # Forcing expert i selects the same path in every layer, and the path differs from another one.
+    for expert in range(4):
+        with force_experts(model, expert), record_routing(model) as forced:
+            model(x)
+        assert all((d.top_k_index == expert).all() for d in forced[0])
+    # The batch does not matter: one clip routed alone gets the same path.
+    with record_routing(model) as alone:
+        model(x[:1])
+    assert torch.equal(alone[0][0].top_k_index, decisions[0].top_k_index[:1])
+
+
+def test_model_level_routing_saves_and_loads(tmp_path, make_config, kind):
+    model = build(kind, make_config, router_granularity="model")
+    model.save_pretrained(tmp_path)
+    loaded = type(model).from_pretrained(tmp_path).eval()
+    torch.testing.assert_close(loaded(clip()).logits, model(clip()).logits, rtol=0, atol=0)
 
 
 # ------------------------------------------------------------------------------------------------ forced routing

@@ -287,11 +287,13 @@ class _UnfusedJTLAT(JTLATTrainer):
     fuses_router_and_model_steps = False
 
 
-def test_reuse_fuses_router_and_model_steps_without_changing_the_update(tmp_path, moe_model, shapes):
-    # With one adversarial batch and top-1 routing, steps 1 and 3 share a pass; the update must equal two passes.
+@pytest.mark.parametrize("granularity", ["token", "model"])
+def test_reuse_fuses_router_and_model_steps_without_changing_the_update(tmp_path, moe_model, shapes, granularity):
+    # With one adversarial batch and top-1 routing, steps 1 and 3 share a pass; the update must equal two passes
+    # (also with model-level routing, where only the first MoE layer has a router).
     finals = []
     for cls in (JTLATTrainer, _UnfusedJTLAT):
-        model = moe_model()
+        model = moe_model(router_granularity=granularity)
         args = make_args(tmp_path, jtlat_reuse_adversarial=True, max_steps=2, optim="sgd", learning_rate=0.5,
                          output_dir=str(tmp_path / cls.__name__))  # fmt: skip
         trainer = cls(model=model, args=args, train_dataset=shapes["train"])

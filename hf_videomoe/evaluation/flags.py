@@ -19,6 +19,12 @@ Gradients Give a False Sense of Security"; Carlini et al. 2019, "On Evaluating A
 ``router_collapse``
     a MoE layer sends more than ``collapse_share`` of its clean routing units to one expert: the model is a dense
     model in disguise, and a routing change of 0 under router attacks then means nothing.
+``routing_irrelevant``
+    clean accuracy with every routing unit sent to a random expert is within noise of the accuracy with the learned
+    routing (``max(routing_margin, 2 standard errors)`` of the paired difference): the routers' decisions carry no
+    information, so claims about routers or experts say nothing about a mixture.
+``routing_worse_than_random``
+    random routing beats the learned routing by more than that noise: the routers actively hurt.
 """
 
 from __future__ import annotations
@@ -43,6 +49,8 @@ class FlagThresholds:
     zero_gradient_fraction: float = 0.1
     #: a MoE layer whose busiest expert takes more than this share of the clean routing units is flagged as collapsed
     collapse_share: float = 0.95
+    #: smallest learned-minus-random accuracy difference that counts as routing mattering (also at least 2 SE)
+    routing_margin: float = 0.02
 
 
 def _round(value: float) -> float:
@@ -62,6 +70,7 @@ def compute_flags(
     gradients: dict[str, Any] | None,
     thresholds: FlagThresholds,
     expert_usage: list[list[float]] | None = None,
+    routing_relevance: dict[str, Any] | None = None,
 ) -> tuple[list[ReliabilityFlag], dict[str, str]]:
     """Run every check on aggregated evaluation results; returns ``(flags, checks)`` (check name → status)."""
     flags: list[ReliabilityFlag] = []
@@ -238,4 +247,48 @@ def compute_flags(
             checks["router_collapse"] = "flagged"
         else:
             checks["router_collapse"] = "passed"
+
+    # 7. Routing relevance: learned routing must beat random routing by more than the noise of the paired difference.
+    if not routing_relevance:
+        checks["routing_relevance"] = "skipped: no routing relevance (dense model, or diagnostics=False)"
+    else:
+        diff = routing_relevance["learned_minus_random"]
+        noise = max(thresholds.routing_margin, 2 * routing_relevance["learned_minus_random_se"])
+        evidence = {
+            "learned_routing_accuracy": _round(routing_relevance["learned"]),
+            "random_routing_accuracy": _round(routing_relevance["random"]),
+            "difference": _round(diff),
+            "noise": _round(noise),
+            "forced_path_accuracy": [_round(v) for v in routing_relevance["forced"]],
+        }
+        if diff < -noise:
+            flags.append(
+                ReliabilityFlag(
+                    name="routing_worse_than_random",
+                    message=(
+                        "Sending every routing unit to a random expert gives a higher clean accuracy than the learned "
+                        "routing: the routers hurt the model. Router and expert results on this model say nothing "
+                        "about a working mixture. Train with a gate that passes the task gradient to the router "
+                        "(`router_gate='straight_through'`) and experts that differ (`expert_init='drop_upcycling'`)."
+                    ),
+                    evidence=evidence,
+                )
+            )
+            checks["routing_relevance"] = "flagged"
+        elif diff <= noise:
+            flags.append(
+                ReliabilityFlag(
+                    name="routing_irrelevant",
+                    message=(
+                        "Clean accuracy with random routing is within noise of the learned routing: the routing "
+                        "decisions do not matter, so the model is not a working mixture and router or expert attacks "
+                        "on it measure feature sensitivity, not routing. Train with `router_gate='straight_through'` "
+                        "and `expert_init='drop_upcycling'`."
+                    ),
+                    evidence=evidence,
+                )
+            )
+            checks["routing_relevance"] = "flagged"
+        else:
+            checks["routing_relevance"] = "passed"
     return flags, checks

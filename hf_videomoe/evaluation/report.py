@@ -124,6 +124,14 @@ class RobustnessReport:
         eps_sweep: attack name → {ε: robust accuracy}; includes ``eps`` itself.
         expert_usage: ``{"clean": [[fraction per expert] per MoE layer], attack: [...]}``, the fraction of routing
             decisions (units × top-k) that went to each expert.
+        routing_relevance: for MoE models, whether the learned routing matters: clean accuracy with the model's own
+            routing (``learned``), with every routing unit sent to a random expert (``random``), with every unit forced
+            to expert ``i`` (``forced[i]``; a whole path for model-level routing), ``learned_minus_random`` with its
+            paired standard error ``learned_minus_random_se``, ``forced_spread`` (best − worst path) and
+            ``num_samples``. ``None`` for dense models.
+        frozen_routing: attack name → ``{"adv_input_clean_routing", "clean_input_adv_routing"}``: robust accuracy
+            of the adversarial clips with the routing held at the clean decisions (damage that does not go through
+            routing), and of the clean clips with the adversarial routing (damage routing alone does).
         perturbation_energy: attack name → per-frame mean squared L2 norm of δ (mean over samples), one value per frame.
         flags: [`ReliabilityFlag`]s raised by the reliability checks.
         checks: check name → ``"passed"``, ``"flagged"`` or ``"skipped: <reason>"``.
@@ -160,6 +168,8 @@ class RobustnessReport:
     eps_sweep: dict[str, dict[float, float]] = field(default_factory=dict)
     expert_usage: dict[str, list[list[float]]] = field(default_factory=dict)
     perturbation_energy: dict[str, list[float]] = field(default_factory=dict)
+    routing_relevance: dict[str, Any] | None = None
+    frozen_routing: dict[str, dict[str, float]] = field(default_factory=dict)
     flags: list[ReliabilityFlag] = field(default_factory=list)
     checks: dict[str, str] = field(default_factory=dict)
     steps_check: dict[str, dict[str, Any]] = field(default_factory=dict)
@@ -307,6 +317,35 @@ class RobustnessReport:
             rows.append(f"| FLOPs vs dense | {100 * (1 - self.flops_saving):.1f} % | 100 % |")
         return "\n".join(rows)
 
+    def routing_table(self) -> str:
+        """Markdown: clean accuracy with learned, random and forced routing, then the frozen-routing controls."""
+        relevance = self.routing_relevance
+        if not relevance:
+            return ""
+        rows = ["| Routing | Clean accuracy |", "|---|---:|", f"| learned (the model's own) | {_percent(relevance['learned'])} |",
+                f"| random expert for every routing unit | {_percent(relevance['random'])} |"]
+        for expert, value in enumerate(relevance["forced"]):
+            rows.append(f"| forced to expert {expert} | {_percent(value)} |")
+        diff, se = relevance["learned_minus_random"], relevance["learned_minus_random_se"]
+        text = "\n".join(rows) + (
+            f"\n\nLearned − random: {100 * diff:+.1f} ± {100 * se:.1f} points (paired over {relevance['num_samples']} clips,"
+            f" ± one standard error); best − worst forced path: {100 * relevance['forced_spread']:.1f} points."
+        )
+        if self.frozen_routing:
+            rows = ["| Attack | Robust accuracy | Adversarial clip, clean routing | Clean clip, adversarial routing |",
+                    "|---|---:|---:|---:|"]
+            for attack, controls in self.frozen_routing.items():
+                rows.append(
+                    f"| {attack} | {_percent(self.robust_accuracy.get(attack))} | "
+                    f"{_percent(controls.get('adv_input_clean_routing'))} | {_percent(controls.get('clean_input_adv_routing'))} |"
+                )
+            text += (
+                "\n\nFrozen-routing controls: how much of each attack's damage goes through routing. Holding the routing "
+                "at the clean decisions leaves only the damage that does not; replaying the adversarial routing on "
+                "the clean clip shows the damage routing alone does.\n\n" + "\n".join(rows)
+            )
+        return text
+
     def flags_markdown(self) -> str:
         """Bullet list of reliability flags (or a line saying none was raised) and the checks that ran."""
         lines = []
@@ -338,6 +377,9 @@ class RobustnessReport:
                     f"{info['doubled_steps']} | {_percent(info['doubled_accuracy'])} |"
                 )
             parts.append("### Step-count check\n\n" + "\n".join(rows))
+        routing = self.routing_table()
+        if routing:
+            parts.append("### Routing relevance\n\n" + routing)
         cost = self.cost_table()
         if cost:
             parts.append("### Inference cost\n\n" + cost)

@@ -49,7 +49,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
-from ..moe import is_moe_model, moe_blocks
+from ..moe import frozen_routing_predictions, is_moe_model, moe_blocks, relevance_predictions, summarize_relevance
 from ._data import Batch, DataSource, make_source, sample_shape
 from .flags import BLACK_BOX_ATTACKS, FlagThresholds, compute_flags
 from .report import RobustnessReport, atomic_write_text
@@ -520,6 +520,7 @@ class _Evaluator:
             record["grad_norm"] = [n if math.isfinite(n) else None for n in norms.tolist()]
         if self.diagnostics and clean_rl:
             record["clean_usage"] = self.usage_counts(clean_rl)
+            record["relevance"] = relevance_predictions(self.model, x, seed=_derive_seed(o["seed"], k, "relevance"))
 
         record["attacks"] = {}
         for spec in self.specs:
@@ -535,6 +536,7 @@ class _Evaluator:
                 entry["routing_change"] = self.routing_change(clean_rl, adv_rl).tolist()
                 entry["router_lipschitz"] = self.router_lipschitz(clean_rl, adv_rl, x, adv)
                 entry["usage"] = self.usage_counts(adv_rl)
+                entry["frozen_routing"] = frozen_routing_predictions(self.model, x, adv)
             record["attacks"][spec.label] = entry
 
         if o["eps_sweep"]:
@@ -618,6 +620,24 @@ def _aggregate(records: list[dict[str, Any]], specs: list[_AttackSpec], options:
             lips = [v for r in records for v in r["attacks"][spec.label]["router_lipschitz"] if v is not None]
             out["router_lipschitz"][spec.label] = _mean(lips) if lips else 0.0
             out["expert_usage"][spec.label] = usage(lambda r, a=spec.label: r["attacks"][a]["usage"])
+
+    # Routing relevance (learned vs random routing, forced paths) and frozen-routing controls per attack; records
+    # written by a version without them (a resumed state_dir) leave these empty.
+    out["routing_relevance"], out["frozen_routing"] = None, {}
+    if records and all("relevance" in r for r in records):
+        clean_preds = [p for r in records for p in r["clean_pred"]]
+        random_preds = [p for r in records for p in r["relevance"]["random"]]
+        num_paths = len(records[0]["relevance"]["forced"])
+        forced = [[p for r in records for p in r["relevance"]["forced"][e]] for e in range(num_paths)]
+        out["routing_relevance"] = summarize_relevance(labels, clean_preds, random_preds, forced)
+        for spec in specs:
+            if not all("frozen_routing" in r["attacks"][spec.label] for r in records):
+                continue
+            controls = {}
+            for key in ("adv_input_clean_routing", "clean_input_adv_routing"):
+                preds = [p for r in records for p in r["attacks"][spec.label]["frozen_routing"][key]]
+                controls[key] = sum(c and p == l for c, p, l in zip(clean, preds, labels)) / n
+            out["frozen_routing"][spec.label] = controls
 
     # ε sweep.
     out["eps_sweep"] = {}
@@ -977,6 +997,7 @@ def evaluate_robustness(
         gradients=agg["gradients"],
         thresholds=thresholds,
         expert_usage=agg["expert_usage"].get("clean"),
+        routing_relevance=agg["routing_relevance"],
     )
     config = getattr(model, "config", None)
     return RobustnessReport(
@@ -1002,6 +1023,8 @@ def evaluate_robustness(
         batch_size=batch_size,
         eps_sweep=agg["eps_sweep"],
         expert_usage=agg["expert_usage"],
+        routing_relevance=agg["routing_relevance"],
+        frozen_routing=agg["frozen_routing"],
         perturbation_energy=agg["perturbation_energy"],
         flags=flags,
         checks=checks,

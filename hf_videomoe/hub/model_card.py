@@ -387,6 +387,13 @@ def build_model_card(
         intro,
         robustness,
     ]
+    routing = report.routing_table()
+    if routing:
+        sections.append(
+            "## Routing relevance\n\nDoes the learned routing matter? A mixture whose routing can be replaced by random "
+            "routing without loss is not a mixture, and router or expert results on it say nothing about MoE.\n\n"
+            + routing
+        )
     if report.eps_sweep:
         sections.append("## Robust accuracy vs ε\n\n" + report.sweep_table())
     cost = report.cost_table()

@@ -18,7 +18,7 @@ try:
 except ImportError:  # pragma: no cover - safetensors is a transformers dependency
     SafetensorError = OSError
 
-from ..moe import MoeExperts, MoeRouter, compute_aux_loss, moe_blocks, upcycle_mlp
+from ..moe import EXPERT_INITS, MoeExperts, MoeRouter, compute_aux_loss, diversify_experts, moe_blocks, upcycle_mlp
 
 # ImageNet statistics, the convention of VideoMAE checkpoints (TimeSformer's use 0.45 / 0.225; see its config).
 IMAGENET_MEAN = [0.485, 0.456, 0.406]
@@ -81,6 +81,21 @@ class MoePreTrainedModelMixin:
       docs/bench_moe.md) and transformers' ``"grouped_mm"`` otherwise. An explicit ``experts_implementation=`` or
       ``set_experts_implementation(...)`` always wins.
     """
+
+    supports_gradient_checkpointing = True
+
+    def _set_gradient_checkpointing(self, enable: bool = True, gradient_checkpointing_func=None, **kwargs):
+        # Our layers hand a routing decision (a dataclass of tensors) from layer to layer; reentrant checkpointing
+        # only tracks tensors passed positionally, so the router would silently lose its gradient.
+        keywords = getattr(gradient_checkpointing_func, "keywords", None) or {}
+        if enable and keywords.get("use_reentrant"):
+            raise ValueError(
+                f"{type(self).__name__} supports only non-reentrant activation checkpointing: pass "
+                "`gradient_checkpointing_kwargs={'use_reentrant': False}` (the default)."
+            )
+        if gradient_checkpointing_func is None:
+            return super()._set_gradient_checkpointing(enable=enable, **kwargs)
+        return super()._set_gradient_checkpointing(enable=enable, gradient_checkpointing_func=gradient_checkpointing_func, **kwargs)
 
     def get_correct_experts_implementation(self, requested_experts: str | None) -> str:
         if requested_experts is None and not torch.cuda.is_available():
@@ -180,6 +195,9 @@ def upcycle_from_dense(
     dense_model_or_path,
     moe_config_kwargs: dict,
     layers_attribute: str,
+    expert_init: str = "copy",
+    expert_init_ratio: float = 0.5,
+    expert_init_seed: int = 0,
 ) -> PreTrainedModel:
     """Build ``moe_cls`` from a dense classifier, copying every shared weight and each MLP into its layer's experts.
 
@@ -189,7 +207,13 @@ def upcycle_from_dense(
         dense_model_or_path: a dense model instance or a local directory / Hub id loadable by ``dense_cls``.
         moe_config_kwargs: the MoE fields (``num_experts``, ``moe_layers``, ...); ``None`` values are dropped.
         layers_attribute: dotted path from the classifier to its ``nn.ModuleList`` of layers.
+        expert_init, expert_init_ratio, expert_init_seed: how the copied experts are made to differ (see
+            [`~hf_videomoe.moe.diversify_experts`]); ``"copy"`` keeps the upcycling exact.
     """
+    if expert_init not in EXPERT_INITS:
+        raise ValueError(f"`expert_init` must be one of {EXPERT_INITS}, got {expert_init!r}.")
+    if not isinstance(expert_init_ratio, (int, float)) or not 0.0 <= float(expert_init_ratio) <= 1.0:
+        raise ValueError(f"`expert_init_ratio` must be a number in [0, 1], got {expert_init_ratio!r}.")
     if isinstance(dense_model_or_path, (str, os.PathLike)):
         path = os.fspath(dense_model_or_path)
         if _looks_like_local_path(path) and not os.path.exists(os.path.expanduser(path)):
@@ -241,5 +265,6 @@ def upcycle_from_dense(
     moe_layers = moe.get_submodule(layers_attribute)
     for index in moe.config.moe_layers:
         upcycle_mlp(moe_layers[index].mlp, dense_layers[index].intermediate.dense, dense_layers[index].output.dense)
+        diversify_experts(moe_layers[index].mlp, expert_init, expert_init_ratio, seed=expert_init_seed + index)
     moe.train(dense.training)
     return moe

@@ -1,11 +1,15 @@
 """Sparse MoE block, auxiliary losses, routing control and upcycling shared by the MoE video models."""
 
+from .configuration_moe import owns_router
 from .modeling_moe import (
+    ROUTER_GATES,
     ROUTER_GRANULARITIES,
     MoeExperts,
     MoeRouter,
+    RoutingDecision,
     SparseMoeBlock,
     compute_aux_loss,
+    gate_weights,
     load_balancing_loss,
     naive_experts_forward,
     router_z_loss,
@@ -19,14 +23,28 @@ from .routing import (
     moe_blocks,
     named_expert_parameters,
     named_router_parameters,
+    override_routing,
+    random_routing,
+    record_routing,
     router_parameters,
     router_probabilities,
     selected_experts,
 )
-from .upcycling import upcycle_mlp
+from .statistics import frozen_routing_predictions, relevance_predictions, routing_relevance, summarize_relevance
+from .upcycling import EXPERT_INITS, diversify_experts, upcycle_mlp
 
 __all__ = [
+    "frozen_routing_predictions",
+    "relevance_predictions",
+    "routing_relevance",
+    "summarize_relevance",
+    "EXPERT_INITS",
+    "diversify_experts",
+    "ROUTER_GATES",
     "ROUTER_GRANULARITIES",
+    "RoutingDecision",
+    "gate_weights",
+    "owns_router",
     "MoeExperts",
     "MoeRouter",
     "SparseMoeBlock",
@@ -40,6 +58,9 @@ __all__ = [
     "naive_experts_forward",
     "named_expert_parameters",
     "named_router_parameters",
+    "override_routing",
+    "random_routing",
+    "record_routing",
     "router_parameters",
     "router_probabilities",
     "router_z_loss",

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from .modeling_moe import ROUTER_GRANULARITIES
+from .modeling_moe import ROUTER_GATES, ROUTER_GRANULARITIES
 
 
 def validate_moe_fields(config) -> None:
@@ -18,6 +18,8 @@ def validate_moe_fields(config) -> None:
         raise ValueError(
             f"`router_granularity` must be one of {ROUTER_GRANULARITIES}, got {config.router_granularity!r}."
         )
+    if config.router_gate not in ROUTER_GATES:
+        raise ValueError(f"`router_gate` must be one of {ROUTER_GATES}, got {config.router_gate!r}.")
     num_layers = config.num_hidden_layers
     if config.moe_layers is None:
         config.moe_layers = list(range(num_layers))
@@ -40,3 +42,11 @@ def validate_moe_fields(config) -> None:
             raise ValueError(f"`{name}` needs {config.num_channels} values (one per channel), got {list(value)}.")
     if any(s <= 0 for s in config.image_std):
         raise ValueError(f"`image_std` must be positive, got {list(config.image_std)}.")
+
+
+def owns_router(config, layer_index: int) -> bool:
+    """Whether MoE layer ``layer_index`` has its own router: always, except with ``router_granularity="model"``,
+    where the first MoE layer's router decides once per clip for every MoE layer."""
+    if config.router_granularity != "model":
+        return True
+    return bool(config.moe_layers) and layer_index == min(config.moe_layers)

@@ -2,8 +2,10 @@
 
 A block replaces a transformer layer's MLP (``dense -> act -> dense``) with ``num_experts`` copies of that MLP and a
 linear router. Routing decisions are made per *routing unit*: a token, a frame (all tokens of one frame share one
-decision) or a clip (one decision per video). The router runs in float32 whatever the model dtype, because top-k on
-bf16 logits flips decisions between otherwise identical runs.
+decision) or a clip (one decision per video); with model-level routing one clip decision, made by the first MoE
+layer's router, is followed by every MoE layer. The router runs in float32 whatever the model dtype, because top-k on
+bf16 logits flips decisions between otherwise identical runs. The gate (``router_gate``) decides how the task loss
+reaches the router; every gate has the same forward value, so upcycled models stay exact.
 
 There is no capacity factor and no token dropping: every token is computed by the experts it is routed to, so in eval
 mode a clip's output does not depend on what else is in the batch (attacks and per-sample evaluation rely on that).
@@ -11,13 +13,58 @@ mode a clip's output does not depend on what else is in the batch (attacks and p
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 from transformers.activations import ACT2FN
 from transformers.integrations.moe import use_experts_implementation
 
-ROUTER_GRANULARITIES = ("token", "frame", "clip")
+ROUTER_GRANULARITIES = ("token", "frame", "clip", "model")
+# How the task loss reaches the router. All gates have the same forward value (the top-k probabilities renormalised
+# over the selected experts, 1 at top-1), so upcycling stays exact; they differ only in the router's gradient.
+ROUTER_GATES = ("straight_through", "switch", "renormalize")
+
+
+@dataclass
+class RoutingDecision:
+    """One MoE layer's routing for a batch, at routing-unit level.
+
+    Attributes:
+        router_logits: ``(batch, num_units, num_experts)`` float32 logits of the router that decided.
+        top_k_index: ``(batch, num_units, top_k)`` selected experts.
+        top_k_weights: ``(batch, num_units, top_k)`` gate values (sum to 1 over the selected experts).
+    """
+
+    router_logits: torch.Tensor
+    top_k_index: torch.Tensor
+    top_k_weights: torch.Tensor
+
+
+def gate_weights(router_logits: torch.Tensor, top_k: int, gate: str = "straight_through"):
+    """Top-k selection and gate values ``(top_k_index, top_k_weights)`` for ``router_logits`` (last dim = experts).
+
+    The value is always ``p_topk / sum(p_topk)`` (1 for top-1), so an upcycled model with identical experts computes
+    the dense MLP exactly. The gradient differs:
+
+    * ``"straight_through"``: ``value + p_topk - stop_grad(p_topk)``, i.e. the gradient of the raw probabilities of
+      the selected experts (the straight-through estimator of a hard gate).
+    * ``"switch"``: ``p_topk / stop_grad(sum(p_topk))``, the Switch Transformer gate ``p * E(x)`` rescaled by a
+      constant so that its value is the renormalised weight (top-1: gradient of ``log p``).
+    * ``"renormalize"``: the plain renormalised weights. At top-1 these are ``p / p = 1`` and the task loss sends the
+      router no gradient at all (routers then learn only from auxiliary losses); kept for comparison.
+    """
+    router_probs = router_logits.softmax(dim=-1)
+    top_k_probs, top_k_index = torch.topk(router_probs, top_k, dim=-1)
+    mass = top_k_probs.sum(dim=-1, keepdim=True)
+    if gate == "renormalize":
+        return top_k_index, top_k_probs / mass
+    if gate == "switch":
+        return top_k_index, top_k_probs / mass.detach()
+    if gate == "straight_through":
+        return top_k_index, (top_k_probs / mass).detach() + top_k_probs - top_k_probs.detach()
+    raise ValueError(f"`router_gate` must be one of {ROUTER_GATES}, got {gate!r}.")
 
 
 class MoeRouter(nn.Module):
@@ -34,7 +81,9 @@ class MoeRouter(nn.Module):
         nn.init.normal_(self.weight, std=0.02)
 
     def forward(self, unit_states: torch.Tensor) -> torch.Tensor:
-        return F.linear(unit_states.float(), self.weight.float())
+        # Autocast (Trainer's --bf16 / --fp16) would run this matmul in half precision despite the casts.
+        with torch.autocast(device_type=unit_states.device.type, enabled=False):
+            return F.linear(unit_states.float(), self.weight.float())
 
 
 @use_experts_implementation(has_bias=True, has_gate=False)
@@ -107,53 +156,98 @@ class SparseMoeBlock(nn.Module):
 
     Args:
         config: a model config carrying ``hidden_size``, ``intermediate_size``, ``hidden_act``, ``num_experts``,
-            ``num_experts_per_tok``, ``router_jitter_noise``.
+            ``num_experts_per_tok``, ``router_jitter_noise``, ``router_gate``.
+        owns_router: whether this block has a router. With ``router_granularity="model"`` only the first MoE layer
+            has one; the later layers reuse its decision (``shared_routing``), so expert ``i`` is one coherent path.
 
-    Forward inputs are the (already layer-normed) hidden states ``(batch, seq_len, hidden)`` and ``unit_index``, a
-    ``(seq_len,)`` long tensor mapping every token to its routing unit (see the models' ``routing_units``). The router
-    sees the mean hidden state of each unit; all tokens of a unit share its top-k experts and weights.
+    Forward inputs are the (already layer-normed) hidden states ``(batch, seq_len, hidden)``, ``unit_index``, a
+    ``(seq_len,)`` long tensor mapping every token to its routing unit (see the models' ``routing_units``), and
+    ``shared_routing``, the [`RoutingDecision`] of an earlier layer for blocks without a router. The router sees the
+    mean hidden state of each unit; all tokens of a unit share its top-k experts and weights.
 
-    Returns ``(hidden_states, router_logits)`` with ``router_logits`` of shape ``(batch, num_units, num_experts)`` in
-    float32.
+    Returns ``(hidden_states, decision)``: the block output and its [`RoutingDecision`], whose ``router_logits``
+    (``(batch, num_units, num_experts)``, float32) are what the models return per MoE layer.
+
+    Routing controls (set by the context managers of `hf_videomoe.moe.routing`, applied in this order): a random
+    ``random_routing`` generator replaces the router's choice by uniformly random experts (router-owning blocks only,
+    so a model-level decision stays shared); ``forced_expert`` sends every unit to one expert with weight 1;
+    ``routing_override`` replaces the decision by a recorded one; ``routing_record`` (a list) receives every decision.
     """
 
-    def __init__(self, config):
+    def __init__(self, config, owns_router: bool = True):
         super().__init__()
         self.num_experts = config.num_experts
         self.top_k = config.num_experts_per_tok
         self.jitter_noise = config.router_jitter_noise
-        self.router = MoeRouter(config.hidden_size, config.num_experts)
+        self.gate = getattr(config, "router_gate", "straight_through")
+        self.router = MoeRouter(config.hidden_size, config.num_experts) if owns_router else None
         self.experts = MoeExperts(config)
-        # Set by `force_experts`: an expert index every unit is sent to with weight 1 (used to evaluate E_i(x)).
         self.forced_expert: int | None = None
+        self.random_routing: torch.Generator | None = None
+        self.routing_override: tuple[torch.Tensor, torch.Tensor] | None = None
+        self.routing_record: list[RoutingDecision] | None = None
 
     def route(self, router_logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Top-k selection with weights renormalised over the selected experts (or the forced expert)."""
+        """Top-k selection and gate values for ``router_logits`` with this block's gate (see [`gate_weights`])."""
+        return gate_weights(router_logits, self.top_k, self.gate)
+
+    def decide(
+        self, hidden_states: torch.Tensor, unit_index: torch.Tensor | None, shared_routing: RoutingDecision | None
+    ) -> RoutingDecision:
+        """This layer's routing decision at unit level, with the routing controls applied."""
+        if self.router is None:
+            if shared_routing is None:
+                raise ValueError("This MoE block has no router of its own and needs the `shared_routing` decision.")
+            decision = shared_routing
+        else:
+            batch_size, _, hidden_dim = hidden_states.shape
+            if unit_index is None:
+                unit_states = hidden_states
+            else:
+                num_units = int(unit_index.max()) + 1
+                unit_states = hidden_states.new_zeros(batch_size, num_units, hidden_dim).index_add(
+                    1, unit_index, hidden_states
+                )
+                counts = torch.bincount(unit_index, minlength=num_units).to(hidden_states.dtype)
+                unit_states = unit_states / counts[None, :, None]
+            if self.training and self.jitter_noise > 0:
+                noise = torch.empty_like(unit_states).uniform_(1.0 - self.jitter_noise, 1.0 + self.jitter_noise)
+                unit_states = unit_states * noise
+            router_logits = self.router(unit_states)
+            top_k_index, top_k_weights = self.route(router_logits)
+            if self.random_routing is not None:
+                scores = torch.rand(router_logits.shape, generator=self.random_routing, device="cpu")
+                top_k_index = scores.topk(self.top_k, dim=-1).indices.to(router_logits.device)
+            decision = RoutingDecision(router_logits, top_k_index, top_k_weights)
         if self.forced_expert is not None:
-            top_k_index = torch.full_like(router_logits[..., :1], self.forced_expert, dtype=torch.long)
-            return top_k_index, torch.ones_like(router_logits[..., :1])
-        router_probs = router_logits.softmax(dim=-1)
-        top_k_weights, top_k_index = torch.topk(router_probs, self.top_k, dim=-1)
-        top_k_weights = top_k_weights / top_k_weights.sum(dim=-1, keepdim=True)
-        return top_k_index, top_k_weights
+            ones = torch.ones_like(decision.router_logits[..., :1])
+            decision = RoutingDecision(decision.router_logits, torch.full_like(ones, self.forced_expert, dtype=torch.long), ones)
+        if self.routing_override is not None:
+            top_k_index, top_k_weights = self.routing_override
+            if top_k_index.shape[:2] != decision.router_logits.shape[:2]:
+                raise ValueError(
+                    f"routing override of shape {tuple(top_k_index.shape)} does not match this batch's routing units "
+                    f"{tuple(decision.router_logits.shape[:2])}."
+                )
+            decision = RoutingDecision(
+                decision.router_logits, top_k_index.to(decision.router_logits.device),
+                top_k_weights.to(decision.router_logits.device),
+            )
+        if self.routing_record is not None:
+            self.routing_record.append(
+                RoutingDecision(decision.router_logits.detach(), decision.top_k_index, decision.top_k_weights.detach())
+            )
+        return decision
 
     def forward(
-        self, hidden_states: torch.Tensor, unit_index: torch.Tensor | None = None
-    ) -> tuple[torch.Tensor, torch.Tensor]:
+        self,
+        hidden_states: torch.Tensor,
+        unit_index: torch.Tensor | None = None,
+        shared_routing: RoutingDecision | None = None,
+    ) -> tuple[torch.Tensor, RoutingDecision]:
         batch_size, seq_len, hidden_dim = hidden_states.shape
-        if unit_index is None:
-            unit_states = hidden_states
-        else:
-            num_units = int(unit_index.max()) + 1
-            unit_states = hidden_states.new_zeros(batch_size, num_units, hidden_dim).index_add(1, unit_index, hidden_states)
-            counts = torch.bincount(unit_index, minlength=num_units).to(hidden_states.dtype)
-            unit_states = unit_states / counts[None, :, None]
-        if self.training and self.jitter_noise > 0:
-            noise = torch.empty_like(unit_states).uniform_(1.0 - self.jitter_noise, 1.0 + self.jitter_noise)
-            unit_states = unit_states * noise
-
-        router_logits = self.router(unit_states)
-        top_k_index, top_k_weights = self.route(router_logits)
+        decision = self.decide(hidden_states, unit_index, shared_routing)
+        top_k_index, top_k_weights = decision.top_k_index, decision.top_k_weights
         if unit_index is not None:
             top_k_index = top_k_index[:, unit_index]
             top_k_weights = top_k_weights[:, unit_index]
@@ -162,7 +256,7 @@ class SparseMoeBlock(nn.Module):
         out = self.experts(
             flat_states, top_k_index.reshape(flat_states.shape[0], -1), top_k_weights.reshape(flat_states.shape[0], -1)
         )
-        return out.reshape(batch_size, seq_len, hidden_dim), router_logits
+        return out.reshape(batch_size, seq_len, hidden_dim), decision
 
 
 def load_balancing_loss(router_logits: tuple[torch.Tensor, ...], num_experts: int, top_k: int) -> torch.Tensor:

@@ -1,4 +1,5 @@
-"""Routing control: find the MoE blocks of a model, force experts, split router and expert parameters."""
+"""Routing control: find the MoE blocks of a model; force, randomise, record and replay routing decisions; split
+router and expert parameters."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ from collections.abc import Iterator, Sequence
 import torch
 from torch import nn
 
-from .modeling_moe import SparseMoeBlock
+from .modeling_moe import MoeExperts, MoeRouter, RoutingDecision, SparseMoeBlock
 
 
 def moe_blocks(model: nn.Module) -> list[SparseMoeBlock]:
@@ -62,18 +63,83 @@ def force_experts(model: nn.Module, experts: int | Sequence[int]):
             block.forced_expert = prev
 
 
+@contextlib.contextmanager
+def random_routing(model: nn.Module, seed: int = 0):
+    """Send every routing unit to uniformly random experts inside the ``with`` block (the gate values are kept).
+
+    The control for "does the learned routing matter": a model whose accuracy does not drop under random routing has
+    routers whose decisions carry no information. With ``router_granularity="model"`` one random path is drawn per
+    clip and shared by every MoE layer. Deterministic for a given ``seed`` and call sequence.
+    """
+    blocks = _require_moe(model, "random_routing")
+    generator = torch.Generator().manual_seed(int(seed))
+    previous = [block.random_routing for block in blocks]
+    try:
+        for block in blocks:
+            block.random_routing = generator
+        yield model
+    finally:
+        for block, prev in zip(blocks, previous):
+            block.random_routing = prev
+
+
+@contextlib.contextmanager
+def record_routing(model: nn.Module):
+    """Collect the routing decisions of every forward pass inside the ``with`` block.
+
+    Yields a list that receives one list of [`RoutingDecision`]s (one per MoE layer, in layer order) per forward
+    pass, after any forcing or override. Replay one with [`override_routing`].
+    """
+    blocks = _require_moe(model, "record_routing")
+    per_block: list[list[RoutingDecision]] = [[] for _ in blocks]
+    passes: list[list[RoutingDecision]] = []
+    previous = [block.routing_record for block in blocks]
+    try:
+        for block, store in zip(blocks, per_block):
+            block.routing_record = store
+        yield passes
+    finally:
+        for block, prev in zip(blocks, previous):
+            block.routing_record = prev
+        passes.extend([list(decisions) for decisions in zip(*per_block)])
+
+
+@contextlib.contextmanager
+def override_routing(model: nn.Module, decisions: Sequence[RoutingDecision]):
+    """Replace every MoE layer's routing by recorded ``decisions`` (one per MoE layer) inside the ``with`` block.
+
+    Used for the frozen-routing controls: an adversarial clip evaluated with the clean clip's routing shows how much
+    of an attack's damage does *not* go through routing, and a clean clip with the adversarial routing how much does.
+    Router logits are still computed (and returned) from the actual input.
+    """
+    blocks = _require_moe(model, "override_routing")
+    decisions = list(decisions)
+    if len(decisions) != len(blocks):
+        raise ValueError(f"override_routing got {len(decisions)} decisions for {len(blocks)} MoE layers.")
+    previous = [block.routing_override for block in blocks]
+    try:
+        for block, decision in zip(blocks, decisions):
+            block.routing_override = (decision.top_k_index, decision.top_k_weights)
+        yield model
+    finally:
+        for block, prev in zip(blocks, previous):
+            block.routing_override = prev
+
+
 def named_router_parameters(model: nn.Module) -> Iterator[tuple[str, nn.Parameter]]:
     """``(name, parameter)`` for every router weight of ``model``."""
-    for name, param in model.named_parameters():
-        if ".router." in f".{name}":
-            yield name, param
+    for module_name, module in model.named_modules():
+        if isinstance(module, MoeRouter):
+            for name, param in module.named_parameters():
+                yield f"{module_name}.{name}", param
 
 
 def named_expert_parameters(model: nn.Module) -> Iterator[tuple[str, nn.Parameter]]:
     """``(name, parameter)`` for every expert weight (stacked up/down projections and biases) of ``model``."""
-    for name, param in model.named_parameters():
-        if ".experts." in f".{name}":
-            yield name, param
+    for module_name, module in model.named_modules():
+        if isinstance(module, MoeExperts):
+            for name, param in module.named_parameters():
+                yield f"{module_name}.{name}", param
 
 
 def router_parameters(model: nn.Module) -> Iterator[nn.Parameter]:

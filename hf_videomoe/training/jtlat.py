@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+
 from typing import ClassVar
 
 import torch
@@ -16,7 +18,7 @@ from ..moe import (
     moe_blocks,
     sharpened_balance_loss,
 )
-from ._utils import TrainingPhase, split_router_logits
+from ._utils import TrainingPhase
 from .trainer import AdversarialTrainer, PhaseLoss
 
 
@@ -91,10 +93,10 @@ class JTLATTrainer(AdversarialTrainer):
         """Whether steps 1 and 3 share one forward / backward pass.
 
         When both run on the same adversarial clips (``jtlat_reuse_adversarial``) and routing is top-1, step 1's
-        router-only gradient equals the gradient of ``ℓ_Router`` computed from router logits recomputed on *detached*
-        router inputs (with top-1 routing the expert weight is 1, so a router influences nothing downstream but its
-        own logits). Step 3's forward pass then serves both losses and one backward pass applies ``∇ℓ_model`` to all
-        parameters and ``∇ℓ_Router`` to the routers only — the same update as two passes, for one pass less.
+        router-only gradient is the gradient of ``ℓ_Router`` computed from router logits recomputed on *detached*
+        router inputs (see [`router_loss`]). Step 3's forward pass then serves both losses and one backward pass
+        applies ``∇ℓ_model`` to all parameters and ``∇ℓ_Router`` to the routers only — the same update as two passes,
+        for one pass less.
         """
         args = self.args
         top_1 = getattr(self.accelerator.unwrap_model(self.model).config, "num_experts_per_tok", 1) == 1
@@ -122,27 +124,14 @@ class JTLATTrainer(AdversarialTrainer):
         step = self._step
         x, y = step.pixel_values, step.labels
         x_adv = self.adversarial_examples(model, phase.attack)
-        routers = [block.router for block in moe_blocks(self.accelerator.unwrap_model(model))]
-        inputs: dict[int, torch.Tensor] = {}
-        hooks = [
-            router.register_forward_pre_hook(lambda module, args, i=i: inputs.__setitem__(i, args[0]))
-            for i, router in enumerate(routers)
-        ]
-        try:
+        with _captured_router_inputs(self.accelerator.unwrap_model(model)) as router_logits_of:
             model_loss = self.lipschitz_model_loss(model, x, x_adv, y)
-        finally:
-            for hook in hooks:
-                hook.remove()
         batch = step.batch_size
-        adv_rl = tuple(
-            F.linear(inputs[i][-batch:].detach().float(), router.weight.float()) for i, router in enumerate(routers)
-        )
+        adv_rl = router_logits_of(slice(-batch, None))
         if self.args.lipschitz_detach_clean or not self.args.lipschitz_weight:
-            clean_rl = self.clean_outputs(model).router_logits
+            clean_rl = router_logits_of.own_layers(self.clean_outputs(model).router_logits)
         else:  # the model step forwarded [x, x_adv]: the clean router logits get their own (detached-input) gradient
-            clean_rl = tuple(
-                F.linear(inputs[i][:batch].detach().float(), router.weight.float()) for i, router in enumerate(routers)
-            )
+            clean_rl = router_logits_of(slice(None, batch))
         router_loss = self._router_objective(clean_rl, adv_rl, x, x_adv)
         step.adv_router_logits[phase.attack] = tuple(r.detach() for r in adv_rl)
         terms = {
@@ -155,16 +144,24 @@ class JTLATTrainer(AdversarialTrainer):
 
     def router_loss(self, model: nn.Module, phase: TrainingPhase) -> PhaseLoss:
         """``CE(R(x_r), r(x)) + λ · L_Lip(R; x, x_r)`` per clip: one forward pass on ``x_r`` with the clean router
-        logits from the shared clean pass (``lipschitz_detach_clean``), else one on ``[x, x_r]``."""
+        logits from the shared clean pass (``lipschitz_detach_clean``), else one on ``[x, x_r]``.
+
+        Each router's logits are recomputed from its *detached* inputs: step 1 trains every router to keep its own
+        decisions, and ``ℓ_Router`` of one layer does not reach the routers of earlier layers through the gate's
+        straight-through gradient (a surrogate, not a change of the forward value). This is also what lets steps 1 and
+        3 share a pass exactly (see [`fuses_router_and_model_steps`])."""
         step = self._step
         x = step.pixel_values
         x_adv = self.adversarial_examples(model, phase.attack)
-        if self.args.lipschitz_detach_clean:
-            clean_rl = self.clean_outputs(model).router_logits
-            adv_rl = self._forward(model, x_adv).router_logits
-        else:
-            out = self._forward(model, torch.cat([x, x_adv]))
-            clean_rl, adv_rl = split_router_logits(out.router_logits, step.batch_size)
+        with _captured_router_inputs(self.accelerator.unwrap_model(model)) as router_logits_of:
+            if self.args.lipschitz_detach_clean:
+                clean_rl = router_logits_of.own_layers(self.clean_outputs(model).router_logits)
+                self._forward(model, x_adv)
+                adv_rl = router_logits_of(slice(None))
+            else:
+                self._forward(model, torch.cat([x, x_adv]))
+                clean_rl = router_logits_of(slice(None, step.batch_size))
+                adv_rl = router_logits_of(slice(step.batch_size, None))
         # Step 2 picks each clip's experts from these (pre-update) adversarial router probabilities.
         step.adv_router_logits[phase.attack] = tuple(r.detach() for r in adv_rl)
         return self._router_objective(clean_rl, adv_rl, x, x_adv)
@@ -282,3 +279,30 @@ class JTLATTrainer(AdversarialTrainer):
             phase, {name: torch.cat(values) if values else per_clip.new_zeros(0) for name, values in raw.items()}
         )
         return total
+
+
+@contextlib.contextmanager
+def _captured_router_inputs(model: nn.Module):
+    """Record the inputs of every router during the ``with`` block; yields ``router_logits_of(rows)``, which recomputes
+    each router's float32 logits from its recorded (detached) inputs, restricted to batch ``rows`` (a slice).
+
+    With model-level routing only the first MoE layer has a router; ``router_logits_of.own_layers(router_logits)``
+    picks the matching entries of a model output's per-MoE-layer ``router_logits``."""
+    blocks = moe_blocks(model)
+    owners = [position for position, block in enumerate(blocks) if block.router is not None]
+    routers = [blocks[position].router for position in owners]
+    inputs: dict[int, torch.Tensor] = {}
+    hooks = [
+        router.register_forward_pre_hook(lambda module, args, i=i: inputs.__setitem__(i, args[0]))
+        for i, router in enumerate(routers)
+    ]
+
+    def router_logits_of(rows: slice) -> tuple[torch.Tensor, ...]:
+        return tuple(F.linear(inputs[i][rows].detach().float(), router.weight.float()) for i, router in enumerate(routers))
+
+    router_logits_of.own_layers = lambda router_logits: tuple(router_logits[position] for position in owners)
+    try:
+        yield router_logits_of
+    finally:
+        for hook in hooks:
+            hook.remove()

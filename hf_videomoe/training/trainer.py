@@ -788,7 +788,11 @@ class AdversarialTrainer(Trainer):
         On the first ``args.eval_max_samples`` clips, each attack of ``args.eval_attacks`` runs with
         ``eval_attack_eps`` (default ``adv_eps``) and ``eval_attack_steps``; the metrics
         ``{prefix}_clean_accuracy``, ``{prefix}_robust_accuracy_<attack>``, ``{prefix}_worst_case_accuracy`` (clips no
-        attack fools) and, for MoE models, ``{prefix}_routing_change_<attack>`` are logged with the clean ones, so
+        attack fools) and, for MoE models, ``{prefix}_routing_change_<attack>``, the routing-relevance controls
+        (``{prefix}_random_routing_accuracy``, ``{prefix}_learned_minus_random_routing``,
+        ``{prefix}_forced_expert_<i>_accuracy``) and the frozen-routing controls
+        (``{prefix}_adv_input_clean_routing_<attack>``, ``{prefix}_clean_input_adv_routing_<attack>``) are logged with
+        the clean ones, so
         ``metric_for_best_model="eval_worst_case_accuracy"`` selects the most robust checkpoint. The full
         [`~hf_videomoe.evaluation.RobustnessReport`] is kept in ``trainer.robustness_report``. Sharded over processes.
         """
@@ -842,6 +846,15 @@ class AdversarialTrainer(Trainer):
         metrics[f"{prefix}_{WORST_CASE_METRIC}"] = report.worst_case_accuracy
         for name, value in (report.routing_change or {}).items():
             metrics[f"{prefix}_routing_change_{name}"] = value
+        relevance = report.routing_relevance
+        if relevance:
+            metrics[f"{prefix}_random_routing_accuracy"] = relevance["random"]
+            metrics[f"{prefix}_learned_minus_random_routing"] = relevance["learned_minus_random"]
+            for expert, value in enumerate(relevance["forced"]):
+                metrics[f"{prefix}_forced_expert_{expert}_accuracy"] = value
+        for name, controls in (report.frozen_routing or {}).items():
+            for key, value in controls.items():
+                metrics[f"{prefix}_{key}_{name}"] = value
         return {key: float(value) for key, value in metrics.items()}
 
     # ------------------------------------------------------------------------------------------------------------------

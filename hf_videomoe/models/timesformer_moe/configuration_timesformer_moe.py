@@ -19,9 +19,10 @@ class TimesformerMoeConfig(TimesformerConfig):
     Configuration of a TimeSformer whose MLPs (in ``moe_layers``) are sparse Mixtures of Experts. All
     [`~transformers.TimesformerConfig`] fields apply; the MoE fields are the same as
     [`VideoMAEMoeConfig`]'s (`num_experts`, `num_experts_per_tok`, `moe_layers`, `router_granularity`,
-    `router_aux_loss_coef`, `router_z_loss_coef`, `router_jitter_noise`, `output_router_logits`, `image_mean`,
+    `router_gate`, `router_aux_loss_coef`, `router_z_loss_coef`, `router_jitter_noise`, `output_router_logits`, `image_mean`,
     `image_std`). With `router_granularity="frame"` the patch tokens of each frame share one decision and the CLS
-    token is routed on its own; with `"clip"` every token of a video shares one decision.
+    token is routed on its own; with `"clip"` every token of a video shares one decision; with `"model"` one decision per video, made
+    by the first MoE layer's router, is shared by every MoE layer.
 
     `attention_type` must be `"divided_space_time"` (default) or `"joint_space_time"`: transformers' `"space_only"`
     folds frames into the batch dimension (one sample per frame), which breaks per-clip routing, per-clip logits and
@@ -37,6 +38,7 @@ class TimesformerMoeConfig(TimesformerConfig):
     num_experts_per_tok: int = 1
     moe_layers: list[int] | None = None
     router_granularity: str = "token"
+    router_gate: str = "straight_through"
     router_aux_loss_coef: float = 0.01
     router_z_loss_coef: float = 0.001
     router_jitter_noise: float = 0.0

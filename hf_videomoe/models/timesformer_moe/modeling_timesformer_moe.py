@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import torch
 from torch import nn
+from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers import TimesformerForVideoClassification
 from transformers.models.timesformer.modeling_timesformer import (
     TimeSformerAttention,
@@ -19,7 +20,7 @@ from transformers.models.timesformer.modeling_timesformer import (
     TimesformerPreTrainedModel,
 )
 
-from ...moe import SparseMoeBlock
+from ...moe import RoutingDecision, SparseMoeBlock, owns_router
 from ..common import (
     MoePreTrainedModelMixin,
     MoeVideoClassifierOutput,
@@ -45,13 +46,13 @@ def routing_units(config: TimesformerMoeConfig, device=None) -> torch.Tensor | N
     if config.router_granularity == "frame":
         cls_unit = torch.tensor([num_frames], device=device)
         return torch.cat([cls_unit, torch.arange(num_patch_tokens, device=device) % num_frames])
-    return torch.zeros(num_patch_tokens + 1, dtype=torch.long, device=device)
+    return torch.zeros(num_patch_tokens + 1, dtype=torch.long, device=device)  # "clip" and "model"
 
 
-class TimesformerMoeLayer(nn.Module):
+class TimesformerMoeLayer(GradientCheckpointingLayer):
     """A TimeSformer block whose MLP is either the stock dense one or a [`SparseMoeBlock`] (``is_moe``)."""
 
-    def __init__(self, config: TimesformerMoeConfig, layer_index: int, is_moe: bool):
+    def __init__(self, config: TimesformerMoeConfig, layer_index: int, is_moe: bool, owns_router: bool = True):
         super().__init__()
         drop_path_rate = config.drop_path_rate * layer_index / max(config.num_hidden_layers - 1, 1)
         self.config = config
@@ -66,7 +67,7 @@ class TimesformerMoeLayer(nn.Module):
             self.temporal_attention = TimeSformerAttention(config)
             self.temporal_dense = nn.Linear(config.hidden_size, config.hidden_size)
         if is_moe:
-            self.mlp = SparseMoeBlock(config)
+            self.mlp = SparseMoeBlock(config, owns_router=owns_router)
             self.mlp_dropout = nn.Dropout(config.hidden_dropout_prob)
         else:
             self.intermediate = TimesformerIntermediate(config)
@@ -114,23 +115,31 @@ class TimesformerMoeLayer(nn.Module):
         hidden_states = torch.cat((init_cls_token, temporal), 1) + torch.cat((cls_residual, patch_residual), 1)
         return hidden_states, attention_outputs[1] if output_attentions else None
 
-    def forward(self, hidden_states: torch.Tensor, unit_index: torch.Tensor | None = None, output_attentions=False):
+    def forward(
+        self,
+        hidden_states: torch.Tensor,
+        unit_index: torch.Tensor | None = None,
+        output_attentions: bool = False,
+        shared_routing: RoutingDecision | None = None,
+    ):
         hidden_states, attention_probs = self.attention_block(hidden_states, output_attentions)
         layer_input = self.layernorm_after(hidden_states)
         if self.is_moe:
-            mlp_output, router_logits = self.mlp(layer_input, unit_index)
+            mlp_output, routing = self.mlp(layer_input, unit_index, shared_routing)
             mlp_output = self.mlp_dropout(mlp_output)
         else:
-            mlp_output, router_logits = self.output(self.intermediate(layer_input)), None
-        return hidden_states + self.drop_path(mlp_output), router_logits, attention_probs
+            mlp_output, routing = self.output(self.intermediate(layer_input)), None
+        return hidden_states + self.drop_path(mlp_output), routing, attention_probs
 
 
 class TimesformerMoeEncoder(nn.Module):
     def __init__(self, config: TimesformerMoeConfig):
         super().__init__()
-        moe_layers = set(config.moe_layers)
         self.layer = nn.ModuleList(
-            [TimesformerMoeLayer(config, i, is_moe=i in moe_layers) for i in range(config.num_hidden_layers)]
+            [
+                TimesformerMoeLayer(config, i, is_moe=i in config.moe_layers, owns_router=owns_router(config, i))
+                for i in range(config.num_hidden_layers)
+            ]
         )
 
 
@@ -184,10 +193,13 @@ class TimesformerMoeModel(TimesformerMoePreTrainedModel):
         all_hidden_states = [hidden_states] if output_hidden_states else None
         all_attentions = [] if output_attentions else None
         all_router_logits = []
+        shared_routing = None
         for layer in self.encoder.layer:
-            hidden_states, router_logits, attention_probs = layer(hidden_states, unit_index, output_attentions)
-            if router_logits is not None:
-                all_router_logits.append(router_logits)
+            hidden_states, routing, attention_probs = layer(hidden_states, unit_index, output_attentions, shared_routing)
+            if routing is not None:
+                all_router_logits.append(routing.router_logits)
+                if self.config.router_granularity == "model":
+                    shared_routing = routing
             if output_hidden_states:
                 all_hidden_states.append(hidden_states)
             if output_attentions:
@@ -249,12 +261,19 @@ class TimesformerMoeForVideoClassification(TimesformerMoePreTrainedModel):
         router_granularity: str = "token",
         image_mean: list[float] | None = None,
         image_std: list[float] | None = None,
+        expert_init: str = "copy",
+        expert_init_ratio: float = 0.5,
+        expert_init_seed: int = 0,
         **config_kwargs,
     ) -> "TimesformerMoeForVideoClassification":
         """Upcycle a dense [`~transformers.TimesformerForVideoClassification`] (instance, local directory or Hub id).
 
         Experts start as copies of each layer's dense MLP, so the logits on pixels ``x`` in [0, 1] equal the dense
         model's on ``(x - image_mean) / image_std`` (defaults: TimeSformer's 0.45 / 0.225).
+        ``expert_init`` makes the copies differ so that routing has something to choose between:
+        ``"drop_upcycling"`` re-initialises a different random ``expert_init_ratio`` of each expert's neurons
+        (Drop-Upcycling), ``"noise"`` adds relative Gaussian noise of that scale; both give up the exact equality
+        above (``"copy"``, the default, keeps it). See [`~hf_videomoe.moe.diversify_experts`].
         """
         return upcycle_from_dense(
             cls,
@@ -269,6 +288,9 @@ class TimesformerMoeForVideoClassification(TimesformerMoePreTrainedModel):
                 image_std=image_std,
                 **config_kwargs,
             ),
+            expert_init=expert_init,
+            expert_init_ratio=expert_init_ratio,
+            expert_init_seed=expert_init_seed,
             layers_attribute="timesformer.encoder.layer",
         )
 

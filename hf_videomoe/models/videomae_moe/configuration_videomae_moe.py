@@ -19,7 +19,14 @@ class VideoMAEMoeConfig(VideoMAEConfig):
     num_experts_per_tok (`int`, defaults to 1): top-k experts per routing unit (1 = the paper's hard top-1).
     moe_layers (`list[int]`, *optional*): indices of layers whose MLP is an MoE; `None` means every layer.
     router_granularity (`str`, defaults to `"token"`): `"token"`, `"frame"` (one decision per tubelet time step,
-        shared by its tokens) or `"clip"` (one decision per video).
+        shared by its tokens), `"clip"` (one decision per video in every MoE layer) or `"model"` (the paper's
+        mixture: the first MoE layer's router decides once per video and every MoE layer follows that decision, so
+        expert `i` is one whole path E_i(x); the later MoE layers have no router).
+    router_gate (`str`, defaults to `"straight_through"`): how the task loss reaches the router. Every gate has the
+        same forward value (top-k probabilities renormalised over the selected experts, 1 at top-1), so upcycling is
+        exact; `"straight_through"` passes the gradient of the selected probabilities, `"switch"` the Switch
+        Transformer gate's (of `log p` at top-1), `"renormalize"` none at top-1 (the router then learns only from the
+        auxiliary losses). See docs/METHOD.md for the measurement behind the default.
     router_aux_loss_coef (`float`, defaults to 0.01): weight of the Switch load-balancing loss in `loss`.
     router_z_loss_coef (`float`, defaults to 0.001): weight of the router z-loss in `loss`.
     router_jitter_noise (`float`, defaults to 0.0): multiplicative uniform noise on router inputs, training only.
@@ -46,6 +53,7 @@ class VideoMAEMoeConfig(VideoMAEConfig):
     num_experts_per_tok: int = 1
     moe_layers: list[int] | None = None
     router_granularity: str = "token"
+    router_gate: str = "straight_through"
     router_aux_loss_coef: float = 0.01
     router_z_loss_coef: float = 0.001
     router_jitter_noise: float = 0.0

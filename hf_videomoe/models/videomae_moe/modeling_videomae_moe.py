@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import torch
 from torch import nn
+from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers import VideoMAEForVideoClassification
 from transformers.models.videomae.modeling_videomae import (
     VideoMAEAttention,
@@ -18,7 +19,7 @@ from transformers.models.videomae.modeling_videomae import (
     VideoMAEPreTrainedModel,
 )
 
-from ...moe import SparseMoeBlock
+from ...moe import RoutingDecision, SparseMoeBlock, owns_router
 from ..common import (
     MoePreTrainedModelMixin,
     MoeVideoClassifierOutput,
@@ -43,46 +44,53 @@ def routing_units(config: VideoMAEMoeConfig, device=None) -> torch.Tensor | None
         return None
     if config.router_granularity == "frame":
         return torch.arange(num_tokens, device=device) // patches_per_frame
-    return torch.zeros(num_tokens, dtype=torch.long, device=device)
+    return torch.zeros(num_tokens, dtype=torch.long, device=device)  # "clip" and "model": one unit per clip
 
 
-class VideoMAEMoeLayer(nn.Module):
+class VideoMAEMoeLayer(GradientCheckpointingLayer):
     """A VideoMAE block whose MLP is either the stock dense one or a [`SparseMoeBlock`] (``is_moe``)."""
 
-    def __init__(self, config: VideoMAEMoeConfig, is_moe: bool):
+    def __init__(self, config: VideoMAEMoeConfig, is_moe: bool, owns_router: bool = True):
         super().__init__()
         self.is_moe = is_moe
         self.attention = VideoMAEAttention(config)
         self.layernorm_before = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
         self.layernorm_after = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
         if is_moe:
-            self.mlp = SparseMoeBlock(config)
+            self.mlp = SparseMoeBlock(config, owns_router=owns_router)
             self.mlp_dropout = nn.Dropout(config.hidden_dropout_prob)
         else:
             self.intermediate = VideoMAEIntermediate(config)
             self.output = VideoMAEOutput(config)
 
-    def forward(self, hidden_states: torch.Tensor, unit_index: torch.Tensor | None = None):
+    def forward(
+        self,
+        hidden_states: torch.Tensor,
+        unit_index: torch.Tensor | None = None,
+        shared_routing: RoutingDecision | None = None,
+    ):
         hidden_states_norm = self.layernorm_before(hidden_states)
         context, attention_probs = self.attention.attention(hidden_states_norm)
         hidden_states = self.attention.output(context, hidden_states_norm) + hidden_states
 
         layer_input = self.layernorm_after(hidden_states)
         if self.is_moe:
-            mlp_output, router_logits = self.mlp(layer_input, unit_index)
+            mlp_output, routing = self.mlp(layer_input, unit_index, shared_routing)
             layer_output = self.mlp_dropout(mlp_output) + hidden_states
         else:
             layer_output = self.output(self.intermediate(layer_input), hidden_states)
-            router_logits = None
-        return layer_output, router_logits, attention_probs
+            routing = None
+        return layer_output, routing, attention_probs
 
 
 class VideoMAEMoeEncoder(nn.Module):
     def __init__(self, config: VideoMAEMoeConfig):
         super().__init__()
-        moe_layers = set(config.moe_layers)
         self.layer = nn.ModuleList(
-            [VideoMAEMoeLayer(config, is_moe=i in moe_layers) for i in range(config.num_hidden_layers)]
+            [
+                VideoMAEMoeLayer(config, is_moe=i in config.moe_layers, owns_router=owns_router(config, i))
+                for i in range(config.num_hidden_layers)
+            ]
         )
 
 
@@ -135,10 +143,13 @@ class VideoMAEMoeModel(VideoMAEMoePreTrainedModel):
         all_hidden_states = [hidden_states] if output_hidden_states else None
         all_attentions = [] if output_attentions else None
         all_router_logits = []
+        shared_routing = None
         for layer in self.encoder.layer:
-            hidden_states, router_logits, attention_probs = layer(hidden_states, unit_index)
-            if router_logits is not None:
-                all_router_logits.append(router_logits)
+            hidden_states, routing, attention_probs = layer(hidden_states, unit_index, shared_routing)
+            if routing is not None:
+                all_router_logits.append(routing.router_logits)
+                if self.config.router_granularity == "model":
+                    shared_routing = routing
             if output_hidden_states:
                 all_hidden_states.append(hidden_states)
             if output_attentions:
@@ -208,6 +219,9 @@ class VideoMAEMoeForVideoClassification(VideoMAEMoePreTrainedModel):
         router_granularity: str = "token",
         image_mean: list[float] | None = None,
         image_std: list[float] | None = None,
+        expert_init: str = "copy",
+        expert_init_ratio: float = 0.5,
+        expert_init_seed: int = 0,
         **config_kwargs,
     ) -> "VideoMAEMoeForVideoClassification":
         """Upcycle a dense [`~transformers.VideoMAEForVideoClassification`] (instance, local directory or Hub id).
@@ -216,6 +230,10 @@ class VideoMAEMoeForVideoClassification(VideoMAEMoePreTrainedModel):
         ``x`` in [0, 1] equal the dense model's logits on ``(x - image_mean) / image_std``. ``image_mean`` /
         ``image_std`` default to ImageNet statistics (VideoMAE's); pass the dense checkpoint's processor statistics
         if they differ. Extra keyword arguments set other MoE config fields (e.g. ``router_aux_loss_coef``).
+        ``expert_init`` makes the copies differ so that routing has something to choose between:
+        ``"drop_upcycling"`` re-initialises a different random ``expert_init_ratio`` of each expert's neurons
+        (Drop-Upcycling), ``"noise"`` adds relative Gaussian noise of that scale; both give up the exact equality
+        above (``"copy"``, the default, keeps it). See [`~hf_videomoe.moe.diversify_experts`].
         """
         return upcycle_from_dense(
             cls,
@@ -230,6 +248,9 @@ class VideoMAEMoeForVideoClassification(VideoMAEMoePreTrainedModel):
                 image_std=image_std,
                 **config_kwargs,
             ),
+            expert_init=expert_init,
+            expert_init_ratio=expert_init_ratio,
+            expert_init_seed=expert_init_seed,
             layers_attribute="videomae.encoder.layer",
         )
 

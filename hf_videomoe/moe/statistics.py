@@ -1,0 +1,130 @@
+"""Routing relevance: does the learned routing matter, and how much of an attack's damage goes through it?
+
+A mixture whose routing does not matter is not a mixture: claims about routers or experts only mean something on a
+model whose learned routing beats random routing and whose expert paths differ. These functions compute the controls
+every report carries:
+
+* clean accuracy with the model's own routing, with every routing unit sent to a random expert, and with every unit
+  forced to expert ``i`` (with ``router_granularity="model"`` that is the whole path E_i(x));
+* the frozen-routing controls of an attack: the adversarial clip with the routing held at the clean decisions (the
+  damage that does *not* go through routing) and the clean clip with the adversarial routing (the damage routing
+  alone does).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+
+from .routing import force_experts, moe_blocks, override_routing, random_routing, record_routing
+
+__all__ = ["frozen_routing_predictions", "relevance_predictions", "routing_relevance", "summarize_relevance"]
+
+
+def _predict(model: nn.Module, pixel_values: torch.Tensor) -> torch.Tensor:
+    out = model(pixel_values=pixel_values)
+    logits = out.logits if hasattr(out, "logits") else out[0]
+    return logits.argmax(dim=-1)
+
+
+@torch.no_grad()
+def relevance_predictions(model: nn.Module, pixel_values: torch.Tensor, seed: int = 0) -> dict[str, list]:
+    """Predictions of ``model`` (in its current mode) on one batch under random routing and on each forced path.
+
+    Returns ``{"random": [pred per clip], "forced": [[pred per clip] per expert]}``.
+    """
+    num_experts = moe_blocks(model)[0].num_experts if moe_blocks(model) else 0
+    with random_routing(model, seed):
+        random_pred = _predict(model, pixel_values).tolist()
+    forced = []
+    for expert in range(num_experts):
+        with force_experts(model, expert):
+            forced.append(_predict(model, pixel_values).tolist())
+    return {"random": random_pred, "forced": forced}
+
+
+@torch.no_grad()
+def frozen_routing_predictions(model: nn.Module, clean_pixels: torch.Tensor, adv_pixels: torch.Tensor) -> dict[str, list]:
+    """Predictions that split an attack's effect into what goes through routing and what does not.
+
+    Returns ``{"adv_input_clean_routing": [...], "clean_input_adv_routing": [...]}``: the adversarial clips evaluated
+    with every MoE layer's routing held at the clean clips' decisions, and the clean clips evaluated with the
+    adversarial clips' decisions.
+    """
+    with record_routing(model) as clean_passes:
+        model(pixel_values=clean_pixels)
+    with record_routing(model) as adv_passes:
+        model(pixel_values=adv_pixels)
+    with override_routing(model, clean_passes[0]):
+        adv_clean_routing = _predict(model, adv_pixels).tolist()
+    with override_routing(model, adv_passes[0]):
+        clean_adv_routing = _predict(model, clean_pixels).tolist()
+    return {"adv_input_clean_routing": adv_clean_routing, "clean_input_adv_routing": clean_adv_routing}
+
+
+def _paired_difference(a: Sequence[bool], b: Sequence[bool]) -> tuple[float, float]:
+    """Mean and standard error of the per-clip difference ``a - b`` of two correctness vectors."""
+    n = len(a)
+    diffs = [int(x) - int(y) for x, y in zip(a, b)]
+    mean = sum(diffs) / n
+    var = sum((d - mean) ** 2 for d in diffs) / max(n - 1, 1)
+    return mean, math.sqrt(var / n)
+
+
+def summarize_relevance(
+    labels: Sequence[int], learned: Sequence[int], random: Sequence[int], forced: Sequence[Sequence[int]]
+) -> dict:
+    """Accuracies and paired differences from per-clip predictions.
+
+    Returns a dict with ``learned``, ``random`` (accuracies), ``forced`` (accuracy per expert path),
+    ``learned_minus_random`` and its standard error ``learned_minus_random_se`` (paired over clips),
+    ``forced_spread`` (best minus worst forced path) and ``num_samples``.
+    """
+    n = len(labels)
+    if n == 0:
+        raise ValueError("summarize_relevance needs at least one labelled clip.")
+    learned_ok = [p == y for p, y in zip(learned, labels)]
+    random_ok = [p == y for p, y in zip(random, labels)]
+    forced_acc = [sum(p == y for p, y in zip(preds, labels)) / n for preds in forced]
+    diff, se = _paired_difference(learned_ok, random_ok)
+    return {
+        "learned": sum(learned_ok) / n,
+        "random": sum(random_ok) / n,
+        "forced": forced_acc,
+        "learned_minus_random": diff,
+        "learned_minus_random_se": se,
+        "forced_spread": (max(forced_acc) - min(forced_acc)) if forced_acc else 0.0,
+        "num_samples": n,
+    }
+
+
+@torch.no_grad()
+def routing_relevance(
+    model: nn.Module, pixel_values: torch.Tensor, labels: torch.Tensor, seed: int = 0, batch_size: int = 32
+) -> dict:
+    """Routing relevance of ``model`` on a labelled set of clips (see [`summarize_relevance`] for the keys).
+
+    The model is evaluated in eval mode (its mode is restored). ``pixel_values``: ``(N, frames, channels, height,
+    width)`` in [0, 1]; ``labels``: ``(N,)`` class indices.
+    """
+    if not moe_blocks(model):
+        raise ValueError(f"routing_relevance needs a Mixture-of-Experts model; {type(model).__name__} has no MoE layer.")
+    if len(pixel_values) != len(labels):
+        raise ValueError(f"{len(pixel_values)} clips but {len(labels)} labels.")
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    learned, random_pred, forced = [], [], None
+    try:
+        for start in range(0, len(labels), batch_size):
+            x = pixel_values[start : start + batch_size].to(device)
+            learned += _predict(model, x).tolist()
+            preds = relevance_predictions(model, x, seed=seed + start)
+            random_pred += preds["random"]
+            forced = preds["forced"] if forced is None else [f + p for f, p in zip(forced, preds["forced"])]
+    finally:
+        model.train(was_training)
+    return summarize_relevance(labels.tolist(), learned, random_pred, forced or [])
