@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 
 MODEL_TYPES = ("videomae_moe", "timesformer_moe", "videomae")
-BENCHMARKS = ("moe", "attacks", "training")
+BENCHMARKS = ("moe", "attacks", "training", "scale")
 
 
 class CLIError(Exception):
@@ -187,9 +187,9 @@ def cmd_attack(args) -> None:
         return
     if not args.model:
         raise CLIError("--model is required (a directory written by `hf-videomoe train`).")
+    attack = build_attack(args.attack, eps=args.eps, steps=args.steps, norm=args.norm, seed=args.seed)  # checks first
     model = _load_model(args.model)
     dataset = _subset(_load_dataset(args, "test"), args.num_samples)
-    attack = build_attack(args.attack, eps=args.eps, steps=args.steps, norm=args.norm, seed=args.seed)
     collate = VideoCollator()
     from tqdm.auto import tqdm
 
@@ -364,7 +364,7 @@ def build_parser() -> argparse.ArgumentParser:
     push.add_argument("--token", default=None, help="Hub token (defaults to the logged-in one).")
     push.set_defaults(func=cmd_push)
 
-    bench = sub.add_parser("bench", help="Run a benchmark script (moe, attacks, training) and write docs/BENCHMARKS.")
+    bench = sub.add_parser("bench", help="Run a benchmark script (moe, attacks, training, scale) and write its table under docs/.")
     bench.add_argument("which", choices=BENCHMARKS)
     bench.add_argument("extra", nargs=argparse.REMAINDER, help="Arguments passed to the script.")
     bench.set_defaults(func=cmd_bench)

@@ -10,6 +10,10 @@ expert path, and how far the experts' weights are apart.
     python scripts/routing_relevance.py --stage dense                 # ~3 min on one core
     python scripts/routing_relevance.py --stage variants --shard 0/2 & # the variants, two processes
     python scripts/routing_relevance.py --stage variants --shard 1/2
+    # adversarial fine-tuning of the chosen mixture, at the demo's training-set size (1,800 clips + validation):
+    python scripts/routing_relevance.py --stage dense --num-videos 3000 --output-dir outputs/routing_relevance_at
+    python scripts/routing_relevance.py --stage at --num-videos 3000 --output-dir outputs/routing_relevance_at --shard 0/2 &
+    python scripts/routing_relevance.py --stage at --num-videos 3000 --output-dir outputs/routing_relevance_at --shard 1/2
     python scripts/routing_relevance.py --stage report                # writes docs/routing_relevance.md
 """
 
@@ -138,6 +142,62 @@ def stage_variants(args, out: Path):
         print(json.dumps({k: result[k] for k in ("label", "after", "expert_distance")}))
 
 
+# Round 3: does adversarial fine-tuning keep the routing relevant? The demo's recipe (mixture phase, then 5 epochs of
+# 2-step attacks at 4/255) with the learning rate and the mixture-phase length as variables.
+AT_VARIANTS = {  # ordered so that with --shard i/2 each process builds one mixture
+    "mixture 20 ep -> PGD-AT lr 5e-4 (demo)": dict(moe_epochs=20, method="pgd-at", learning_rate=5e-4),
+    "mixture 30 ep -> PGD-AT lr 5e-4": dict(moe_epochs=30, method="pgd-at", learning_rate=5e-4),
+    "mixture 20 ep -> J-TLAT lr 5e-4 (demo)": dict(moe_epochs=20, method="j-tlat", learning_rate=5e-4),
+    "mixture 30 ep -> J-TLAT lr 5e-4": dict(moe_epochs=30, method="j-tlat", learning_rate=5e-4),
+    "mixture 20 ep -> PGD-AT lr 2e-4": dict(moe_epochs=20, method="pgd-at", learning_rate=2e-4),
+}
+
+
+def mixture(args, out: Path, epochs: int, train):
+    """The demo's mixture (straight-through gate, Drop-Upcycling 0.5, trained ``epochs`` at 1e-3), cached on disk."""
+    path = out / f"mixture_{epochs}"
+    if (path / "config.json").exists():
+        return VideoMAEMoeForVideoClassification.from_pretrained(path)
+    torch.manual_seed(args.seed)
+    dense = VideoMAEForVideoClassification.from_pretrained(out / "dense")
+    moe = VideoMAEMoeForVideoClassification.from_dense(
+        dense, num_experts=4, num_experts_per_tok=1, image_mean=[0.0] * 3, image_std=[1.0] * 3,
+        expert_init="drop_upcycling", expert_init_seed=args.seed)
+    Trainer(model=moe.train(), args=training_arguments(out / "moe", epochs, 1e-3, args.seed), train_dataset=train,
+            data_collator=VideoCollator()).train()
+    moe.save_pretrained(path)
+    return moe
+
+
+def stage_at(args, out: Path):
+    from hf_videomoe.training import AdversarialTrainer, AdversarialTrainingArguments, JTLATTrainer
+
+    train, val = splits(args)
+    val_x = torch.stack([torch.as_tensor(v) for v in val.with_format("torch")["pixel_values"]])
+    val_y = torch.as_tensor(val["labels"])
+    index, count = (int(v) for v in args.shard.split("/"))
+    for position, (label, options) in enumerate(AT_VARIANTS.items()):
+        path = out / f"at_{position}.json"
+        if position % count != index or path.exists():
+            continue
+        moe = mixture(args, out, options["moe_epochs"], train)
+        before = routing_relevance(moe, val_x, val_y, seed=args.seed)
+        at_args = AdversarialTrainingArguments(
+            output_dir=str(out / "at"), adv_method=options["method"], adv_eps=4 / 255, adv_steps=2, num_train_epochs=5,
+            per_device_train_batch_size=32, learning_rate=options["learning_rate"], weight_decay=0.05,
+            warmup_steps=10, lr_scheduler_type="cosine", eval_strategy="no", save_strategy="no", logging_steps=50,
+            seed=args.seed, report_to=[], disable_tqdm=True, use_cpu=True)
+        trainer_cls = JTLATTrainer if options["method"] == "j-tlat" else AdversarialTrainer
+        start = time.perf_counter()
+        trainer_cls(model=moe.train(), args=at_args, train_dataset=train, data_collator=VideoCollator()).train()
+        seconds = time.perf_counter() - start
+        after = routing_relevance(moe, val_x, val_y, seed=args.seed)
+        result = {"label": label, "options": options, "before": before, "after": after, "train_seconds": seconds,
+                  "expert_distance": expert_distance(moe)}
+        path.write_text(json.dumps(result, indent=2))
+        print(json.dumps({k: result[k] for k in ("label", "after")}))
+
+
 def stage_report(args, out: Path):
     rows = [json.loads((out / f"variant_{i}.json").read_text()) for i in range(len(VARIANTS))
             if (out / f"variant_{i}.json").exists()]
@@ -163,6 +223,32 @@ def stage_report(args, out: Path):
             f"{100 * a['random']:.1f} | {100 * a['learned_minus_random']:+.1f} ± {100 * a['learned_minus_random_se']:.1f}"
             f" | {forced} | {100 * a['forced_spread']:.1f} | {row['expert_distance']:.3f} |"
         )
+    at_dir = Path(args.at_dir) if args.at_dir else out
+    at_rows = [json.loads((at_dir / f"at_{i}.json").read_text()) for i in range(len(AT_VARIANTS))
+               if (at_dir / f"at_{i}.json").exists()]
+    if at_rows:
+        lines += [
+            "",
+            "## Does adversarial fine-tuning keep the routing relevant?",
+            "",
+            "The demo's mixture (straight-through gate, Drop-Upcycling 0.5, mixture phase at 1e-3) followed by 5 epochs "
+            "of adversarial training with 2-step attacks at ε = 4/255. Run at the demo's training-set size: "
+            f"`--stage dense|at --num-videos 3000 --output-dir {at_dir.as_posix()}` (1,800 training clips like the "
+            f"demo's, {at_rows[0]['after']['num_samples']} validation clips carved from train).",
+            "",
+            "| recipe | learned − random before AT | clean after AT | random routing | learned − random | "
+            "forced paths 0 / 1 / 2 / 3 | best − worst path |",
+            "|---|---:|---:|---:|---:|---|---:|",
+        ]
+        for row in at_rows:
+            a, b = row["after"], row["before"]
+            forced = " / ".join(f"{100 * v:.1f}" for v in a["forced"])
+            lines.append(
+                f"| {row['label']} | {100 * b['learned_minus_random']:+.1f} ± {100 * b['learned_minus_random_se']:.1f} | "
+                f"{100 * a['learned']:.1f} | {100 * a['random']:.1f} | "
+                f"{100 * a['learned_minus_random']:+.1f} ± {100 * a['learned_minus_random_se']:.1f} | {forced} | "
+                f"{100 * a['forced_spread']:.1f} |"
+            )
     lines += ["", "What these numbers decided (the gate default, the demo's expert initialisation and mixture phase): "
               "docs/METHOD.md §1, \"Measurement behind the defaults\"."]
     Path(args.docs).write_text("\n".join(lines) + "\n")
@@ -171,9 +257,11 @@ def stage_report(args, out: Path):
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--stage", choices=["dense", "variants", "report"], required=True)
+    parser.add_argument("--stage", choices=["dense", "variants", "at", "report"], required=True)
     parser.add_argument("--output-dir", default="outputs/routing_relevance")
     parser.add_argument("--docs", default="docs/routing_relevance.md")
+    parser.add_argument("--at-dir", default="outputs/routing_relevance_at",
+                        help="--stage report: where --stage at wrote its results")
     parser.add_argument("--num-videos", type=int, default=2400)
     parser.add_argument("--dense-epochs", type=float, default=30)
     parser.add_argument("--moe-epochs", type=float, default=5)
@@ -184,7 +272,7 @@ def main():
     torch.set_num_threads(args.threads)
     out = Path(args.output_dir)
     out.mkdir(parents=True, exist_ok=True)
-    {"dense": stage_dense, "variants": stage_variants, "report": stage_report}[args.stage](args, out)
+    {"dense": stage_dense, "variants": stage_variants, "at": stage_at, "report": stage_report}[args.stage](args, out)
 
 
 if __name__ == "__main__":

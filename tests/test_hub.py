@@ -303,3 +303,24 @@ def test_failed_upload_raises_clear_error_and_keeps_local_checkpoint(pushed, hub
     assert metrics_from_model_card(local / "README.md") == report_metrics(report)
     assert VideoMAEMoeForVideoClassification.from_pretrained(local) is not None
     assert len(hub.commits(repo_id)) == 1  # only the repo creation: nothing half-uploaded
+
+
+def test_card_image_links_resolve_wherever_the_card_is_written(tmp_path):
+    import re
+
+    from hf_videomoe.evaluation import RobustnessReport
+    from hf_videomoe.hub import build_model_card
+
+    report = RobustnessReport(clean_accuracy=0.9, robust_accuracy={"pgd": 0.5}, worst_case_accuracy=0.5, num_samples=8,
+                              eps=4 / 255, attacks=["pgd"], eps_sweep={"pgd": {1 / 255: 0.8, 4 / 255: 0.5}})
+    plots = report.plot(tmp_path / "reports" / "plots")
+    assert plots
+    card = build_model_card(report, model_name="m", plots=plots)
+    for target in (tmp_path / "reports" / "README.md", tmp_path / "elsewhere" / "deep" / "README.md",
+                   tmp_path / "reports" / "plots" / "README.md"):
+        target.parent.mkdir(parents=True, exist_ok=True)
+        card.save(target)
+        links = re.findall(r"!\[[^\]]*\]\(([^)]+)\)", target.read_text())
+        assert links and len(links) == len(plots)
+        for link in links:
+            assert not link.startswith("/") and (target.parent / link).resolve().is_file(), link

@@ -74,3 +74,81 @@ def test_trainer_gradient_checkpointing_argument(tmp_path, tiny_videomae_config,
                                         report_to=[], use_cpu=True, save_strategy="no")
     AdversarialTrainer(model=model, args=args, train_dataset=data["train"]).train()
     assert model.is_gradient_checkpointing
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Processors: every checkpoint carries one consistent with the [0, 1] pixel convention
+
+
+def dense_checkpoint_with_processor(path, tiny_videomae_config):
+    from transformers import VideoMAEForVideoClassification, VideoMAEImageProcessorPil
+
+    torch.manual_seed(0)
+    dense = VideoMAEForVideoClassification(tiny_videomae_config(dense=True))
+    dense.save_pretrained(path)
+    VideoMAEImageProcessorPil(size={"shortest_edge": 20}, crop_size={"height": 16, "width": 16}, resample=3,
+                              image_mean=[0.4, 0.5, 0.6], image_std=[0.2, 0.3, 0.4]).save_pretrained(path)
+    return dense
+
+
+def test_from_dense_carries_the_processor(tmp_path, tiny_videomae_config):
+    from transformers import AutoImageProcessor
+
+    dense = dense_checkpoint_with_processor(tmp_path / "dense", tiny_videomae_config)
+    moe = VideoMAEMoeForVideoClassification.from_dense(tmp_path / "dense")
+    assert moe.config.image_mean == [0.4, 0.5, 0.6] and moe.config.image_std == [0.2, 0.3, 0.4]
+    x = clip()
+    mean, std = torch.tensor([0.4, 0.5, 0.6]).view(1, 1, 3, 1, 1), torch.tensor([0.2, 0.3, 0.4]).view(1, 1, 3, 1, 1)
+    torch.testing.assert_close(moe.eval()(x).logits, dense.eval()((x - mean) / std).logits, rtol=0, atol=1e-5)
+    moe.save_pretrained(tmp_path / "moe")
+    processor = AutoImageProcessor.from_pretrained(tmp_path / "moe")
+    assert processor.do_normalize is False and processor.do_rescale is True
+    assert processor.size == {"shortest_edge": 20} and processor.crop_size == {"height": 16, "width": 16}
+    assert processor.resample == 3
+    # Reloaded and saved again, the checkpoint keeps that processor.
+    VideoMAEMoeForVideoClassification.from_pretrained(tmp_path / "moe").save_pretrained(tmp_path / "again")
+    assert AutoImageProcessor.from_pretrained(tmp_path / "again").size == {"shortest_edge": 20}
+    # Given explicitly, image_mean / image_std win over the processor's.
+    explicit = VideoMAEMoeForVideoClassification.from_dense(tmp_path / "dense", image_mean=[0.0] * 3, image_std=[1.0] * 3)
+    assert explicit.config.image_mean == [0.0] * 3
+
+
+def test_pipeline_classifies_an_mp4(tmp_path, tiny_videomae_config, tiny_timesformer_config, kind):
+    import numpy as np
+    from transformers import AutoImageProcessor, pipeline
+
+    from hf_videomoe.data import write_video
+
+    model = build(kind, tiny_videomae_config, tiny_timesformer_config).eval()
+    model.save_pretrained(tmp_path / "moe")  # a model built from a config: default processor from the config
+    frames = np.random.default_rng(0).random((4, 3, 24, 32)).astype("float32")
+    write_video(tmp_path / "clip.mp4", torch.from_numpy(frames))
+    classifier = pipeline("video-classification", model=str(tmp_path / "moe"))
+    predictions = classifier(str(tmp_path / "clip.mp4"), top_k=3)
+    assert len(predictions) == 3 and all(set(p) == {"label", "score"} for p in predictions)
+    # The pipeline's top label is the model's on the processor's [0, 1] frames.
+    import av
+
+    with av.open(str(tmp_path / "clip.mp4")) as container:
+        decoded = [frame.to_ndarray(format="rgb24") for frame in container.decode(video=0)]
+    pixels = AutoImageProcessor.from_pretrained(tmp_path / "moe")(decoded, return_tensors="pt")["pixel_values"]
+    assert pixels.shape == (1, 4, 3, 16, 16) and 0.0 <= pixels.min() and pixels.max() <= 1.0
+    with torch.no_grad():
+        expected = model(pixels).logits.argmax(-1).item()
+    assert predictions[0]["label"] == model.config.id2label[expected]
+
+
+def test_trainer_checkpoints_carry_a_processor(tmp_path, tiny_videomae_config, tiny_timesformer_config):
+    from hf_videomoe.data import make_moving_shapes
+    from hf_videomoe.training import AdversarialTrainer, AdversarialTrainingArguments
+
+    model = build("videomae", tiny_videomae_config, tiny_timesformer_config)
+    data = make_moving_shapes(16, num_frames=4, image_size=16, seed=0, test_size=4)
+    args = AdversarialTrainingArguments(output_dir=str(tmp_path), adv_method="pgd-at", adv_eps=4 / 255, adv_steps=1,
+                                        max_steps=1, per_device_train_batch_size=4, report_to=[], use_cpu=True,
+                                        save_strategy="steps", save_steps=1)
+    trainer = AdversarialTrainer(model=model, args=args, train_dataset=data["train"])
+    trainer.train()
+    trainer.save_model(str(tmp_path / "final"))
+    for folder in (tmp_path / "checkpoint-1", tmp_path / "final"):
+        assert (folder / "preprocessor_config.json").is_file(), folder

@@ -44,3 +44,23 @@ def test_reproduction_and_attack_components_quick(tmp_path):
     # TLA-M with uniform steps and λ = 0 is PGD's objective and step rule: the same attack, the same number.
     assert values["TLA-M, uniform step, λ = 0 (= PGD)"] == values["PGD (uniform step)"]
     assert all(0.0 <= v <= 100.0 for v in values.values())
+
+
+def test_gpu_check_code_paths_on_cpu(tmp_path):
+    """The GPU check's code paths (bf16 models, kernels, attacks, J-TLAT with checkpointing) at toy size on CPU."""
+    report = tmp_path / "gpu_check.md"
+    result = run_script(str(REPO_ROOT / "scripts" / "gpu_check.py"), "--device", "cpu", "--quick", "--output",
+                        str(report), cwd=tmp_path)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    text = report.read_text()
+    assert "FAIL" not in text and text.count("| PASS |") == 16
+
+
+def test_gpu_check_refuses_without_cuda(tmp_path):
+    import pytest
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    result = run_script(str(REPO_ROOT / "scripts" / "gpu_check.py"), "--output", str(tmp_path / "x.md"), cwd=tmp_path)
+    assert result.returncode == 1 and "no CUDA device" in result.stdout

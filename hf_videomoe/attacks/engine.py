@@ -452,6 +452,11 @@ class Attack:
                 raise ValueError(f"`bounds` must be a pair (low, high) with low < high, or None; got {bounds!r}.")
             bounds = (float(bounds[0]), float(bounds[1]))
         self.bounds = bounds
+        if self.norm == "linf" and bounds is not None and self.eps > bounds[1] - bounds[0]:
+            raise ValueError(
+                f"`eps`={self.eps!r} is an L∞ budget larger than the whole pixel range {tuple(bounds)}: pixel values "
+                "are in [0, 1], so write budgets in that unit (8/255 ≈ 0.0314, not 8)."
+            )
         self.progress = bool(progress)
 
     # -- properties ----------------------------------------------------------------------------------------------------
@@ -555,6 +560,13 @@ class Attack:
             target_labels = self._check_labels(model, target_labels, x, "target_labels", required=False)
         else:
             target_labels = None
+        if self.norm == "l2" and self.bounds is not None and x.shape[0]:
+            diameter = (float(self.bounds[1]) - float(self.bounds[0])) * math.sqrt(x[0].numel())
+            if self.eps > diameter:
+                raise ValueError(
+                    f"`eps`={self.eps!r} is an L2 budget larger than the diameter {diameter:.4g} of the pixel box for "
+                    f"clips of shape {tuple(x.shape[1:])}: every clip would be reachable from every other."
+                )
         if x.shape[0] == 0 or self.eps == 0 or (self.steps == 0 and not self.random_start):
             return pixel_values.detach().clone()
 

@@ -3,12 +3,13 @@
 ``hf_videomoe.hub.testing`` holds a Hub-compatible loopback server for offline tests.
 """
 
-from .model_card import CARD_TAGS, build_model_card, metrics_from_model_card, report_metrics
+from .model_card import CARD_TAGS, RobustnessModelCard, build_model_card, metrics_from_model_card, report_metrics
 from .push import HubUploadError, prepare_robust_checkpoint, push_robust_checkpoint
 
 __all__ = [
     "CARD_TAGS",
     "HubUploadError",
+    "RobustnessModelCard",
     "build_model_card",
     "metrics_from_model_card",
     "prepare_robust_checkpoint",

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -268,23 +269,47 @@ def _recipe_section(training_recipe: Mapping[str, Any] | None) -> str:
 
 
 def _plots_section(plots: Mapping[str, Any] | None, plots_relative_to: str | os.PathLike | None) -> str:
+    """Image links relative to ``plots_relative_to`` when given (the folder that is uploaded), else absolute paths
+    that [`RobustnessModelCard.save`] rewrites relative to wherever the card is written."""
     if not plots:
         return ""
     lines = ["## Plots", ""]
     for name, path in plots.items():
-        path = Path(path)
+        path = Path(path).resolve()
         if plots_relative_to is not None:
             try:
-                rel = path.resolve().relative_to(Path(plots_relative_to).resolve())
+                link = path.relative_to(Path(plots_relative_to).resolve()).as_posix()
             except ValueError:
-                rel = Path(path.name)
-        elif path.is_absolute():
-            rel = Path(path.name)
+                link = path.name
         else:
-            rel = path
+            link = path.as_posix()
         caption = _PLOT_CAPTIONS.get(name, name.replace("_", " "))
-        lines.append(f"**{caption}**\n\n![{caption}]({rel.as_posix()})\n")
+        lines.append(f"**{caption}**\n\n![{caption}]({link})\n")
     return "\n".join(lines).rstrip()
+
+
+_ABSOLUTE_IMAGE_LINK = re.compile(r"(!\[[^\]]*\]\()(/[^)\s]+)(\))")
+
+
+class RobustnessModelCard(ModelCard):
+    """A ``huggingface_hub.ModelCard`` whose local image links resolve wherever the card is written.
+
+    [`build_model_card`] links plots by absolute path unless told the folder the card will live in; ``save`` rewrites
+    those links relative to the saved file, so ``card.save("any/folder/README.md")`` shows its images.
+    """
+
+    def save(self, filepath) -> None:
+        folder = Path(filepath).resolve().parent
+
+        def relative(match: re.Match) -> str:
+            return match.group(1) + Path(os.path.relpath(match.group(2), folder)).as_posix() + match.group(3)
+
+        original = self.content
+        self.content = _ABSOLUTE_IMAGE_LINK.sub(relative, original)
+        try:
+            super().save(filepath)
+        finally:
+            self.content = original
 
 
 def build_model_card(
@@ -324,7 +349,7 @@ def build_model_card(
             ``difficulty``) used in the reproduction command.
         training_recipe: training settings to list (method, epochs, ε, λ, γ, learning rate, wall-clock...).
         plots: name → PNG path, e.g. from ``report.plot(folder)``; linked relative to ``plots_relative_to`` (the
-            folder the README will live in), else by file name.
+            folder the README will live in), else relative to wherever ``card.save(path)`` writes the card.
         repo_id: the Hub repo the card is for (used in the usage / reproduction snippets).
         license: SPDX id of the license.
         tags: extra tags (the robustness tags are always present).
@@ -332,7 +357,7 @@ def build_model_card(
         reproduce_command: override the generated ``hf-videomoe evaluate`` command.
 
     Returns:
-        A ``huggingface_hub.ModelCard``; ``card.save("README.md")`` / ``ModelCard.load`` round-trip its metrics
+        A [`RobustnessModelCard`] (a ``huggingface_hub.ModelCard``); ``card.save("README.md")`` / ``ModelCard.load`` round-trip its metrics
         (see [`metrics_from_model_card`]).
     """
     dataset_name = dataset_name or report.dataset_name or "MovingShapes"
@@ -417,4 +442,4 @@ def build_model_card(
     sections.append(f"## Citation\n\n```bibtex\n{_CITATION}\n```")
     body = "\n\n".join(sections) + "\n"
     content = f"---\n{card_data.to_yaml()}\n---\n\n{body}"
-    return ModelCard(content)
+    return RobustnessModelCard(content)

@@ -65,6 +65,53 @@ class MoeVideoClassifierOutput(ModelOutput):
     attentions: tuple[torch.FloatTensor, ...] | None = None
 
 
+def _image_processor_class():
+    # transformers' VideoMAE processor needs torchvision (no CPU build here); its PIL twin writes the same config.
+    try:
+        import torchvision  # noqa: F401
+
+        from transformers import VideoMAEImageProcessor as processor_class
+    except ImportError:
+        from transformers import VideoMAEImageProcessorPil as processor_class
+    return processor_class
+
+
+def pixel_image_processor(config, template=None):
+    """The image processor saved with every checkpoint: frames resized, center-cropped and rescaled to [0, 1], **not**
+    normalised (the model normalises with ``config.image_mean`` / ``image_std`` itself, see `validate_pixel_values`).
+
+    ``template``: a processor whose resize / crop / resampling settings to keep (e.g. the dense checkpoint's); the
+    output size is always the model's ``image_size``.
+    """
+    size = config.image_size if isinstance(config.image_size, int) else tuple(config.image_size)[0]
+    settings = {"size": {"shortest_edge": size}, "resample": 2, "do_resize": True, "do_center_crop": True}
+    if template is not None:
+        for key in ("size", "resample", "do_resize", "do_center_crop"):
+            if getattr(template, key, None) is not None:
+                settings[key] = getattr(template, key)
+    return _image_processor_class()(
+        **settings,
+        crop_size={"height": size, "width": size},
+        do_rescale=True,
+        rescale_factor=1 / 255,
+        do_normalize=False,
+        image_mean=list(config.image_mean),
+        image_std=list(config.image_std),
+    )
+
+
+def _load_local_image_processor(path: str):
+    """The processor saved in a local checkpoint directory, or ``None``."""
+    if not (os.path.isdir(path) and os.path.isfile(os.path.join(path, "preprocessor_config.json"))):
+        return None
+    from transformers import AutoImageProcessor
+
+    try:
+        return AutoImageProcessor.from_pretrained(path)
+    except (OSError, ValueError) as err:
+        raise OSError(f"{path}/preprocessor_config.json could not be read as an image processor: {err}") from err
+
+
 def _looks_like_local_path(path: str) -> bool:
     """Whether ``path`` can only be a filesystem path (a Hub id is ``name`` or ``namespace/name``)."""
     return os.path.isabs(path) or path.startswith((".", "~")) or path.count("/") > 1 or "\\" in path
@@ -83,6 +130,19 @@ class MoePreTrainedModelMixin:
     """
 
     supports_gradient_checkpointing = True
+    #: the processor written with every checkpoint (see `pixel_image_processor`); set by `from_dense` and
+    #: `from_pretrained` from the checkpoint's own, else built from the config when saving.
+    image_processor = None
+
+    def save_pretrained(self, save_directory, *args, **kwargs):
+        """`PreTrainedModel.save_pretrained`, plus a ``preprocessor_config.json`` consistent with the model's pixel
+        convention (frames in [0, 1], not normalised), so that ``AutoImageProcessor`` and
+        ``pipeline("video-classification", model=save_directory)`` work on every checkpoint we write (Trainer
+        checkpoints and `push_robust_checkpoint` included)."""
+        super().save_pretrained(save_directory, *args, **kwargs)
+        if kwargs.get("is_main_process", True):
+            processor = self.image_processor or pixel_image_processor(self.config)
+            processor.save_pretrained(save_directory)
 
     def _set_gradient_checkpointing(self, enable: bool = True, gradient_checkpointing_func=None, **kwargs):
         # Our layers hand a routing decision (a dataclass of tensors) from layer to layer; reentrant checkpointing
@@ -114,11 +174,14 @@ class MoePreTrainedModelMixin:
                     "with `model.save_pretrained(path)`)."
                 )
         try:
-            return super().from_pretrained(pretrained_model_name_or_path, *model_args, **kwargs)
+            model = super().from_pretrained(pretrained_model_name_or_path, *model_args, **kwargs)
         except (SafetensorError, pickle.UnpicklingError, EOFError) as err:
             raise OSError(
                 f"Could not load {cls.__name__} from {path}: the checkpoint looks corrupt ({type(err).__name__}: {err})."
             ) from err
+        if path is not None:
+            model.image_processor = _load_local_image_processor(path)
+        return model
 
 
 
@@ -127,6 +190,7 @@ def classifier_output(logits, labels, backbone_outputs, config, output_router_lo
     aux_loss = compute_aux_loss(backbone_outputs.router_logits, config) if output_router_logits else None
     loss = None
     if labels is not None:
+        validate_labels(labels, logits.shape[0], config.num_labels)
         loss = nn.functional.cross_entropy(logits.float(), labels.to(logits.device).long())
         if aux_loss is not None:
             loss = loss + aux_loss.to(loss.device)
@@ -138,6 +202,30 @@ def classifier_output(logits, labels, backbone_outputs, config, output_router_lo
         hidden_states=backbone_outputs.hidden_states,
         attentions=backbone_outputs.attentions,
     )
+
+def validate_labels(labels, batch_size: int, num_labels: int) -> None:
+    """Raise a `TypeError` / `ValueError` naming what was expected unless ``labels`` are ``batch_size`` integer class
+    indices in ``[0, num_labels)`` (cross-entropy would otherwise truncate float labels, or fail deep in torch)."""
+    if not isinstance(labels, torch.Tensor):
+        raise TypeError(f"`labels` must be a torch.Tensor of {batch_size} class indices, got {type(labels).__name__}.")
+    if labels.is_floating_point() or labels.dtype == torch.bool or labels.is_complex():
+        raise TypeError(
+            f"`labels` must be integer class indices in [0, {num_labels}) with shape ({batch_size},), got dtype "
+            f"{labels.dtype}" + (" of shape " + str(tuple(labels.shape)) + " (one-hot? pass `labels.argmax(-1)`)"
+                                 if labels.ndim == 2 else "") + "."
+        )
+    if tuple(labels.shape) != (batch_size,):
+        raise ValueError(
+            f"`labels` must have shape ({batch_size},), one class index per clip, got {tuple(labels.shape)}."
+        )
+    if labels.numel() and not torch.compiler.is_compiling():
+        low, high = int(labels.min()), int(labels.max())
+        if low < 0 or high >= num_labels:
+            raise ValueError(
+                f"`labels` must be class indices in [0, {num_labels}) (config.num_labels={num_labels}), got values in "
+                f"[{low}, {high}]."
+            )
+
 
 def validate_pixel_values(pixel_values, config, model_name: str) -> None:
     """Raise a `ValueError`/`TypeError` naming the expected layout for anything the model cannot consume as is."""
@@ -161,11 +249,18 @@ def validate_pixel_values(pixel_values, config, model_name: str) -> None:
             f"{model_name} expects `pixel_values` of shape {expected}, got {tuple(pixel_values.shape)}. Sample or "
             "resize the clip to the model's `num_frames` and `image_size`; channels go before height and width."
         )
-    if pixel_values.numel() and not torch.compiler.is_compiling():
+    if pixel_values.shape[0] == 0:
+        raise ValueError(f"{model_name} got an empty batch: `pixel_values` of shape {tuple(pixel_values.shape)}.")
+    if not torch.compiler.is_compiling():
         low, high = pixel_values.detach().aminmax()
+        if not (torch.isfinite(low) and torch.isfinite(high)):  # min / max propagate NaN: one bad pixel is enough
+            raise ValueError(
+                f"{model_name} expects finite `pixel_values` in [0, 1] with shape {expected}, got NaN or infinite "
+                f"values ({int((~torch.isfinite(pixel_values)).sum())} of {pixel_values.numel()})."
+            )
         if low < -_PIXEL_RANGE_TOLERANCE or high > 1 + _PIXEL_RANGE_TOLERANCE:
             raise ValueError(
-                f"{model_name} expects raw pixels in [0, 1] with shape {expected} (it normalises with "
+                f"{model_name} expects raw `pixel_values` in [0, 1] with shape {expected} (it normalises with "
                 f"`config.image_mean`/`image_std` itself), got values in [{float(low):.3f}, {float(high):.3f}]."
             )
 
@@ -198,6 +293,7 @@ def upcycle_from_dense(
     expert_init: str = "copy",
     expert_init_ratio: float = 0.5,
     expert_init_seed: int = 0,
+    image_processor=None,
 ) -> PreTrainedModel:
     """Build ``moe_cls`` from a dense classifier, copying every shared weight and each MLP into its layer's experts.
 
@@ -209,6 +305,9 @@ def upcycle_from_dense(
         layers_attribute: dotted path from the classifier to its ``nn.ModuleList`` of layers.
         expert_init, expert_init_ratio, expert_init_seed: how the copied experts are made to differ (see
             [`~hf_videomoe.moe.diversify_experts`]); ``"copy"`` keeps the upcycling exact.
+        image_processor: the dense model's image processor (default: the one saved beside a local dense checkpoint).
+            Its resize / crop settings are kept in the processor saved with the MoE, and, when it normalises, its
+            mean / std become the MoE config's ``image_mean`` / ``image_std`` unless those are given.
     """
     if expert_init not in EXPERT_INITS:
         raise ValueError(f"`expert_init` must be one of {EXPERT_INITS}, got {expert_init!r}.")
@@ -234,6 +333,8 @@ def upcycle_from_dense(
                     f"`{saved_type}` model."
                 )
         dense = dense_cls.from_pretrained(path)
+        if image_processor is None:
+            image_processor = _load_local_image_processor(path)
     elif isinstance(dense_model_or_path, PreTrainedModel):
         dense = dense_model_or_path
     else:
@@ -249,6 +350,11 @@ def upcycle_from_dense(
     config_dict = dense.config.to_dict()
     for key in ("model_type", "architectures", "transformers_version", "_name_or_path"):
         config_dict.pop(key, None)
+    if image_processor is not None and getattr(image_processor, "do_normalize", False):
+        # The dense model saw frames normalised with its processor's statistics: the MoE applies them inside forward.
+        for key in ("image_mean", "image_std"):
+            if moe_config_kwargs.get(key) is None and getattr(image_processor, key, None) is not None:
+                moe_config_kwargs = {**moe_config_kwargs, key: [float(v) for v in getattr(image_processor, key)]}
     config_dict.update({k: v for k, v in moe_config_kwargs.items() if v is not None})
     moe = moe_cls(moe_cls.config_class(**config_dict))
     moe.to(dtype=next(dense.parameters()).dtype)
@@ -267,4 +373,6 @@ def upcycle_from_dense(
         upcycle_mlp(moe_layers[index].mlp, dense_layers[index].intermediate.dense, dense_layers[index].output.dense)
         diversify_experts(moe_layers[index].mlp, expert_init, expert_init_ratio, seed=expert_init_seed + index)
     moe.train(dense.training)
+    if image_processor is not None:
+        moe.image_processor = pixel_image_processor(moe.config, template=image_processor)
     return moe

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 from .modeling_moe import ROUTER_GATES, ROUTER_GRANULARITIES
 
 
@@ -32,14 +34,17 @@ def validate_moe_fields(config) -> None:
     config.moe_layers = sorted(layers)
     for name in ("router_aux_loss_coef", "router_z_loss_coef", "router_jitter_noise"):
         value = getattr(config, name)
-        if value < 0:
-            raise ValueError(f"`{name}` must be >= 0, got {value}.")
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
+            raise ValueError(f"`{name}` must be a finite number >= 0, got {value!r}.")
     if config.router_jitter_noise >= 1:
         raise ValueError(f"`router_jitter_noise` must be < 1, got {config.router_jitter_noise}.")
     for name in ("image_mean", "image_std"):
         value = getattr(config, name)
         if len(value) != config.num_channels:
             raise ValueError(f"`{name}` needs {config.num_channels} values (one per channel), got {list(value)}.")
+        if not all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in value):
+            raise ValueError(f"`{name}` must hold finite numbers, got {list(value)}.")
+
     if any(s <= 0 for s in config.image_std):
         raise ValueError(f"`image_std` must be positive, got {list(config.image_std)}.")
 
@@ -50,3 +55,11 @@ def owns_router(config, layer_index: int) -> bool:
     if config.router_granularity != "model":
         return True
     return bool(config.moe_layers) and layer_index == min(config.moe_layers)
+
+
+def validate_num_labels(config) -> None:
+    """``num_labels`` must be positive (0 would silently turn the classifier head into an identity that returns
+    hidden-size logits). Call after transformers' ``__post_init__``, which derives it from ``id2label``."""
+    num_labels = config.num_labels
+    if isinstance(num_labels, bool) or not isinstance(num_labels, int) or num_labels < 1:
+        raise ValueError(f"`num_labels` must be a positive int (the number of classes), got {num_labels!r}.")

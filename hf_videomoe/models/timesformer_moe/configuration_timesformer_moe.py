@@ -5,7 +5,7 @@ from __future__ import annotations
 from huggingface_hub.dataclasses import strict
 from transformers import TimesformerConfig
 
-from ...moe.configuration_moe import validate_moe_fields
+from ...moe.configuration_moe import validate_moe_fields, validate_num_labels
 
 # TimeSformer checkpoints (facebook/timesformer-*) normalise with 0.45 / 0.225 on every channel.
 TIMESFORMER_MEAN = [0.45, 0.45, 0.45]
@@ -58,6 +58,7 @@ class TimesformerMoeConfig(TimesformerConfig):
             )
         validate_moe_fields(self)
         super().__post_init__(**kwargs)
+        validate_num_labels(self)
 
 
 __all__ = ["TimesformerMoeConfig"]

@@ -5,7 +5,7 @@ from __future__ import annotations
 from huggingface_hub.dataclasses import strict
 from transformers import VideoMAEConfig
 
-from ...moe.configuration_moe import validate_moe_fields
+from ...moe.configuration_moe import validate_moe_fields, validate_num_labels
 from ..common import IMAGENET_MEAN, IMAGENET_STD
 
 
@@ -68,6 +68,7 @@ class VideoMAEMoeConfig(VideoMAEConfig):
             self.image_std = list(IMAGENET_STD)
         validate_moe_fields(self)
         super().__post_init__(**kwargs)
+        validate_num_labels(self)
 
 
 __all__ = ["VideoMAEMoeConfig"]

@@ -222,6 +222,7 @@ class VideoMAEMoeForVideoClassification(VideoMAEMoePreTrainedModel):
         expert_init: str = "copy",
         expert_init_ratio: float = 0.5,
         expert_init_seed: int = 0,
+        image_processor=None,
         **config_kwargs,
     ) -> "VideoMAEMoeForVideoClassification":
         """Upcycle a dense [`~transformers.VideoMAEForVideoClassification`] (instance, local directory or Hub id).
@@ -234,6 +235,10 @@ class VideoMAEMoeForVideoClassification(VideoMAEMoePreTrainedModel):
         ``"drop_upcycling"`` re-initialises a different random ``expert_init_ratio`` of each expert's neurons
         (Drop-Upcycling), ``"noise"`` adds relative Gaussian noise of that scale; both give up the exact equality
         above (``"copy"``, the default, keeps it). See [`~hf_videomoe.moe.diversify_experts`].
+
+        The dense checkpoint's image processor (saved beside a local checkpoint, or ``image_processor=``) carries over:
+        its resize / crop settings into the processor saved with the MoE (which rescales to [0, 1] and does not
+        normalise), and its mean / std, when it normalises, into ``image_mean`` / ``image_std`` unless given.
         """
         return upcycle_from_dense(
             cls,
@@ -251,6 +256,7 @@ class VideoMAEMoeForVideoClassification(VideoMAEMoePreTrainedModel):
             expert_init=expert_init,
             expert_init_ratio=expert_init_ratio,
             expert_init_seed=expert_init_seed,
+            image_processor=image_processor,
             layers_attribute="videomae.encoder.layer",
         )
 
