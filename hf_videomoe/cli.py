@@ -20,6 +20,63 @@ class CLIError(Exception):
     """An error the user can act on; printed without a traceback."""
 
 
+# argparse types: a bad value exits 2 with "argument --flag: ..." before any work.
+def positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
+    return value
+
+
+def non_negative_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {value}")
+    return value
+
+
+def positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}") from None
+    if not value > 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"expected a positive finite number, got {value}")
+    return value
+
+
+def pixel_budget(text: str) -> float:
+    """An L∞ budget in [0, 1] pixel units (8/255 ≈ 0.0314)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number in (0, 1] (pixel units, e.g. 0.0314 for 8/255), got {text!r}") from None
+    if not 0.0 < value <= 1.0:
+        raise argparse.ArgumentTypeError(
+            f"expected a budget in (0, 1] in [0, 1] pixel units (8/255 ≈ 0.0314, not 8), got {value}")
+    return value
+
+
+def eps_list_in_255ths(text: str) -> list[float]:
+    """``4,8,12`` → [4/255, 8/255, 12/255]."""
+    values = []
+    for item in text.split(","):
+        try:
+            value = float(item)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected comma-separated numbers in /255 units (e.g. 4,8,16), got {item!r}") from None
+        if not 0.0 < value <= 255.0:
+            raise argparse.ArgumentTypeError(f"each value must be in (0, 255] (/255 units), got {value:g}")
+        values.append(value / 255)
+    return values
+
+
 # ----------------------------------------------------------------------------------------------------------------------
 # Shared argument groups
 
@@ -35,12 +92,12 @@ def _add_data_arguments(parser: argparse.ArgumentParser) -> None:
                        help="Layout of a local video folder: class-per-folder, or UCF-101 / HMDB-51 with split files.")
     group.add_argument("--split-dir", default=None, help="Folder with the UCF-101 / HMDB-51 split files.")
     group.add_argument("--split-id", type=int, default=1, help="Official split number (1-3) for UCF-101 / HMDB-51.")
-    group.add_argument("--num-videos", type=int, default=800, help="MovingShapes: clips to generate (train + test).")
+    group.add_argument("--num-videos", type=positive_int, default=800, help="MovingShapes: clips to generate (train + test).")
     group.add_argument("--difficulty", default="easy", choices=("easy", "medium", "hard"),
                        help="MovingShapes difficulty (default easy: the level a small model learns in minutes on a CPU; "
                        "medium / hard need far longer runs, docs/RESULTS.md §1).")
-    group.add_argument("--num-frames", type=int, default=8, help="Frames per clip.")
-    group.add_argument("--image-size", type=int, default=32, help="Frame height and width.")
+    group.add_argument("--num-frames", type=positive_int, default=8, help="Frames per clip.")
+    group.add_argument("--image-size", type=positive_int, default=32, help="Frame height and width.")
     group.add_argument("--data-seed", type=int, default=0, help="Seed of the MovingShapes generator.")
 
 
@@ -51,12 +108,12 @@ def _add_attack_arguments(parser: argparse.ArgumentParser, many: bool) -> None:
                            help="Comma-separated attack names (see `hf-videomoe attack --list`).")
     else:
         group.add_argument("--attack", default="pgd", help="Attack name (see --list).")
-    group.add_argument("--eps", type=float, default=8 / 255, help="Perturbation budget in [0,1] pixel units (8/255).")
-    group.add_argument("--steps", type=int, default=10, help="Attack iterations.")
+    group.add_argument("--eps", type=positive_float, default=8 / 255, help="Perturbation budget in [0,1] pixel units (8/255).")
+    group.add_argument("--steps", type=non_negative_int, default=10, help="Attack iterations.")
     group.add_argument("--norm", default="linf", choices=("linf", "l2"), help="Threat model: L-inf or L2 ball.")
     group.add_argument("--seed", type=int, default=0, help="Attack seed (random start).")
-    group.add_argument("--num-samples", type=int, default=None, help="Evaluate at most this many test clips.")
-    group.add_argument("--batch-size", type=int, default=16, help="Clips per attack / evaluation batch.")
+    group.add_argument("--num-samples", type=positive_int, default=None, help="Evaluate at most this many test clips.")
+    group.add_argument("--batch-size", type=positive_int, default=16, help="Clips per attack / evaluation batch.")
 
 
 def _load_dataset(args, split: str):
@@ -84,7 +141,10 @@ def _load_model(path: str):
 
     if not Path(path).exists():
         raise CLIError(f"--model {path} does not exist: pass a directory written by `hf-videomoe train`.")
-    return AutoModelForVideoClassification.from_pretrained(path).eval()
+    try:
+        return AutoModelForVideoClassification.from_pretrained(path).eval()
+    except (OSError, ValueError, KeyError) as err:
+        raise CLIError(f"--model {path} could not be loaded: {err}") from err
 
 
 def _subset(dataset, num_samples):
@@ -225,7 +285,7 @@ def cmd_evaluate(args) -> None:
     model = _load_model(args.model)
     dataset = _subset(_load_dataset(args, "test"), args.num_samples)
     attacks = [a.strip() for a in args.attacks.split(",") if a.strip()]
-    eps_sweep = [float(e) / 255 for e in args.eps_sweep.split(",")] if args.eps_sweep else None
+    eps_sweep = args.eps_sweep
     if args.dataset == "moving-shapes":
         dataset_name = "MovingShapes"
         dataset_kwargs = {"num_videos": args.num_videos, "num_frames": args.num_frames,
@@ -252,11 +312,14 @@ def cmd_push(args) -> None:
     from .evaluation import RobustnessReport
     from .hub import push_robust_checkpoint
 
-    model = _load_model(args.model)
     report_path = Path(args.report or Path(args.model) / "robustness" / "report.json")
     if not report_path.is_file():
         raise CLIError(f"No robustness report at {report_path}: run `hf-videomoe evaluate --model {args.model}` first.")
-    report = RobustnessReport.load(report_path)
+    try:
+        report = RobustnessReport.load(report_path)
+    except (ValueError, TypeError, KeyError, OSError) as err:
+        raise CLIError(f"--report {report_path} is not a report written by `hf-videomoe evaluate` ({err}).") from err
+    model = _load_model(args.model)
     url = push_robust_checkpoint(model, args.repo_id, report, private=args.private, token=args.token)
     print(f"Pushed to {url}")
 
@@ -278,6 +341,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="hf-videomoe",
         description="Robust Mixture-of-Experts video transformers: train, attack, evaluate and publish.",
     )
+    parser.add_argument("--debug", action="store_true", help="Show the Python traceback of errors.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     demo = sub.add_parser(
@@ -302,8 +366,8 @@ def build_parser() -> argparse.ArgumentParser:
                        "VideoMAE baseline.")
     model.add_argument("--dense-checkpoint", default=None,
                        help="Dense VideoMAE / TimeSformer checkpoint (local dir or Hub id) to upcycle into the MoE.")
-    model.add_argument("--num-experts", type=int, default=4, help="Experts per MoE layer.")
-    model.add_argument("--top-k", type=int, default=1, help="Experts each routing unit is sent to.")
+    model.add_argument("--num-experts", type=positive_int, default=4, help="Experts per MoE layer.")
+    model.add_argument("--top-k", type=positive_int, default=1, help="Experts each routing unit is sent to.")
     model.add_argument("--granularity", default="token", choices=ROUTER_GRANULARITIES,
                        help="Routing unit: every token, every frame (its tokens share one decision), the whole clip in "
                        "every layer, or 'model' (the paper's: one decision per clip shared by every MoE layer, so "
@@ -323,12 +387,12 @@ def build_parser() -> argparse.ArgumentParser:
     opt = train.add_argument_group("training")
     opt.add_argument("--adv-method", default="none", choices=("none", "pgd-at", "trades", "advmoe", "tlat", "j-tlat"),
                      help="Training method: clean, PGD-AT, TRADES, AdvMoE-style, TLAT or J-TLAT (docs/METHOD.md §3).")
-    opt.add_argument("--eps", type=float, default=8 / 255, help="Training attack budget (L-inf, [0,1] pixels).")
-    opt.add_argument("--adv-steps", type=int, default=3, help="Training attack steps.")
+    opt.add_argument("--eps", type=pixel_budget, default=8 / 255, help="Training attack budget (L-inf, [0,1] pixels).")
+    opt.add_argument("--adv-steps", type=positive_int, default=3, help="Training attack steps.")
     opt.add_argument("--eval-attacks", default="pgd", help="Comma-separated attacks for robust eval each epoch.")
     opt.add_argument("--epochs", type=float, default=5, help="Training epochs.")
     opt.add_argument("--max-steps", type=int, default=-1, help="Stop after this many optimizer steps (overrides --epochs).")
-    opt.add_argument("--batch-size", type=int, default=16, help="Clips per device and step.")
+    opt.add_argument("--batch-size", type=positive_int, default=16, help="Clips per device and step.")
     opt.add_argument("--learning-rate", type=float, default=1e-3, help="AdamW peak learning rate.")
     opt.add_argument("--warmup-steps", type=int, default=20, help="Linear warm-up steps.")
     opt.add_argument("--seed", type=int, default=0, help="Seed of the model init, data order and training attacks.")
@@ -350,7 +414,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     evaluate.add_argument("--model", required=True, help="Model directory.")
     evaluate.add_argument("--output-dir", default=None, help="Defaults to MODEL/robustness.")
-    evaluate.add_argument("--eps-sweep", default=None, help="Comma-separated ε values in /255 units, e.g. 4,8,12,16.")
+    evaluate.add_argument("--eps-sweep", type=eps_list_in_255ths, default=None, help="Comma-separated ε values in /255 units, e.g. 4,8,12,16.")
     evaluate.add_argument("--state-dir", default=None, help="Save per-sample state here to resume an interrupted run.")
     _add_attack_arguments(evaluate, many=True)
     _add_data_arguments(evaluate)
@@ -379,9 +443,18 @@ def main(argv: list[str] | None = None) -> int:
         args.func(args)
     except CLIError as err:
         parser.exit(2, f"hf-videomoe {args.command}: error: {err}\n")
-    except (ValueError, TypeError, FileNotFoundError) as err:
+    except (ValueError, TypeError, OSError) as err:
+        if args.debug:
+            raise
         # Library errors are written to be read by a person; a traceback adds nothing for a CLI user.
-        parser.exit(2, f"hf-videomoe {args.command}: error: {err}\n")
+        parser.exit(2, f"hf-videomoe {args.command}: error: {' '.join(str(err).split())}\n")
+    except KeyboardInterrupt:
+        parser.exit(130, f"hf-videomoe {args.command}: interrupted\n")
+    except Exception as err:  # a bug, not a user error: say so briefly
+        if args.debug:
+            raise
+        parser.exit(1, f"hf-videomoe {args.command}: unexpected {type(err).__name__}: {err}\n"
+                       "Rerun with --debug for the traceback, and please report it.\n")
     return 0
 
 

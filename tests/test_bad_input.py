@@ -95,3 +95,96 @@ def test_cli_attack_with_an_eps_in_pixel_units_exits_2(capsys):
         main(["attack", "--model", "missing-dir", "--eps", "8"])
     assert info.value.code == 2
     assert "eps" in capsys.readouterr().err
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Model cards: user text is inert, metrics must be numbers in [0, 1]
+
+
+def card_report(**overrides):
+    from hf_videomoe.evaluation import RobustnessReport
+
+    kwargs = dict(clean_accuracy=0.9, robust_accuracy={"pgd": 0.5}, worst_case_accuracy=0.5, num_samples=8,
+                  eps=4 / 255, attacks=["pgd"])
+    return RobustnessReport(**{**kwargs, **overrides})
+
+
+@pytest.mark.parametrize("field", ["model_name", "dataset_name"])
+@pytest.mark.parametrize("text", ["ok\n# Injected heading", "[click](javascript:alert(1))", "<script>x()</script>",
+                                  "a | b\n| c |", "x`\n```\nimport os"])
+def test_card_escapes_user_text(field, text, tmp_path):
+    import re
+
+    from huggingface_hub import ModelCard
+
+    from hf_videomoe.hub import build_model_card, metrics_from_model_card
+
+    card = build_model_card(card_report(), **{"model_name": "m", field: text})
+    body = card.content.split("\n---\n", 1)[1]
+    fences = [line for line in body.splitlines() if line.startswith("```")]
+    assert len(fences) % 2 == 0  # every code block is closed
+    prose = re.sub(r"^```.*?^```", "", body, flags=re.M | re.S)  # inside code blocks text is not rendered
+    assert not re.search(r"^#+ Injected", prose, re.M)  # no heading added
+    assert not re.search(r"(?<!\\)\]\(javascript:", prose) and "<script>" not in prose  # no live link / HTML
+    card.save(tmp_path / "README.md")
+    loaded = ModelCard.load(tmp_path / "README.md")
+    assert metrics_from_model_card(loaded)["worst_case_accuracy"] == 0.5  # the YAML header still parses
+
+
+@pytest.mark.parametrize("overrides, name", [
+    (dict(worst_case_accuracy=float("nan")), "worst_case_accuracy"),
+    (dict(worst_case_accuracy=-3.0), "worst_case_accuracy"),
+    (dict(clean_accuracy=1.5), "clean_accuracy"),
+    (dict(robust_accuracy={"pgd": float("inf")}), "robust_accuracy['pgd']"),
+    (dict(robust_accuracy={}), "pgd"),
+])
+def test_card_refuses_impossible_metrics(overrides, name):
+    from hf_videomoe.hub import build_model_card
+
+    with pytest.raises(ValueError) as info:
+        build_model_card(card_report(**overrides), model_name="m")
+    assert name in str(info.value)
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# The CLI: user errors exit 2 with one line naming the flag or file
+
+
+@pytest.mark.parametrize("argv, words", [
+    (["attack", "--model", "m", "--batch-size", "0"], ["--batch-size", "positive integer"]),
+    (["attack", "--model", "m", "--num-samples", "0"], ["--num-samples", "positive integer"]),
+    (["attack", "--model", "m", "--steps", "-1"], ["--steps", ">= 0"]),
+    (["attack", "--model", "m", "--eps", "nan"], ["--eps", "positive"]),
+    (["evaluate", "--model", "m", "--eps-sweep", "4,abc"], ["--eps-sweep", "'abc'"]),
+    (["evaluate", "--model", "m", "--eps-sweep", "4,300"], ["--eps-sweep", "(0, 255]"]),
+    (["train", "--eps", "8"], ["--eps", "not 8"]),
+])
+def test_cli_rejects_bad_flags(argv, words, capsys):
+    from hf_videomoe.cli import main
+
+    with pytest.raises(SystemExit) as info:
+        main(argv)
+    assert info.value.code == 2
+    err = capsys.readouterr().err
+    for word in words:
+        assert word in err, (word, err)
+
+
+def test_cli_names_corrupt_files(tmp_path, capsys, model):
+    from hf_videomoe.cli import main
+
+    model.save_pretrained(tmp_path / "model")
+    model.save_pretrained(tmp_path / "good")
+    weights = tmp_path / "model" / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:100])  # truncated
+    (tmp_path / "report.json").write_text("{not json")
+    capsys.readouterr()
+    for argv, path in ((["attack", "--model", str(tmp_path / "model")], "model"),
+                       (["push", "--model", str(tmp_path / "good"), "--repo-id", "user/x", "--report",
+                         str(tmp_path / "report.json")], "report.json")):
+        with pytest.raises(SystemExit) as info:
+            main(argv)
+        err = capsys.readouterr().err
+        assert info.value.code == 2 and "Traceback" not in err, err
+        last = err.strip().splitlines()[-1]  # (progress bars of the loader may come before it)
+        assert last.startswith(f"hf-videomoe {argv[0]}: error:") and path in last, err

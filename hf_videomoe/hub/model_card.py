@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shlex
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -36,6 +37,34 @@ _CITATION = """@inproceedings{wang2026achilles,
   eprint    = {2602.01369},
   archivePrefix = {arXiv}
 }"""
+
+
+# Enough to stop emphasis, links / images (no "[" or "]"), code spans, headings, table cells and strikethrough.
+_MARKDOWN_SPECIAL = re.compile(r"([\\`*\[\]#|~])")
+
+
+def markdown_text(value: Any) -> str:
+    """User text made inert inside a Markdown line: one line (newlines become spaces), Markdown punctuation
+    backslash-escaped and HTML brackets / ampersands as entities, so a name cannot add a heading, a link or markup."""
+    text = " ".join(str(value).split())
+    text = text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+    return _MARKDOWN_SPECIAL.sub(r"\\\1", text)
+
+
+def _check_metrics(report: RobustnessReport) -> None:
+    """Refuse to publish an accuracy that is not a finite number in [0, 1] (a card would show "-300.0 %" or write
+    ``.nan`` into its model-index)."""
+    metrics = {"clean_accuracy": report.clean_accuracy, "worst_case_accuracy": report.worst_case_accuracy}
+    metrics.update({f"robust_accuracy[{attack!r}]": value for attack, value in report.robust_accuracy.items()})
+    for attack in report.attacks:
+        if attack not in report.robust_accuracy:
+            raise ValueError(f"The report lists attack {attack!r} but has no robust_accuracy for it.")
+    for name, value in metrics.items():
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= float(value) <= 1.0:
+            raise ValueError(
+                f"Cannot build a model card from a report whose {name} is {value!r}: accuracies must be finite numbers "
+                "in [0, 1]. Was the report edited, or the evaluation interrupted?"
+            )
 
 
 def _percent(value: float | None) -> str:
@@ -176,7 +205,7 @@ def _cli_command(report: RobustnessReport, repo_id: str | None, dataset_name: st
             if key in kw:
                 cmd.append(f"{flag} {kw[key]}")
     else:
-        cmd.append(f"--dataset {dataset_name}")
+        cmd.append(f"--dataset {shlex.quote(' '.join(str(dataset_name).split()))}")
     lines.append(" \\\n    ".join(cmd))
     # The CLI gives every gradient attack the shared eps / steps / seed and Square its default budget.
     shared = {"eps": report.eps, "norm": report.norm, "seed": report.seed}
@@ -228,7 +257,8 @@ def _reproduce_section(
         data_line = f"dataset = make_moving_shapes({data_args})[\"test\"]"
         data_import = "from hf_videomoe.data import make_moving_shapes\n"
     else:
-        data_line = f"dataset = ...  # the {dataset_name} test split: columns pixel_values (T, C, H, W in [0, 1]), labels"
+        one_line = " ".join(str(dataset_name).split()).replace("`", "'")  # cannot close the code block
+        data_line = f"dataset = ...  # the {one_line} test split: columns pixel_values (T, C, H, W in [0, 1]), labels"
         data_import = ""
     snippet = (
         "import hf_videomoe  # registers the MoE model classes\n"
@@ -263,8 +293,7 @@ def _recipe_section(training_recipe: Mapping[str, Any] | None) -> str:
     for key, value in training_recipe.items():
         if isinstance(value, (dict, list, tuple)):
             value = json.dumps(value, sort_keys=isinstance(value, dict))
-        cell = str(value).replace("|", r"\|")
-        rows.append(f"| {key} | {cell} |")
+        rows.append(f"| {markdown_text(key)} | {markdown_text(value)} |")
     return "## Training recipe\n\n" + "\n".join(rows)
 
 
@@ -360,10 +389,13 @@ def build_model_card(
         A [`RobustnessModelCard`] (a ``huggingface_hub.ModelCard``); ``card.save("README.md")`` / ``ModelCard.load`` round-trip its metrics
         (see [`metrics_from_model_card`]).
     """
+    _check_metrics(report)
     dataset_name = dataset_name or report.dataset_name or "MovingShapes"
     dataset_type = dataset_type or _dataset_type(dataset_name)
     if model_name is None:
         model_name = repo_id.split("/")[-1] if repo_id else (report.model_class or "robust-video-moe")
+    # The YAML header is written by huggingface_hub (quoted as needed); the body gets escaped one-line versions.
+    model_title, dataset_title = markdown_text(model_name), markdown_text(dataset_name)
     all_tags = list(dict.fromkeys([*CARD_TAGS, *(tags or [])]))
     card_data = ModelCardData(
         model_name=model_name,
@@ -379,8 +411,8 @@ def build_model_card(
 
     moe_word = "Mixture-of-Experts " if report.is_moe else ""
     intro = description or (
-        f"`{model_name}` is a {moe_word}video classifier ({report.model_type or report.model_class}) evaluated for "
-        f"adversarial robustness on {dataset_name} with "
+        f"{model_title} is a {moe_word}video classifier ({report.model_type or report.model_class}) evaluated for "
+        f"adversarial robustness on {dataset_title} with "
         "`hf_videomoe`, following *Exposing and Defending the Achilles' Heel of Video Mixture-of-Experts* "
         "(Wang et al., ICLR 2026, [arXiv:2602.01369](https://arxiv.org/abs/2602.01369))."
     )
@@ -407,7 +439,7 @@ def build_model_card(
             "MSE(R(x), R(x+δ)) / MSE(x, x+δ) on router probabilities."
         )
     sections = [
-        f"# {model_name}",
+        f"# {model_title}",
         "> " + report.headline(),
         intro,
         robustness,
