@@ -69,6 +69,21 @@ VARIANTS = {
         router_gate="straight_through", expert_init="drop_upcycling", router_granularity="model", **ROUND_2),
     "20 ep: renormalize + drop-upcycling 0.5": dict(router_gate="renormalize", expert_init="drop_upcycling", **ROUND_2),
     "20 ep: switch + drop-upcycling 0.5": dict(router_gate="switch", expert_init="drop_upcycling", **ROUND_2),
+    # Round 4, run at the demo's training-set size (--num-videos 3000 --output-dir outputs/routing_relevance_at
+    # --select "demo size"): the routing units, and a second seed of the expert initialisation.
+    "demo size: token, straight-through + drop-upcycling 0.5": dict(
+        router_gate="straight_through", expert_init="drop_upcycling", **ROUND_2),
+    "demo size: token, straight-through + drop-upcycling 0.5, init seed 1": dict(
+        router_gate="straight_through", expert_init="drop_upcycling", expert_init_seed=1, **ROUND_2),
+    "demo size: frame, straight-through + drop-upcycling 0.5": dict(
+        router_gate="straight_through", expert_init="drop_upcycling", router_granularity="frame", **ROUND_2),
+    "demo size: model-level (all layers), straight-through + drop-upcycling 0.5": dict(
+        router_gate="straight_through", expert_init="drop_upcycling", router_granularity="model", **ROUND_2),
+    "demo size: model-level (layers 1-2), straight-through + drop-upcycling 0.5": dict(
+        router_gate="straight_through", expert_init="drop_upcycling", router_granularity="model", moe_layers=[1, 2],
+        **ROUND_2),
+    "demo size: token, renormalize + drop-upcycling 0.5": dict(
+        router_gate="renormalize", expert_init="drop_upcycling", **ROUND_2),
 }
 
 
@@ -117,8 +132,10 @@ def stage_variants(args, out: Path):
     val_x = torch.stack([torch.as_tensor(v) for v in val.with_format("torch")["pixel_values"]])
     val_y = torch.as_tensor(val["labels"])
     index, count = (int(v) for v in args.shard.split("/"))
-    for position, (label, options) in enumerate(VARIANTS.items()):
-        if position % count != index:
+    selected = [(position, label, options) for position, (label, options) in enumerate(VARIANTS.items())
+                if args.select in label]
+    for rank, (position, label, options) in enumerate(selected):
+        if rank % count != index:
             continue
         path = out / f"variant_{position}.json"
         if path.exists():
@@ -199,8 +216,9 @@ def stage_at(args, out: Path):
 
 
 def stage_report(args, out: Path):
-    rows = [json.loads((out / f"variant_{i}.json").read_text()) for i in range(len(VARIANTS))
-            if (out / f"variant_{i}.json").exists()]
+    at_dir = Path(args.at_dir) if args.at_dir else out
+    rows = [json.loads((folder / f"variant_{i}.json").read_text()) for i in range(len(VARIANTS))
+            for folder in dict.fromkeys((out, at_dir)) if (folder / f"variant_{i}.json").exists()]
     lines = [
         "# Routing relevance: gate × expert initialisation",
         "",
@@ -223,7 +241,6 @@ def stage_report(args, out: Path):
             f"{100 * a['random']:.1f} | {100 * a['learned_minus_random']:+.1f} ± {100 * a['learned_minus_random_se']:.1f}"
             f" | {forced} | {100 * a['forced_spread']:.1f} | {row['expert_distance']:.3f} |"
         )
-    at_dir = Path(args.at_dir) if args.at_dir else out
     at_rows = [json.loads((at_dir / f"at_{i}.json").read_text()) for i in range(len(AT_VARIANTS))
                if (at_dir / f"at_{i}.json").exists()]
     if at_rows:
@@ -267,6 +284,7 @@ def main():
     parser.add_argument("--moe-epochs", type=float, default=5)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--shard", default="0/1", help="i/n: run every n-th variant starting at i")
+    parser.add_argument("--select", default="", help="--stage variants: only the variants whose label contains this")
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)

@@ -131,7 +131,7 @@ def test_card_cli_command_parses(report, card_dir):
     command = block.split("hf-videomoe ", 1)[1].replace("\\\n", " ").split()
     args = build_parser().parse_args(command)
     assert args.command == "evaluate" and args.attacks == "fgsm,pgd,square" and args.eps == EPS
-    assert args.steps == 2 and args.num_samples == 8 and args.eps_sweep == "2,4"
+    assert args.steps == 2 and args.num_samples == 8 and args.eps_sweep == pytest.approx([2 / 255, 4 / 255])
 
 
 def test_metrics_from_card_without_robustness_metrics_fails():

@@ -193,11 +193,11 @@ def test_renormalize_gate_starves_the_router_at_top1(kind, make_config):
 
 @pytest.mark.parametrize("top_k", [1, 2])
 def test_gates_share_their_forward_value(kind, make_config, top_k):
-    """Every gate has the same forward value (up to round-off of ``w + p - p``): only the router's gradient differs."""
+    """Every gate has the same forward value, bit for bit: only the router's gradient differs."""
     logits = [build(kind, make_config, seed=3, router_gate=gate, num_experts_per_tok=top_k)(clip()).logits
               for gate in ("straight_through", "switch", "renormalize")]
-    torch.testing.assert_close(logits[0], logits[1], rtol=0, atol=1e-6)
-    torch.testing.assert_close(logits[0], logits[2], rtol=0, atol=1e-6)
+    torch.testing.assert_close(logits[0], logits[1], rtol=0, atol=0)
+    torch.testing.assert_close(logits[0], logits[2], rtol=0, atol=0)
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])

@@ -43,7 +43,7 @@ def test_checkpointing_gives_the_same_gradients(kind, tiny_videomae_config, tiny
     forward = SparseMoeBlock.forward  # called from inside each checkpointed layer, so it runs again on recompute
     monkeypatch.setattr(SparseMoeBlock, "forward", lambda self, *a, **k: calls.append(1) or forward(self, *a, **k))
     model.gradient_checkpointing_enable()
-    assert model.is_gradient_checkpointing
+    assert model.is_activation_checkpointing
     torch.manual_seed(5)
     checkpointed = grads(model, x, y)
     assert set(checkpointed) == set(reference)
@@ -73,7 +73,7 @@ def test_trainer_gradient_checkpointing_argument(tmp_path, tiny_videomae_config,
                                         max_steps=2, per_device_train_batch_size=4, gradient_checkpointing=True,
                                         report_to=[], use_cpu=True, save_strategy="no")
     AdversarialTrainer(model=model, args=args, train_dataset=data["train"]).train()
-    assert model.is_gradient_checkpointing
+    assert model.is_activation_checkpointing
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -152,3 +152,38 @@ def test_trainer_checkpoints_carry_a_processor(tmp_path, tiny_videomae_config, t
     trainer.save_model(str(tmp_path / "final"))
     for folder in (tmp_path / "checkpoint-1", tmp_path / "final"):
         assert (folder / "preprocessor_config.json").is_file(), folder
+
+
+def test_processors_are_made_consistent(tmp_path, tiny_videomae_config):
+    from transformers import AutoImageProcessor, VideoMAEForVideoClassification, VideoMAEImageProcessorPil
+
+    torch.manual_seed(0)
+    dense = VideoMAEForVideoClassification(tiny_videomae_config(dense=True)).eval()
+    dense.save_pretrained(tmp_path / "dense")
+    # A dense model trained on raw [0, 1] frames: the MoE must not normalise either (exact upcycling).
+    VideoMAEImageProcessorPil(do_normalize=False, size={"shortest_edge": 16}).save_pretrained(tmp_path / "dense")
+    moe = VideoMAEMoeForVideoClassification.from_dense(tmp_path / "dense").eval()
+    assert moe.config.image_mean == [0.0] * 3 and moe.config.image_std == [1.0] * 3
+    torch.testing.assert_close(moe(clip()).logits, dense(clip()).logits, rtol=0, atol=1e-5)
+    # A normalising processor next to an MoE checkpoint (e.g. saved by Trainer from processing_class) is replaced on
+    # load, and what is saved again rescales to [0, 1] without normalising.
+    moe.save_pretrained(tmp_path / "moe")
+    VideoMAEImageProcessorPil(do_normalize=True, do_center_crop=False).save_pretrained(tmp_path / "moe")
+    VideoMAEMoeForVideoClassification.from_pretrained(tmp_path / "moe").save_pretrained(tmp_path / "again")
+    processor = AutoImageProcessor.from_pretrained(tmp_path / "again")
+    assert processor.do_normalize is False and processor.do_center_crop is True
+    assert processor.crop_size == {"height": 16, "width": 16}
+
+
+def test_routing_controls_refuse_checkpointed_training(tiny_videomae_config, tiny_timesformer_config):
+    from hf_videomoe.moe import random_routing, record_routing
+
+    model = build("videomae", tiny_videomae_config, tiny_timesformer_config)
+    model.gradient_checkpointing_enable()
+    for control in (lambda: random_routing(model, 0), lambda: record_routing(model)):
+        with pytest.raises(ValueError, match="activation checkpointing"), control():
+            pass
+    model.eval()
+    with record_routing(model) as passes, torch.no_grad():
+        model(clip())
+    assert len(passes) == 1

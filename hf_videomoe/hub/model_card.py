@@ -39,8 +39,10 @@ _CITATION = """@inproceedings{wang2026achilles,
 }"""
 
 
-# Enough to stop emphasis, links / images (no "[" or "]"), code spans, headings, table cells and strikethrough.
-_MARKDOWN_SPECIAL = re.compile(r"([\\`*\[\]#|~])")
+# Enough to stop emphasis, links / images (no "[" or "]"), code spans, headings, table cells and strikethrough;
+# "_" only where it could open or close emphasis (GFM ignores intraword underscores, as in `lipschitz_weight`).
+_MARKDOWN_SPECIAL = re.compile(r"([\\`*\[\]#|~]|(?<![A-Za-z0-9])_|_(?![A-Za-z0-9]))")
+_LIST_MARKER = re.compile(r"^([-+]|\d+[.)])(\s)")
 
 
 def markdown_text(value: Any) -> str:
@@ -48,7 +50,8 @@ def markdown_text(value: Any) -> str:
     backslash-escaped and HTML brackets / ampersands as entities, so a name cannot add a heading, a link or markup."""
     text = " ".join(str(value).split())
     text = text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
-    return _MARKDOWN_SPECIAL.sub(r"\\\1", text)
+    text = _MARKDOWN_SPECIAL.sub(r"\\\1", text)
+    return _LIST_MARKER.sub(r"\\\1\2", text)  # a leading "- " or "1. " would start a list
 
 
 def _check_metrics(report: RobustnessReport) -> None:
@@ -317,7 +320,7 @@ def _plots_section(plots: Mapping[str, Any] | None, plots_relative_to: str | os.
     return "\n".join(lines).rstrip()
 
 
-_ABSOLUTE_IMAGE_LINK = re.compile(r"(!\[[^\]]*\]\()(/[^)\s]+)(\))")
+_ABSOLUTE_IMAGE_LINK = re.compile(r"(!\[[^\]]*\]\()<?(/[^)\n>]+)>?(\))")
 
 
 class RobustnessModelCard(ModelCard):
@@ -327,16 +330,30 @@ class RobustnessModelCard(ModelCard):
     those links relative to the saved file, so ``card.save("any/folder/README.md")`` shows its images.
     """
 
+    def _with_links(self, link_for):
+        original = self.content
+
+        def rewrite(match: re.Match) -> str:
+            link = link_for(match.group(2))
+            return match.group(1) + (f"<{link}>" if " " in link else link) + match.group(3)
+
+        self.content = _ABSOLUTE_IMAGE_LINK.sub(rewrite, original)
+        return original
+
     def save(self, filepath) -> None:
         folder = Path(filepath).resolve().parent
-
-        def relative(match: re.Match) -> str:
-            return match.group(1) + Path(os.path.relpath(match.group(2), folder)).as_posix() + match.group(3)
-
-        original = self.content
-        self.content = _ABSOLUTE_IMAGE_LINK.sub(relative, original)
+        original = self._with_links(lambda path: Path(os.path.relpath(path, folder)).as_posix())
         try:
             super().save(filepath)
+        finally:
+            self.content = original
+
+    def push_to_hub(self, *args, **kwargs):
+        """``ModelCard.push_to_hub`` uploads the README alone: local plot paths become bare file names (upload the
+        plots beside it, or use [`push_robust_checkpoint`], which uploads card, plots and weights in one commit)."""
+        original = self._with_links(lambda path: Path(path).name)
+        try:
+            return super().push_to_hub(*args, **kwargs)
         finally:
             self.content = original
 

@@ -84,13 +84,14 @@ def pixel_image_processor(config, template=None):
     output size is always the model's ``image_size``.
     """
     size = config.image_size if isinstance(config.image_size, int) else tuple(config.image_size)[0]
-    settings = {"size": {"shortest_edge": size}, "resample": 2, "do_resize": True, "do_center_crop": True}
+    settings = {"size": {"shortest_edge": size}, "resample": 2, "do_resize": True}
     if template is not None:
-        for key in ("size", "resample", "do_resize", "do_center_crop"):
+        for key in ("size", "resample", "do_resize"):
             if getattr(template, key, None) is not None:
                 settings[key] = getattr(template, key)
     return _image_processor_class()(
         **settings,
+        do_center_crop=True,  # whatever the resize gives, the model gets image_size x image_size frames
         crop_size={"height": size, "width": size},
         do_rescale=True,
         rescale_factor=1 / 255,
@@ -98,6 +99,18 @@ def pixel_image_processor(config, template=None):
         image_mean=list(config.image_mean),
         image_std=list(config.image_std),
     )
+
+
+def consistent_image_processor(config, processor):
+    """``processor`` if it already hands the model what it expects (frames rescaled to [0, 1], not normalised), else
+    the processor of `pixel_image_processor` that keeps its resize settings. A normalising processor (a stock VideoMAE
+    one, or one Trainer saved from ``processing_class``) would make ``pipeline`` feed values our input check rejects."""
+    if processor is None:
+        return pixel_image_processor(config)
+    rescales = getattr(processor, "do_rescale", False) and abs(getattr(processor, "rescale_factor", 0) - 1 / 255) < 1e-9
+    if rescales and not getattr(processor, "do_normalize", True) and getattr(processor, "do_center_crop", False):
+        return processor
+    return pixel_image_processor(config, template=processor)
 
 
 def _load_local_image_processor(path: str):
@@ -139,10 +152,9 @@ class MoePreTrainedModelMixin:
         convention (frames in [0, 1], not normalised), so that ``AutoImageProcessor`` and
         ``pipeline("video-classification", model=save_directory)`` work on every checkpoint we write (Trainer
         checkpoints and `push_robust_checkpoint` included)."""
+        if kwargs.get("is_main_process", True):  # written first, so that `push_to_hub=True` uploads it too
+            consistent_image_processor(self.config, self.image_processor).save_pretrained(save_directory)
         super().save_pretrained(save_directory, *args, **kwargs)
-        if kwargs.get("is_main_process", True):
-            processor = self.image_processor or pixel_image_processor(self.config)
-            processor.save_pretrained(save_directory)
 
     def _set_gradient_checkpointing(self, enable: bool = True, gradient_checkpointing_func=None, **kwargs):
         # Our layers hand a routing decision (a dataclass of tensors) from layer to layer; reentrant checkpointing
@@ -180,7 +192,7 @@ class MoePreTrainedModelMixin:
                 f"Could not load {cls.__name__} from {path}: the checkpoint looks corrupt ({type(err).__name__}: {err})."
             ) from err
         if path is not None:
-            model.image_processor = _load_local_image_processor(path)
+            model.image_processor = consistent_image_processor(model.config, _load_local_image_processor(path))
         return model
 
 
@@ -350,11 +362,16 @@ def upcycle_from_dense(
     config_dict = dense.config.to_dict()
     for key in ("model_type", "architectures", "transformers_version", "_name_or_path"):
         config_dict.pop(key, None)
-    if image_processor is not None and getattr(image_processor, "do_normalize", False):
-        # The dense model saw frames normalised with its processor's statistics: the MoE applies them inside forward.
-        for key in ("image_mean", "image_std"):
-            if moe_config_kwargs.get(key) is None and getattr(image_processor, key, None) is not None:
-                moe_config_kwargs = {**moe_config_kwargs, key: [float(v) for v in getattr(image_processor, key)]}
+    if image_processor is not None:
+        # The MoE applies inside forward the normalisation the dense model saw: its processor's statistics, or none.
+        num_channels = dense.config.num_channels
+        normalizes = getattr(image_processor, "do_normalize", False)
+        for key, identity in (("image_mean", 0.0), ("image_std", 1.0)):
+            if moe_config_kwargs.get(key) is None:
+                values = getattr(image_processor, key, None) if normalizes else [identity] * num_channels
+                if values is not None:
+                    values = [float(v) for v in values]
+                    moe_config_kwargs = {**moe_config_kwargs, key: values * num_channels if len(values) == 1 else values}
     config_dict.update({k: v for k, v in moe_config_kwargs.items() if v is not None})
     moe = moe_cls(moe_cls.config_class(**config_dict))
     moe.to(dtype=next(dense.parameters()).dtype)

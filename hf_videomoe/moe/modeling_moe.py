@@ -63,7 +63,8 @@ def gate_weights(router_logits: torch.Tensor, top_k: int, gate: str = "straight_
     if gate == "switch":
         return top_k_index, top_k_probs / mass.detach()
     if gate == "straight_through":
-        return top_k_index, (top_k_probs / mass).detach() + top_k_probs - top_k_probs.detach()
+        # (p - p) first: that term is exactly 0 in the forward pass, so the value is bit-identical to `renormalize`.
+        return top_k_index, (top_k_probs - top_k_probs.detach()) + (top_k_probs / mass).detach()
     raise ValueError(f"`router_gate` must be one of {ROUTER_GATES}, got {gate!r}.")
 
 

@@ -22,6 +22,13 @@ def is_moe_model(model: nn.Module) -> bool:
     return len(moe_blocks(model)) > 0
 
 
+def _refuse_checkpointed_training(model: nn.Module, what: str) -> None:
+    # Activation checkpointing re-runs each layer in backward: a random draw would differ from the forward's and a
+    # record would hold every decision twice.
+    if model.training and any(getattr(module, "gradient_checkpointing", False) for module in model.modules()):
+        raise ValueError(f"{what} cannot run on a model training with activation checkpointing; call `model.eval()`.")
+
+
 def _require_moe(model: nn.Module, what: str) -> list[SparseMoeBlock]:
     blocks = moe_blocks(model)
     if not blocks:
@@ -72,6 +79,7 @@ def random_routing(model: nn.Module, seed: int = 0):
     clip and shared by every MoE layer. Deterministic for a given ``seed`` and call sequence.
     """
     blocks = _require_moe(model, "random_routing")
+    _refuse_checkpointed_training(model, "random_routing")
     generator = torch.Generator().manual_seed(int(seed))
     previous = [block.random_routing for block in blocks]
     try:
@@ -91,6 +99,7 @@ def record_routing(model: nn.Module):
     pass, after any forcing or override. Replay one with [`override_routing`].
     """
     blocks = _require_moe(model, "record_routing")
+    _refuse_checkpointed_training(model, "record_routing")
     per_block: list[list[RoutingDecision]] = [[] for _ in blocks]
     passes: list[list[RoutingDecision]] = []
     previous = [block.routing_record for block in blocks]

@@ -36,7 +36,8 @@ def relevance_predictions(model: nn.Module, pixel_values: torch.Tensor, seed: in
 
     Returns ``{"random": [pred per clip], "forced": [[pred per clip] per expert]}``.
     """
-    num_experts = moe_blocks(model)[0].num_experts if moe_blocks(model) else 0
+    blocks = moe_blocks(model)
+    num_experts = blocks[0].num_experts if blocks else 0
     with random_routing(model, seed):
         random_pred = _predict(model, pixel_values).tolist()
     forced = []
