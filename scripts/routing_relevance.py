@@ -153,8 +153,8 @@ def stage_variants(args, out: Path):
                 train_dataset=train, data_collator=VideoCollator()).train()
         seconds = time.perf_counter() - start
         after = routing_relevance(moe, val_x, val_y, seed=args.seed)
-        result = {"label": label, "options": options, "epochs": epochs, "learning_rate": learning_rate, "before": before, "after": after, "train_seconds": seconds,
-                  "expert_distance": expert_distance(moe)}
+        result = {"label": label, "options": options, "epochs": epochs, "learning_rate": learning_rate,
+                  "before": before, "after": after, "train_seconds": seconds, "expert_distance": expert_distance(moe)}
         path.write_text(json.dumps(result, indent=2))
         print(json.dumps({k: result[k] for k in ("label", "after", "expert_distance")}))
 
@@ -225,7 +225,9 @@ def stage_report(args, out: Path):
         f"`python scripts/routing_relevance.py --stage dense|variants|report` (seed {args.seed}, "
         f"{args.num_videos} MovingShapes clips, dense VideoMAE trained {args.dense_epochs:g} epochs, upcycled to 4 "
         f"experts top-1 and fine-tuned without attacks for {args.moe_epochs:g} epochs at 5e-4, or 20 epochs at 1e-3 "
-        "in the rows marked '20 ep'; every number on a validation split carved from train, {n} clips). Learned − "
+        "in the rows marked '20 ep'; every number on a validation split carved from train, {n} clips; the rows "
+        "marked 'demo size' come from `--num-videos 3000 --output-dir outputs/routing_relevance_at --select "
+        "'demo size'`: 1,800 training clips like the demo's, 449 validation clips). Learned − "
         "random is paired over clips (± one standard error); expert distance is the mean relative distance of each "
         "expert's up-projection from the experts' mean.".format(n=rows[0]["after"]["num_samples"] if rows else 0),
         "",

@@ -55,17 +55,17 @@ def gate_weights(router_logits: torch.Tensor, top_k: int, gate: str = "straight_
     * ``"renormalize"``: the plain renormalised weights. At top-1 these are ``p / p = 1`` and the task loss sends the
       router no gradient at all (routers then learn only from auxiliary losses); kept for comparison.
     """
+    if gate not in ROUTER_GATES:
+        raise ValueError(f"`router_gate` must be one of {ROUTER_GATES}, got {gate!r}.")
     router_probs = router_logits.softmax(dim=-1)
     top_k_probs, top_k_index = torch.topk(router_probs, top_k, dim=-1)
     mass = top_k_probs.sum(dim=-1, keepdim=True)
-    if gate == "renormalize":
+    if gate == "renormalize" or not top_k_probs.requires_grad:  # no gradient to shape: the values are all the same
         return top_k_index, top_k_probs / mass
     if gate == "switch":
         return top_k_index, top_k_probs / mass.detach()
-    if gate == "straight_through":
-        # (p - p) first: that term is exactly 0 in the forward pass, so the value is bit-identical to `renormalize`.
-        return top_k_index, (top_k_probs - top_k_probs.detach()) + (top_k_probs / mass).detach()
-    raise ValueError(f"`router_gate` must be one of {ROUTER_GATES}, got {gate!r}.")
+    # straight_through; (p - p) first: it is exactly 0 in the forward pass, so the value is bit-identical to renormalize.
+    return top_k_index, (top_k_probs - top_k_probs.detach()) + (top_k_probs / mass).detach()
 
 
 class MoeRouter(nn.Module):
