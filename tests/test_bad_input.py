@@ -188,3 +188,135 @@ def test_cli_names_corrupt_files(tmp_path, capsys, model):
         assert info.value.code == 2 and "Traceback" not in err, err
         last = err.strip().splitlines()[-1]  # (progress bars of the loader may come before it)
         assert last.startswith(f"hf-videomoe {argv[0]}: error:") and path in last, err
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# The evaluator's resumable state is checked, never trusted
+
+
+def test_resume_state_is_checked(tmp_path, model):
+    import json
+    import warnings
+
+    from hf_videomoe.evaluation import evaluate_robustness
+
+    x = clips(4)
+    with torch.no_grad():
+        y = model(x).logits.argmax(-1)
+    y[0] = (y[0] + 1) % 8  # one clean mistake
+    data = [{"pixel_values": x[i], "labels": int(y[i])} for i in range(4)]
+    kwargs = dict(attacks=["fgsm"], eps=2 / 255, batch_size=2, check_gradients=False, check_determinism=False,
+                  compute_cost=False, progress=False)
+    reference = evaluate_robustness(model, data, state_dir=tmp_path / "state", **kwargs)
+    assert reference.clean_accuracy == 0.75
+    batch_file = tmp_path / "state" / "batches" / "batch_0000000.json"
+
+    # Labels overwritten with the clean predictions: would turn the clean mistake into a hit if trusted.
+    envelope = json.loads(batch_file.read_text())
+    envelope["record"]["labels"] = envelope["record"]["clean_pred"]
+    batch_file.write_text(json.dumps(envelope))
+    with pytest.warns(UserWarning, match=r"batch_0000000\.json .*does not match its checksum"):
+        tampered = evaluate_robustness(model, data, state_dir=tmp_path / "state", **kwargs)
+    assert tampered.clean_accuracy == 0.75 and tampered == reference
+
+    batch_file.write_text(batch_file.read_text()[:40])  # truncated
+    with pytest.warns(UserWarning, match=r"batch_0000000\.json .*truncated"):
+        assert evaluate_robustness(model, data, state_dir=tmp_path / "state", **kwargs) == reference
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # intact state: reused silently
+        assert evaluate_robustness(model, data, state_dir=tmp_path / "state", **kwargs) == reference
+
+    (tmp_path / "state" / "settings.json").write_text("[]")
+    with pytest.raises(ValueError, match=r"settings\.json does not hold"):
+        evaluate_robustness(model, data, state_dir=tmp_path / "state", **kwargs)
+    (tmp_path / "state" / "settings.json").write_text('{"format": ')
+    with pytest.raises(ValueError, match=r"settings\.json is unreadable"):
+        evaluate_robustness(model, data, state_dir=tmp_path / "state", **kwargs)
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# The Hub push: bounded time and retries, the local folder kept on every failure
+
+
+def test_push_times_out_retries_and_keeps_the_folder(tmp_path, model, monkeypatch):
+    import socket
+    import threading
+    import time
+
+    from hf_videomoe.hub import HubUploadError, push_robust_checkpoint
+    from hf_videomoe.hub.testing import LoopbackHubServer
+
+    import huggingface_hub
+
+    # Loopback only: these servers live on 127.0.0.1 inside this test.
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setenv("NO_PROXY", "127.0.0.1,localhost")
+    report = card_report()
+    silent = socket.socket()  # accepts connections and never answers
+    silent.bind(("127.0.0.1", 0))
+    silent.listen(8)
+    accepted = []
+    stop = threading.Event()
+
+    def accept():
+        silent.settimeout(0.2)
+        while not stop.is_set():
+            try:
+                accepted.append(silent.accept()[0])
+            except OSError:
+                continue
+
+    thread = threading.Thread(target=accept, daemon=True)
+    thread.start()
+    try:
+        start = time.monotonic()
+        with pytest.raises(HubUploadError) as info:
+            push_robust_checkpoint(model, "user/hang", report, endpoint=f"http://127.0.0.1:{silent.getsockname()[1]}",
+                                   token="x", local_dir=tmp_path / "kept", plots=False, timeout=1.0, max_retries=1)
+        assert time.monotonic() - start < 30
+        assert "no answer from the Hub within 1 s" in str(info.value) and str(tmp_path / "kept") in str(info.value)
+        assert (tmp_path / "kept" / "model.safetensors").is_file() and (tmp_path / "kept" / "README.md").is_file()
+    finally:
+        stop.set()
+        thread.join()
+        for connection in accepted:
+            connection.close()
+        silent.close()
+
+    with LoopbackHubServer() as server:  # a transient 500 is retried, then the push succeeds
+        server.fail("commit", status=500, repo_id="user/flaky", times=1)
+        push_robust_checkpoint(model, "user/flaky", report, endpoint=server.url, token="x", plots=False,
+                               timeout=30.0, max_retries=1)
+        assert "model.safetensors" in server.files("user/flaky")
+        server.fail("commit", status=403, repo_id="user/denied")  # a 4xx is not retried
+        with pytest.raises(HubUploadError, match="403|Forbidden"):
+            push_robust_checkpoint(model, "user/denied", report, endpoint=server.url, token="x", plots=False,
+                                   max_retries=3)
+    with pytest.raises(ValueError, match="timeout"):
+        push_robust_checkpoint(model, "user/x", report, timeout=0)
+
+
+@pytest.mark.parametrize("content", ["{not json", "[]", '{"clean_accuracy": 0.5}', ""])
+def test_report_load_names_the_file(tmp_path, content):
+    from hf_videomoe.evaluation import RobustnessReport
+
+    path = tmp_path / "report.json"
+    path.write_text(content)
+    with pytest.raises(ValueError, match=r"report\.json is not a robustness report"):
+        RobustnessReport.load(path)
+
+
+@pytest.mark.parametrize("rows, words", [
+    (lambda x: [{"pixel_values": x[0], "labels": None}], ["labels", "None"]),
+    (lambda x: [{"pixel_values": x[0], "labels": 0.7}], ["labels", "integer"]),
+    (lambda x: [{"pixel_values": x[0] * float("nan"), "labels": 0}], ["pixel_values", "NaN"]),
+    (lambda x: [{"pixel_values": x[0], "labels": 8}], ["[0, 8)"]),
+    (lambda x: [], ["empty"]),
+])
+def test_evaluator_rejects(model, rows, words):
+    from hf_videomoe.evaluation import evaluate_robustness
+
+    with pytest.raises(ValueError) as info:
+        evaluate_robustness(model, rows(clips()), attacks=["fgsm"], eps=2 / 255, progress=False, compute_cost=False)
+    for word in words:
+        assert word in str(info.value), (word, str(info.value))

@@ -72,7 +72,12 @@ def to_pixel_tensor(value: Any) -> torch.Tensor:
 
 
 def to_label_tensor(value: Any) -> torch.Tensor:
-    tensor = value if isinstance(value, torch.Tensor) else torch.as_tensor(np.asarray(value))
+    if not isinstance(value, torch.Tensor):
+        array = np.asarray(value)
+        if array.dtype == object:  # None, strings or ragged lists among the labels
+            raise ValueError(f"labels must be integer class indices, got {value!r} (a row without a label?).")
+        value = torch.as_tensor(array)
+    tensor = value
     if tensor.is_floating_point() or tensor.dtype == torch.bool:
         raise ValueError(f"labels must be integer class indices, got dtype {tensor.dtype}.")
     return tensor.long().reshape(-1)

@@ -220,8 +220,14 @@ class RobustnessReport:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "RobustnessReport":
         """Inverse of [`to_dict`]; unknown keys (from newer versions) are ignored."""
+        if not isinstance(data, dict):
+            raise TypeError(f"a report is a JSON object, got {type(data).__name__}")
         data = dict(data)
         data.pop("format_version", None)
+        missing = [name for name in ("clean_accuracy", "robust_accuracy", "worst_case_accuracy", "num_samples", "eps")
+                   if name not in data]
+        if missing:
+            raise KeyError(f"missing {missing}")
         names = {f.name for f in dataclasses.fields(cls)}
         kwargs = {k: v for k, v in data.items() if k in names}
         kwargs["flags"] = [ReliabilityFlag.from_dict(flag) for flag in kwargs.get("flags") or []]
@@ -247,8 +253,12 @@ class RobustnessReport:
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> "RobustnessReport":
-        """Read a report written by [`save`]."""
-        return cls.from_json(Path(path).read_text(encoding="utf-8"))
+        """Read a report written by [`save`]; a file that is not one raises a `ValueError` naming it."""
+        text = Path(path).read_text(encoding="utf-8")
+        try:
+            return cls.from_json(text)
+        except (ValueError, TypeError, KeyError, AttributeError) as err:
+            raise ValueError(f"{path} is not a robustness report written by `RobustnessReport.save` ({err}).") from err
 
     # -- Markdown -----------------------------------------------------------------------------------------------------
     def headline(self) -> str:

@@ -59,7 +59,7 @@ __all__ = ["DEFAULT_ATTACKS", "evaluate_robustness"]
 #: Attacks run when ``attacks=None``: three standard white-box attacks, the gradient-free Square (the gradient-masking
 #: check needs it) and the paper's strongest MoE attack (dropped automatically for dense models).
 DEFAULT_ATTACKS = ("pgd", "apgd-ce", "apgd-dlr", "square", "j-tlga")
-_STATE_FORMAT = 1
+_STATE_FORMAT = 2  # 2: every batch file carries checksums of its record and of the settings
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -359,17 +359,32 @@ def _diff_settings(saved: Any, current: Any, prefix: str = "") -> list[str]:
     return [] if saved == current else [f"{prefix}: saved {saved!r}, now {current!r}"]
 
 
+def _sha256(data: Any) -> str:
+    return hashlib.sha256(json.dumps(data, sort_keys=True, allow_nan=True).encode()).hexdigest()
+
+
 class _StateStore:
+    """Per-batch JSON files under ``state_dir``; each carries a checksum of its record and of the settings it was
+    computed with, so a file that is truncated, corrupt or edited is reported (with its path) and recomputed, never
+    trusted."""
+
     def __init__(self, state_dir: str | Path, settings: dict[str, Any], dist: _Dist):
         self.root = Path(state_dir)
         self.batches_dir = self.root / "batches"
+        self.settings_sha256 = _sha256(settings)
         settings_path = self.root / "settings.json"
         if dist.is_main:
             self.batches_dir.mkdir(parents=True, exist_ok=True)
             if not settings_path.exists():
                 atomic_write_text(settings_path, json.dumps({"format": _STATE_FORMAT, "settings": settings}, indent=2))
         dist.barrier()
-        saved = json.loads(settings_path.read_text())
+        try:
+            saved = json.loads(settings_path.read_text())
+        except (OSError, ValueError) as err:
+            raise ValueError(f"{settings_path} is unreadable or not JSON ({err}); delete the state_dir to start over.")
+        if not isinstance(saved, dict):
+            raise ValueError(f"{settings_path} does not hold an evaluation's settings (got {type(saved).__name__}); "
+                             "delete the state_dir to start over.")
         differences = _diff_settings(saved.get("settings"), settings)
         if saved.get("format") != _STATE_FORMAT or differences:
             raise ValueError(
@@ -381,20 +396,49 @@ class _StateStore:
     def _path(self, index: int) -> Path:
         return self.batches_dir / f"batch_{index:07d}.json"
 
+    def _read(self, path: Path) -> dict[str, Any]:
+        """The record in ``path``; `ValueError` saying what is wrong with the file otherwise."""
+        try:
+            envelope = json.loads(path.read_text())
+        except (OSError, ValueError) as err:
+            raise ValueError(f"unreadable or truncated ({type(err).__name__}: {err})") from err
+        if not isinstance(envelope, dict) or not {"record", "record_sha256", "settings_sha256"} <= set(envelope):
+            raise ValueError("not a batch file of this evaluator version (no checksums)")
+        if envelope["settings_sha256"] != self.settings_sha256:
+            raise ValueError("computed with other settings")
+        if _sha256(envelope["record"]) != envelope["record_sha256"]:
+            raise ValueError("its content does not match its checksum (edited or corrupt)")
+        record = envelope["record"]
+        missing = {"batch", "indices", "labels", "clean_pred", "attacks"} - set(record)
+        if missing:
+            raise ValueError(f"missing {sorted(missing)}")
+        return record
+
     def done(self) -> set[int]:
+        """Indices of the batches whose files are intact; the others are reported and set aside for recomputation."""
         out = set()
-        for path in self.batches_dir.glob("batch_*.json"):
+        for path in sorted(self.batches_dir.glob("batch_*.json")):
             try:
-                out.add(int(path.stem.split("_")[1]))
-            except (IndexError, ValueError):
+                index = int(path.stem.split("_")[1])
+                record = self._read(path)
+                if record["batch"] != index:
+                    raise ValueError(f"it holds batch {record['batch']}")
+            except (IndexError, ValueError) as err:
+                warnings.warn(f"Evaluation state file {path} is not trusted and will be recomputed: {err}.", stacklevel=3)
+                try:
+                    path.replace(path.with_suffix(".rejected"))
+                except OSError:
+                    pass
                 continue
+            out.add(index)
         return out
 
     def load(self, index: int) -> dict[str, Any]:
-        return json.loads(self._path(index).read_text())
+        return self._read(self._path(index))
 
     def save(self, record: dict[str, Any]) -> None:
-        atomic_write_text(self._path(record["batch"]), json.dumps(record, allow_nan=True))
+        envelope = {"record": record, "record_sha256": _sha256(record), "settings_sha256": self.settings_sha256}
+        atomic_write_text(self._path(record["batch"]), json.dumps(envelope, allow_nan=True))
 
 
 # ----------------------------------------------------------------------------------------------------------------------

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import functools
 import inspect
 import os
 import shutil
 import tempfile
+import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -101,6 +104,8 @@ def push_robust_checkpoint(
     local_dir: str | os.PathLike | None = None,
     revision: str | None = None,
     endpoint: str | None = None,
+    timeout: float | None = 300.0,
+    max_retries: int = 2,
     **card_kwargs: Any,
 ):
     """Save a robust checkpoint with its robustness report, plots and model card, then upload them in one commit.
@@ -122,6 +127,11 @@ def push_robust_checkpoint(
         local_dir: where to prepare the files (kept afterwards); default: a temporary folder.
         revision: branch to commit to (default ``main``).
         endpoint: Hub endpoint (defaults to ``HF_ENDPOINT`` / huggingface.co).
+        timeout: seconds each Hub call (creating the repo, the commit) may take before it is abandoned and retried;
+            ``None`` waits forever. huggingface_hub's own client has no timeout, so a server that accepts the
+            connection and never answers would otherwise hang the push.
+        max_retries: further attempts of a Hub call after a timeout, a dropped connection or a 5xx answer (with
+            1 s, 2 s, 4 s ... between them); a 4xx answer is not retried.
         card_kwargs: more [`build_model_card`] arguments (``model_name``, ``base_model``, ``dataset_name``,
             ``training_recipe``, ``dataset_kwargs``, ``tags``, ...).
 
@@ -147,18 +157,27 @@ def push_robust_checkpoint(
             f"Upload robust checkpoint (worst-case robust accuracy {100 * report.worst_case_accuracy:.1f} %, "
             f"clean {100 * report.clean_accuracy:.1f} %)"
         )
+    if timeout is not None and not (isinstance(timeout, (int, float)) and timeout > 0):
+        raise ValueError(f"timeout must be a positive number of seconds or None, got {timeout!r}.")
+    if isinstance(max_retries, bool) or not isinstance(max_retries, int) or max_retries < 0:
+        raise ValueError(f"max_retries must be an int >= 0, got {max_retries!r}.")
     api = HfApi(endpoint=endpoint, token=token)
     target = f"{api.endpoint}/{repo_id}"
     stage = "creating the repository"
+
+    def call(fn, *args, **kwargs):
+        return _call_with_retries(functools.partial(fn, *args, **kwargs), timeout, max_retries)
+
     try:
-        repo_url = api.create_repo(repo_id, private=private, exist_ok=True, repo_type="model")
+        repo_url = call(api.create_repo, repo_id, private=private, exist_ok=True, repo_type="model")
         canonical_id = getattr(repo_url, "repo_id", None) or repo_id
         operations = [
             CommitOperationAdd(path_in_repo=path.relative_to(folder).as_posix(), path_or_fileobj=str(path))
             for path in files
         ]
         stage = f"committing {len(operations)} files"
-        info = api.create_commit(
+        info = call(
+            api.create_commit,
             repo_id=canonical_id,
             repo_type="model",
             operations=operations,
@@ -176,3 +195,44 @@ def push_robust_checkpoint(
     if temporary:
         shutil.rmtree(folder, ignore_errors=True)
     return info
+
+
+def _is_transient(err: BaseException) -> bool:
+    """Timeouts, dropped connections and 5xx answers are worth another try; 4xx answers are not."""
+    if isinstance(err, TimeoutError):
+        return True
+    response = getattr(err, "response", None)
+    status = getattr(response, "status_code", None)
+    if status is not None:
+        return int(status) >= 500
+    return isinstance(err, (ConnectionError, OSError)) or "Connect" in type(err).__name__ or "Read" in type(err).__name__
+
+
+def _call_with_retries(fn, timeout: float | None, max_retries: int):
+    """``fn()`` with a deadline and bounded retries.
+
+    huggingface_hub's HTTP client is process-wide and has no timeout; changing it would change every other Hub call
+    of the user's process, so each call runs in a daemon thread that is abandoned at the deadline instead.
+    """
+    for attempt in range(max_retries + 1):
+        outcome: dict[str, Any] = {}
+
+        def run():
+            try:
+                outcome["value"] = fn()
+            except BaseException as err:  # handed to the caller's thread
+                outcome["error"] = err
+
+        worker = threading.Thread(target=run, name="hf_videomoe-hub-call", daemon=True)
+        worker.start()
+        worker.join(timeout)
+        if worker.is_alive():
+            error: BaseException = TimeoutError(f"no answer from the Hub within {timeout:g} s")
+        elif "error" in outcome:
+            error = outcome["error"]
+        else:
+            return outcome.get("value")
+        if attempt == max_retries or not _is_transient(error):
+            raise error
+        time.sleep(min(2**attempt, 30))
+    raise AssertionError("unreachable")
