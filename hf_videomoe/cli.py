@@ -448,14 +448,24 @@ def main(argv: list[str] | None = None) -> int:
             raise
         # Library errors are written to be read by a person; a traceback adds nothing for a CLI user.
         parser.exit(2, f"hf-videomoe {args.command}: error: {' '.join(str(err).split())}\n")
+    except RuntimeError as err:
+        from .hub import HubUploadError
+
+        if args.debug or not isinstance(err, HubUploadError):
+            raise err if args.debug else _unexpected(parser, args, err)
+        parser.exit(1, f"hf-videomoe {args.command}: error: {' '.join(str(err).split())}\n")
     except KeyboardInterrupt:
         parser.exit(130, f"hf-videomoe {args.command}: interrupted\n")
     except Exception as err:  # a bug, not a user error: say so briefly
         if args.debug:
             raise
-        parser.exit(1, f"hf-videomoe {args.command}: unexpected {type(err).__name__}: {err}\n"
-                       "Rerun with --debug for the traceback, and please report it.\n")
+        _unexpected(parser, args, err)
     return 0
+
+
+def _unexpected(parser, args, err: BaseException):
+    parser.exit(1, f"hf-videomoe {args.command}: unexpected {type(err).__name__}: {err}\n"
+                   "Rerun with `hf-videomoe --debug ...` for the traceback, and please report it.\n")
 
 
 if __name__ == "__main__":

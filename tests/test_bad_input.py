@@ -320,3 +320,21 @@ def test_evaluator_rejects(model, rows, words):
         evaluate_robustness(model, rows(clips()), attacks=["fgsm"], eps=2 / 255, progress=False, compute_cost=False)
     for word in words:
         assert word in str(info.value), (word, str(info.value))
+
+
+@pytest.mark.parametrize("text, expected", [
+    ("1. Foo", "1\\. Foo"), ("- bar", "\\- bar"), ("plain_name v2", "plain_name v2"), ("_x_", "\\_x\\_"),
+    ("a\n# b", "a \\# b"), ("<b>&", "&lt;b&gt;&amp;"), ("[x](y)", "\\[x\\](y)"),
+])
+def test_markdown_text(text, expected):
+    from hf_videomoe.hub.model_card import markdown_text
+
+    assert markdown_text(text) == expected
+
+
+def test_string_labels_are_named(model):
+    from hf_videomoe.evaluation import evaluate_robustness
+
+    with pytest.raises(ValueError, match="labels must be integer class indices, got 'walk'"):
+        evaluate_robustness(model, [{"pixel_values": clips()[0], "labels": "walk"}], attacks=["fgsm"], eps=2 / 255,
+                            progress=False, compute_cost=False)

@@ -74,7 +74,7 @@ def to_pixel_tensor(value: Any) -> torch.Tensor:
 def to_label_tensor(value: Any) -> torch.Tensor:
     if not isinstance(value, torch.Tensor):
         array = np.asarray(value)
-        if array.dtype == object:  # None, strings or ragged lists among the labels
+        if array.dtype.kind not in "iufb":  # None, strings or ragged lists among the labels
             raise ValueError(f"labels must be integer class indices, got {value!r} (a row without a label?).")
         value = torch.as_tensor(array)
     tensor = value

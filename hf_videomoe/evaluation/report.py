@@ -254,9 +254,8 @@ class RobustnessReport:
     @classmethod
     def load(cls, path: str | os.PathLike) -> "RobustnessReport":
         """Read a report written by [`save`]; a file that is not one raises a `ValueError` naming it."""
-        text = Path(path).read_text(encoding="utf-8")
         try:
-            return cls.from_json(text)
+            return cls.from_json(Path(path).read_text(encoding="utf-8"))
         except (ValueError, TypeError, KeyError, AttributeError) as err:
             raise ValueError(f"{path} is not a robustness report written by `RobustnessReport.save` ({err}).") from err
 

@@ -414,16 +414,22 @@ class _StateStore:
             raise ValueError(f"missing {sorted(missing)}")
         return record
 
-    def done(self) -> set[int]:
-        """Indices of the batches whose files are intact; the others are reported and set aside for recomputation."""
+    def done(self, rank: int = 0, world: int = 1) -> set[int]:
+        """Indices of this rank's batches whose files are intact; the others are reported and set aside for
+        recomputation (each rank checks only its own batches, so no two processes touch the same file)."""
         out = set()
         for path in sorted(self.batches_dir.glob("batch_*.json")):
             try:
                 index = int(path.stem.split("_")[1])
+            except (IndexError, ValueError):
+                continue
+            if index % world != rank:
+                continue
+            try:
                 record = self._read(path)
                 if record["batch"] != index:
                     raise ValueError(f"it holds batch {record['batch']}")
-            except (IndexError, ValueError) as err:
+            except ValueError as err:
                 warnings.warn(f"Evaluation state file {path} is not trusted and will be recomputed: {err}.", stacklevel=3)
                 try:
                     path.replace(path.with_suffix(".rejected"))
@@ -994,7 +1000,7 @@ def evaluate_robustness(
 
     # 6. The loop.
     evaluator = _Evaluator(model, specs, options)
-    done = store.done() if store is not None else set()
+    done = store.done(dist.rank, dist.world) if store is not None else set()
     total_batches = None if source.num_samples is None else -(-source.num_samples // batch_size)
     my_total = None if total_batches is None else len(range(dist.rank, total_batches, dist.world))
     records: list[dict[str, Any]] = []

@@ -42,7 +42,7 @@ _CITATION = """@inproceedings{wang2026achilles,
 # Enough to stop emphasis, links / images (no "[" or "]"), code spans, headings, table cells and strikethrough;
 # "_" only where it could open or close emphasis (GFM ignores intraword underscores, as in `lipschitz_weight`).
 _MARKDOWN_SPECIAL = re.compile(r"([\\`*\[\]#|~]|(?<![A-Za-z0-9])_|_(?![A-Za-z0-9]))")
-_LIST_MARKER = re.compile(r"^([-+]|\d+[.)])(\s)")
+_LIST_MARKER = re.compile(r"^(?:([-+])|(\d+)([.)]))(?=\s)")
 
 
 def markdown_text(value: Any) -> str:
@@ -51,7 +51,8 @@ def markdown_text(value: Any) -> str:
     text = " ".join(str(value).split())
     text = text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
     text = _MARKDOWN_SPECIAL.sub(r"\\\1", text)
-    return _LIST_MARKER.sub(r"\\\1\2", text)  # a leading "- " or "1. " would start a list
+    # A leading "- " or "1. " would start a list: "\-" and "1\." are the Markdown escapes.
+    return _LIST_MARKER.sub(lambda m: "\\" + m.group(1) if m.group(1) else m.group(2) + "\\" + m.group(3), text)
 
 
 def _check_metrics(report: RobustnessReport) -> None:

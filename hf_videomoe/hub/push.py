@@ -127,9 +127,11 @@ def push_robust_checkpoint(
         local_dir: where to prepare the files (kept afterwards); default: a temporary folder.
         revision: branch to commit to (default ``main``).
         endpoint: Hub endpoint (defaults to ``HF_ENDPOINT`` / huggingface.co).
-        timeout: seconds each Hub call (creating the repo, the commit) may take before it is abandoned and retried;
-            ``None`` waits forever. huggingface_hub's own client has no timeout, so a server that accepts the
-            connection and never answers would otherwise hang the push.
+        timeout: seconds each Hub request other than the file uploads (creating the repository, reading its head,
+            the commit itself) may take before it is abandoned and retried; ``None`` waits forever. The uploads of
+            large files run without a deadline (they take as long as the checkpoint is large) but are retried on
+            transient errors. huggingface_hub's own client has no timeout, so a server that accepts the connection
+            and never answers would otherwise hang the push.
         max_retries: further attempts of a Hub call after a timeout, a dropped connection or a 5xx answer (with
             1 s, 2 s, 4 s ... between them); a 4xx answer is not retried.
         card_kwargs: more [`build_model_card`] arguments (``model_name``, ``base_model``, ``dataset_name``,
@@ -157,8 +159,9 @@ def push_robust_checkpoint(
             f"Upload robust checkpoint (worst-case robust accuracy {100 * report.worst_case_accuracy:.1f} %, "
             f"clean {100 * report.clean_accuracy:.1f} %)"
         )
-    if timeout is not None and not (isinstance(timeout, (int, float)) and timeout > 0):
-        raise ValueError(f"timeout must be a positive number of seconds or None, got {timeout!r}.")
+    if timeout is not None and (isinstance(timeout, bool) or not isinstance(timeout, (int, float))
+                                or not 0 < timeout < float("inf")):
+        raise ValueError(f"timeout must be a positive finite number of seconds or None, got {timeout!r}.")
     if isinstance(max_retries, bool) or not isinstance(max_retries, int) or max_retries < 0:
         raise ValueError(f"max_retries must be an int >= 0, got {max_retries!r}.")
     api = HfApi(endpoint=endpoint, token=token)
@@ -175,9 +178,16 @@ def push_robust_checkpoint(
             CommitOperationAdd(path_in_repo=path.relative_to(folder).as_posix(), path_or_fileobj=str(path))
             for path in files
         ]
+        # The head before the commit: a retried commit whose first attempt did land is refused (parent changed)
+        # instead of committing twice.
+        parent = call(api.repo_info, canonical_id, repo_type="model", revision=revision).sha
+        stage = f"uploading {len(operations)} files"
+        _call_with_retries(functools.partial(api.preupload_lfs_files, canonical_id, additions=operations,
+                                             repo_type="model", revision=revision), None, max_retries)
         stage = f"committing {len(operations)} files"
         info = call(
             api.create_commit,
+            parent_commit=parent,
             repo_id=canonical_id,
             repo_type="model",
             operations=operations,
@@ -198,14 +208,14 @@ def push_robust_checkpoint(
 
 
 def _is_transient(err: BaseException) -> bool:
-    """Timeouts, dropped connections and 5xx answers are worth another try; 4xx answers are not."""
-    if isinstance(err, TimeoutError):
+    """Timeouts, dropped or stalled connections, 429 and 5xx answers are worth another try; anything else (4xx,
+    offline mode, a missing token, local file errors) would fail the same way again."""
+    import httpx2  # huggingface_hub's HTTP client
+
+    if isinstance(err, (TimeoutError, httpx2.TransportError)):
         return True
-    response = getattr(err, "response", None)
-    status = getattr(response, "status_code", None)
-    if status is not None:
-        return int(status) >= 500
-    return isinstance(err, (ConnectionError, OSError)) or "Connect" in type(err).__name__ or "Read" in type(err).__name__
+    status = getattr(getattr(err, "response", None), "status_code", None)
+    return status is not None and (int(status) == 429 or int(status) >= 500)
 
 
 def _call_with_retries(fn, timeout: float | None, max_retries: int):

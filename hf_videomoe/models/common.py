@@ -107,8 +107,11 @@ def consistent_image_processor(config, processor):
     one, or one Trainer saved from ``processing_class``) would make ``pipeline`` feed values our input check rejects."""
     if processor is None:
         return pixel_image_processor(config)
+    size = config.image_size if isinstance(config.image_size, int) else tuple(config.image_size)[0]
     rescales = getattr(processor, "do_rescale", False) and abs(getattr(processor, "rescale_factor", 0) - 1 / 255) < 1e-9
-    if rescales and not getattr(processor, "do_normalize", True) and getattr(processor, "do_center_crop", False):
+    crops = getattr(processor, "do_center_crop", False) and getattr(processor, "crop_size", None) == {
+        "height": size, "width": size}
+    if rescales and crops and not getattr(processor, "do_normalize", True):
         return processor
     return pixel_image_processor(config, template=processor)
 
@@ -152,9 +155,17 @@ class MoePreTrainedModelMixin:
         convention (frames in [0, 1], not normalised), so that ``AutoImageProcessor`` and
         ``pipeline("video-classification", model=save_directory)`` work on every checkpoint we write (Trainer
         checkpoints and `push_robust_checkpoint` included)."""
-        if kwargs.get("is_main_process", True):  # written first, so that `push_to_hub=True` uploads it too
-            consistent_image_processor(self.config, self.image_processor).save_pretrained(save_directory)
+        push_to_hub = kwargs.pop("push_to_hub", False)
+        hub_kwargs = {key: kwargs.pop(key) for key in ("repo_id", "commit_message", "private", "token", "create_pr")
+                      if key in kwargs}
         super().save_pretrained(save_directory, *args, **kwargs)
+        if kwargs.get("is_main_process", True):
+            consistent_image_processor(self.config, self.image_processor).save_pretrained(save_directory)
+        if push_to_hub:
+            # transformers uploads the files that changed during its own save_pretrained, before the processor exists;
+            # push_to_hub saves again in a temporary folder (processor included) and uploads that.
+            repo_id = hub_kwargs.pop("repo_id", os.path.basename(os.path.normpath(os.fspath(save_directory))))
+            self.push_to_hub(repo_id, **hub_kwargs)
 
     def _set_gradient_checkpointing(self, enable: bool = True, gradient_checkpointing_func=None, **kwargs):
         # Our layers hand a routing decision (a dataclass of tensors) from layer to layer; reentrant checkpointing
@@ -370,7 +381,7 @@ def upcycle_from_dense(
             if moe_config_kwargs.get(key) is None:
                 values = getattr(image_processor, key, None) if normalizes else [identity] * num_channels
                 if values is not None:
-                    values = [float(v) for v in values]
+                    values = [float(v) for v in ([values] if isinstance(values, (int, float)) else values)]
                     moe_config_kwargs = {**moe_config_kwargs, key: values * num_channels if len(values) == 1 else values}
     config_dict.update({k: v for k, v in moe_config_kwargs.items() if v is not None})
     moe = moe_cls(moe_cls.config_class(**config_dict))

@@ -60,7 +60,7 @@ def gate_weights(router_logits: torch.Tensor, top_k: int, gate: str = "straight_
     router_probs = router_logits.softmax(dim=-1)
     top_k_probs, top_k_index = torch.topk(router_probs, top_k, dim=-1)
     mass = top_k_probs.sum(dim=-1, keepdim=True)
-    if gate == "renormalize" or not top_k_probs.requires_grad:  # no gradient to shape: the values are all the same
+    if gate == "renormalize" or not torch.is_grad_enabled():  # no gradient to shape: the values are all the same
         return top_k_index, top_k_probs / mass
     if gate == "switch":
         return top_k_index, top_k_probs / mass.detach()
