@@ -63,6 +63,11 @@ record = {
 }
 with open(os.path.join(out, f"rank{record['rank']}.json"), "w") as f:
     json.dump(record, f)
+# Tear the gloo group down before exit: left to interpreter shutdown, its threads can abort a rank
+# ("terminate called without an active exception") after the work is done.
+if torch.distributed.is_initialized():
+    torch.distributed.barrier()
+    torch.distributed.destroy_process_group()
 '''
 
 
