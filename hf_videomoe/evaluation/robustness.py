@@ -49,7 +49,14 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
-from ..moe import frozen_routing_predictions, is_moe_model, moe_blocks, relevance_predictions, summarize_relevance
+from ..moe import (
+    frozen_routing_predictions,
+    is_moe_model,
+    moe_blocks,
+    record_routing,
+    relevance_predictions,
+    summarize_relevance,
+)
 from ._data import Batch, DataSource, make_source, sample_shape
 from .flags import BLACK_BOX_ATTACKS, FlagThresholds, compute_flags
 from .report import RobustnessReport, atomic_write_text
@@ -494,6 +501,15 @@ class _Evaluator:
         router_logits = getattr(out, "router_logits", None) if self.diagnostics else None
         return logits.float(), router_logits
 
+    def recorded_forward(self, pixel_values):
+        """`forward`, plus the routing decisions of that pass when routing diagnostics run (else ``None``): the
+        frozen-routing controls replay them instead of forwarding the same clips again."""
+        if not self.diagnostics:
+            return (*self.forward(pixel_values), None)
+        with record_routing(self.model) as passes:
+            logits, router_logits = self.forward(pixel_values)
+        return logits, router_logits, passes[0]
+
     def attack(self, attack, x, y, batch_index, tag):
         with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
             torch.manual_seed(_derive_seed(self.o["seed"], batch_index, tag))
@@ -557,7 +573,7 @@ class _Evaluator:
         y = batch.labels.to(self.device)
         k = batch.index
         record: dict[str, Any] = {"batch": k, "indices": batch.indices, "labels": batch.labels.tolist()}
-        logits, clean_rl = self.forward(x)
+        logits, clean_rl, clean_routing = self.recorded_forward(x)
         record["clean_pred"] = logits.argmax(-1).tolist()
         if o["check_determinism"]:
             logits2, _ = self.forward(x)
@@ -575,7 +591,7 @@ class _Evaluator:
         record["attacks"] = {}
         for spec in self.specs:
             adv = self.attack(spec.attack, x, y, k, spec.label)
-            adv_logits, adv_rl = self.forward(adv)
+            adv_logits, adv_rl, adv_routing = self.recorded_forward(adv)
             delta = (adv.float() - x.float())
             entry: dict[str, Any] = {
                 "pred": adv_logits.argmax(-1).tolist(),
@@ -586,7 +602,7 @@ class _Evaluator:
                 entry["routing_change"] = self.routing_change(clean_rl, adv_rl).tolist()
                 entry["router_lipschitz"] = self.router_lipschitz(clean_rl, adv_rl, x, adv)
                 entry["usage"] = self.usage_counts(adv_rl)
-                entry["frozen_routing"] = frozen_routing_predictions(self.model, x, adv)
+                entry["frozen_routing"] = frozen_routing_predictions(self.model, x, adv, clean_routing, adv_routing)
             record["attacks"][spec.label] = entry
 
         if o["eps_sweep"]:

@@ -18,7 +18,15 @@ try:
 except ImportError:  # pragma: no cover - safetensors is a transformers dependency
     SafetensorError = OSError
 
-from ..moe import EXPERT_INITS, MoeExperts, MoeRouter, compute_aux_loss, diversify_experts, moe_blocks, upcycle_mlp
+from ..moe import (
+    MoeExperts,
+    MoeRouter,
+    check_expert_init,
+    compute_aux_loss,
+    diversify_experts,
+    moe_blocks,
+    upcycle_mlp,
+)
 
 # ImageNet statistics, the convention of VideoMAE checkpoints (TimeSformer's use 0.45 / 0.225; see its config).
 IMAGENET_MEAN = [0.485, 0.456, 0.406]
@@ -65,6 +73,11 @@ class MoeVideoClassifierOutput(ModelOutput):
     attentions: tuple[torch.FloatTensor, ...] | None = None
 
 
+def frame_size(config) -> int:
+    """The model's square frame side (``image_size`` may be an int or a pair)."""
+    return config.image_size if isinstance(config.image_size, int) else tuple(config.image_size)[0]
+
+
 def _image_processor_class():
     # transformers' VideoMAE processor needs torchvision (no CPU build here); its PIL twin writes the same config.
     try:
@@ -83,7 +96,7 @@ def pixel_image_processor(config, template=None):
     ``template``: a processor whose resize / crop / resampling settings to keep (e.g. the dense checkpoint's); the
     output size is always the model's ``image_size``.
     """
-    size = config.image_size if isinstance(config.image_size, int) else tuple(config.image_size)[0]
+    size = frame_size(config)
     settings = {"size": {"shortest_edge": size}, "resample": 2, "do_resize": True}
     if template is not None:
         for key in ("size", "resample", "do_resize"):
@@ -107,7 +120,7 @@ def consistent_image_processor(config, processor):
     one, or one Trainer saved from ``processing_class``) would make ``pipeline`` feed values our input check rejects."""
     if processor is None:
         return pixel_image_processor(config)
-    size = config.image_size if isinstance(config.image_size, int) else tuple(config.image_size)[0]
+    size = frame_size(config)
     rescales = getattr(processor, "do_rescale", False) and abs(getattr(processor, "rescale_factor", 0) - 1 / 255) < 1e-9
     crops = getattr(processor, "do_center_crop", False) and getattr(processor, "crop_size", None) == {
         "height": size, "width": size}
@@ -167,18 +180,16 @@ class MoePreTrainedModelMixin:
             repo_id = hub_kwargs.pop("repo_id", os.path.basename(os.path.normpath(os.fspath(save_directory))))
             self.push_to_hub(repo_id, **hub_kwargs)
 
-    def _set_gradient_checkpointing(self, enable: bool = True, gradient_checkpointing_func=None, **kwargs):
+    def _set_gradient_checkpointing(self, enable: bool = True, **kwargs):
         # Our layers hand a routing decision (a dataclass of tensors) from layer to layer; reentrant checkpointing
         # only tracks tensors passed positionally, so the router would silently lose its gradient.
-        keywords = getattr(gradient_checkpointing_func, "keywords", None) or {}
+        keywords = getattr(kwargs.get("gradient_checkpointing_func"), "keywords", None) or {}
         if enable and keywords.get("use_reentrant"):
             raise ValueError(
                 f"{type(self).__name__} supports only non-reentrant activation checkpointing: pass "
                 "`gradient_checkpointing_kwargs={'use_reentrant': False}` (the default)."
             )
-        if gradient_checkpointing_func is None:
-            return super()._set_gradient_checkpointing(enable=enable, **kwargs)
-        return super()._set_gradient_checkpointing(enable=enable, gradient_checkpointing_func=gradient_checkpointing_func, **kwargs)
+        return super()._set_gradient_checkpointing(enable=enable, **kwargs)
 
     def get_correct_experts_implementation(self, requested_experts: str | None) -> str:
         if requested_experts is None and not torch.cuda.is_available():
@@ -242,7 +253,7 @@ def validate_labels(labels, batch_size: int, num_labels: int) -> None:
             f"`labels` must have shape ({batch_size},), one class index per clip, got {tuple(labels.shape)}."
         )
     if labels.numel() and not torch.compiler.is_compiling():
-        low, high = int(labels.min()), int(labels.max())
+        low, high = (int(value) for value in labels.aminmax())
         if low < 0 or high >= num_labels:
             raise ValueError(
                 f"`labels` must be class indices in [0, {num_labels}) (config.num_labels={num_labels}), got values in "
@@ -252,7 +263,7 @@ def validate_labels(labels, batch_size: int, num_labels: int) -> None:
 
 def validate_pixel_values(pixel_values, config, model_name: str) -> None:
     """Raise a `ValueError`/`TypeError` naming the expected layout for anything the model cannot consume as is."""
-    size = config.image_size if isinstance(config.image_size, int) else tuple(config.image_size)[0]
+    size = frame_size(config)
     expected = f"(batch, {config.num_frames}, {config.num_channels}, {size}, {size})"
     if not isinstance(pixel_values, torch.Tensor):
         raise TypeError(f"{model_name} expects `pixel_values` as a torch.Tensor {expected}, got {type(pixel_values)}.")
@@ -332,10 +343,7 @@ def upcycle_from_dense(
             Its resize / crop settings are kept in the processor saved with the MoE, and, when it normalises, its
             mean / std become the MoE config's ``image_mean`` / ``image_std`` unless those are given.
     """
-    if expert_init not in EXPERT_INITS:
-        raise ValueError(f"`expert_init` must be one of {EXPERT_INITS}, got {expert_init!r}.")
-    if not isinstance(expert_init_ratio, (int, float)) or not 0.0 <= float(expert_init_ratio) <= 1.0:
-        raise ValueError(f"`expert_init_ratio` must be a number in [0, 1], got {expert_init_ratio!r}.")
+    check_expert_init(expert_init, expert_init_ratio)  # before loading the dense model
     if isinstance(dense_model_or_path, (str, os.PathLike)):
         path = os.fspath(dense_model_or_path)
         if _looks_like_local_path(path) and not os.path.exists(os.path.expanduser(path)):

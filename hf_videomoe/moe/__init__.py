@@ -31,7 +31,7 @@ from .routing import (
     selected_experts,
 )
 from .statistics import frozen_routing_predictions, relevance_predictions, routing_relevance, summarize_relevance
-from .upcycling import EXPERT_INITS, diversify_experts, upcycle_mlp
+from .upcycling import EXPERT_INITS, check_expert_init, diversify_experts, upcycle_mlp
 
 __all__ = [
     "frozen_routing_predictions",
@@ -39,6 +39,7 @@ __all__ = [
     "routing_relevance",
     "summarize_relevance",
     "EXPERT_INITS",
+    "check_expert_init",
     "diversify_experts",
     "ROUTER_GATES",
     "ROUTER_GRANULARITIES",

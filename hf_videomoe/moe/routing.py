@@ -41,6 +41,19 @@ def _require_moe(model: nn.Module, what: str) -> list[SparseMoeBlock]:
 
 
 @contextlib.contextmanager
+def _blocks_set(blocks: Sequence[SparseMoeBlock], name: str, values: Sequence):
+    """Set the routing control ``name`` of each block to its value inside the ``with`` block, then restore it."""
+    previous = [getattr(block, name) for block in blocks]
+    try:
+        for block, value in zip(blocks, values):
+            setattr(block, name, value)
+        yield
+    finally:
+        for block, value in zip(blocks, previous):
+            setattr(block, name, value)
+
+
+@contextlib.contextmanager
 def force_experts(model: nn.Module, experts: int | Sequence[int]):
     """Route every unit of every MoE layer to a fixed expert (weight 1) inside the ``with`` block.
 
@@ -60,14 +73,8 @@ def force_experts(model: nn.Module, experts: int | Sequence[int]):
     for block, expert in zip(blocks, experts):
         if not 0 <= int(expert) < block.num_experts:
             raise ValueError(f"Expert index {expert} is out of range for a block with {block.num_experts} experts.")
-    previous = [block.forced_expert for block in blocks]
-    try:
-        for block, expert in zip(blocks, experts):
-            block.forced_expert = int(expert)
+    with _blocks_set(blocks, "forced_expert", [int(expert) for expert in experts]):
         yield model
-    finally:
-        for block, prev in zip(blocks, previous):
-            block.forced_expert = prev
 
 
 @contextlib.contextmanager
@@ -81,14 +88,8 @@ def random_routing(model: nn.Module, seed: int = 0):
     blocks = _require_moe(model, "random_routing")
     _refuse_checkpointed_training(model, "random_routing")
     generator = torch.Generator().manual_seed(int(seed))
-    previous = [block.random_routing for block in blocks]
-    try:
-        for block in blocks:
-            block.random_routing = generator
+    with _blocks_set(blocks, "random_routing", [generator] * len(blocks)):
         yield model
-    finally:
-        for block, prev in zip(blocks, previous):
-            block.random_routing = prev
 
 
 @contextlib.contextmanager
@@ -102,14 +103,10 @@ def record_routing(model: nn.Module):
     _refuse_checkpointed_training(model, "record_routing")
     per_block: list[list[RoutingDecision]] = [[] for _ in blocks]
     passes: list[list[RoutingDecision]] = []
-    previous = [block.routing_record for block in blocks]
     try:
-        for block, store in zip(blocks, per_block):
-            block.routing_record = store
-        yield passes
+        with _blocks_set(blocks, "routing_record", per_block):
+            yield passes
     finally:
-        for block, prev in zip(blocks, previous):
-            block.routing_record = prev
         passes.extend([list(decisions) for decisions in zip(*per_block)])
 
 
@@ -125,14 +122,8 @@ def override_routing(model: nn.Module, decisions: Sequence[RoutingDecision]):
     decisions = list(decisions)
     if len(decisions) != len(blocks):
         raise ValueError(f"override_routing got {len(decisions)} decisions for {len(blocks)} MoE layers.")
-    previous = [block.routing_override for block in blocks]
-    try:
-        for block, decision in zip(blocks, decisions):
-            block.routing_override = (decision.top_k_index, decision.top_k_weights)
+    with _blocks_set(blocks, "routing_override", [(d.top_k_index, d.top_k_weights) for d in decisions]):
         yield model
-    finally:
-        for block, prev in zip(blocks, previous):
-            block.routing_override = prev
 
 
 def named_router_parameters(model: nn.Module) -> Iterator[tuple[str, nn.Parameter]]:

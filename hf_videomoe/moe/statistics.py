@@ -47,21 +47,33 @@ def relevance_predictions(model: nn.Module, pixel_values: torch.Tensor, seed: in
     return {"random": random_pred, "forced": forced}
 
 
+def recorded_routing(model: nn.Module, pixel_values: torch.Tensor) -> list:
+    """The routing decisions (one [`RoutingDecision`] per MoE layer) of one forward pass on ``pixel_values``."""
+    with record_routing(model) as passes:
+        model(pixel_values=pixel_values)
+    return passes[0]
+
+
 @torch.no_grad()
-def frozen_routing_predictions(model: nn.Module, clean_pixels: torch.Tensor, adv_pixels: torch.Tensor) -> dict[str, list]:
+def frozen_routing_predictions(
+    model: nn.Module,
+    clean_pixels: torch.Tensor,
+    adv_pixels: torch.Tensor,
+    clean_routing: Sequence | None = None,
+    adv_routing: Sequence | None = None,
+) -> dict[str, list]:
     """Predictions that split an attack's effect into what goes through routing and what does not.
 
     Returns ``{"adv_input_clean_routing": [...], "clean_input_adv_routing": [...]}``: the adversarial clips evaluated
     with every MoE layer's routing held at the clean clips' decisions, and the clean clips evaluated with the
-    adversarial clips' decisions.
+    adversarial clips' decisions. ``clean_routing`` / ``adv_routing``: those decisions when the caller recorded them
+    already (with [`~hf_videomoe.moe.record_routing`]), which saves a forward pass each.
     """
-    with record_routing(model) as clean_passes:
-        model(pixel_values=clean_pixels)
-    with record_routing(model) as adv_passes:
-        model(pixel_values=adv_pixels)
-    with override_routing(model, clean_passes[0]):
+    clean_routing = recorded_routing(model, clean_pixels) if clean_routing is None else clean_routing
+    adv_routing = recorded_routing(model, adv_pixels) if adv_routing is None else adv_routing
+    with override_routing(model, clean_routing):
         adv_clean_routing = _predict(model, adv_pixels).tolist()
-    with override_routing(model, adv_passes[0]):
+    with override_routing(model, adv_routing):
         clean_adv_routing = _predict(model, clean_pixels).tolist()
     return {"adv_input_clean_routing": adv_clean_routing, "clean_input_adv_routing": clean_adv_routing}
 

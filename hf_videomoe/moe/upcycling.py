@@ -32,6 +32,14 @@ def upcycle_mlp(block: SparseMoeBlock, up: nn.Linear, down: nn.Linear) -> None:
 EXPERT_INITS = ("copy", "drop_upcycling", "noise")
 
 
+def check_expert_init(method: str, ratio: float) -> None:
+    """`ValueError` unless ``method`` is one of `EXPERT_INITS` and ``ratio`` a number in [0, 1]."""
+    if method not in EXPERT_INITS:
+        raise ValueError(f"`expert_init` must be one of {EXPERT_INITS}, got {method!r}.")
+    if isinstance(ratio, bool) or not isinstance(ratio, (int, float)) or not 0.0 <= float(ratio) <= 1.0:
+        raise ValueError(f"`expert_init_ratio` must be a number in [0, 1], got {ratio!r}.")
+
+
 @torch.no_grad()
 def diversify_experts(block: SparseMoeBlock, method: str = "drop_upcycling", ratio: float = 0.5, seed: int = 0) -> None:
     """Make the (identical) upcycled experts of ``block`` differ, so that routing has something to choose between.
@@ -48,10 +56,7 @@ def diversify_experts(block: SparseMoeBlock, method: str = "drop_upcycling", rat
 
     Unlike ``"copy"``, both methods change the function: the upcycled model no longer equals the dense one.
     """
-    if method not in EXPERT_INITS:
-        raise ValueError(f"`expert_init` must be one of {EXPERT_INITS}, got {method!r}.")
-    if not 0.0 <= float(ratio) <= 1.0:
-        raise ValueError(f"`expert_init_ratio` must be in [0, 1], got {ratio!r}.")
+    check_expert_init(method, ratio)
     if method == "copy" or ratio == 0:
         return
     experts = block.experts
