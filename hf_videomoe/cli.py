@@ -164,8 +164,9 @@ def cmd_train(args) -> None:
     import hf_videomoe
     from transformers import VideoMAEConfig, VideoMAEForVideoClassification
 
-    from .data import VideoCollator
+    from .data import VideoCollator, stack_pixel_values
     from .evaluation import compute_metrics
+    from .moe import cluster_routers
     from .training import AdversarialTrainer, AdversarialTrainingArguments, JTLATTrainer
 
     train_dataset = _load_dataset(args, "train")
@@ -184,6 +185,14 @@ def cmd_train(args) -> None:
                      else hf_videomoe.VideoMAEMoeForVideoClassification)
         model = model_cls.from_dense(args.dense_checkpoint, expert_init=args.expert_init,
                                      expert_init_ratio=args.expert_init_ratio, expert_init_seed=args.seed, **moe)
+        if args.cluster_router_clips:
+            # A seeded random subset: video folders list their clips class by class.
+            calibration = train_dataset.shuffle(seed=args.seed).select(
+                range(min(args.cluster_router_clips, len(train_dataset)))
+            )
+            cluster_routers(model, stack_pixel_values(calibration), seed=args.seed)
+    elif args.cluster_router_clips:
+        raise CLIError("--cluster-router-clips initialises the routers of a model upcycled with --dense-checkpoint.")
     elif args.model_type == "videomae_moe":
         model = hf_videomoe.VideoMAEMoeForVideoClassification(hf_videomoe.VideoMAEMoeConfig(**common, **moe))
     elif args.model_type == "timesformer_moe":
@@ -375,6 +384,11 @@ def build_parser() -> argparse.ArgumentParser:
                        help="With --dense-checkpoint: make the upcycled experts differ (Drop-Upcycling re-initialises "
                        "a different fraction of each expert's neurons) or keep exact copies ('copy'). Without it "
                        "experts start from independent random weights anyway.")
+    model.add_argument("--cluster-router-clips", type=non_negative_int, default=0,
+                       help="With --dense-checkpoint: start every router from k-means clusters of its inputs on this "
+                       "many training clips, so each expert gets a coherent share of the data from the first step "
+                       "(0: random routers). Measured to help with --granularity model (the demo uses 512) and not "
+                       "with token routing; see docs/METHOD.md.")
     model.add_argument("--expert-init-ratio", type=float, default=0.5,
                        help="Fraction of neurons re-initialised per expert (drop_upcycling) or relative noise (noise).")
     model.add_argument("--patch-size", type=int, default=8, help="Patch size (models built from scratch only).")

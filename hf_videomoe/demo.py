@@ -1,8 +1,9 @@
 """The end-to-end demo (``hf-videomoe demo``): the paper's story in miniature on MovingShapes, on a CPU.
 
 1. train a dense VideoMAE baseline;
-2. upcycle it to VideoMAE-MoE (4 experts, top-1, Drop-Upcycling so the experts differ) and fine-tune the mixture
-   without attacks, so that routers (straight-through gate) and experts specialise;
+2. upcycle it to VideoMAE-MoE (the paper's mixture: 4 whole expert paths, one top-1 decision per clip; Drop-Upcycling
+   so the experts differ, routers started from k-means clusters) and fine-tune the mixture without attacks, so that
+   routers (straight-through gate) and experts specialise;
 3. adversarially train two copies with the same budget: plain PGD-AT and J-TLAT;
 4. attack the undefended MoE and both defended ones with PGD, TLGA-R and J-TLGA, with routing-relevance controls
    (learned vs random routing, forced expert paths, frozen routing);
@@ -20,10 +21,11 @@ from pathlib import Path
 import torch
 from transformers import Trainer, VideoMAEConfig, VideoMAEForVideoClassification
 
-from .data import VideoCollator, make_moving_shapes
+from .data import VideoCollator, make_moving_shapes, stack_pixel_values
 from .evaluation import compute_metrics, evaluate_robustness, format_eps
 from .hub import build_model_card
 from .models.videomae_moe import VideoMAEMoeForVideoClassification
+from .moe import cluster_routers
 from .training import AdversarialTrainer, AdversarialTrainingArguments, JTLATTrainer
 
 DEMO_ATTACKS = ("pgd", "tlga-r", "j-tlga")
@@ -43,15 +45,20 @@ class DemoSettings:
     hidden_size: int = 64
     num_layers: int = 3
     num_heads: int = 4
-    dense_epochs: float = 30
+    # A dense phase of 20 epochs, not 30: upcycled from a dense model that already solves the task, the mixture has
+    # nothing left to specialise on and random routing costs 1-3 points; from 20 epochs the mixture learns the rest
+    # itself and its routing matters (docs/routing_relevance.md, rounds 4 and 6).
+    dense_epochs: float = 20
     dense_learning_rate: float = 2e-3
-    # The mixture phase: without it the upcycled experts stay near-identical and routing does not matter
-    # (docs/routing_relevance.md).
+    # The mixture phase: without it the upcycled experts stay near-identical and routing does not matter.
     moe_epochs: float = 20
     moe_learning_rate: float = 1e-3
     expert_init: str = "drop_upcycling"
     expert_init_ratio: float = 0.5
-    router_granularity: str = "token"
+    # The paper's mixture: one decision per clip from the first MoE layer's router, followed by every MoE layer, so
+    # expert i is a whole path; routers start from k-means clusters of their inputs on this many training clips.
+    router_granularity: str = "model"
+    cluster_router_clips: int = 512
     adv_epochs: float = 5
     adv_learning_rate: float = 5e-4
     adv_steps: int = 2
@@ -68,31 +75,35 @@ class DemoSettings:
                    dense_epochs=1, moe_epochs=1, adv_epochs=1, adv_steps=1, eval_samples=16, eval_steps=2,
                    batch_size=16)
 
+    def training_arguments(self, output_dir: str | Path, epochs: float, learning_rate: float, seed: int, **kwargs):
+        """The demo's `AdversarialTrainingArguments` for one phase (``kwargs``: the adversarial settings)."""
+        return AdversarialTrainingArguments(
+            output_dir=str(output_dir),
+            num_train_epochs=epochs,
+            per_device_train_batch_size=self.batch_size,
+            per_device_eval_batch_size=self.batch_size,
+            learning_rate=learning_rate,
+            weight_decay=0.05,
+            warmup_steps=10,
+            lr_scheduler_type="cosine",
+            eval_strategy="no",
+            save_strategy="no",
+            logging_steps=10,
+            seed=seed,
+            report_to=[],
+            disable_tqdm=False,
+            **kwargs,
+        )
 
-def _training_arguments(output_dir: Path, settings: DemoSettings, epochs: float, learning_rate: float, seed: int,
-                        **kwargs):
-    return AdversarialTrainingArguments(
-        output_dir=str(output_dir),
-        num_train_epochs=epochs,
-        per_device_train_batch_size=settings.batch_size,
-        per_device_eval_batch_size=settings.batch_size,
-        learning_rate=learning_rate,
-        weight_decay=0.05,
-        warmup_steps=10,
-        lr_scheduler_type="cosine",
-        eval_strategy="no",
-        save_strategy="no",
-        logging_steps=10,
-        seed=seed,
-        report_to=[],
-        disable_tqdm=False,
-        **kwargs,
-    )
 
+def run_demo(
+    output_dir: str | Path = "outputs/demo", quick: bool = False, seed: int = 0, settings: DemoSettings | None = None
+) -> dict:
+    """Run the demo and return the summary table as a dict (also written to ``output_dir/summary.json``).
 
-def run_demo(output_dir: str | Path = "outputs/demo", quick: bool = False, seed: int = 0) -> dict:
-    """Run the demo and return the summary table as a dict (also written to ``output_dir/summary.json``)."""
-    settings = DemoSettings.quick() if quick else DemoSettings()
+    ``settings`` replaces the default sizes (``quick`` then has no effect)."""
+    if settings is None:
+        settings = DemoSettings.quick() if quick else DemoSettings()
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(seed)
@@ -116,24 +127,26 @@ def run_demo(output_dir: str | Path = "outputs/demo", quick: bool = False, seed:
         id2label=dict(enumerate(label_names)), label2id={n: i for i, n in enumerate(label_names)},
     ))
     start = time.perf_counter()
-    Trainer(model=dense, args=_training_arguments(output_dir / "dense", settings, settings.dense_epochs,
-                                         settings.dense_learning_rate, seed),
-            train_dataset=data["train"], data_collator=collator,
+    dense_args = settings.training_arguments(output_dir / "dense", settings.dense_epochs, settings.dense_learning_rate,
+                                             seed)
+    Trainer(model=dense, args=dense_args, train_dataset=data["train"], data_collator=collator,
             compute_metrics=compute_metrics).train()
     timings["dense"] = time.perf_counter() - start
     dense.save_pretrained(output_dir / "dense")
 
-    print(f"[3/5] Upcycle to VideoMAE-MoE (4 experts, top-1, {settings.expert_init} {settings.expert_init_ratio}) "
-          f"and train the mixture {settings.moe_epochs} epochs without attacks")
+    print(f"[3/5] Upcycle to VideoMAE-MoE (4 experts, top-1, {settings.router_granularity}-level routing, "
+          f"{settings.expert_init} {settings.expert_init_ratio}) and train the mixture {settings.moe_epochs} epochs "
+          "without attacks")
     moe = VideoMAEMoeForVideoClassification.from_dense(
         dense, num_experts=4, num_experts_per_tok=1, router_granularity=settings.router_granularity,
         image_mean=[0.0, 0.0, 0.0], image_std=[1.0, 1.0, 1.0], expert_init=settings.expert_init,
         expert_init_ratio=settings.expert_init_ratio, expert_init_seed=seed,
     )
+    if settings.cluster_router_clips:
+        cluster_routers(moe, stack_pixel_values(data["train"], settings.cluster_router_clips), seed=seed)
     start = time.perf_counter()
-    Trainer(model=moe.train(), args=_training_arguments(output_dir / "moe", settings, settings.moe_epochs,
-                                                         settings.moe_learning_rate, seed),
-            train_dataset=data["train"], data_collator=collator).train()
+    moe_args = settings.training_arguments(output_dir / "moe", settings.moe_epochs, settings.moe_learning_rate, seed)
+    Trainer(model=moe.train(), args=moe_args, train_dataset=data["train"], data_collator=collator).train()
     timings["moe"] = time.perf_counter() - start
     moe.save_pretrained(output_dir / "moe")
 
@@ -144,9 +157,8 @@ def run_demo(output_dir: str | Path = "outputs/demo", quick: bool = False, seed:
         print(f"[4/5] {name}: {settings.adv_epochs} epochs, {settings.adv_steps}-step attacks at eps={eps_label}")
         model = copy.deepcopy(moe).train()
         run_dir = output_dir / method
-        args = _training_arguments(run_dir, settings, settings.adv_epochs, settings.adv_learning_rate, seed,
-                                   adv_method=method,
-                                   adv_eps=settings.eps, adv_steps=settings.adv_steps)
+        args = settings.training_arguments(run_dir, settings.adv_epochs, settings.adv_learning_rate, seed,
+                                           adv_method=method, adv_eps=settings.eps, adv_steps=settings.adv_steps)
         start = time.perf_counter()
         trainer = trainer_cls(model=model, args=args, train_dataset=data["train"], data_collator=collator,
                               compute_metrics=compute_metrics)
@@ -170,7 +182,10 @@ def run_demo(output_dir: str | Path = "outputs/demo", quick: bool = False, seed:
         card = build_model_card(report, model_name=f"videomae-moe-movingshapes-{slug}", plots=plots,
                                 training_recipe={"method": name, "adv_epochs": settings.adv_epochs,
                                                  "adv_steps": settings.adv_steps, "eps": eps_label,
+                                                 "dense_epochs": settings.dense_epochs,
                                                  "moe_epochs": settings.moe_epochs,
+                                                 "router_granularity": settings.router_granularity,
+                                                 "cluster_router_clips": settings.cluster_router_clips,
                                                  "expert_init": f"{settings.expert_init} {settings.expert_init_ratio}"})
         card.save(report_dir / "README.md")
         summary[name] = {

@@ -17,13 +17,12 @@ import time
 from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO_ROOT))
 
 import torch  # noqa: E402
 from transformers.utils import logging as hf_logging  # noqa: E402
 
 from hf_videomoe.data import VideoCollator, make_moving_shapes  # noqa: E402
-from hf_videomoe.demo import DEMO_ATTACKS, DemoSettings, _training_arguments  # noqa: E402
+from hf_videomoe.demo import DEMO_ATTACKS, DemoSettings  # noqa: E402
 from hf_videomoe.evaluation import evaluate_robustness  # noqa: E402
 from hf_videomoe.models.videomae_moe import VideoMAEMoeForVideoClassification  # noqa: E402
 from hf_videomoe.training import JTLATTrainer  # noqa: E402
@@ -44,7 +43,7 @@ def run_variant(name: str, overrides: dict, upcycled: Path, output_dir: Path, se
     data = make_moving_shapes(settings.num_videos, num_frames=settings.num_frames, image_size=settings.image_size,
                               seed=seed, difficulty=settings.difficulty)
     model = VideoMAEMoeForVideoClassification.from_pretrained(upcycled)
-    args = _training_arguments(output_dir / name, settings, settings.adv_epochs, settings.adv_learning_rate, seed,
+    args = settings.training_arguments(output_dir / name, settings.adv_epochs, settings.adv_learning_rate, seed,
                                adv_method="j-tlat", adv_eps=settings.eps, adv_steps=settings.adv_steps, **overrides)
     start = time.perf_counter()
     JTLATTrainer(model=model, args=args, train_dataset=data["train"], data_collator=VideoCollator()).train()

@@ -14,6 +14,12 @@ expert path, and how far the experts' weights are apart.
     python scripts/routing_relevance.py --stage dense --num-videos 3000 --output-dir outputs/routing_relevance_at
     python scripts/routing_relevance.py --stage at --num-videos 3000 --output-dir outputs/routing_relevance_at --shard 0/2 &
     python scripts/routing_relevance.py --stage at --num-videos 3000 --output-dir outputs/routing_relevance_at --shard 1/2
+    # the dense phase's length (10, 15, 20 epochs; the demo now uses 20) and clustered routers, then AT on top:
+    python scripts/routing_relevance.py --stage dense --num-videos 3000 --dense-epochs 20 --output-dir outputs/rr_d20
+    python scripts/routing_relevance.py --stage variants --num-videos 3000 --output-dir outputs/rr_d20 \
+        --select "dense phase varied" --shard 0/2 &   # and --shard 1/2
+    python scripts/routing_relevance.py --stage at --num-videos 3000 --output-dir outputs/rr_d20 \
+        --select "dense 20 ep" --shard 0/2 &           # and --shard 1/2
     python scripts/routing_relevance.py --stage report                # writes docs/routing_relevance.md
 """
 
@@ -21,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import time
 from pathlib import Path
 
@@ -28,8 +35,8 @@ import torch
 from transformers import Trainer, TrainingArguments, VideoMAEConfig, VideoMAEForVideoClassification
 
 from hf_videomoe import VideoMAEMoeForVideoClassification
-from hf_videomoe.data import VideoCollator, make_moving_shapes
-from hf_videomoe.moe import moe_blocks, routing_relevance
+from hf_videomoe.data import VideoCollator, make_moving_shapes, stack_pixel_values
+from hf_videomoe.moe import cluster_routers, moe_blocks, routing_relevance
 
 # label -> from_dense / config options, plus "epochs" / "learning_rate" of the MoE phase (defaults: --moe-epochs, 5e-4).
 # Round 1 (5 epochs): the gate and the expert initialisation. Round 2: a longer MoE phase, and model-level routing whose
@@ -84,6 +91,34 @@ VARIANTS = {
         **ROUND_2),
     "demo size: token, renormalize + drop-upcycling 0.5": dict(
         router_gate="renormalize", expert_init="drop_upcycling", **ROUND_2),
+    # Round 5, demo size: routers initialised from k-means clusters of their inputs (`cluster_routers`) so every expert
+    # gets a coherent share of the data from the first step.
+    "demo size: token, straight-through + drop-upcycling 0.5, clustered routers": dict(
+        router_gate="straight_through", expert_init="drop_upcycling", cluster=True, **ROUND_2),
+    "demo size: model-level (all layers), straight-through + drop-upcycling 0.5, clustered routers": dict(
+        router_gate="straight_through", expert_init="drop_upcycling", router_granularity="model", cluster=True,
+        **ROUND_2),
+    "demo size: token, straight-through + drop-upcycling 1.0, clustered routers": dict(
+        router_gate="straight_through", expert_init="drop_upcycling", expert_init_ratio=1.0, cluster=True, **ROUND_2),
+    "demo size: token, straight-through + drop-upcycling 0.5, clustered routers, no balance loss": dict(
+        router_gate="straight_through", expert_init="drop_upcycling", router_aux_loss_coef=0.0, cluster=True,
+        **ROUND_2),
+    # Round 6, demo size with a shorter dense phase (`--dense-epochs 10|15 --output-dir outputs/rr_d10|rr_d15 --select
+    # "short dense"`): the mixture then learns more of the task itself, as at 1,440 clips where routing mattered.
+    "dense phase varied: token, straight-through + drop-upcycling 0.5": dict(
+        router_gate="straight_through", expert_init="drop_upcycling", **ROUND_2),
+    "dense phase varied: model-level (all layers), straight-through + drop-upcycling 0.5, clustered routers": dict(
+        router_gate="straight_through", expert_init="drop_upcycling", router_granularity="model", cluster=True,
+        **ROUND_2),
+    "dense phase varied: token, straight-through + drop-upcycling 0.5, mixture 30 ep": dict(
+        router_gate="straight_through", expert_init="drop_upcycling", epochs=30, learning_rate=1e-3),
+    "dense phase varied: model-level (all layers), straight-through + drop-upcycling 0.5, clustered routers, mixture 30 ep": dict(
+        router_gate="straight_through", expert_init="drop_upcycling", router_granularity="model", cluster=True,
+        epochs=30, learning_rate=1e-3),    # Controls for the clustered routers, same dense phase.
+    "dense phase varied: model-level (all layers), straight-through + drop-upcycling 0.5": dict(
+        router_gate="straight_through", expert_init="drop_upcycling", router_granularity="model", **ROUND_2),
+    "dense phase varied: token, straight-through + drop-upcycling 0.5, clustered routers": dict(
+        router_gate="straight_through", expert_init="drop_upcycling", cluster=True, **ROUND_2),
 }
 
 
@@ -143,10 +178,13 @@ def stage_variants(args, out: Path):
         options = dict(options)
         epochs = options.pop("epochs", args.moe_epochs)
         learning_rate = options.pop("learning_rate", 5e-4)
+        cluster = options.pop("cluster", False)
         torch.manual_seed(args.seed)
         dense = VideoMAEForVideoClassification.from_pretrained(out / "dense")
         moe = VideoMAEMoeForVideoClassification.from_dense(
             dense, num_experts=4, num_experts_per_tok=1, image_mean=[0.0] * 3, image_std=[1.0] * 3, **options)
+        if cluster:
+            options["cluster_routers"] = cluster_routers(moe, stack_pixel_values(train, 512), seed=args.seed)
         before = routing_relevance(moe, val_x, val_y, seed=args.seed)
         start = time.perf_counter()
         Trainer(model=moe.train(), args=training_arguments(out / "moe", epochs, learning_rate, args.seed),
@@ -167,19 +205,38 @@ AT_VARIANTS = {  # ordered so that with --shard i/2 each process builds one mixt
     "mixture 20 ep -> J-TLAT lr 5e-4 (demo)": dict(moe_epochs=20, method="j-tlat", learning_rate=5e-4),
     "mixture 30 ep -> J-TLAT lr 5e-4": dict(moe_epochs=30, method="j-tlat", learning_rate=5e-4),
     "mixture 20 ep -> PGD-AT lr 2e-4": dict(moe_epochs=20, method="pgd-at", learning_rate=2e-4),
+    # Round 7, after round 6 (`--stage at --output-dir outputs/rr_d20 --select "dense 20 ep"`): the two mixtures that
+    # round 6 found (dense phase of 20 epochs; token routing, or model-level routing with clustered routers),
+    # adversarially fine-tuned.
+    # Ordered so that with --shard i/2 one process builds each mixture.
+    "dense 20 ep, model-level clustered mixture 20 ep -> PGD-AT lr 5e-4": dict(
+        moe_epochs=20, method="pgd-at", learning_rate=5e-4, router_granularity="model", cluster=True),
+    "dense 20 ep, token mixture 20 ep -> PGD-AT lr 5e-4": dict(moe_epochs=20, method="pgd-at", learning_rate=5e-4),
+    "dense 20 ep, model-level clustered mixture 20 ep -> J-TLAT lr 5e-4": dict(
+        moe_epochs=20, method="j-tlat", learning_rate=5e-4, router_granularity="model", cluster=True),
+    "dense 20 ep, token mixture 20 ep -> J-TLAT lr 5e-4": dict(moe_epochs=20, method="j-tlat", learning_rate=5e-4),
+    # Round 8: the demo's J-TLAT lost its routing relevance on the demo's own data (one seed); a longer mixture phase,
+    # and a second data / initialisation seed (`--seed 1 --output-dir outputs/rr_d20_s1`).
+    "dense 20 ep, model-level clustered mixture 30 ep -> PGD-AT lr 5e-4": dict(
+        moe_epochs=30, method="pgd-at", learning_rate=5e-4, router_granularity="model", cluster=True),
+    "dense 20 ep, model-level clustered mixture 30 ep -> J-TLAT lr 5e-4": dict(
+        moe_epochs=30, method="j-tlat", learning_rate=5e-4, router_granularity="model", cluster=True),
 }
 
 
-def mixture(args, out: Path, epochs: int, train):
-    """The demo's mixture (straight-through gate, Drop-Upcycling 0.5, trained ``epochs`` at 1e-3), cached on disk."""
-    path = out / f"mixture_{epochs}"
+def mixture(args, out: Path, epochs: int, train, router_granularity: str = "token", cluster: bool = False):
+    """A mixture with the straight-through gate and Drop-Upcycling 0.5, trained ``epochs`` at 1e-3, cached on disk."""
+    path = out / f"mixture_{epochs}" if router_granularity == "token" and not cluster else (
+        out / f"mixture_{epochs}_{router_granularity}{'_clustered' if cluster else ''}")
     if (path / "config.json").exists():
         return VideoMAEMoeForVideoClassification.from_pretrained(path)
     torch.manual_seed(args.seed)
     dense = VideoMAEForVideoClassification.from_pretrained(out / "dense")
     moe = VideoMAEMoeForVideoClassification.from_dense(
         dense, num_experts=4, num_experts_per_tok=1, image_mean=[0.0] * 3, image_std=[1.0] * 3,
-        expert_init="drop_upcycling", expert_init_seed=args.seed)
+        expert_init="drop_upcycling", expert_init_seed=args.seed, router_granularity=router_granularity)
+    if cluster:
+        cluster_routers(moe, stack_pixel_values(train, 512), seed=args.seed)
     Trainer(model=moe.train(), args=training_arguments(out / "moe", epochs, 1e-3, args.seed), train_dataset=train,
             data_collator=VideoCollator()).train()
     moe.save_pretrained(path)
@@ -195,9 +252,10 @@ def stage_at(args, out: Path):
     index, count = (int(v) for v in args.shard.split("/"))
     for position, (label, options) in enumerate(AT_VARIANTS.items()):
         path = out / f"at_{position}.json"
-        if position % count != index or path.exists():
+        if position % count != index or path.exists() or args.select not in label:
             continue
-        moe = mixture(args, out, options["moe_epochs"], train)
+        moe = mixture(args, out, options["moe_epochs"], train, options.get("router_granularity", "token"),
+                      options.get("cluster", False))
         before = routing_relevance(moe, val_x, val_y, seed=args.seed)
         at_args = AdversarialTrainingArguments(
             output_dir=str(out / "at"), adv_method=options["method"], adv_eps=4 / 255, adv_steps=2, num_train_epochs=5,
@@ -210,15 +268,28 @@ def stage_at(args, out: Path):
         seconds = time.perf_counter() - start
         after = routing_relevance(moe, val_x, val_y, seed=args.seed)
         result = {"label": label, "options": options, "before": before, "after": after, "train_seconds": seconds,
-                  "expert_distance": expert_distance(moe)}
+                  "expert_distance": expert_distance(moe), "seed": args.seed}
         path.write_text(json.dumps(result, indent=2))
         print(json.dumps({k: result[k] for k in ("label", "after")}))
 
 
+def dense_epochs_of(folder: Path, default: float) -> float:
+    """The dense phase of a round's output folder: ``outputs/rr_d20`` -> 20 (``--dense-epochs``), else the default."""
+    match = re.search(r"_d(\d+)(_s\d+)?$", folder.name)
+    return float(match.group(1)) if match else default
+
+
 def stage_report(args, out: Path):
     at_dir = Path(args.at_dir) if args.at_dir else out
-    rows = [json.loads((folder / f"variant_{i}.json").read_text()) for i in range(len(VARIANTS))
-            for folder in dict.fromkeys((out, at_dir)) if (folder / f"variant_{i}.json").exists()]
+    extra_dirs = [Path(folder) for folder in args.extra_dirs]
+    labels = list(VARIANTS)
+    rows = []
+    for i in range(len(VARIANTS)):
+        for folder in dict.fromkeys((out, at_dir, *extra_dirs)):
+            if (folder / f"variant_{i}.json").exists():
+                row = json.loads((folder / f"variant_{i}.json").read_text())
+                row["label"], row["dense_epochs"] = labels[i], dense_epochs_of(folder, args.dense_epochs)
+                rows.append(row)
     lines = [
         "# Routing relevance: gate × expert initialisation",
         "",
@@ -226,44 +297,48 @@ def stage_report(args, out: Path):
         f"{args.num_videos} MovingShapes clips, dense VideoMAE trained {args.dense_epochs:g} epochs, upcycled to 4 "
         f"experts top-1 and fine-tuned without attacks for {args.moe_epochs:g} epochs at 5e-4, or 20 epochs at 1e-3 "
         "in the rows marked '20 ep'; every number on a validation split carved from train, {n} clips; the rows "
-        "marked 'demo size' come from `--num-videos 3000 --output-dir outputs/routing_relevance_at --select "
-        "'demo size'`: 1,800 training clips like the demo's, 449 validation clips). Learned − "
+        "marked 'demo size' and 'dense phase varied' come from `--num-videos 3000` runs: 1,800 training clips like "
+        "the demo's, 449 validation clips, with the dense phase in the second column). Learned − "
         "random is paired over clips (± one standard error); expert distance is the mean relative distance of each "
         "expert's up-projection from the experts' mean.".format(n=rows[0]["after"]["num_samples"] if rows else 0),
         "",
-        "| variant | clean before fine-tuning | clean, learned routing | random routing | learned − random | "
-        "forced paths 0 / 1 / 2 / 3 | best − worst path | expert distance |",
-        "|---|---:|---:|---:|---:|---|---:|---:|",
+        "| variant | dense epochs | clean before fine-tuning | clean, learned routing | random routing | "
+        "learned − random | forced paths 0 / 1 / 2 / 3 | best − worst path | expert distance |",
+        "|---|---:|---:|---:|---:|---:|---|---:|---:|",
     ]
     for row in rows:
         a = row["after"]
         forced = " / ".join(f"{100 * v:.1f}" for v in a["forced"])
         lines.append(
-            f"| {row['label']} | {100 * row['before']['learned']:.1f} | {100 * a['learned']:.1f} | "
+            f"| {row['label']} | {row['dense_epochs']:g} | {100 * row['before']['learned']:.1f} | {100 * a['learned']:.1f} | "
             f"{100 * a['random']:.1f} | {100 * a['learned_minus_random']:+.1f} ± {100 * a['learned_minus_random_se']:.1f}"
             f" | {forced} | {100 * a['forced_spread']:.1f} | {row['expert_distance']:.3f} |"
         )
-    at_rows = [json.loads((at_dir / f"at_{i}.json").read_text()) for i in range(len(AT_VARIANTS))
-               if (at_dir / f"at_{i}.json").exists()]
+    at_rows = [{**json.loads((folder / f"at_{i}.json").read_text()), "dense_epochs": dense_epochs_of(folder, 30)}
+               for i in range(len(AT_VARIANTS)) for folder in dict.fromkeys((at_dir, *extra_dirs))
+               if (folder / f"at_{i}.json").exists()]
     if at_rows:
         lines += [
             "",
             "## Does adversarial fine-tuning keep the routing relevant?",
             "",
-            "The demo's mixture (straight-through gate, Drop-Upcycling 0.5, mixture phase at 1e-3) followed by 5 epochs "
-            "of adversarial training with 2-step attacks at ε = 4/255. Run at the demo's training-set size: "
-            f"`--stage dense|at --num-videos 3000 --output-dir {at_dir.as_posix()}` (1,800 training clips like the "
-            f"demo's, {at_rows[0]['after']['num_samples']} validation clips carved from train).",
+            "A mixture (straight-through gate, Drop-Upcycling 0.5, mixture phase of 20 or 30 epochs at 1e-3) followed "
+            "by 5 epochs of adversarial training with 2-step attacks at ε = 4/255, at the demo's training-set size "
+            f"(1,800 training clips, {at_rows[0]['after']['num_samples']} validation clips carved from train): "
+            f"`--stage dense|at --num-videos 3000 --output-dir {at_dir.as_posix()}` (dense phase of 30 epochs) and "
+            "`--output-dir outputs/rr_d20` (rows 'dense 20 ep').",
             "",
-            "| recipe | learned − random before AT | clean after AT | random routing | learned − random | "
-            "forced paths 0 / 1 / 2 / 3 | best − worst path |",
-            "|---|---:|---:|---:|---:|---|---:|",
+            "| recipe | dense epochs | learned − random before AT | clean after AT | random routing | "
+            "learned − random | forced paths 0 / 1 / 2 / 3 | best − worst path |",
+            "|---|---:|---:|---:|---:|---:|---|---:|",
         ]
         for row in at_rows:
             a, b = row["after"], row["before"]
             forced = " / ".join(f"{100 * v:.1f}" for v in a["forced"])
+            seed = f" (seed {row['seed']})" if row.get("seed") else ""
             lines.append(
-                f"| {row['label']} | {100 * b['learned_minus_random']:+.1f} ± {100 * b['learned_minus_random_se']:.1f} | "
+                f"| {row['label']}{seed} | {row['dense_epochs']:g} | "
+                f"{100 * b['learned_minus_random']:+.1f} ± {100 * b['learned_minus_random_se']:.1f} | "
                 f"{100 * a['learned']:.1f} | {100 * a['random']:.1f} | "
                 f"{100 * a['learned_minus_random']:+.1f} ± {100 * a['learned_minus_random_se']:.1f} | {forced} | "
                 f"{100 * a['forced_spread']:.1f} |"
@@ -281,6 +356,9 @@ def main():
     parser.add_argument("--docs", default="docs/routing_relevance.md")
     parser.add_argument("--at-dir", default="outputs/routing_relevance_at",
                         help="--stage report: where --stage at wrote its results")
+    parser.add_argument("--extra-dirs", nargs="*",
+                        default=["outputs/rr_d10", "outputs/rr_d15", "outputs/rr_d20", "outputs/rr_d20_s1"],
+                        help="--stage report: further output folders of the 'short dense' rounds")
     parser.add_argument("--num-videos", type=int, default=2400)
     parser.add_argument("--dense-epochs", type=float, default=30)
     parser.add_argument("--moe-epochs", type=float, default=5)

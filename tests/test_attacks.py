@@ -334,7 +334,7 @@ def test_apgd_checkpoints_follow_the_paper():
 
 
 def test_square_p_schedule():
-    from hf_videomoe.attacks.standard import square_p_schedule
+    from hf_videomoe.attacks.square import square_p_schedule
 
     assert square_p_schedule(0, 10000, 0.8) == 0.8
     assert square_p_schedule(11, 10000, 0.8) == 0.4

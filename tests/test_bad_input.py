@@ -244,7 +244,7 @@ def test_push_times_out_retries_and_keeps_the_folder(tmp_path, model, monkeypatc
     import time
 
     from hf_videomoe.hub import HubUploadError, push_robust_checkpoint
-    from hf_videomoe.hub.testing import LoopbackHubServer
+    from hf_videomoe.testing import LoopbackHubServer
 
     import huggingface_hub
 

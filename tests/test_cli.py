@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from hf_videomoe.cli import build_parser, main
-from hf_videomoe.hub.testing import LoopbackHubServer
+from hf_videomoe.testing import LoopbackHubServer
 
 ROOT = Path(__file__).resolve().parent.parent
 TINY_DATA = ["--num-videos", "32", "--num-frames", "4", "--image-size", "16", "--difficulty", "easy"]
@@ -114,3 +114,25 @@ def test_readme_code_blocks_run(tmp_path, monkeypatch):
 def test_parser_defaults_match_paper_budget():
     args = build_parser().parse_args(["attack", "--model", "m"])
     assert args.eps == pytest.approx(8 / 255) and args.norm == "linf"
+
+
+def test_train_upcycles_with_clustered_routers(tmp_path, monkeypatch):
+    import torch
+    from transformers import VideoMAEConfig, VideoMAEForVideoClassification
+
+    import hf_videomoe.moe as moe_module
+
+    dense_dir = tmp_path / "dense"
+    torch.manual_seed(0)
+    VideoMAEForVideoClassification(VideoMAEConfig(
+        image_size=16, patch_size=8, num_frames=4, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+        intermediate_size=64, num_labels=8)).save_pretrained(dense_dir)
+    calls = []
+    original = moe_module.cluster_routers
+    monkeypatch.setattr(moe_module, "cluster_routers", lambda model, x, **kw: calls.append(x.shape) or original(
+        model, x, **kw))
+    main(["train", *TINY_DATA, "--dense-checkpoint", str(dense_dir), "--granularity", "model",
+          "--cluster-router-clips", "12", "--max-steps", "1", "--batch-size", "8", "--eval-attacks", "", "--use-cpu",
+          "--output-dir", str(tmp_path / "moe")])
+    assert calls == [torch.Size([12, 4, 3, 16, 16])]
+    assert (tmp_path / "moe" / "model.safetensors").is_file()

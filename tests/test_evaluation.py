@@ -25,7 +25,7 @@ from hf_videomoe.evaluation import (  # noqa: E402
     evaluate_robustness,
     format_eps,
 )
-from hf_videomoe.evaluation import robustness as robustness_module  # noqa: E402
+from hf_videomoe.evaluation.runner import BatchEvaluator  # noqa: E402
 from hf_videomoe.evaluation.flags import compute_flags  # noqa: E402
 from hf_videomoe.moe import moe_blocks  # noqa: E402
 
@@ -487,13 +487,13 @@ def test_resume_after_interruption_gives_identical_report(model, data, report, t
     json.loads((state / "batches" / "batch_0000000.json").read_text())  # plain JSON state
 
     calls = []
-    original = robustness_module._Evaluator.run_batch
+    original = BatchEvaluator.run_batch
 
     def counting(self, batch):
         calls.append(batch.index)
         return original(self, batch)
 
-    monkeypatch.setattr(robustness_module._Evaluator, "run_batch", counting)
+    monkeypatch.setattr(BatchEvaluator, "run_batch", counting)
     resumed = evaluate_robustness(model, data, state_dir=state, **MAIN_KWARGS)
     assert calls == [1]  # the finished batch was skipped
     assert resumed == report  # identical to the uninterrupted run

@@ -1,7 +1,7 @@
 """Tests of the robustness model card and of pushing robust checkpoints, end to end against a loopback Hub server.
 
 huggingface_hub reads ``HF_ENDPOINT`` / ``HF_HUB_OFFLINE`` at import, so pushes and pulls run in subprocesses that
-talk only to the loopback server started here (``hf_videomoe.hub.testing.LoopbackHubServer``).
+talk only to the loopback server started here (``hf_videomoe.testing.LoopbackHubServer``).
 """
 
 import json
@@ -29,7 +29,7 @@ from hf_videomoe.hub import (  # noqa: E402
     push_robust_checkpoint,
     report_metrics,
 )
-from hf_videomoe.hub.testing import LoopbackHubServer  # noqa: E402
+from hf_videomoe.testing import LoopbackHubServer  # noqa: E402
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 EPS = 2 / 255

@@ -7,6 +7,7 @@ from transformers import VideoMAEConfig, VideoMAEForVideoClassification
 from hf_videomoe import VideoMAEMoeConfig, VideoMAEMoeForVideoClassification
 from hf_videomoe.evaluation import evaluate_robustness
 from hf_videomoe.moe import (
+    cluster_routers,
     diversify_experts,
     force_experts,
     frozen_routing_predictions,
@@ -227,3 +228,80 @@ def test_expert_targets_are_the_model_level_path():
     batch = {"pixel_values": x, "labels": out.logits.argmax(-1)}
     adv = build_attack("tla-e", eps=4 / 255, steps=2, seed=0)(model, batch)["pixel_values"]
     assert (adv - x).abs().max() <= 4 / 255 + 1e-6
+
+
+def test_spherical_kmeans_recovers_separated_directions():
+    from hf_videomoe.moe.upcycling import _spherical_kmeans
+
+    generator = torch.Generator().manual_seed(0)
+    axes = torch.eye(8)[:4]
+    truth = torch.arange(200) % 4
+    points = torch.nn.functional.normalize(axes[truth] + 0.1 * torch.randn(200, 8, generator=generator), dim=1)
+    centroids = _spherical_kmeans(points, 4, 50, torch.Generator().manual_seed(1))
+    assignment = (points @ centroids.T).argmax(1)
+    for k in range(4):  # every true cluster lands in exactly one k-means cluster, and the clusters are distinct
+        assert assignment[truth == k].unique().numel() == 1
+    assert assignment.unique().numel() == 4
+
+
+def test_cluster_routers_separates_two_kinds_of_clip():
+    dense = tiny_dense()
+    moe = VideoMAEMoeForVideoClassification.from_dense(dense, num_experts=2, num_experts_per_tok=1,
+                                                       router_granularity="model").train()
+    generator = torch.Generator().manual_seed(0)
+    red, blue = torch.full((16, 4, 3, 16, 16), 0.1), torch.full((16, 4, 3, 16, 16), 0.1)
+    red[:, :, 0], blue[:, :, 2] = 0.9, 0.9
+    calibration = torch.cat([red, blue]) + 0.05 * torch.rand(32, 4, 3, 16, 16, generator=generator)
+    experts_before = [p.detach().clone() for n, p in moe.named_parameters() if "router" not in n]
+    fractions = cluster_routers(moe, calibration, seed=0)
+    assert moe.training  # mode restored
+    assert all(torch.equal(a, b) for a, b in zip(experts_before, [p for n, p in moe.named_parameters()
+                                                                    if "router" not in n]))
+    assert fractions == [[0.5, 0.5]]
+    with record_routing(moe.eval()) as decisions:
+        moe(pixel_values=calibration)
+    chosen = decisions[0][0].top_k_index.reshape(-1)
+    assert chosen[:16].unique().numel() == 1 and chosen[16:].unique().numel() == 1 and chosen[0] != chosen[16]
+    # same seed, same routers
+    again = VideoMAEMoeForVideoClassification.from_dense(dense, num_experts=2, num_experts_per_tok=1,
+                                                         router_granularity="model")
+    cluster_routers(again, calibration, seed=0)
+    assert torch.equal(moe_blocks(again)[0].router.weight, moe_blocks(moe)[0].router.weight)
+
+
+def test_cluster_routers_sets_every_router_and_checks_input():
+    moe = VideoMAEMoeForVideoClassification.from_dense(tiny_dense(), num_experts=4, num_experts_per_tok=1)
+    before = [block.router.weight.detach().clone() for block in moe_blocks(moe)]
+    fractions = cluster_routers(moe, clips(8), seed=0)
+    assert len(fractions) == 2 and all(abs(sum(f) - 1) < 1e-6 for f in fractions)
+    assert all(not torch.equal(b, block.router.weight) for b, block in zip(before, moe_blocks(moe)))
+    with pytest.raises(ValueError, match="num_clips, num_frames"):
+        cluster_routers(moe, clips(2)[0])
+    with pytest.raises(ValueError, match="at least num_experts"):
+        cluster_routers(VideoMAEMoeForVideoClassification.from_dense(tiny_dense(), num_experts=4,
+                                                                     router_granularity="model"), clips(2))
+    with pytest.raises(ValueError, match="logit_scale"):
+        cluster_routers(moe, clips(8), logit_scale=0.0)
+    with pytest.raises(ValueError, match="MoE model"):
+        cluster_routers(tiny_dense(), clips(8))
+    with pytest.raises(ValueError, match="batch_size"):
+        cluster_routers(moe, clips(8), batch_size=0)
+    with pytest.raises(ValueError, match="nearly"):  # identical clips: no clusters to find
+        cluster_routers(VideoMAEMoeForVideoClassification.from_dense(tiny_dense(), num_experts=4,
+                                                                     router_granularity="model"),
+                        clips(1).expand(8, -1, -1, -1, -1).clone())
+    single = VideoMAEMoeForVideoClassification.from_dense(tiny_dense(), num_experts=1)
+    weights = [block.router.weight.detach().clone() for block in moe_blocks(single)]
+    assert cluster_routers(single, clips(4)) == [[1.0], [1.0]]
+    assert all(torch.equal(w, block.router.weight) for w, block in zip(weights, moe_blocks(single)))
+
+
+def test_spherical_kmeans_keeps_every_cluster_alive():
+    from hf_videomoe.moe.upcycling import _spherical_kmeans
+
+    # Four copies of one direction and one outlier, five clusters wanted: seeds never repeat a point, and no cluster
+    # ends empty (each holds a distinct point).
+    points = torch.nn.functional.normalize(torch.tensor([[1.0, 0.0]] * 4 + [[0.0, 1.0]] + [[1.0, 0.01]] * 3), dim=1)
+    centroids = _spherical_kmeans(points, 3, 20, torch.Generator().manual_seed(0))
+    assignment = (points @ centroids.T).argmax(1)
+    assert torch.isfinite(centroids).all() and assignment.unique().numel() == 3

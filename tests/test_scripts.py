@@ -64,3 +64,27 @@ def test_gpu_check_refuses_without_cuda(tmp_path):
         pytest.skip("this machine has CUDA")
     result = run_script(str(REPO_ROOT / "scripts" / "gpu_check.py"), "--output", str(tmp_path / "x.md"), cwd=tmp_path)
     assert result.returncode == 1 and "no CUDA device" in result.stdout
+
+
+def test_structure_targets_hold():
+    """No import loop, no module over 500 lines, no private name imported across modules (the refactor's targets)."""
+    result = run_script(str(REPO_ROOT / "scripts" / "check_structure.py"), cwd=REPO_ROOT)
+    assert result.returncode == 0, result.stdout
+
+
+def test_structure_check_finds_violations(tmp_path):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("check_structure", REPO_ROOT / "scripts" / "check_structure.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    package = tmp_path / "hf_videomoe"
+    package.mkdir()
+    (tmp_path / "scripts").mkdir()
+    (package / "__init__.py").write_text("")
+    (package / "a.py").write_text("from .b import thing\n_secret = 1\n")
+    (package / "b.py").write_text("from .a import _secret\nthing = 2\n" + "x = 1\n" * 600)
+    result = module.check(tmp_path)
+    assert result["import_cycles"] == [["hf_videomoe.a", "hf_videomoe.b"]]
+    assert list(result["long_modules"]) == ["hf_videomoe/b.py"]
+    assert any("_secret" in line for line in result["private_imports"])

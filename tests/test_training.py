@@ -495,7 +495,7 @@ def test_robust_evaluation_selects_best_checkpoint_and_writes_card(tmp_path, moe
 def test_push_to_hub_uploads_robust_checkpoint(tmp_path, moe_model, shapes, monkeypatch):
     import huggingface_hub.constants
 
-    from hf_videomoe.hub.testing import LoopbackHubServer
+    from hf_videomoe.testing import LoopbackHubServer
 
     args = make_args(tmp_path, max_steps=1, eval_attacks=["pgd"], eval_attack_steps=1, eval_max_samples=8)
     trainer = AdversarialTrainer(

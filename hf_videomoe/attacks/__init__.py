@@ -17,20 +17,10 @@ Lipschitz estimate, expert usage) in [`hf_videomoe.attacks.diagnostics`].
 
 from . import diagnostics, objectives
 from .diagnostics import expert_usage, router_lipschitz, routing_change
-from .engine import (
-    DEFAULT_EPS,
-    NORMS,
-    TEMPORAL_STEPS,
-    Attack,
-    BestIterate,
-    GradientAttack,
-    NormalizedModel,
-    attack_mode,
-    project,
-    random_start,
-    sample_seeds,
-    temporal_step_sizes,
-)
+from .apgd import APGD, APGDCE, APGDDLR
+from .base import Attack, BestIterate
+from .gradient import GradientAttack
+from .model_guard import NormalizedModel, attack_mode
 from .moe_attacks import (
     DEFAULT_GUIDANCE_WEIGHT,
     DEFAULT_LIPSCHITZ_WEIGHT,
@@ -45,7 +35,9 @@ from .moe_attacks import (
 )
 from .objectives import Objective
 from .registry import ATTACKS, DENSE_ATTACKS, MOE_ATTACKS, build_attack, resolve_attack_name
-from .standard import APGD, APGDCE, APGDDLR, FGSM, PGD, Square
+from .pgd import FGSM, PGD
+from .square import Square
+from .threat_model import DEFAULT_EPS, NORMS, TEMPORAL_STEPS, project, random_start, sample_seeds, temporal_step_sizes
 
 __all__ = [
     "APGD",

@@ -6,22 +6,18 @@ All functions run the model in eval mode without gradients and restore its mode;
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from ..moe import moe_blocks, router_probabilities
-from .engine import attack_mode, unwrap_model
+from ..moe import expert_load, require_moe, router_probabilities, routing_change_per_layer
+from .model_guard import attack_mode, unwrap_model
 from .objectives import LIPSCHITZ_EPS, model_outputs, per_sample_mse
 
 __all__ = ["expert_usage", "router_lipschitz", "routing_change"]
 
 
-def _require_moe(model: nn.Module, what: str):
+def _unwrapped_moe(model: nn.Module, what: str):
     model = unwrap_model(model)
-    blocks = moe_blocks(model)
-    if not blocks:
-        raise ValueError(f"{what} needs a Mixture-of-Experts model; {type(model).__name__} has no MoE layer.")
-    return model, blocks
+    return model, require_moe(model, what)
 
 
 def _check_pair(clean: torch.Tensor, adv: torch.Tensor) -> None:
@@ -58,7 +54,7 @@ def routing_change(
     Returns:
         ``{"overall": float, "per_layer": list[float]}``.
     """
-    model, blocks = _require_moe(model, "routing_change")
+    model, blocks = _unwrapped_moe(model, "routing_change")
     _check_pair(clean_pixels, adv_pixels)
     sums = None
     count = 0
@@ -66,14 +62,8 @@ def routing_change(
         for part in _chunks(clean_pixels.shape[0], batch_size):
             clean_rl = _router_logits(model, clean_pixels[part])
             adv_rl = _router_logits(model, adv_pixels[part])
-            changes = []
-            for block, c, a in zip(blocks, clean_rl, adv_rl):
-                experts = c.shape[-1]
-                top_k = block.top_k
-                c_sel = F.one_hot(c.topk(top_k, dim=-1).indices, experts).sum(-2).bool()
-                a_sel = F.one_hot(a.topk(top_k, dim=-1).indices, experts).sum(-2).bool()
-                iou = (c_sel & a_sel).sum(-1).float() / (c_sel | a_sel).sum(-1).float()
-                changes.append((1 - iou).mean(dim=1).sum().item())  # sum over samples of per-sample means
+            # sum over samples of per-sample means, per layer
+            changes = routing_change_per_layer(clean_rl, adv_rl, [block.top_k for block in blocks]).sum(dim=0).tolist()
             sums = changes if sums is None else [s + c for s, c in zip(sums, changes)]
             count += clean_pixels[part].shape[0]
     if not count:
@@ -91,7 +81,7 @@ def router_lipschitz(
     Samples whose adversarial clip equals the clean one carry no information on the ratio and are left out of the
     mean; 0.0 if no sample is perturbed.
     """
-    model, _ = _require_moe(model, "router_lipschitz")
+    model, _ = _unwrapped_moe(model, "router_lipschitz")
     _check_pair(clean_pixels, adv_pixels)
     total, count = 0.0, 0
     with attack_mode(model, grad=False):
@@ -115,17 +105,14 @@ def expert_usage(model: nn.Module, pixel_values: torch.Tensor, batch_size: int |
     Returns:
         one float tensor of shape ``(num_experts,)`` per MoE layer, summing to 1 (on the CPU).
     """
-    model, blocks = _require_moe(model, "expert_usage")
+    model, blocks = _unwrapped_moe(model, "expert_usage")
     if not isinstance(pixel_values, torch.Tensor) or not pixel_values.is_floating_point():
         raise TypeError("`pixel_values` must be a float tensor (batch, frames, channels, height, width).")
     counts = None
     with attack_mode(model, grad=False):
         for part in _chunks(pixel_values.shape[0], batch_size):
             router_logits = _router_logits(model, pixel_values[part])
-            layer_counts = [
-                torch.bincount(rl.topk(block.top_k, dim=-1).indices.reshape(-1), minlength=rl.shape[-1]).cpu().double()
-                for block, rl in zip(blocks, router_logits)
-            ]
+            layer_counts = [expert_load(rl, block.top_k).cpu().double() for block, rl in zip(blocks, router_logits)]
             counts = layer_counts if counts is None else [c + n for c, n in zip(counts, layer_counts)]
     if counts is None:
         return [torch.zeros(block.num_experts) for block in blocks]

@@ -23,7 +23,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from .engine import GradientAttack, _check_choice, _check_real
+from .gradient import GradientAttack
+from .validation import check_choice, check_real
 from .objectives import LIPSCHITZ_DENOMINATORS, Objective
 
 DEFAULT_LIPSCHITZ_WEIGHT = 1e-5
@@ -47,6 +48,15 @@ __all__ = [
 ]
 
 
+class _Guided:
+    """γ1 (``guidance_weight``) of the guided attacks: steer every routing unit toward ŷ_R, the expert with the lowest
+    clean router probability of the clip."""
+
+    def __init__(self, *, guidance_weight: float = DEFAULT_GUIDANCE_WEIGHT, **kwargs):
+        self.guidance_weight = check_real("guidance_weight", guidance_weight, minimum=0.0)
+        super().__init__(**kwargs)
+
+
 class _LipschitzAttack(GradientAttack):
     """Gradient attacks with a temporal Lipschitz term (the paper's ``tla-*`` / ``tlga-r`` / ``j-tla*``).
 
@@ -59,8 +69,8 @@ class _LipschitzAttack(GradientAttack):
 
     def __init__(self, *, lipschitz_weight: float = DEFAULT_LIPSCHITZ_WEIGHT, lipschitz_denominator: str = "gradient",
                  **kwargs):
-        self.lipschitz_weight = _check_real("lipschitz_weight", lipschitz_weight, minimum=0.0)
-        self.lipschitz_denominator = _check_choice("lipschitz_denominator", lipschitz_denominator,
+        self.lipschitz_weight = check_real("lipschitz_weight", lipschitz_weight, minimum=0.0)
+        self.lipschitz_denominator = check_choice("lipschitz_denominator", lipschitz_denominator,
                                                    LIPSCHITZ_DENOMINATORS)
         super().__init__(**kwargs)
 
@@ -107,7 +117,7 @@ class TLAR(_LipschitzAttack, _RouterAttack):
                          lipschitz_denominator=self.lipschitz_denominator)
 
 
-class TLGAR(TLAR):
+class TLGAR(_Guided, TLAR):
     """TLGA-R: guided router attack, ℓ*_Router = ℓ_Router − γ1·CE(R(x+δ), ŷ_R): flip the clean routing while steering
     every unit toward ŷ_R, the expert with the lowest clean router probability of the clip.
 
@@ -116,10 +126,6 @@ class TLGAR(TLAR):
     """
 
     name = "tlga-r"
-
-    def __init__(self, *, guidance_weight: float = DEFAULT_GUIDANCE_WEIGHT, **kwargs):
-        self.guidance_weight = _check_real("guidance_weight", guidance_weight, minimum=0.0)
-        super().__init__(**kwargs)
 
     def build_objective(self) -> Objective:
         return Objective(
@@ -181,15 +187,20 @@ class JTLA(TLAM):
     requires_moe = True
 
     def __init__(self, *, router_weight: float = DEFAULT_ROUTER_WEIGHT, **kwargs):
-        self.router_weight = _check_real("router_weight", router_weight, minimum=0.0)
+        self.router_weight = check_real("router_weight", router_weight, minimum=0.0)
         super().__init__(**kwargs)
 
     def build_objective(self) -> Objective:
+        return self.joint_objective(guidance_weight=0.0)
+
+    def joint_objective(self, guidance_weight: float) -> Objective:
+        """ℓ_MoE + γ2·ℓ_Router, minus ``guidance_weight`` times the guidance CE."""
         return Objective(
             loss="ce",
             lipschitz_weight=self.lipschitz_weight,
             router_ce_weight=self.router_weight,
             router_lipschitz_weight=self.router_weight * self.lipschitz_weight,
+            guidance_weight=guidance_weight,
             targeted=self.targeted,
             lipschitz_denominator=self.lipschitz_denominator,
         )
@@ -198,7 +209,7 @@ class JTLA(TLAM):
         return {"router_weight": self.router_weight, **super()._extra_settings()}
 
 
-class JTLGA(JTLA):
+class JTLGA(_Guided, JTLA):
     """J-TLGA: the paper's strongest attack, ℓ*_MoE = ℓ_MoE + γ2·ℓ*_Router
     = CE(F(x+δ), y) + λ·L_Lip(F) + γ2·(CE(R(x+δ), r(x)) + λ·L_Lip(R) − γ1·CE(R(x+δ), ŷ_R)).
 
@@ -208,20 +219,9 @@ class JTLGA(JTLA):
 
     name = "j-tlga"
 
-    def __init__(self, *, guidance_weight: float = DEFAULT_GUIDANCE_WEIGHT, **kwargs):
-        self.guidance_weight = _check_real("guidance_weight", guidance_weight, minimum=0.0)
-        super().__init__(**kwargs)
-
     def build_objective(self) -> Objective:
-        return Objective(
-            loss="ce",
-            lipschitz_weight=self.lipschitz_weight,
-            router_ce_weight=self.router_weight,
-            router_lipschitz_weight=self.router_weight * self.lipschitz_weight,
-            guidance_weight=self.router_weight * self.guidance_weight,
-            targeted=self.targeted,
-            lipschitz_denominator=self.lipschitz_denominator,
-        )
+        # J-TLA's objective plus the guidance term, weighted by γ2 like the rest of the router loss.
+        return self.joint_objective(guidance_weight=self.router_weight * self.guidance_weight)
 
     def _extra_settings(self) -> dict[str, Any]:
         return {"guidance_weight": self.guidance_weight, **super()._extra_settings()}

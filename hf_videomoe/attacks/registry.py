@@ -4,20 +4,18 @@ from __future__ import annotations
 
 import difflib
 
-from .engine import Attack
+from .apgd import APGDCE, APGDDLR
+from .base import Attack
+from .names import DENSE_ATTACKS, MOE_ATTACKS
 from .moe_attacks import JTLA, JTLGA, PGDR, TLAE, TLAM, TLAR, TLGAR
-from .standard import APGDCE, APGDDLR, FGSM, PGD, Square
+from .pgd import FGSM, PGD
+from .square import Square
 
 ATTACKS: dict[str, type[Attack]] = {
     cls.name: cls for cls in (FGSM, PGD, APGDCE, APGDDLR, Square, PGDR, TLAR, TLGAR, TLAE, TLAM, JTLA, JTLGA)
 }
 """Every named attack, in a stable order: standard attacks first, then the paper's component attacks."""
 
-DENSE_ATTACKS: tuple[str, ...] = tuple(name for name, cls in ATTACKS.items() if not cls.requires_moe)
-"""Attacks that only need logits and therefore apply to dense models too."""
-
-MOE_ATTACKS: tuple[str, ...] = tuple(name for name, cls in ATTACKS.items() if cls.requires_moe)
-"""Attacks that target routers or experts and need a Mixture-of-Experts model."""
 
 __all__ = ["ATTACKS", "DENSE_ATTACKS", "MOE_ATTACKS", "build_attack", "resolve_attack_name"]
 

@@ -5,6 +5,7 @@ All datasets yield ``pixel_values`` as float32 ``(frames, channels=3, height, wi
 """
 
 from .collator import VideoCollator, to_unit_float
+from .sources import stack_pixel_values
 from .moving_shapes import (
     DIFFICULTY_LEVELS,
     MOVING_SHAPES_CLASSES,
@@ -33,6 +34,7 @@ __all__ = [
     "SAMPLING_MODES",
     "VIDEO_EXTENSIONS",
     "VideoCollator",
+    "stack_pixel_values",
     "VideoDecodeError",
     "VideoDecodeTransform",
     "load_video_folder",

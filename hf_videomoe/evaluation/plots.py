@@ -6,6 +6,8 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from .formatting import format_eps, norm_symbol
+
 if TYPE_CHECKING:  # pragma: no cover
     from .report import RobustnessReport
 
@@ -27,8 +29,6 @@ def _pyplot():
 
 def plot_eps_sweep(report: "RobustnessReport", path: str | os.PathLike, dpi: int = 120) -> Path | None:
     """Robust accuracy vs ε, one line per attack, clean accuracy as a dashed line. ``None`` without a sweep."""
-    from .report import format_eps, norm_symbol
-
     if not report.eps_sweep:
         return None
     plt = _pyplot()

@@ -1,6 +1,6 @@
 """Hub integration: robustness model cards (``model-index`` metrics) and pushing robust checkpoints.
 
-``hf_videomoe.hub.testing`` holds a Hub-compatible loopback server for offline tests.
+``hf_videomoe.testing`` holds a Hub-compatible loopback server for offline tests.
 """
 
 from .model_card import CARD_TAGS, RobustnessModelCard, build_model_card, metrics_from_model_card, report_metrics

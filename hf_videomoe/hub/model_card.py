@@ -12,7 +12,8 @@ from typing import Any
 
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
-from ..evaluation.report import RobustnessReport, format_eps, norm_symbol
+from ..evaluation.formatting import format_eps, norm_symbol
+from ..evaluation.report import RobustnessReport
 
 __all__ = ["CARD_TAGS", "build_model_card", "metrics_from_model_card", "report_metrics"]
 

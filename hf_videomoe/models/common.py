@@ -1,15 +1,13 @@
-"""Pieces shared by the two MoE video models: input checks, pixel normalisation, outputs, upcycling, weight init."""
+"""Pieces shared by the two MoE video models: input checks, pixel normalisation, outputs, processors, weight init."""
 
 from __future__ import annotations
 
-import json
 import os
 import pickle
 from dataclasses import dataclass
 
 import torch
 from torch import nn
-from transformers import PreTrainedModel
 from transformers import initialization as init
 from transformers.utils import ModelOutput
 
@@ -18,15 +16,7 @@ try:
 except ImportError:  # pragma: no cover - safetensors is a transformers dependency
     SafetensorError = OSError
 
-from ..moe import (
-    MoeExperts,
-    MoeRouter,
-    check_expert_init,
-    compute_aux_loss,
-    diversify_experts,
-    moe_blocks,
-    upcycle_mlp,
-)
+from ..moe import MoeExperts, MoeRouter, compute_aux_loss
 
 # ImageNet statistics, the convention of VideoMAE checkpoints (TimeSformer's use 0.45 / 0.225; see its config).
 IMAGENET_MEAN = [0.485, 0.456, 0.406]
@@ -129,7 +119,7 @@ def consistent_image_processor(config, processor):
     return pixel_image_processor(config, template=processor)
 
 
-def _load_local_image_processor(path: str):
+def load_local_image_processor(path: str):
     """The processor saved in a local checkpoint directory, or ``None``."""
     if not (os.path.isdir(path) and os.path.isfile(os.path.join(path, "preprocessor_config.json"))):
         return None
@@ -141,7 +131,7 @@ def _load_local_image_processor(path: str):
         raise OSError(f"{path}/preprocessor_config.json could not be read as an image processor: {err}") from err
 
 
-def _looks_like_local_path(path: str) -> bool:
+def looks_like_local_path(path: str) -> bool:
     """Whether ``path`` can only be a filesystem path (a Hub id is ``name`` or ``namespace/name``)."""
     return os.path.isabs(path) or path.startswith((".", "~")) or path.count("/") > 1 or "\\" in path
 
@@ -200,7 +190,7 @@ class MoePreTrainedModelMixin:
     def from_pretrained(cls, pretrained_model_name_or_path, *model_args, **kwargs):
         path = os.fspath(pretrained_model_name_or_path) if isinstance(pretrained_model_name_or_path, (str, os.PathLike)) else None
         if path is not None:
-            if _looks_like_local_path(path) and not os.path.exists(os.path.expanduser(path)):
+            if looks_like_local_path(path) and not os.path.exists(os.path.expanduser(path)):
                 raise OSError(f"Could not load {cls.__name__} from {path}: no such file or directory.")
             if os.path.isdir(path) and kwargs.get("config") is None and not os.path.isfile(os.path.join(path, "config.json")):
                 raise OSError(
@@ -214,9 +204,49 @@ class MoePreTrainedModelMixin:
                 f"Could not load {cls.__name__} from {path}: the checkpoint looks corrupt ({type(err).__name__}: {err})."
             ) from err
         if path is not None:
-            model.image_processor = consistent_image_processor(model.config, _load_local_image_processor(path))
+            model.image_processor = consistent_image_processor(model.config, load_local_image_processor(path))
         return model
 
+
+
+def resolve_output_flags(config, output_router_logits, output_hidden_states, output_attentions) -> tuple[bool, ...]:
+    """The ``output_*`` arguments of a forward call, each defaulting to the config's."""
+    return (
+        config.output_router_logits if output_router_logits is None else output_router_logits,
+        config.output_hidden_states if output_hidden_states is None else output_hidden_states,
+        config.output_attentions if output_attentions is None else output_attentions,
+    )
+
+
+def run_moe_encoder(
+    layers, hidden_states: torch.Tensor, config, output_router_logits: bool, output_hidden_states: bool,
+    output_attentions: bool, call_layer,
+) -> MoeVideoModelOutput:
+    """Run the encoder ``layers`` and collect their outputs (before the final layer norm).
+
+    ``call_layer(layer, hidden_states, shared_routing)`` returns ``(hidden_states, routing, attention_probs)``; with
+    ``router_granularity="model"`` the decision of the router-owning layer is handed to every later layer.
+    """
+    all_hidden_states = [hidden_states] if output_hidden_states else None
+    all_attentions = [] if output_attentions else None
+    all_router_logits = []
+    shared_routing = None
+    for layer in layers:
+        hidden_states, routing, attention_probs = call_layer(layer, hidden_states, shared_routing)
+        if routing is not None:
+            all_router_logits.append(routing.router_logits)
+            if config.router_granularity == "model":
+                shared_routing = routing
+        if output_hidden_states:
+            all_hidden_states.append(hidden_states)
+        if output_attentions:
+            all_attentions.append(attention_probs)
+    return MoeVideoModelOutput(
+        last_hidden_state=hidden_states,
+        router_logits=tuple(all_router_logits) if output_router_logits else None,
+        hidden_states=tuple(all_hidden_states) if output_hidden_states else None,
+        attentions=tuple(all_attentions) if output_attentions else None,
+    )
 
 
 def classifier_output(logits, labels, backbone_outputs, config, output_router_logits: bool) -> MoeVideoClassifierOutput:
@@ -316,99 +346,3 @@ def init_moe_weights(module: nn.Module, std: float) -> None:
         init.zeros_(module.down_proj_bias)
     elif isinstance(module, MoeRouter):
         init.normal_(module.weight, mean=0.0, std=std)
-
-
-def upcycle_from_dense(
-    moe_cls: type[PreTrainedModel],
-    dense_cls: type[PreTrainedModel],
-    dense_model_or_path,
-    moe_config_kwargs: dict,
-    layers_attribute: str,
-    expert_init: str = "copy",
-    expert_init_ratio: float = 0.5,
-    expert_init_seed: int = 0,
-    image_processor=None,
-) -> PreTrainedModel:
-    """Build ``moe_cls`` from a dense classifier, copying every shared weight and each MLP into its layer's experts.
-
-    Args:
-        moe_cls: the MoE classifier class.
-        dense_cls: the matching transformers classifier class, used to load a local path.
-        dense_model_or_path: a dense model instance or a local directory / Hub id loadable by ``dense_cls``.
-        moe_config_kwargs: the MoE fields (``num_experts``, ``moe_layers``, ...); ``None`` values are dropped.
-        layers_attribute: dotted path from the classifier to its ``nn.ModuleList`` of layers.
-        expert_init, expert_init_ratio, expert_init_seed: how the copied experts are made to differ (see
-            [`~hf_videomoe.moe.diversify_experts`]); ``"copy"`` keeps the upcycling exact.
-        image_processor: the dense model's image processor (default: the one saved beside a local dense checkpoint).
-            Its resize / crop settings are kept in the processor saved with the MoE, and, when it normalises, its
-            mean / std become the MoE config's ``image_mean`` / ``image_std`` unless those are given.
-    """
-    check_expert_init(expert_init, expert_init_ratio)  # before loading the dense model
-    if isinstance(dense_model_or_path, (str, os.PathLike)):
-        path = os.fspath(dense_model_or_path)
-        if _looks_like_local_path(path) and not os.path.exists(os.path.expanduser(path)):
-            raise OSError(f"from_dense: no dense checkpoint at {path} (no such file or directory).")
-        if os.path.isdir(path) and not os.path.isfile(os.path.join(path, "config.json")):
-            raise ValueError(f"{path} is not a model directory: it has no config.json.")
-        if os.path.isdir(path):
-            # Reject a checkpoint of another architecture before transformers loads it (noisily) into the wrong class.
-            try:
-                with open(os.path.join(path, "config.json"), encoding="utf-8") as f:
-                    saved_type = json.load(f).get("model_type")
-            except (OSError, ValueError, AttributeError):
-                saved_type = None
-            expected_type = dense_cls.config_class.model_type
-            if saved_type is not None and saved_type != expected_type:
-                raise ValueError(
-                    f"from_dense for {moe_cls.__name__} needs a `{expected_type}` checkpoint, but {path} holds a "
-                    f"`{saved_type}` model."
-                )
-        dense = dense_cls.from_pretrained(path)
-        if image_processor is None:
-            image_processor = _load_local_image_processor(path)
-    elif isinstance(dense_model_or_path, PreTrainedModel):
-        dense = dense_model_or_path
-    else:
-        raise TypeError(
-            f"from_dense expects a {dense_cls.__name__} or a path to one, got {type(dense_model_or_path).__name__}."
-        )
-    if moe_blocks(dense):
-        raise ValueError(f"{type(dense).__name__} already has MoE blocks; from_dense expects a dense model.")
-    expected_type = dense_cls.config_class.model_type
-    if dense.config.model_type != expected_type:
-        raise ValueError(f"from_dense for {moe_cls.__name__} needs a `{expected_type}` model, got `{dense.config.model_type}`.")
-
-    config_dict = dense.config.to_dict()
-    for key in ("model_type", "architectures", "transformers_version", "_name_or_path"):
-        config_dict.pop(key, None)
-    if image_processor is not None:
-        # The MoE applies inside forward the normalisation the dense model saw: its processor's statistics, or none.
-        num_channels = dense.config.num_channels
-        normalizes = getattr(image_processor, "do_normalize", False)
-        for key, identity in (("image_mean", 0.0), ("image_std", 1.0)):
-            if moe_config_kwargs.get(key) is None:
-                values = getattr(image_processor, key, None) if normalizes else [identity] * num_channels
-                if values is not None:
-                    values = [float(v) for v in ([values] if isinstance(values, (int, float)) else values)]
-                    moe_config_kwargs = {**moe_config_kwargs, key: values * num_channels if len(values) == 1 else values}
-    config_dict.update({k: v for k, v in moe_config_kwargs.items() if v is not None})
-    moe = moe_cls(moe_cls.config_class(**config_dict))
-    moe.to(dtype=next(dense.parameters()).dtype)
-
-    missing, unexpected = moe.load_state_dict(dense.state_dict(), strict=False)
-    # Only the MLPs of MoE layers may differ: they are copied into the experts below, routers keep their init.
-    moe_layer_prefixes = tuple(f"{layers_attribute}.{i}." for i in moe.config.moe_layers)
-    stray = [k for k in missing if not (k.startswith(moe_layer_prefixes) and (".mlp." in k))]
-    stray += [k for k in unexpected if not (k.startswith(moe_layer_prefixes) and (".intermediate." in k or ".output.dense" in k))]
-    if stray:
-        raise ValueError(f"Dense checkpoint does not map onto {moe_cls.__name__}: mismatched weights {stray[:8]}.")
-
-    dense_layers = dense.get_submodule(layers_attribute)
-    moe_layers = moe.get_submodule(layers_attribute)
-    for index in moe.config.moe_layers:
-        upcycle_mlp(moe_layers[index].mlp, dense_layers[index].intermediate.dense, dense_layers[index].output.dense)
-        diversify_experts(moe_layers[index].mlp, expert_init, expert_init_ratio, seed=expert_init_seed + index)
-    moe.train(dense.training)
-    if image_processor is not None:
-        moe.image_processor = pixel_image_processor(moe.config, template=image_processor)
-    return moe

@@ -1,9 +1,7 @@
 """Sparse MoE block, auxiliary losses, routing control and upcycling shared by the MoE video models."""
 
-from .configuration_moe import owns_router
+from .configuration_moe import ROUTER_GATES, ROUTER_GRANULARITIES, owns_router
 from .modeling_moe import (
-    ROUTER_GATES,
-    ROUTER_GRANULARITIES,
     MoeExperts,
     MoeRouter,
     RoutingDecision,
@@ -26,20 +24,35 @@ from .routing import (
     override_routing,
     random_routing,
     record_routing,
+    require_moe,
     router_parameters,
     router_probabilities,
     selected_experts,
 )
-from .statistics import frozen_routing_predictions, relevance_predictions, routing_relevance, summarize_relevance
-from .upcycling import EXPERT_INITS, check_expert_init, diversify_experts, upcycle_mlp
+from .statistics import (
+    expert_load,
+    expert_usage_entropy,
+    frozen_routing_predictions,
+    logits_of,
+    relevance_predictions,
+    routing_change_per_layer,
+    routing_relevance,
+    summarize_relevance,
+)
+from .upcycling import EXPERT_INITS, check_expert_init, cluster_routers, diversify_experts, upcycle_mlp
 
 __all__ = [
+    "expert_load",
+    "expert_usage_entropy",
+    "routing_change_per_layer",
     "frozen_routing_predictions",
+    "logits_of",
     "relevance_predictions",
     "routing_relevance",
     "summarize_relevance",
     "EXPERT_INITS",
     "check_expert_init",
+    "cluster_routers",
     "diversify_experts",
     "ROUTER_GATES",
     "ROUTER_GRANULARITIES",
@@ -62,6 +75,7 @@ __all__ = [
     "override_routing",
     "random_routing",
     "record_routing",
+    "require_moe",
     "router_parameters",
     "router_probabilities",
     "router_z_loss",

@@ -1,10 +1,32 @@
-"""Validation shared by the MoE model configs (both configs declare the same MoE fields)."""
+"""The MoE fields both model configs share, and their validation (torch-free)."""
 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
-from .modeling_moe import ROUTER_GATES, ROUTER_GRANULARITIES
+ROUTER_GRANULARITIES = ("token", "frame", "clip", "model")
+# How the task loss reaches the router. All gates have the same forward value (the top-k probabilities renormalised
+# over the selected experts, 1 at top-1), so upcycling stays exact; they differ only in the router's gradient.
+ROUTER_GATES = ("straight_through", "switch", "renormalize")
+
+
+@dataclass
+class MoeConfigFields:
+    """The MoE fields of [`VideoMAEMoeConfig`] and [`TimesformerMoeConfig`] (documented there), declared once; the
+    configs inherit them next to their transformers base config and call [`validate_moe_fields`]."""
+
+    num_experts: int = 4
+    num_experts_per_tok: int = 1
+    moe_layers: list[int] | None = None
+    router_granularity: str = "token"
+    router_gate: str = "straight_through"
+    router_aux_loss_coef: float = 0.01
+    router_z_loss_coef: float = 0.001
+    router_jitter_noise: float = 0.0
+    output_router_logits: bool = True
+    image_mean: list[float] | None = None
+    image_std: list[float] | None = None
 
 
 def validate_moe_fields(config) -> None:

@@ -21,10 +21,8 @@ from torch import nn
 from transformers.activations import ACT2FN
 from transformers.integrations.moe import use_experts_implementation
 
-ROUTER_GRANULARITIES = ("token", "frame", "clip", "model")
-# How the task loss reaches the router. All gates have the same forward value (the top-k probabilities renormalised
-# over the selected experts, 1 at top-1), so upcycling stays exact; they differ only in the router's gradient.
-ROUTER_GATES = ("straight_through", "switch", "renormalize")
+from .configuration_moe import ROUTER_GATES
+
 
 
 @dataclass

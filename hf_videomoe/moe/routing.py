@@ -29,7 +29,8 @@ def _refuse_checkpointed_training(model: nn.Module, what: str) -> None:
         raise ValueError(f"{what} cannot run on a model training with activation checkpointing; call `model.eval()`.")
 
 
-def _require_moe(model: nn.Module, what: str) -> list[SparseMoeBlock]:
+def require_moe(model: nn.Module, what: str) -> list[SparseMoeBlock]:
+    """The MoE blocks of ``model``; a `ValueError` naming ``what`` needed them if it has none."""
     blocks = moe_blocks(model)
     if not blocks:
         raise ValueError(
@@ -64,7 +65,7 @@ def force_experts(model: nn.Module, experts: int | Sequence[int]):
         model: a model with MoE blocks.
         experts: one expert index for all layers, or one index per MoE layer.
     """
-    blocks = _require_moe(model, "force_experts")
+    blocks = require_moe(model, "force_experts")
     if isinstance(experts, int):
         experts = [experts] * len(blocks)
     experts = list(experts)
@@ -85,7 +86,7 @@ def random_routing(model: nn.Module, seed: int = 0):
     routers whose decisions carry no information. With ``router_granularity="model"`` one random path is drawn per
     clip and shared by every MoE layer. Deterministic for a given ``seed`` and call sequence.
     """
-    blocks = _require_moe(model, "random_routing")
+    blocks = require_moe(model, "random_routing")
     _refuse_checkpointed_training(model, "random_routing")
     generator = torch.Generator().manual_seed(int(seed))
     with _blocks_set(blocks, "random_routing", [generator] * len(blocks)):
@@ -99,7 +100,7 @@ def record_routing(model: nn.Module):
     Yields a list that receives one list of [`RoutingDecision`]s (one per MoE layer, in layer order) per forward
     pass, after any forcing or override. Replay one with [`override_routing`].
     """
-    blocks = _require_moe(model, "record_routing")
+    blocks = require_moe(model, "record_routing")
     _refuse_checkpointed_training(model, "record_routing")
     per_block: list[list[RoutingDecision]] = [[] for _ in blocks]
     passes: list[list[RoutingDecision]] = []
@@ -118,7 +119,7 @@ def override_routing(model: nn.Module, decisions: Sequence[RoutingDecision]):
     of an attack's damage does *not* go through routing, and a clean clip with the adversarial routing how much does.
     Router logits are still computed (and returned) from the actual input.
     """
-    blocks = _require_moe(model, "override_routing")
+    blocks = require_moe(model, "override_routing")
     decisions = list(decisions)
     if len(decisions) != len(blocks):
         raise ValueError(f"override_routing got {len(decisions)} decisions for {len(blocks)} MoE layers.")

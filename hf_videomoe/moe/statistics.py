@@ -21,13 +21,68 @@ from torch import nn
 
 from .routing import force_experts, moe_blocks, override_routing, random_routing, record_routing
 
-__all__ = ["frozen_routing_predictions", "relevance_predictions", "routing_relevance", "summarize_relevance"]
+__all__ = [
+    "expert_load",
+    "expert_usage_entropy",
+    "frozen_routing_predictions",
+    "logits_of",
+    "relevance_predictions",
+    "routing_change_per_layer",
+    "routing_relevance",
+    "summarize_relevance",
+]
+
+
+# The one home of the routing statistics that attacks (diagnostics), training (logged metrics) and evaluation (report)
+# all compute from router logits.
+
+
+def expert_load(router_logits: torch.Tensor, top_k: int) -> torch.Tensor:
+    """How many routing slots each expert receives: ``(num_experts,)`` counts of the top-``top_k`` selections."""
+    num_experts = router_logits.shape[-1]
+    selected = router_logits.detach().topk(min(top_k, num_experts), dim=-1).indices.reshape(-1)
+    return torch.bincount(selected, minlength=num_experts)
+
+
+def expert_usage_entropy(router_logits: Sequence[torch.Tensor], top_k: int) -> torch.Tensor:
+    """Normalised entropy of the expert load, averaged over MoE layers: 1 for perfectly balanced routing, 0 when every
+    unit goes to the same expert. A scalar tensor."""
+    values = []
+    for logits in router_logits:
+        num_experts = logits.shape[-1]
+        if num_experts < 2:
+            continue
+        load = expert_load(logits, top_k).float()
+        load = load / load.sum().clamp_min(1)
+        values.append(-(load * load.clamp_min(1e-12).log()).sum() / math.log(num_experts))
+    if not values:
+        return torch.zeros(())
+    return torch.stack(values).mean()
+
+
+def routing_change_per_layer(
+    clean_router_logits: Sequence[torch.Tensor], adv_router_logits: Sequence[torch.Tensor], top_ks: Sequence[int]
+) -> torch.Tensor:
+    """``(batch, layers)``: 1 − the IoU of the selected top-k expert sets, clean vs adversarial, averaged over each
+    sample's routing units. 0 means identical routing; with top-1 it is the fraction of units whose expert changed."""
+    per_layer = []
+    for clean, adv, top_k in zip(clean_router_logits, adv_router_logits, top_ks):
+        num_experts = clean.shape[-1]
+        k = min(top_k, num_experts)
+        clean_selected = nn.functional.one_hot(clean.detach().topk(k, dim=-1).indices, num_experts).sum(-2).bool()
+        adv_selected = nn.functional.one_hot(adv.detach().topk(k, dim=-1).indices, num_experts).sum(-2).bool()
+        iou = (clean_selected & adv_selected).sum(-1).float() / (clean_selected | adv_selected).sum(-1).float()
+        per_layer.append(1 - iou.mean(dim=1))
+    return torch.stack(per_layer, dim=1)
+
+
+def logits_of(outputs) -> torch.Tensor:
+    """The logits of a classifier's outputs: a ``ModelOutput`` with ``logits``, or a tuple whose first item they are."""
+    return outputs.logits if hasattr(outputs, "logits") else outputs[0]
 
 
 def _predict(model: nn.Module, pixel_values: torch.Tensor) -> torch.Tensor:
-    out = model(pixel_values=pixel_values)
-    logits = out.logits if hasattr(out, "logits") else out[0]
-    return logits.argmax(dim=-1)
+    return logits_of(model(pixel_values=pixel_values)).argmax(dim=-1)
 
 
 @torch.no_grad()

@@ -9,10 +9,13 @@ JTLATTrainer(model=moe_model, args=AdversarialTrainingArguments(output_dir="out"
 ```
 """
 
-from ._utils import TrainingPhase
 from .arguments import ADV_METHODS, JTLAT_STEPS, AdversarialTrainingArguments
+from .callback import AdversarialTrainingCallback
 from .jtlat import JTLATTrainer
-from .trainer import AdversarialTrainer, AdversarialTrainingCallback, PhaseLoss
+from .method import TrainingMethod
+from .methods import METHODS
+from .phases import PhaseLoss, TrainingPhase
+from .trainer import AdversarialTrainer
 
 __all__ = [
     "ADV_METHODS",
@@ -21,6 +24,8 @@ __all__ = [
     "AdversarialTrainingArguments",
     "AdversarialTrainingCallback",
     "JTLATTrainer",
+    "METHODS",
     "PhaseLoss",
+    "TrainingMethod",
     "TrainingPhase",
 ]

@@ -8,11 +8,12 @@ from dataclasses import dataclass, field
 from transformers import TrainingArguments
 
 from ..attacks import DEFAULT_GUIDANCE_WEIGHT, DEFAULT_LIPSCHITZ_WEIGHT, DEFAULT_ROUTER_WEIGHT, resolve_attack_name
+from .methods import METHODS
 
 # Training methods, in the order of the paper's comparison table.
-ADV_METHODS = ("none", "pgd-at", "trades", "advmoe", "tlat", "j-tlat")
+ADV_METHODS = tuple(METHODS)
 # Methods that split the model into router / expert parameter groups and therefore need an MoE model.
-MOE_ONLY_METHODS = ("advmoe", "j-tlat")
+MOE_ONLY_METHODS = tuple(name for name, method in METHODS.items() if method.requires_moe)
 # The three J-TLAT steps, in the order they run inside a training step.
 JTLAT_STEPS = ("router", "expert", "model")
 JTLAT_ROUTER_BALANCES = ("switch", "sharp")

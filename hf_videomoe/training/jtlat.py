@@ -18,8 +18,8 @@ from ..moe import (
     moe_blocks,
     sharpened_balance_loss,
 )
-from ._utils import TrainingPhase
-from .trainer import AdversarialTrainer, PhaseLoss
+from .phases import PhaseLoss, TrainingPhase
+from .trainer import AdversarialTrainer
 
 
 class JTLATTrainer(AdversarialTrainer):
@@ -110,7 +110,7 @@ class JTLATTrainer(AdversarialTrainer):
         if phase.name == "router":
             return self.router_loss(model, phase)
         if phase.name == "model":
-            step = self._step
+            step = self.step_state
             x_adv = self.adversarial_examples(model, phase.attack)
             return self.lipschitz_model_loss(model, step.pixel_values, x_adv, step.labels)
         if phase.name == "router+model":
@@ -121,7 +121,7 @@ class JTLATTrainer(AdversarialTrainer):
         """Steps 1 and 3 from step 3's forward pass (see [`fuses_router_and_model_steps`]): the router inputs of
         that pass are captured and the router logits recomputed from them detached, so ``ℓ_Router``'s gradient
         reaches the router weights only."""
-        step = self._step
+        step = self.step_state
         x, y = step.pixel_values, step.labels
         x_adv = self.adversarial_examples(model, phase.attack)
         with _captured_router_inputs(self.accelerator.unwrap_model(model)) as router_logits_of:
@@ -150,16 +150,16 @@ class JTLATTrainer(AdversarialTrainer):
         decisions, and ``ℓ_Router`` of one layer does not reach the routers of earlier layers through the gate's
         straight-through gradient (a surrogate, not a change of the forward value). This is also what lets steps 1 and
         3 share a pass exactly (see [`fuses_router_and_model_steps`])."""
-        step = self._step
+        step = self.step_state
         x = step.pixel_values
         x_adv = self.adversarial_examples(model, phase.attack)
         with _captured_router_inputs(self.accelerator.unwrap_model(model)) as router_logits_of:
             if self.args.lipschitz_detach_clean:
                 clean_rl = router_logits_of.own_layers(self.clean_outputs(model).router_logits)
-                self._forward(model, x_adv)
+                self.model_forward(model, x_adv)
                 adv_rl = router_logits_of(slice(None))
             else:
-                self._forward(model, torch.cat([x, x_adv]))
+                self.model_forward(model, torch.cat([x, x_adv]))
                 clean_rl = router_logits_of(slice(None, step.batch_size))
                 adv_rl = router_logits_of(slice(step.batch_size, None))
         # Step 2 picks each clip's experts from these (pre-update) adversarial router probabilities.
@@ -198,12 +198,12 @@ class JTLATTrainer(AdversarialTrainer):
         """Each clip's experts for step 2 and their weights: the ``jtlat_top_k`` largest clip-level router
         probabilities on the adversarial clip, renormalised to sum to 1. Returns ``(indices, weights)``, both
         ``(batch, k)``, detached."""
-        step = self._step
+        step = self.step_state
         adv_rl = step.adv_router_logits.get(phase.attack)
         if adv_rl is None:  # no router step this batch: route the adversarial clips once, without gradient
             x_adv = self.adversarial_examples(model, phase.attack)
             with torch.no_grad():
-                adv_rl = self._forward(self.accelerator.unwrap_model(model), x_adv).router_logits
+                adv_rl = self.model_forward(self.accelerator.unwrap_model(model), x_adv).router_logits
         probs = clip_router_probabilities(adv_rl).detach()
         top_p, top_i = probs.topk(min(self.args.jtlat_top_k, probs.shape[-1]), dim=-1)
         return top_i, top_p / top_p.sum(dim=-1, keepdim=True).clamp_min(1e-12)
@@ -218,7 +218,7 @@ class JTLATTrainer(AdversarialTrainer):
         last step; a process with no clip for that expert then runs it on one clip with weight 0 (processes must run
         the same DDP passes).
         """
-        step = self._step
+        step = self.step_state
         x, y, batch_size = step.pixel_values, step.labels, step.batch_size
         x_adv = self.adversarial_examples(model, phase.attack)
         indices, weights = self.expert_selection(model, phase)
@@ -249,16 +249,16 @@ class JTLATTrainer(AdversarialTrainer):
                     pass_model = self.pass_model(model, last)
                     if lipschitz_weight and self.args.lipschitz_detach_clean:
                         with torch.no_grad():
-                            clean_logits = self._forward(unwrapped, xs).logits
-                        adv_logits = self._forward(pass_model, xa).logits
+                            clean_logits = self.model_forward(unwrapped, xs).logits
+                        adv_logits = self.model_forward(pass_model, xa).logits
                         lip = lipschitz_ratio(clean_logits, adv_logits, xs, xa)
                     elif lipschitz_weight:
-                        out = self._forward(pass_model, torch.cat([xs, xa]))
+                        out = self.model_forward(pass_model, torch.cat([xs, xa]))
                         clean_logits, adv_logits = out.logits.split(clip_index.numel())
                         lip = lipschitz_ratio(clean_logits, adv_logits, xs, xa)
                     else:
-                        adv_logits, lip = self._forward(pass_model, xa).logits, torch.zeros_like(w)
-                    ce = self._ce(adv_logits, ys)
+                        adv_logits, lip = self.model_forward(pass_model, xa).logits, torch.zeros_like(w)
+                    ce = self.task_loss(adv_logits, ys)
                     per_sample = w * (ce + lipschitz_weight * lip)
                     loss = self._reduce(per_sample, num_items, batch_size)
                 total = total + self._backward(loss, num_items)

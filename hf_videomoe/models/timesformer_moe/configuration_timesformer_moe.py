@@ -5,7 +5,7 @@ from __future__ import annotations
 from huggingface_hub.dataclasses import strict
 from transformers import TimesformerConfig
 
-from ...moe.configuration_moe import validate_moe_fields, validate_num_labels
+from ...moe.configuration_moe import MoeConfigFields, validate_moe_fields, validate_num_labels
 
 # TimeSformer checkpoints (facebook/timesformer-*) normalise with 0.45 / 0.225 on every channel.
 TIMESFORMER_MEAN = [0.45, 0.45, 0.45]
@@ -14,7 +14,7 @@ SUPPORTED_ATTENTION_TYPES = ("divided_space_time", "joint_space_time")
 
 
 @strict
-class TimesformerMoeConfig(TimesformerConfig):
+class TimesformerMoeConfig(TimesformerConfig, MoeConfigFields):
     r"""
     Configuration of a TimeSformer whose MLPs (in ``moe_layers``) are sparse Mixtures of Experts. All
     [`~transformers.TimesformerConfig`] fields apply; the MoE fields are the same as
@@ -34,17 +34,6 @@ class TimesformerMoeConfig(TimesformerConfig):
     model_type = "timesformer_moe"
 
     drop_path_rate: float | int = 0.0
-    num_experts: int = 4
-    num_experts_per_tok: int = 1
-    moe_layers: list[int] | None = None
-    router_granularity: str = "token"
-    router_gate: str = "straight_through"
-    router_aux_loss_coef: float = 0.01
-    router_z_loss_coef: float = 0.001
-    router_jitter_noise: float = 0.0
-    output_router_logits: bool = True
-    image_mean: list[float] | None = None
-    image_std: list[float] | None = None
 
     def __post_init__(self, **kwargs):
         if self.image_mean is None:

@@ -24,13 +24,15 @@ from ...moe import RoutingDecision, SparseMoeBlock, owns_router
 from ..common import (
     MoePreTrainedModelMixin,
     MoeVideoClassifierOutput,
-    classifier_output,
     MoeVideoModelOutput,
+    classifier_output,
     init_moe_weights,
     normalize_pixel_values,
-    upcycle_from_dense,
+    resolve_output_flags,
+    run_moe_encoder,
     validate_pixel_values,
 )
+from ..upcycling import MoeUpcyclingMixin
 from .configuration_timesformer_moe import TimesformerMoeConfig
 
 def routing_units(config: TimesformerMoeConfig, device=None) -> torch.Tensor | None:
@@ -182,39 +184,22 @@ class TimesformerMoeModel(TimesformerMoePreTrainedModel):
         **kwargs,
     ) -> MoeVideoModelOutput:
         validate_pixel_values(pixel_values, self.config, type(self).__name__)
-        output_router_logits = self.config.output_router_logits if output_router_logits is None else output_router_logits
-        output_hidden_states = self.config.output_hidden_states if output_hidden_states is None else output_hidden_states
-        output_attentions = self.config.output_attentions if output_attentions is None else output_attentions
-
+        output_router_logits, output_hidden_states, output_attentions = resolve_output_flags(
+            self.config, output_router_logits, output_hidden_states, output_attentions
+        )
         dtype = self.embeddings.patch_embeddings.projection.weight.dtype
         hidden_states = self.embeddings(normalize_pixel_values(pixel_values, self.config, dtype))
         unit_index = routing_units(self.config, hidden_states.device)
-
-        all_hidden_states = [hidden_states] if output_hidden_states else None
-        all_attentions = [] if output_attentions else None
-        all_router_logits = []
-        shared_routing = None
-        for layer in self.encoder.layer:
-            hidden_states, routing, attention_probs = layer(hidden_states, unit_index, output_attentions, shared_routing)
-            if routing is not None:
-                all_router_logits.append(routing.router_logits)
-                if self.config.router_granularity == "model":
-                    shared_routing = routing
-            if output_hidden_states:
-                all_hidden_states.append(hidden_states)
-            if output_attentions:
-                all_attentions.append(attention_probs)
-        hidden_states = self.layernorm(hidden_states)
-
-        return MoeVideoModelOutput(
-            last_hidden_state=hidden_states,
-            router_logits=tuple(all_router_logits) if output_router_logits else None,
-            hidden_states=tuple(all_hidden_states) if output_hidden_states else None,
-            attentions=tuple(all_attentions) if output_attentions else None,
+        outputs = run_moe_encoder(
+            self.encoder.layer, hidden_states, self.config, output_router_logits, output_hidden_states,
+            output_attentions,
+            lambda layer, states, shared_routing: layer(states, unit_index, output_attentions, shared_routing),
         )
+        outputs.last_hidden_state = self.layernorm(outputs.last_hidden_state)
+        return outputs
 
 
-class TimesformerMoeForVideoClassification(TimesformerMoePreTrainedModel):
+class TimesformerMoeForVideoClassification(MoeUpcyclingMixin, TimesformerMoePreTrainedModel):
     """TimeSformer-MoE with TimeSformer's classification head on the CLS token.
 
     ``loss`` is the cross-entropy plus ``aux_loss`` when ``labels`` are given.
@@ -223,6 +208,8 @@ class TimesformerMoeForVideoClassification(TimesformerMoePreTrainedModel):
     # `forward` takes **kwargs (so Trainer's `num_items_in_batch` is accepted and ignored); without this flag Trainer
     # would assume the loss is already normalised by item count and skip its gradient-accumulation scaling.
     accepts_loss_kwargs = False
+    dense_model_class = TimesformerForVideoClassification
+    dense_layers_attribute = "timesformer.encoder.layer"
 
     def __init__(self, config: TimesformerMoeConfig):
         super().__init__(config)
@@ -250,55 +237,6 @@ class TimesformerMoeForVideoClassification(TimesformerMoePreTrainedModel):
         logits = self.classifier(outputs.last_hidden_state[:, 0])
 
         return classifier_output(logits, labels, outputs, self.config, output_router_logits)
-
-    @classmethod
-    def from_dense(
-        cls,
-        dense_model_or_path,
-        num_experts: int = 4,
-        num_experts_per_tok: int = 1,
-        moe_layers: list[int] | None = None,
-        router_granularity: str = "token",
-        image_mean: list[float] | None = None,
-        image_std: list[float] | None = None,
-        expert_init: str = "copy",
-        expert_init_ratio: float = 0.5,
-        expert_init_seed: int = 0,
-        image_processor=None,
-        **config_kwargs,
-    ) -> "TimesformerMoeForVideoClassification":
-        """Upcycle a dense [`~transformers.TimesformerForVideoClassification`] (instance, local directory or Hub id).
-
-        Experts start as copies of each layer's dense MLP, so the logits on pixels ``x`` in [0, 1] equal the dense
-        model's on ``(x - image_mean) / image_std`` (defaults: TimeSformer's 0.45 / 0.225).
-        ``expert_init`` makes the copies differ so that routing has something to choose between:
-        ``"drop_upcycling"`` re-initialises a different random ``expert_init_ratio`` of each expert's neurons
-        (Drop-Upcycling), ``"noise"`` adds relative Gaussian noise of that scale; both give up the exact equality
-        above (``"copy"``, the default, keeps it). See [`~hf_videomoe.moe.diversify_experts`].
-
-        The dense checkpoint's image processor (saved beside a local checkpoint, or ``image_processor=``) carries over:
-        its resize / crop settings into the processor saved with the MoE (which rescales to [0, 1] and does not
-        normalise), and its mean / std, when it normalises, into ``image_mean`` / ``image_std`` unless given.
-        """
-        return upcycle_from_dense(
-            cls,
-            TimesformerForVideoClassification,
-            dense_model_or_path,
-            dict(
-                num_experts=num_experts,
-                num_experts_per_tok=num_experts_per_tok,
-                moe_layers=moe_layers,
-                router_granularity=router_granularity,
-                image_mean=image_mean,
-                image_std=image_std,
-                **config_kwargs,
-            ),
-            expert_init=expert_init,
-            expert_init_ratio=expert_init_ratio,
-            expert_init_seed=expert_init_seed,
-            image_processor=image_processor,
-            layers_attribute="timesformer.encoder.layer",
-        )
 
 
 __all__ = ["TimesformerMoeForVideoClassification", "TimesformerMoeModel", "TimesformerMoePreTrainedModel"]

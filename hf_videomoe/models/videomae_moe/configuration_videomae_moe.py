@@ -5,12 +5,12 @@ from __future__ import annotations
 from huggingface_hub.dataclasses import strict
 from transformers import VideoMAEConfig
 
-from ...moe.configuration_moe import validate_moe_fields, validate_num_labels
+from ...moe.configuration_moe import MoeConfigFields, validate_moe_fields, validate_num_labels
 from ..common import IMAGENET_MEAN, IMAGENET_STD
 
 
 @strict
-class VideoMAEMoeConfig(VideoMAEConfig):
+class VideoMAEMoeConfig(VideoMAEConfig, MoeConfigFields):
     r"""
     Configuration of a VideoMAE encoder whose MLPs (in ``moe_layers``) are sparse Mixtures of Experts. All
     [`~transformers.VideoMAEConfig`] fields apply; the extra ones are:
@@ -48,18 +48,6 @@ class VideoMAEMoeConfig(VideoMAEConfig):
     ```"""
 
     model_type = "videomae_moe"
-
-    num_experts: int = 4
-    num_experts_per_tok: int = 1
-    moe_layers: list[int] | None = None
-    router_granularity: str = "token"
-    router_gate: str = "straight_through"
-    router_aux_loss_coef: float = 0.01
-    router_z_loss_coef: float = 0.001
-    router_jitter_noise: float = 0.0
-    output_router_logits: bool = True
-    image_mean: list[float] | None = None
-    image_std: list[float] | None = None
 
     def __post_init__(self, **kwargs):
         if self.image_mean is None:

@@ -1,4 +1,5 @@
-"""Uniform batched access to evaluation data: ``datasets.Dataset``, sequences of dicts, DataLoaders, iterables.
+"""Uniform batched access to labelled video data (the evaluator's, and calibration clips): ``datasets.Dataset``,
+sequences of dicts, DataLoaders, iterables.
 
 Every source is cut into the same global batches ``[k * batch_size, (k + 1) * batch_size)`` of sample indices, so a
 batch has the same composition whatever the number of processes or whether the run was resumed. That is what makes a
@@ -16,7 +17,7 @@ from typing import Any
 import numpy as np
 import torch
 
-__all__ = ["Batch", "DataSource", "make_source"]
+__all__ = ["Batch", "DataSource", "make_source", "sample_shape", "stack_pixel_values", "to_label_tensor", "to_pixel_tensor"]
 
 _LABEL_KEYS = ("labels", "label")
 
@@ -304,3 +305,11 @@ def make_source(dataset: Any, max_samples: int | None = None) -> DataSource:
         source.first_sample()
         return source
     raise TypeError(f"Unsupported evaluation dataset type {type(dataset).__name__}.")
+
+
+def stack_pixel_values(dataset: Any, max_clips: int | None = None, batch_size: int = 64) -> torch.Tensor:
+    """The first ``max_clips`` clips of ``dataset`` (any dataset `evaluate_robustness` takes) as one
+    ``(clips, frames, channels, height, width)`` float tensor, e.g. calibration clips for
+    [`~hf_videomoe.moe.cluster_routers`]."""
+    source = make_source(dataset, max_clips)
+    return torch.cat([batch.pixel_values for batch in source.batches(batch_size, None, 1, 0)])

@@ -1,0 +1,470 @@
+"""[`Attack`], the base class of every attack (validation, ``__call__`` / ``perturb`` / ``as_transform`` /
+``settings``), and [`BestIterate`], the per-sample best-iterate tracking the attacks share."""
+
+from __future__ import annotations
+
+import inspect
+import math
+import secrets
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, ClassVar
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from ..moe import is_moe_model
+from .model_guard import attack_mode, unwrap_model
+from .names import DENSE_ATTACKS
+from .objectives import model_outputs
+from .threat_model import DEFAULT_EPS, NORMS, PIXEL_RANGE_TOLERANCE, per_sample_view
+from .validation import as_tensor, check_choice, check_int, check_real
+
+SELECTIONS = ("misclassification", "objective", "last")
+
+__all__ = ["Attack", "BestIterate", "SELECTIONS"]
+
+
+class BestIterate:
+    """Per-sample best iterate across steps and restarts.
+
+    Selection rules:
+
+    - ``"misclassification"``: a sample once fooled stays fooled — the *first* fooling iterate is kept; among
+      iterates that do not fool, the one with the highest objective.
+    - ``"objective"``: the iterate with the highest objective (for attacks whose goal is not misclassification).
+    - ``"last"``: the latest iterate offered (plain PGD semantics, what adversarial training usually wants).
+
+    Initialised with the clean input, so a sample for which every evaluated iterate failed (NaN objective) comes back
+    unchanged.
+    """
+
+    def __init__(self, x: torch.Tensor, selection: str):
+        if selection not in SELECTIONS:
+            raise ValueError(f"Unknown selection {selection!r}; expected one of {SELECTIONS}.")
+        self.selection = selection
+        self.x = x.detach().clone()
+        self.value = torch.full((x.shape[0],), float("-inf"), device=x.device)
+        self.fooled = torch.zeros(x.shape[0], dtype=torch.bool, device=x.device)
+
+    def update(
+        self, index: torch.Tensor | None, x_adv: torch.Tensor, value: torch.Tensor, fooled: torch.Tensor | None
+    ) -> None:
+        """Offer iterate ``x_adv`` (objective ``value``, success flags ``fooled``) for samples ``index`` (None: all)."""
+        value = value.detach().float()
+        best_value = self.value if index is None else self.value[index]
+        if self.selection == "last":
+            better = torch.ones_like(value, dtype=torch.bool)
+            fooled = torch.zeros_like(better) if fooled is None else fooled
+        elif self.selection == "objective" or fooled is None:
+            better = value > best_value
+            fooled = torch.zeros_like(better) if fooled is None else fooled
+        else:
+            was_fooled = self.fooled if index is None else self.fooled[index]
+            better = (~was_fooled) & (fooled | (value > best_value))
+        # `fooled` ends up describing the kept iterate (with "misclassification" a fooled sample is never replaced).
+        if index is None:
+            self.x = torch.where(per_sample_view(better, self.x), x_adv.detach(), self.x)
+            self.value = torch.where(better, value, self.value)
+            self.fooled = torch.where(better, fooled, self.fooled)
+        else:
+            chosen = index[better]
+            self.x[chosen] = x_adv.detach()[better]
+            self.value[chosen] = value[better]
+            self.fooled[chosen] = fooled[better]
+
+
+_SHAPE_AND_EXAMPLE = """
+
+    Shape:
+        - pixel_values: ``(batch, frames, channels, height, width)``, float in ``bounds`` ([0, 1] by default); any
+          layout whose first dimension is the batch and second the frames works.
+        - labels: ``(batch,)`` class indices.
+        - output: the adversarial ``pixel_values``, same shape and dtype, inside the ε-ball around the input and
+          inside the box.
+
+    Example:
+
+    ```python
+    >>> from hf_videomoe.attacks import build_attack
+    >>> attack = build_attack("{name}", eps=8 / 255, steps=10)
+    >>> adv_batch = attack({model}, {{"pixel_values": pixel_values, "labels": labels}})  # doctest: +SKIP
+    >>> adv_pixels = attack.perturb({model}, pixel_values, labels)  # doctest: +SKIP
+    ```
+"""
+
+
+class Attack:
+    """Base class of every attack: threat model, validation, the model guard and the public interface.
+
+    An attack is a callable ``(model, batch) -> batch``. ``batch`` is a mapping with ``pixel_values`` (float,
+    ``(batch, frames, channels, height, width)``, in ``bounds``) and ``labels`` (``(batch,)`` ints); the result is a
+    *new* dict (other keys copied) whose ``pixel_values`` are adversarial. Inputs are never modified; the model is run
+    in eval mode with frozen parameters and handed back with its modes, ``requires_grad`` flags and ``.grad``
+    unchanged, so attacks can run inside a training step with the current weights.
+
+    Subclasses implement [`_attack`](Attack._attack).
+
+    Args:
+        eps: radius of the threat model (``None``: 8/255 for L∞, 1.0 for L2).
+        steps: number of iterations (gradient steps, or queries for Square).
+        step_size: absolute step α in pixel units (``None``: the attack's default, usually ``2.5 * eps / steps``).
+        norm: ``"linf"`` or ``"l2"``.
+        random_start: start from a random point of the threat model.
+        seed: seed of all randomness (``None``: fresh randomness on every call — what adversarial training wants).
+            Random numbers come from generators seeded per sample from ``seed`` and the sample's content, never from
+            the global RNG.
+        restarts: independent runs; each sample keeps its best result over all of them.
+        targeted: targeted mode — push predictions toward ``target_labels`` (batch key ``"target_labels"``; by
+            default the least-likely clean class).
+        early_stop: stop updating (and forwarding) samples that are already fooled.
+        bounds: the box ``(low, high)`` of valid inputs, ``(0, 1)`` by default; ``None`` for models whose inputs are
+            not pixels in a box (no range check, no clipping).
+        progress: show a tqdm progress bar.
+    """
+
+    name: ClassVar[str] = "attack"
+    requires_moe: ClassVar[bool] = False
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        # Every named attack documents the same interface the same way (torchattacks-style), so the shared sections
+        # are written once here rather than copied into a dozen docstrings.
+        if "name" in cls.__dict__ and cls.__doc__ and "Shape:" not in cls.__doc__:
+            cls.__doc__ = cls.__doc__.rstrip() + _SHAPE_AND_EXAMPLE.format(
+                name=cls.name, model="moe_model" if cls.requires_moe else "model"
+            )
+
+    requires_labels: ClassVar[bool] = True
+    supported_norms: ClassVar[tuple[str, ...]] = NORMS
+    supports_targeted: ClassVar[bool] = True
+    default_steps: ClassVar[int] = 10
+    fixed_kwargs: ClassVar[tuple[str, ...]] = ()
+
+    def __init__(
+        self,
+        *,
+        eps: float | None = None,
+        steps: int | None = None,
+        step_size: float | None = None,
+        norm: str = "linf",
+        random_start: bool = True,
+        seed: int | None = 0,
+        restarts: int = 1,
+        targeted: bool = False,
+        early_stop: bool = False,
+        bounds: tuple[float, float] | None = (0.0, 1.0),
+        progress: bool = False,
+    ):
+        self.norm = check_choice("norm", norm, NORMS)
+        if self.norm not in self.supported_norms:
+            raise ValueError(f"{self.name} supports norm {' / '.join(map(repr, self.supported_norms))} only, got "
+                             f"{norm!r}.")
+        self.eps = check_real("eps", DEFAULT_EPS[self.norm] if eps is None else eps, minimum=0.0)
+        self.steps = check_int("steps", self.default_steps if steps is None else steps, 0)
+        self._step_size = check_real("step_size", step_size, minimum=0.0, allow_none=True, strict_min=True)
+        self.random_start = bool(random_start)
+        if seed is not None:
+            check_int("seed", seed, 0)
+        self.seed = seed
+        self.restarts = check_int("restarts", restarts, 1)
+        self.targeted = bool(targeted)
+        if self.targeted and not self.supports_targeted:
+            raise ValueError(f"{self.name} has no targeted mode (its objective is not a classification loss).")
+        self.early_stop = bool(early_stop)
+        if bounds is not None:
+            if len(bounds) != 2 or not float(bounds[0]) < float(bounds[1]):
+                raise ValueError(f"`bounds` must be a pair (low, high) with low < high, or None; got {bounds!r}.")
+            bounds = (float(bounds[0]), float(bounds[1]))
+        self.bounds = bounds
+        if self.norm == "linf" and bounds is not None and self.eps > bounds[1] - bounds[0]:
+            raise ValueError(
+                f"`eps`={self.eps!r} is an L∞ budget larger than the whole pixel range {tuple(bounds)}: pixel values "
+                "are in [0, 1], so write budgets in that unit (8/255 ≈ 0.0314, not 8)."
+            )
+        self.progress = bool(progress)
+
+    # -- properties ----------------------------------------------------------------------------------------------------
+
+    @property
+    def step_size(self) -> float | None:
+        """The absolute step size α (per-frame steps are scaled from it by the temporal rule)."""
+        if self._step_size is not None:
+            return self._step_size
+        return self._default_step_size()
+
+    def _default_step_size(self) -> float | None:
+        return 2.5 * self.eps / max(self.steps, 1)
+
+    @classmethod
+    def accepted_kwargs(cls) -> list[str]:
+        """Keyword arguments this attack's constructor takes (following ``**kwargs`` up the class hierarchy)."""
+        names: list[str] = []
+        for klass in cls.__mro__:
+            init = klass.__dict__.get("__init__")
+            if init is None:
+                continue
+            passes_on = False
+            for param in inspect.signature(init).parameters.values():
+                if param.kind == param.KEYWORD_ONLY and param.name not in names:
+                    names.append(param.name)
+                passes_on |= param.kind == param.VAR_KEYWORD
+            if not passes_on:
+                break
+        return [n for n in names if n not in cls.fixed_kwargs]
+
+    def settings(self) -> dict[str, Any]:
+        """JSON-serialisable settings (name, threat model, schedule, weights, ...) for reports and model cards."""
+        out = {
+            "name": self.name,
+            "norm": self.norm,
+            "eps": self.eps,
+            "steps": self.steps,
+            "step_size": self.step_size,
+            "random_start": self.random_start,
+            "seed": self.seed,
+            "restarts": self.restarts,
+            "targeted": self.targeted,
+            "early_stop": self.early_stop,
+            "bounds": list(self.bounds) if self.bounds is not None else None,
+        }
+        out.update(self._extra_settings())
+        return out
+
+    def _extra_settings(self) -> dict[str, Any]:
+        return {}
+
+    def __repr__(self) -> str:
+        keys = ("norm", "eps", "steps", "step_size", "seed")
+        s = self.settings()
+        inner = ", ".join(f"{k}={s[k]:.6g}" if isinstance(s[k], float) else f"{k}={s[k]!r}" for k in keys)
+        return f"{type(self).__name__}(name={self.name!r}, {inner})"
+
+    # -- public interface ----------------------------------------------------------------------------------------------
+
+    def __call__(self, model: nn.Module, batch: Mapping[str, Any]) -> dict[str, Any]:
+        """Attack a batch dict (``pixel_values``, ``labels``, optionally ``target_labels``); return a new dict."""
+        if not isinstance(batch, Mapping):
+            raise TypeError(f"{self.name} expects a batch mapping with 'pixel_values' and 'labels', got "
+                            f"{type(batch).__name__}; use `attack.perturb(model, pixel_values, labels)` for tensors.")
+        if "pixel_values" not in batch:
+            raise ValueError(f"The batch has no 'pixel_values' (keys: {sorted(batch)}).")
+        adv = self.perturb(model, batch["pixel_values"], batch.get("labels"), target_labels=batch.get("target_labels"))
+        out = dict(batch)
+        out["pixel_values"] = adv
+        return out
+
+    def perturb(
+        self,
+        model: nn.Module,
+        pixel_values: torch.Tensor,
+        labels: torch.Tensor | Sequence[int] | None = None,
+        *,
+        target_labels: torch.Tensor | Sequence[int] | None = None,
+        clean_outputs: tuple[torch.Tensor, Sequence[torch.Tensor] | None] | None = None,
+    ) -> torch.Tensor:
+        """Return adversarial ``pixel_values`` (a new tensor of the same shape, dtype and device).
+
+        Args:
+            model: the classifier under attack (an MoE model of this library, a transformers classifier or any module
+                mapping ``pixel_values`` to logits). DDP / DataParallel wrappers are stripped.
+            pixel_values: ``(batch, frames, channels, height, width)`` float tensor in ``bounds``.
+            labels: ``(batch,)`` true labels (optional for router-only attacks).
+            target_labels: ``(batch,)`` targets in targeted mode (default: least-likely clean class).
+            clean_outputs: ``(logits, router_logits)`` of ``model`` on ``pixel_values`` in eval mode, when the caller
+                already has them (a trainer sharing its clean pass): the attack then skips its own clean forward.
+                Attacks that need no clean quantities ignore it.
+        """
+        if not isinstance(model, nn.Module):
+            raise TypeError(f"{self.name} expects a torch.nn.Module, got {type(model).__name__}.")
+        model = unwrap_model(model)
+        self._check_model(model)
+        x = self._check_pixel_values(pixel_values)
+        labels = self._check_labels(model, labels, x, "labels", required=self.requires_labels)
+        if self.targeted:
+            target_labels = self._check_labels(model, target_labels, x, "target_labels", required=False)
+        else:
+            target_labels = None
+        if self.norm == "l2" and self.bounds is not None and x.shape[0]:
+            diameter = (float(self.bounds[1]) - float(self.bounds[0])) * math.sqrt(x[0].numel())
+            if self.eps > diameter:
+                raise ValueError(
+                    f"`eps`={self.eps!r} is an L2 budget larger than the diameter {diameter:.4g} of the pixel box for "
+                    f"clips of shape {tuple(x.shape[1:])}: every clip would be reachable from every other."
+                )
+        if x.shape[0] == 0 or self.eps == 0 or (self.steps == 0 and not self.random_start):
+            return pixel_values.detach().clone()
+
+        device = _model_device(model, x.device)
+        work = x.detach().to(device=device, dtype=torch.float32)
+        if self.bounds is not None:
+            work = work.clamp(*self.bounds)
+        labels = None if labels is None else labels.to(device)
+        with attack_mode(model, grad=True):
+            work = work.clone()
+            if self.targeted and target_labels is None:
+                with torch.no_grad():  # least-likely clean class other than the true one
+                    logits = model_outputs(model, work)[0].float()
+                    if labels is not None:
+                        logits = logits.scatter(1, labels[:, None], float("inf"))
+                    target_labels = logits.argmin(dim=-1)
+            elif target_labels is not None:
+                target_labels = target_labels.to(device)
+            if self.targeted and labels is not None and (target_labels == labels).any():
+                raise ValueError("Some target_labels equal the true labels; a targeted attack needs a different class.")
+            adv = self._attack(model, work, labels, target_labels, clean_outputs=_check_clean_outputs(clean_outputs, x))
+        adv = adv.detach()
+        if self.bounds is not None:
+            adv = adv.clamp(*self.bounds)
+        return adv.to(device=pixel_values.device, dtype=pixel_values.dtype)
+
+    def as_transform(
+        self,
+        model: nn.Module,
+        *,
+        pixel_key: str = "pixel_values",
+        label_key: str = "labels",
+        output_device: str | torch.device = "cpu",
+    ) -> Callable[[dict], dict]:
+        """A function for ``datasets.Dataset.with_transform`` / ``set_transform`` that attacks each batch on the fly.
+
+        It receives a batch dict as ``datasets`` hands it over (``pixel_values`` as a tensor, an array, a list of
+        tensors / arrays or nested lists; ``labels`` as a list of ints or a tensor), stacks it, moves it to the model's
+        device, attacks it and returns the batch with ``pixel_values`` replaced by a list of adversarial ``(frames,
+        channels, height, width)`` tensors on ``output_device`` (one per row, as ``datasets`` expects). Other columns
+        are passed through; a ``label`` column is used when there is no ``labels`` column.
+        """
+        attack = self
+
+        def transform(batch: dict) -> dict:
+            if pixel_key not in batch:
+                raise ValueError(f"The batch has no {pixel_key!r} column (columns: {sorted(batch)}).")
+            pixels = as_tensor(batch[pixel_key], pixel_key)
+            if pixels.dtype not in (torch.float32, torch.float16, torch.bfloat16):
+                pixels = pixels.float()  # python-formatted rows come back as float64; integer frames are rejected below
+            key = label_key if label_key in batch else ("label" if "label" in batch else None)
+            labels = as_tensor(batch[key], key) if key is not None else None
+            targets = as_tensor(batch["target_labels"], "target_labels") if "target_labels" in batch else None
+            device = _model_device(unwrap_model(model), pixels.device)
+            adv = attack.perturb(model, pixels.to(device), None if labels is None else labels.to(device),
+                                 target_labels=None if targets is None else targets.to(device))
+            out = dict(batch)
+            out[pixel_key] = list(adv.to(output_device).unbind(0))
+            return out
+
+        transform.attack = attack  # type: ignore[attr-defined]
+        return transform
+
+    # -- checks --------------------------------------------------------------------------------------------------------
+
+    def _check_model(self, model: nn.Module) -> None:
+        if self.requires_moe and not is_moe_model(model):
+            raise ValueError(
+                f"The {self.name!r} attack targets routers / experts and needs a Mixture-of-Experts model, but "
+                f"{type(model).__name__} has no MoE layer. Attacks that apply to dense models: "
+                f"{', '.join(DENSE_ATTACKS)}. (Upcycle a dense model with `from_dense` to attack its routers.)"
+            )
+
+    def _check_pixel_values(self, pixel_values) -> torch.Tensor:
+        if not isinstance(pixel_values, torch.Tensor):
+            raise TypeError(f"`pixel_values` must be a torch.Tensor (batch, frames, channels, height, width), got "
+                            f"{type(pixel_values).__name__}.")
+        if not pixel_values.is_floating_point():
+            raise TypeError(f"`pixel_values` must be a float tensor in [0, 1], got dtype {pixel_values.dtype} "
+                            "(divide uint8 frames by 255).")
+        if pixel_values.ndim != 5:
+            raise ValueError(f"`pixel_values` must have rank 5, (batch, frames, channels, height, width); got shape "
+                             f"{tuple(pixel_values.shape)}.")
+        if pixel_values.numel():
+            finite = torch.isfinite(pixel_values).all()
+            if not finite:
+                raise ValueError("`pixel_values` contains NaN or infinite values.")
+            if self.bounds is not None:
+                low, high = pixel_values.detach().aminmax()
+                lo, hi = self.bounds
+                if low < lo - PIXEL_RANGE_TOLERANCE or high > hi + PIXEL_RANGE_TOLERANCE:
+                    raise ValueError(
+                        f"`pixel_values` must lie in [{lo:g}, {hi:g}] (raw pixels; the MoE models normalise inside), "
+                        f"got values in [{float(low):.4g}, {float(high):.4g}]. For a model that takes normalised "
+                        "inputs wrap it in `hf_videomoe.attacks.NormalizedModel`, or pass `bounds=None`."
+                    )
+        return pixel_values
+
+    def _check_labels(self, model, labels, x: torch.Tensor, name: str, required: bool) -> torch.Tensor | None:
+        if labels is None:
+            if required:
+                raise ValueError(f"The {self.name!r} attack needs `{name}` (a (batch,) tensor of class indices).")
+            return None
+        labels = as_tensor(labels, name)
+        if labels.is_floating_point() or labels.is_complex() or labels.dtype == torch.bool:
+            raise TypeError(f"`{name}` must hold integer class indices, got dtype {labels.dtype}.")
+        if labels.ndim != 1 or labels.shape[0] != x.shape[0]:
+            raise ValueError(f"`{name}` must have shape ({x.shape[0]},) to match `pixel_values`, got "
+                             f"{tuple(labels.shape)}.")
+        num_labels = getattr(getattr(model, "config", None), "num_labels", None)
+        if labels.numel():
+            low, high = int(labels.min()), int(labels.max())
+            if low < 0 or (isinstance(num_labels, int) and num_labels > 0 and high >= num_labels):
+                bound = f"[0, {num_labels})" if isinstance(num_labels, int) else "non-negative"
+                raise ValueError(f"`{name}` must be class indices in {bound}, got values in [{low}, {high}].")
+        return labels.long()
+
+    # -- to implement --------------------------------------------------------------------------------------------------
+
+    def _attack(
+        self,
+        model: nn.Module,
+        x: torch.Tensor,
+        labels: torch.Tensor | None,
+        target_labels: torch.Tensor | None,
+        clean_outputs: tuple[torch.Tensor, Sequence[torch.Tensor] | None] | None = None,
+    ) -> torch.Tensor:
+        """Return adversarial examples for the validated float32 input ``x`` (already on the model's device, inside
+        [`attack_mode`]). Must not modify ``x``. ``clean_outputs``: see [`perturb`]."""
+        raise NotImplementedError
+
+    # -- helpers for subclasses ----------------------------------------------------------------------------------------
+
+    def _base_seed(self) -> int:
+        return secrets.randbits(63) if self.seed is None else int(self.seed)
+
+    def _fooled(self, logits: torch.Tensor | None, labels, target_labels) -> torch.Tensor | None:
+        if logits is None:
+            return None
+        pred = logits.detach().argmax(dim=-1)
+        if self.targeted:
+            return pred == target_labels
+        if labels is None:
+            return None
+        return pred != labels
+
+    def _progress(self, total: int):
+        return tqdm(total=total, desc=self.name, disable=not self.progress, leave=False)
+
+
+def _model_device(model: nn.Module, fallback: torch.device) -> torch.device:
+    for p in model.parameters():
+        if p.device.type != "meta":
+            return p.device
+    return fallback
+
+
+def _check_clean_outputs(clean_outputs, x: torch.Tensor):
+    if clean_outputs is None:
+        return None
+    if not isinstance(clean_outputs, (tuple, list)) or len(clean_outputs) != 2:
+        raise TypeError("`clean_outputs` must be a `(logits, router_logits)` pair.")
+    logits, router_logits = clean_outputs
+    if not isinstance(logits, torch.Tensor) or logits.ndim != 2 or logits.shape[0] != x.shape[0]:
+        raise ValueError(f"`clean_outputs` logits must be a (batch={x.shape[0]}, num_labels) tensor, got "
+                         f"{getattr(logits, 'shape', type(logits).__name__)}.")
+    return logits.detach(), None if router_logits is None else tuple(r.detach() for r in router_logits)
+
+
+def deactivate_fooled(active: torch.Tensor, index: torch.Tensor | None, fooled: torch.Tensor) -> torch.Tensor:
+    """Early stopping: ``active`` with the samples just fooled switched off (``index``: the rows ``fooled`` describes,
+    ``None`` for all)."""
+    if index is None:
+        return active & ~fooled
+    active[index[fooled]] = False
+    return active

@@ -1,0 +1,159 @@
+"""From per-batch records to the report's numbers (exact under sharding and resuming: only sums and per-sample
+values are combined)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ..moe import summarize_relevance
+from .attack_specs import AttackSpec, spec_eps
+from .runner import EvaluationOptions
+
+__all__ = ["aggregate"]
+
+
+def mean_of(values: list[float]) -> float:
+    return float(sum(values) / len(values)) if values else float("nan")
+
+
+def aggregate(records: list[dict[str, Any]], specs: list[AttackSpec], options: EvaluationOptions) -> dict[str, Any]:
+    records = sorted(records, key=lambda r: r["batch"])
+    labels = [l for r in records for l in r["labels"]]
+    n = len(labels)
+    clean = [p == l for r in records for p, l in zip(r["clean_pred"], r["labels"])]
+    out: dict[str, Any] = {"num_samples": n, "clean_accuracy": sum(clean) / n}
+    robust_per_sample: dict[str, list[bool]] = {}
+    for spec in specs:
+        preds = [p for r in records for p in r["attacks"][spec.label]["pred"]]
+        robust_per_sample[spec.label] = [c and p == l for c, p, l in zip(clean, preds, labels)]
+    out["robust_accuracy"] = {a: sum(v) / n for a, v in robust_per_sample.items()}
+    worst = [all(v[i] for v in robust_per_sample.values()) for i in range(n)]
+    out["worst_case_accuracy"] = sum(worst) / n
+
+    # Perturbation energy per frame.
+    out["perturbation_energy"] = {}
+    for spec in specs:
+        total = None
+        for r in records:
+            values = r["attacks"][spec.label]["energy_sum"]
+            total = list(values) if total is None else [a + b for a, b in zip(total, values)]
+        out["perturbation_energy"][spec.label] = [v / n for v in total]
+
+    # Routing diagnostics.
+    out["routing_change"], out["routing_change_per_layer"], out["router_lipschitz"], out["expert_usage"] = {}, {}, {}, {}
+    if records and "clean_usage" in records[0]:
+
+        def usage(key_fn):
+            total = None
+            for r in records:
+                counts = key_fn(r)
+                total = counts if total is None else [[a + b for a, b in zip(x, y)] for x, y in zip(total, counts)]
+            return [[c / max(sum(layer), 1) for c in layer] for layer in total]
+
+        out["expert_usage"]["clean"] = usage(lambda r: r["clean_usage"])
+        for spec in specs:
+            if "routing_change" not in records[0]["attacks"][spec.label]:
+                continue
+            per_sample = [row for r in records for row in r["attacks"][spec.label]["routing_change"]]
+            num_layers = len(per_sample[0]) if per_sample else 0
+            out["routing_change_per_layer"][spec.label] = [mean_of([row[i] for row in per_sample]) for i in range(num_layers)]
+            out["routing_change"][spec.label] = mean_of([mean_of(row) for row in per_sample])
+            lips = [v for r in records for v in r["attacks"][spec.label]["router_lipschitz"] if v is not None]
+            out["router_lipschitz"][spec.label] = mean_of(lips) if lips else 0.0
+            out["expert_usage"][spec.label] = usage(lambda r, a=spec.label: r["attacks"][a]["usage"])
+
+    # Routing relevance (learned vs random routing, forced paths) and frozen-routing controls per attack; records
+    # written by a version without them (a resumed state_dir) leave these empty.
+    out["routing_relevance"], out["frozen_routing"] = None, {}
+    if records and all("relevance" in r for r in records):
+        clean_preds = [p for r in records for p in r["clean_pred"]]
+        random_preds = [p for r in records for p in r["relevance"]["random"]]
+        num_paths = len(records[0]["relevance"]["forced"])
+        forced = [[p for r in records for p in r["relevance"]["forced"][e]] for e in range(num_paths)]
+        out["routing_relevance"] = summarize_relevance(labels, clean_preds, random_preds, forced)
+        for spec in specs:
+            if not all("frozen_routing" in r["attacks"][spec.label] for r in records):
+                continue
+            controls = {}
+            for key in ("adv_input_clean_routing", "clean_input_adv_routing"):
+                preds = [p for r in records for p in r["attacks"][spec.label]["frozen_routing"][key]]
+                controls[key] = sum(c and p == l for c, p, l in zip(clean, preds, labels)) / n
+            out["frozen_routing"][spec.label] = controls
+
+    # ε sweep.
+    out["eps_sweep"] = {}
+    if options.eps_sweep:
+        for spec in specs:
+            if spec.label not in options.sweep_attacks:
+                continue
+            curve = {}
+            for eps in options.eps_sweep:
+                key = repr(eps)
+                if all(key in r["sweep"][spec.label] for r in records):
+                    preds = [p for r in records for p in r["sweep"][spec.label][key]]
+                    curve[eps] = sum(c and p == l for c, p, l in zip(clean, preds, labels)) / n
+                else:
+                    curve[eps] = out["robust_accuracy"][spec.label]
+            main_eps = spec_eps(spec)
+            if main_eps is not None and main_eps not in curve:
+                curve[float(main_eps)] = out["robust_accuracy"][spec.label]
+            out["eps_sweep"][spec.label] = dict(sorted(curve.items()))
+
+    # Steps check.
+    out["steps_check"] = {}
+    for label, doubled in (options.steps_check or {}).items():
+        base_correct, doubled_correct = [], []
+        for r in records:
+            entry = (r.get("steps_check") or {}).get(label)
+            if not entry:
+                continue
+            base_preds = r["attacks"][label]["pred"]
+            for pos, p2 in zip(entry["positions"], entry["pred"]):
+                ok = r["clean_pred"][pos] == r["labels"][pos]
+                base_correct.append(ok and base_preds[pos] == r["labels"][pos])
+                doubled_correct.append(ok and p2 == r["labels"][pos])
+        if base_correct:
+            spec = next(s for s in specs if s.label == label)
+            out["steps_check"][label] = {
+                "steps": spec.settings().get("steps", getattr(spec.attack, "steps", None)),
+                "doubled_steps": doubled,
+                "num_samples": len(base_correct),
+                "accuracy": sum(base_correct) / len(base_correct),
+                "doubled_accuracy": sum(doubled_correct) / len(doubled_correct),
+            }
+
+    # Determinism and gradients.
+    out["determinism"] = None
+    if options.check_determinism:
+        out["determinism"] = {
+            "max_abs_diff": max(r["determinism"]["max_abs_diff"] for r in records),
+            "prediction_changed_fraction": sum(r["determinism"]["pred_changed"] for r in records) / n,
+        }
+    out["gradients"] = None
+    if options.check_gradients:
+        norms = [v for r in records for v in r["grad_norm"]]
+        bad = [v is None or v == 0.0 for v in norms]
+        finite = sorted(v for v in norms if v is not None)
+        out["gradients"] = {
+            "bad_fraction": sum(bad) / n,
+            "num_samples": n,
+            "median_norm": finite[len(finite) // 2] if finite else None,
+        }
+
+    if options.return_per_sample:
+        per_sample: dict[str, Any] = {
+            "index": [i for r in records for i in r["indices"]],
+            "label": labels,
+            "clean_prediction": [p for r in records for p in r["clean_pred"]],
+            "predictions": {s.label: [p for r in records for p in r["attacks"][s.label]["pred"]] for s in specs},
+            "worst_case_correct": worst,
+        }
+        if out["routing_change"]:
+            per_sample["routing_change"] = {
+                a: [mean_of(row) for r in records for row in r["attacks"][a]["routing_change"]] for a in out["routing_change"]
+            }
+            per_sample["router_lipschitz"] = {
+                a: [v for r in records for v in r["attacks"][a]["router_lipschitz"]] for a in out["router_lipschitz"]
+            }
+        out["per_sample"] = per_sample
+    return out

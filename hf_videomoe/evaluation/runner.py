@@ -1,0 +1,202 @@
+"""The per-batch computation of `evaluate_robustness`."""
+
+from __future__ import annotations
+
+import inspect
+import math
+import zlib
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..data.sources import Batch
+from ..moe import (
+    expert_load,
+    frozen_routing_predictions,
+    is_moe_model,
+    logits_of,
+    moe_blocks,
+    record_routing,
+    relevance_predictions,
+    routing_change_per_layer,
+)
+from .attack_specs import AttackSpec, spec_eps
+
+__all__ = ["BatchEvaluator", "EvaluationOptions", "derive_seed"]
+
+
+def derive_seed(seed: int, batch_index: int, tag: str) -> int:
+    return (int(seed) * 1_000_003 + batch_index * 7_919 + zlib.crc32(tag.encode())) % (2**63 - 1)
+
+
+def accepts_kwarg(module: nn.Module, name: str) -> bool:
+    try:
+        params = inspect.signature(module.forward).parameters
+    except (TypeError, ValueError):  # pragma: no cover
+        return False
+    return name in params or any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
+
+
+@dataclass(frozen=True)
+class EvaluationOptions:
+    """What every batch computes besides its clean and adversarial predictions (built by `evaluate_robustness`)."""
+
+    seed: int
+    eps: float
+    diagnostics: bool
+    check_determinism: bool
+    check_gradients: bool
+    eps_sweep: list[float] | None
+    sweep_attacks: list[str]
+    steps_check: dict[str, int] | None
+    steps_check_samples: int
+    return_per_sample: bool
+
+
+class BatchEvaluator:
+    """Runs one global batch: clean pass, every attack, routing diagnostics and controls, sweep and steps check; the
+    result is a JSON-serialisable record (what the resumable state stores and `aggregate` reads)."""
+
+    def __init__(self, model: nn.Module, specs: list[AttackSpec], options: EvaluationOptions):
+        self.model = model
+        self.specs = specs
+        self.o = options
+        self.device = next((p.device for p in model.parameters()), torch.device("cpu"))
+        self.moe = is_moe_model(model)
+        self.diagnostics = self.moe and options.diagnostics
+        blocks = moe_blocks(model) if self.moe else []
+        self.top_ks = [int(getattr(b, "top_k", 1)) for b in blocks]
+        self.num_experts = [int(getattr(b, "num_experts", 0)) for b in blocks]
+        self.forward_kwargs = {"output_router_logits": True} if self.moe and accepts_kwarg(model, "output_router_logits") else {}
+
+    # -- model calls ----------------------------------------------------------------------------------------------
+    def forward(self, pixel_values):
+        with torch.no_grad():
+            out = self.model(pixel_values=pixel_values, **self.forward_kwargs)
+        logits = logits_of(out)
+        router_logits = getattr(out, "router_logits", None) if self.diagnostics else None
+        return logits.float(), router_logits
+
+    def recorded_forward(self, pixel_values):
+        """`forward`, plus the routing decisions of that pass when routing diagnostics run (else ``None``): the
+        frozen-routing controls replay them instead of forwarding the same clips again."""
+        if not self.diagnostics:
+            return (*self.forward(pixel_values), None)
+        with record_routing(self.model) as passes:
+            logits, router_logits = self.forward(pixel_values)
+        return logits, router_logits, passes[0]
+
+    def attack(self, attack, x, y, batch_index, tag):
+        with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
+            torch.manual_seed(derive_seed(self.o.seed, batch_index, tag))
+            if callable(getattr(attack, "perturb", None)):
+                adv = attack.perturb(self.model, x, y)
+            else:
+                adv = attack(self.model, {"pixel_values": x, "labels": y})["pixel_values"]
+        return adv.detach()
+
+    def input_gradient_norms(self, x, y) -> torch.Tensor:
+        x_req = x.detach().clone().requires_grad_(True)
+        with torch.enable_grad():
+            loss = F.cross_entropy(logits_of(self.model(pixel_values=x_req)).float(), y, reduction="sum")
+            if not loss.requires_grad:
+                return torch.zeros(len(y))
+            (grad,) = torch.autograd.grad(loss, x_req, allow_unused=True)
+        if grad is None:
+            return torch.zeros(len(y))
+        return grad.detach().flatten(1).norm(dim=1).float().cpu()
+
+    # -- routing statistics ---------------------------------------------------------------------------------------
+    def _top_ks(self, router_logits):
+        if len(self.top_ks) == len(router_logits):
+            return self.top_ks
+        return [int(getattr(self.model.config, "num_experts_per_tok", 1))] * len(router_logits)
+
+    def usage_counts(self, router_logits) -> list[list[int]]:
+        out = []
+        for logits, k in zip(router_logits, self._top_ks(router_logits)):
+            out.append(expert_load(logits, k).cpu().tolist())
+        return out
+
+    def routing_change(self, clean_rl, adv_rl) -> torch.Tensor:
+        """(B, layers): 1 - mean IoU over units of the top-k expert sets."""
+        return routing_change_per_layer(clean_rl, adv_rl, self._top_ks(clean_rl)).cpu()
+
+    @staticmethod
+    def router_lipschitz(clean_rl, adv_rl, x, adv) -> list[float | None]:
+        """Per-sample Lips-R (``hf_videomoe.attacks.objectives.router_lipschitz_ratio``); ``None`` for samples the
+        attack left unchanged (no information on the ratio; left out of the mean, as in ``diagnostics``)."""
+        from ..attacks.objectives import per_sample_mse, router_lipschitz_ratio
+
+        ratio = router_lipschitz_ratio(clean_rl, adv_rl, x, adv).cpu().tolist()
+        moved = (per_sample_mse(x, adv) > 0).cpu().tolist()
+        return [r if m else None for r, m in zip(ratio, moved)]
+
+    # -- one batch ------------------------------------------------------------------------------------------------
+    def run_batch(self, batch: Batch) -> dict[str, Any]:
+        o = self.o
+        x = batch.pixel_values.to(self.device)
+        y = batch.labels.to(self.device)
+        k = batch.index
+        record: dict[str, Any] = {"batch": k, "indices": batch.indices, "labels": batch.labels.tolist()}
+        logits, clean_rl, clean_routing = self.recorded_forward(x)
+        record["clean_pred"] = logits.argmax(-1).tolist()
+        if o.check_determinism:
+            logits2, _ = self.forward(x)
+            record["determinism"] = {
+                "max_abs_diff": float((logits - logits2).abs().max()) if logits.numel() else 0.0,
+                "pred_changed": int((logits.argmax(-1) != logits2.argmax(-1)).sum()),
+            }
+        if o.check_gradients:
+            norms = self.input_gradient_norms(x, y)
+            record["grad_norm"] = [n if math.isfinite(n) else None for n in norms.tolist()]
+        if self.diagnostics and clean_rl:
+            record["clean_usage"] = self.usage_counts(clean_rl)
+            record["relevance"] = relevance_predictions(self.model, x, seed=derive_seed(o.seed, k, "relevance"))
+
+        record["attacks"] = {}
+        for spec in self.specs:
+            adv = self.attack(spec.attack, x, y, k, spec.label)
+            adv_logits, adv_rl, adv_routing = self.recorded_forward(adv)
+            delta = (adv.float() - x.float())
+            entry: dict[str, Any] = {
+                "pred": adv_logits.argmax(-1).tolist(),
+                "energy_sum": delta.pow(2).sum(dim=(2, 3, 4)).double().sum(dim=0).tolist(),
+                "linf": float(delta.abs().max()) if delta.numel() else 0.0,
+            }
+            if self.diagnostics and clean_rl and adv_rl:
+                entry["routing_change"] = self.routing_change(clean_rl, adv_rl).tolist()
+                entry["router_lipschitz"] = self.router_lipschitz(clean_rl, adv_rl, x, adv)
+                entry["usage"] = self.usage_counts(adv_rl)
+                entry["frozen_routing"] = frozen_routing_predictions(self.model, x, adv, clean_routing, adv_routing)
+            record["attacks"][spec.label] = entry
+
+        if o.eps_sweep:
+            record["sweep"] = {}
+            for spec in self.specs:
+                if spec.label not in o.sweep_attacks:
+                    continue
+                preds = {}
+                for eps in o.eps_sweep:
+                    if eps == spec_eps(spec):
+                        continue  # same attack as the main run: its predictions are reused when aggregating
+                    adv = self.attack(spec.variant(eps=eps), x, y, k, f"{spec.label}@eps={eps!r}")
+                    preds[repr(eps)] = self.forward(adv)[0].argmax(-1).tolist()
+                record["sweep"][spec.label] = preds
+
+        if o.steps_check:
+            subset = [i for i, idx in enumerate(batch.indices) if idx < o.steps_check_samples]
+            if subset:
+                record["steps_check"] = {}
+                sel = torch.tensor(subset, device=self.device)
+                for label, doubled in o.steps_check.items():
+                    spec = next(s for s in self.specs if s.label == label)
+                    adv = self.attack(spec.variant(steps=doubled), x[sel], y[sel], k, f"{label}@steps={doubled}")
+                    record["steps_check"][label] = {
+                        "positions": subset,
+                        "pred": self.forward(adv)[0].argmax(-1).tolist(),
+                    }
+        return record

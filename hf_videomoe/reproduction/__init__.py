@@ -1,0 +1,24 @@
+"""The small-scale reproduction of the paper's tables on MovingShapes, as a library: what runs ([`Settings`],
+``DEFENSES``, ``ABLATIONS``), the cached runner ([`Reproduction`]) and the results file. The command line is
+``scripts/reproduce_paper.py``."""
+
+from .recipes import ABLATIONS, ATTACK_TABLE_ATTACKS, DEFENSES, PAPER_ATTACKS, Settings, log, write_json
+from .report import MANUAL_MARKER, compute_seconds, machine_description, write_results
+from .runner import Reproduction
+from .tables import what_holds
+
+__all__ = [
+    "ABLATIONS",
+    "ATTACK_TABLE_ATTACKS",
+    "DEFENSES",
+    "MANUAL_MARKER",
+    "PAPER_ATTACKS",
+    "Reproduction",
+    "Settings",
+    "compute_seconds",
+    "log",
+    "machine_description",
+    "what_holds",
+    "write_json",
+    "write_results",
+]

@@ -1,0 +1,368 @@
+"""[`Reproduction`]: trains and evaluates every (seed, method) of the reproduction, caching each finished unit
+of work on disk so that an interrupted run resumes where it stopped."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+from transformers import Trainer
+
+from ..data import make_moving_shapes
+from ..evaluation import evaluate_robustness
+from ..training import AdversarialTrainer, JTLATTrainer
+from .recipes import (
+    ABLATIONS,
+    ATTACK_TABLE_ATTACKS,
+    DEFENSES,
+    DEFENSE_ATTACKS,
+    PIXEL_MEAN,
+    PIXEL_STD,
+    NormalizingCollator,
+    Settings,
+    TensorVideoDataset,
+    build_dense,
+    eps_name,
+    eps_slug,
+    fold_input_normalization,
+    load_dense,
+    load_moe,
+    log,
+    read_json,
+    show_inner_progress,
+    stack_collate,
+    training_arguments,
+    upcycle,
+    write_json,
+)
+
+
+class Reproduction:
+    def __init__(self, settings: Settings, output_dir: Path, seeds: list[int], ablation_seeds: list[int],
+                 attack_table_seeds: list[int], skip_ablations: bool):
+        self.settings = settings
+        self.out = output_dir
+        self.seeds = seeds
+        self.ablation_seeds = [] if skip_ablations else ablation_seeds
+        self.attack_table_seeds = attack_table_seeds
+        self._data = None
+        self._tensors = {}
+        self.collator = stack_collate
+        self.out.mkdir(parents=True, exist_ok=True)
+        self._check_settings()
+
+    # -- settings / cache consistency ------------------------------------------------------------------------------
+    def _check_settings(self) -> None:
+        path = self.out / "settings.json"
+        current = self.settings.to_dict()
+        if path.exists():
+            saved = read_json(path)
+            diff = sorted(k for k in set(saved) | set(current) if saved.get(k) != current.get(k))
+            if diff:
+                raise SystemExit(
+                    f"{path} was written with other settings ({', '.join(diff)} differ); cached results would mix. "
+                    "Use another --output-dir (or delete that folder)."
+                )
+        else:
+            write_json(path, current)
+
+    # -- data --------------------------------------------------------------------------------------------------------
+    @property
+    def data(self):
+        if self._data is None:
+            s = self.settings
+            log(f"MovingShapes: {s.num_videos} clips, {s.num_frames} frames, {s.image_size}x{s.image_size}, "
+                f"{s.difficulty}, data seed {s.data_seed}")
+            self._data = make_moving_shapes(s.num_videos, num_frames=s.num_frames, image_size=s.image_size,
+                                            seed=s.data_seed, difficulty=s.difficulty)
+        return self._data
+
+    def split(self, name: str) -> TensorVideoDataset:
+        if name not in self._tensors:
+            self._tensors[name] = TensorVideoDataset(self.data[name])
+        return self._tensors[name]
+
+    @property
+    def label_names(self) -> list[str]:
+        return self.data["train"].features["labels"].names
+
+    @property
+    def eval_set(self):
+        test = self.split("test")
+        return test.select(range(min(self.settings.eval_samples, len(test))))
+
+    # -- plan --------------------------------------------------------------------------------------------------------
+    def plan(self) -> list[tuple]:
+        jobs = []
+        for seed in self.seeds:
+            for method in DEFENSES:
+                jobs.append(("defense", seed, method))
+            if seed in self.attack_table_seeds:
+                for eps in self.settings.eps_values:
+                    jobs.append(("attacks", seed, eps))
+        for seed in self.ablation_seeds:
+            for name in ABLATIONS:
+                jobs.append(("ablation", seed, name))
+        return jobs
+
+    def run(self) -> None:
+        jobs = self.plan()
+        bar = tqdm(jobs, desc="reproduction", unit="job", dynamic_ncols=True, mininterval=1.0)
+        for job in bar:
+            kind, seed, what = job
+            bar.set_postfix_str(f"seed {seed} {kind} {what if kind != 'attacks' else eps_name(what)}")
+            if kind == "defense":
+                self.defense(seed, what)
+            elif kind == "attacks":
+                self.attack_table(seed, what)
+            else:
+                self.ablation(seed, what)
+        bar.close()
+
+    # -- checkpoints -------------------------------------------------------------------------------------------------
+    def seed_dir(self, seed: int) -> Path:
+        return self.out / f"seed{seed}"
+
+    def dense_checkpoint(self, seed: int) -> Path:
+        path = self.seed_dir(seed) / "dense-clean"
+        if (path / "train.json").exists():
+            return path
+        s = self.settings
+        log(f"seed {seed}: clean training of the dense baseline ({s.dense_epochs:g} epochs)")
+        torch.manual_seed(seed)
+        dense = build_dense(s, self.label_names)
+        args = training_arguments(path / "trainer", s, epochs=s.dense_epochs, lr=s.dense_lr, seed=seed)
+        start, cpu = time.perf_counter(), time.process_time()
+        Trainer(model=dense, args=args, train_dataset=self.split("train"),
+                data_collator=NormalizingCollator(self.collator)).train()
+        seconds, cpu = time.perf_counter() - start, time.process_time() - cpu
+        # Fold the input normalisation into the weights and check that the function is unchanged.
+        dense.eval()
+        probe = self.collator([self.eval_set[i] for i in range(min(4, len(self.eval_set)))])["pixel_values"]
+        with torch.no_grad():
+            before = dense(pixel_values=(probe - PIXEL_MEAN) / PIXEL_STD).logits
+            fold_input_normalization(dense)
+            after = dense(pixel_values=probe).logits
+        if not torch.allclose(before, after, atol=1e-4, rtol=1e-4):
+            raise RuntimeError(f"folding the input normalisation changed the logits by {(before - after).abs().max()}")
+        clean = self._clean_accuracy(dense)
+        dense.save_pretrained(path)
+        write_json(path / "train.json", {"seconds": seconds, "cpu_seconds": cpu, "epochs": s.dense_epochs,
+                                         "clean_accuracy": clean})
+        log(f"seed {seed}: dense baseline clean accuracy {100 * clean:.1f}% ({seconds:.0f}s)")
+        return path
+
+    def moe_checkpoint(self, seed: int) -> Path:
+        path = self.seed_dir(seed) / "moe-upcycled"
+        if (path / "config.json").exists():
+            return path
+        dense = load_dense(self.dense_checkpoint(seed), self.settings)
+        torch.manual_seed(seed)
+        moe = upcycle(dense, self.settings)
+        moe.save_pretrained(path)
+        return path
+
+    def _clean_accuracy(self, model) -> float:
+        model.eval()
+        correct = 0
+        loader = torch.utils.data.DataLoader(self.eval_set, batch_size=self.settings.eval_batch_size,
+                                             collate_fn=self.collator)
+        with torch.no_grad():
+            for batch in loader:
+                correct += int((model(pixel_values=batch["pixel_values"]).logits.argmax(-1) == batch["labels"]).sum())
+        return correct / len(self.eval_set)
+
+    # -- training ----------------------------------------------------------------------------------------------------
+    def trained_model(self, seed: int, run_name: str, method: str, start: str, arg_overrides: dict,
+                      config_overrides: dict):
+        """Train (or load the cached) model of one (seed, run); returns ``(model, train_info)``."""
+        s = self.settings
+        run_dir = self.seed_dir(seed) / run_name
+        model_dir = run_dir / "model"
+        info_path = run_dir / "train.json"
+        if info_path.exists() and (model_dir / "config.json").exists():
+            info = read_json(info_path)
+            model = load_dense(model_dir, s) if start == "dense" else load_moe(model_dir, s)
+            return model, info
+        if start == "dense":
+            model = load_dense(self.dense_checkpoint(seed), s)
+        else:
+            model = load_moe(self.moe_checkpoint(seed), s)
+        for key, value in config_overrides.items():
+            setattr(model.config, key, value)
+        model.train()
+        args = training_arguments(run_dir / "trainer", s, epochs=s.adv_epochs, lr=s.adv_lr, seed=seed,
+                                  adv_method=method, adv_eps=s.train_eps, adv_steps=s.adv_steps, **arg_overrides)
+        trainer_cls = JTLATTrainer if method == "j-tlat" else AdversarialTrainer
+        log(f"seed {seed}: training {run_name} ({method}, {s.adv_epochs:g} epochs, {s.adv_steps}-step attacks at "
+            f"ε={eps_name(s.train_eps)})")
+        trainer = trainer_cls(model=model, args=args, train_dataset=self.split("train"), data_collator=self.collator)
+        begin, cpu = time.perf_counter(), time.process_time()
+        trainer.train()
+        seconds, cpu = time.perf_counter() - begin, time.process_time() - cpu
+        model.save_pretrained(model_dir)
+        info = {
+            "method": method, "run": run_name, "seed": seed, "seconds": seconds, "epochs": s.adv_epochs,
+            "seconds_per_epoch": seconds / s.adv_epochs, "cpu_seconds": cpu,
+            "cpu_seconds_per_epoch": cpu / s.adv_epochs, "global_steps": trainer.state.global_step,
+            "arg_overrides": arg_overrides, "config_overrides": config_overrides,
+            "recipe": json.loads(json.dumps(trainer.training_recipe(), default=str))
+            if hasattr(trainer, "training_recipe") else None,
+        }
+        write_json(info_path, info)
+        log(f"seed {seed}: {run_name} trained in {seconds:.0f}s")
+        return model, info
+
+    # -- evaluation --------------------------------------------------------------------------------------------------
+    def evaluate(self, model, attacks, eps: float, report_path: Path):
+        s = self.settings
+        spec = {}
+        for name in attacks:
+            spec[name] = {"name": name, "steps": s.square_queries} if name == "square" else {"name": name}
+        start = time.perf_counter()
+        report = evaluate_robustness(
+            model.eval(), self.eval_set, attacks=spec, eps=eps, steps=s.eval_steps, seed=s.eval_seed,
+            batch_size=s.eval_batch_size, max_samples=s.eval_samples, return_per_sample=True,
+            progress=show_inner_progress(), dataset_name="MovingShapes",
+            state_dir=report_path.parent / (report_path.stem + "-state"),
+        )
+        seconds = time.perf_counter() - start
+        report.save(report_path)
+        return report, seconds
+
+    @staticmethod
+    def worst_case(report, attacks) -> float:
+        """Per-sample AND over ``attacks`` (clean-correct and robust to each), from the report's per-sample data."""
+        ps = report.per_sample
+        labels = ps["label"]
+        ok = [c == l for c, l in zip(ps["clean_prediction"], labels)]
+        for name in attacks:
+            ok = [o and p == l for o, p, l in zip(ok, ps["predictions"][name], labels)]
+        return sum(ok) / len(ok)
+
+    def summarise(self, report, attacks, eval_seconds: float) -> dict:
+        row = {
+            "clean": report.clean_accuracy,
+            "robust": {a: report.robust_accuracy[a] for a in attacks},
+            "worst_case": self.worst_case(report, attacks),
+            "worst_case_attacks": list(attacks),
+            "routing_change": {a: report.routing_change.get(a) for a in attacks if a in report.routing_change},
+            "router_lipschitz": {a: report.router_lipschitz.get(a) for a in attacks if a in report.router_lipschitz},
+            "flops": report.flops,
+            "dense_flops": report.dense_flops,
+            "active_parameters": report.active_parameters,
+            "total_parameters": report.total_parameters,
+            "flags": report.flag_names,
+            # The busiest expert's share of the clean routing units, per MoE layer (1.0 = collapsed onto one expert).
+            "busiest_expert_share": [max(layer) for layer in report.expert_usage.get("clean", [])] or None,
+            "num_samples": report.num_samples,
+            "eval_seconds": eval_seconds,
+        }
+        return row
+
+    def _row_attacks(self, model) -> list[str]:
+        from hf_videomoe.moe import is_moe_model
+
+        moe = is_moe_model(model)
+        from hf_videomoe.attacks import ATTACKS
+
+        return [a for a in DEFENSE_ATTACKS if moe or not ATTACKS[a].requires_moe]
+
+    # -- jobs --------------------------------------------------------------------------------------------------------
+    def defense(self, seed: int, key: str) -> dict:
+        result_path = self.seed_dir(seed) / key / "result.json"
+        if result_path.exists():
+            return read_json(result_path)
+        label, method, start = DEFENSES[key]
+        model, info = self.trained_model(seed, key, method, start, {}, {})
+        if key == "moe-at":
+            # The MoE AT model is also table (a)'s model: evaluate every attack once at the training ε and take this
+            # row's numbers from that run (each attack's RNG depends only on (seed, batch, attack), so this equals a
+            # run with the row's attacks only).
+            report, seconds = self._attack_report(seed, self.settings.train_eps, model)
+        else:
+            report, seconds = self.evaluate(model, self._row_attacks(model), self.settings.train_eps,
+                                            self.seed_dir(seed) / key / f"report-{eps_slug(self.settings.train_eps)}.json")
+        result = {"seed": seed, "method": key, "label": label, "train": info,
+                  **self.summarise(report, self._row_attacks(model), seconds)}
+        write_json(result_path, result)
+        log(f"seed {seed}: {label}: clean {100 * result['clean']:.1f}%, worst case {100 * result['worst_case']:.1f}%")
+        return result
+
+    def _attack_report(self, seed: int, eps: float, model=None):
+        report_path = self.seed_dir(seed) / "moe-at" / f"attacks-{eps_slug(eps)}.json"
+        seconds_path = report_path.with_suffix(".seconds.json")
+        if report_path.exists() and seconds_path.exists():
+            from hf_videomoe.evaluation import RobustnessReport
+
+            return RobustnessReport.load(report_path), read_json(seconds_path)["seconds"]
+        if model is None:
+            model, _ = self.trained_model(seed, "moe-at", "pgd-at", "moe", {}, {})
+        log(f"seed {seed}: table (a) attacks on MoE AT at ε={eps_name(eps)}")
+        report, seconds = self.evaluate(model, ATTACK_TABLE_ATTACKS, eps, report_path)
+        write_json(seconds_path, {"seconds": seconds})
+        return report, seconds
+
+    def attack_table(self, seed: int, eps: float) -> dict:
+        result_path = self.seed_dir(seed) / "moe-at" / f"attack-table-{eps_slug(eps)}.json"
+        if result_path.exists():
+            return read_json(result_path)
+        report, seconds = self._attack_report(seed, eps)
+        result = {
+            "seed": seed, "eps": eps, "clean": report.clean_accuracy,
+            "robust": dict(report.robust_accuracy),
+            "routing_change": dict(report.routing_change),
+            "router_lipschitz": dict(report.router_lipschitz),
+            "worst_case": report.worst_case_accuracy,
+            "worst_case_attacks": list(report.attacks),
+            "flags": report.flag_names,
+            "eval_seconds": seconds,
+        }
+        write_json(result_path, result)
+        return result
+
+    def ablation(self, seed: int, name: str) -> dict:
+        run_name = f"ablation-{name}"
+        result_path = self.seed_dir(seed) / run_name / "result.json"
+        if result_path.exists():
+            return read_json(result_path)
+        label, arg_overrides, config_overrides = ABLATIONS[name]
+        model, info = self.trained_model(seed, run_name, "j-tlat", "moe", arg_overrides, config_overrides)
+        attacks = self._row_attacks(model)
+        report, seconds = self.evaluate(model, attacks, self.settings.train_eps,
+                                        self.seed_dir(seed) / run_name / f"report-{eps_slug(self.settings.train_eps)}.json")
+        result = {"seed": seed, "ablation": name, "label": label, "train": info, **self.summarise(report, attacks, seconds)}
+        write_json(result_path, result)
+        log(f"seed {seed}: J-TLAT {label}: clean {100 * result['clean']:.1f}%, worst case "
+            f"{100 * result['worst_case']:.1f}%")
+        return result
+
+    # -- collection --------------------------------------------------------------------------------------------------
+    def collect(self) -> dict:
+        results = {"defenses": {}, "attacks": {}, "ablations": {}, "dense_clean": {}}
+        for seed in self.seeds:
+            dense_info = self.seed_dir(seed) / "dense-clean" / "train.json"
+            if dense_info.exists():
+                results["dense_clean"][seed] = read_json(dense_info)
+            for key in DEFENSES:
+                path = self.seed_dir(seed) / key / "result.json"
+                if path.exists():
+                    results["defenses"].setdefault(key, {})[seed] = read_json(path)
+            for eps in self.settings.eps_values:
+                path = self.seed_dir(seed) / "moe-at" / f"attack-table-{eps_slug(eps)}.json"
+                if path.exists():
+                    results["attacks"].setdefault(eps, {})[seed] = read_json(path)
+        for seed in self.ablation_seeds:
+            for name in ABLATIONS:
+                path = self.seed_dir(seed) / f"ablation-{name}" / "result.json"
+                if path.exists():
+                    results["ablations"].setdefault(name, {})[seed] = read_json(path)
+        return results
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Tables
+# ----------------------------------------------------------------------------------------------------------------------

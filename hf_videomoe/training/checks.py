@@ -1,0 +1,83 @@
+"""Checks an adversarial trainer runs on its model and datasets before training starts."""
+
+from __future__ import annotations
+
+import inspect
+import os
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import torch
+from torch import nn
+from torch.utils.data import IterableDataset
+
+__all__ = ["check_labelled", "forward_parameter_names", "raise_if_not_finite"]
+
+
+def forward_parameter_names(model: nn.Module) -> set[str]:
+    """Named parameters of ``model.forward`` (extra dataset columns are not passed to the model)."""
+    parameters = inspect.signature(model.forward).parameters.values()
+    return {p.name for p in parameters if p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL)}
+
+
+def check_labelled(dataset, name: str) -> None:
+    """Raise a `ValueError` if ``dataset`` visibly has no labels (its columns, or the keys of its first example)."""
+    if dataset is None:
+        return
+    keys = None
+    column_names = getattr(dataset, "column_names", None)
+    has_transform = getattr(dataset, "format", {}).get("type") == "custom" if hasattr(dataset, "format") else False
+    if isinstance(column_names, list) and not has_transform:
+        keys = column_names
+    elif hasattr(dataset, "__getitem__") and hasattr(dataset, "__len__") and not isinstance(dataset, IterableDataset):
+        if len(dataset) == 0:
+            raise ValueError(f"{name} is empty.")
+        first = dataset[0]
+        if isinstance(first, Mapping):
+            keys = list(first)
+    if keys is not None and not any(key in keys for key in ("labels", "label", "label_ids")):
+        raise ValueError(
+            f"{name} has no labels (columns: {sorted(keys)}); adversarial training and robust evaluation need a "
+            "'labels' (or 'label') column."
+        )
+
+
+def raise_if_not_finite(
+    terms: Mapping[str, Any],
+    label: str,
+    step: int,
+    accelerator: Any,
+    device: torch.device,
+    last_checkpoint: Callable[[], str | None],
+) -> None:
+    """Raise `FloatingPointError` naming the non-finite loss terms of phase ``label`` at optimizer step ``step``, and
+    where the last good checkpoint is. Collective: with several processes every one raises together."""
+    names = [name for name, value in terms.items() if torch.is_tensor(value)]
+    if not names:
+        return
+    codes = torch.stack(
+        [
+            torch.where(
+                torch.isnan(terms[n].detach().float()).any(),
+                2.0,
+                torch.where(torch.isinf(terms[n].detach().float()).any(), 1.0, 0.0),
+            )
+            for n in names
+        ]
+    ).to(device)
+    if accelerator.num_processes > 1:
+        codes = accelerator.gather(codes[None]).amax(dim=0)
+    if not bool(codes.any()):
+        return
+    bad = [n for n, c in zip(names, codes.tolist()) if c > 0]
+    kind = "NaN" if bool((codes == 2).any()) else "infinite"
+    checkpoint = last_checkpoint()
+    if checkpoint and os.path.isdir(checkpoint):
+        where = f"the last good checkpoint is kept at {checkpoint}"
+    else:
+        where = "no checkpoint has been saved yet"
+    raise FloatingPointError(
+        f"{label} loss is {kind} at step {step} (non-finite terms: {', '.join(bad)}); training stopped before the "
+        f"optimizer step and {where}. Lower the learning rate or λ (lipschitz_weight), or enable gradient clipping "
+        "(max_grad_norm)."
+    )
