@@ -1,17 +1,14 @@
 """Sparse MoE block, auxiliary losses, routing control and upcycling shared by the MoE video models."""
 
 from .configuration_moe import ROUTER_GATES, ROUTER_GRANULARITIES, owns_router
+from .losses import compute_aux_loss, load_balancing_loss, router_z_loss, sharpened_balance_loss
 from .modeling_moe import (
     MoeExperts,
     MoeRouter,
     RoutingDecision,
     SparseMoeBlock,
-    compute_aux_loss,
     gate_weights,
-    load_balancing_loss,
     naive_experts_forward,
-    router_z_loss,
-    sharpened_balance_loss,
 )
 from .routing import (
     clip_router_probabilities,
