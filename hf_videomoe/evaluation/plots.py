@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -27,13 +28,24 @@ def _pyplot():
     return plt
 
 
+@contextlib.contextmanager
+def _saved_figure(path: str | os.PathLike, dpi: int, *args, **kwargs):
+    """``plt.subplots(*args, **kwargs)`` inside the block; laid out, saved to ``path`` and closed after it."""
+    plt = _pyplot()
+    fig, axes = plt.subplots(*args, **kwargs)
+    try:
+        yield fig, axes
+        fig.tight_layout()
+        fig.savefig(path, dpi=dpi)
+    finally:
+        plt.close(fig)
+
+
 def plot_eps_sweep(report: "RobustnessReport", path: str | os.PathLike, dpi: int = 120) -> Path | None:
     """Robust accuracy vs ε, one line per attack, clean accuracy as a dashed line. ``None`` without a sweep."""
     if not report.eps_sweep:
         return None
-    plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(6, 4))
-    try:
+    with _saved_figure(path, dpi, figsize=(6, 4)) as (_, ax):
         for attack, curve in report.eps_sweep.items():
             eps = sorted(curve)
             ax.plot([e * 255 if report.norm == "linf" else e for e in eps], [100 * curve[e] for e in eps],
@@ -45,10 +57,6 @@ def plot_eps_sweep(report: "RobustnessReport", path: str | os.PathLike, dpi: int
         ax.set_title(f"Robust accuracy vs ε ({report.num_samples} samples, main ε={format_eps(report.eps, report.norm)})")
         ax.grid(alpha=0.3)
         ax.legend(fontsize="small")
-        fig.tight_layout()
-        fig.savefig(path, dpi=dpi)
-    finally:
-        plt.close(fig)
     return Path(path)
 
 
@@ -56,7 +64,6 @@ def plot_expert_usage(report: "RobustnessReport", path: str | os.PathLike, dpi: 
     """Grouped bars per MoE layer: fraction of routing decisions per expert, clean vs each attack."""
     if not report.expert_usage or "clean" not in report.expert_usage:
         return None
-    plt = _pyplot()
     groups = ["clean"] + [a for a in report.expert_usage if a != "clean"]
     num_layers = len(report.expert_usage["clean"])
     num_experts = len(report.expert_usage["clean"][0]) if num_layers else 0
@@ -64,9 +71,9 @@ def plot_expert_usage(report: "RobustnessReport", path: str | os.PathLike, dpi: 
         return None
     cols = min(num_layers, 4)
     rows = (num_layers + cols - 1) // cols
-    fig, axes = plt.subplots(rows, cols, figsize=(3.2 * cols + 1, 2.8 * rows), squeeze=False, sharey=True)
     width = 0.8 / len(groups)
-    try:
+    with _saved_figure(path, dpi, rows, cols, figsize=(3.2 * cols + 1, 2.8 * rows), squeeze=False,
+                       sharey=True) as (fig, axes):
         for layer in range(rows * cols):
             ax = axes[layer // cols][layer % cols]
             if layer >= num_layers:
@@ -83,10 +90,6 @@ def plot_expert_usage(report: "RobustnessReport", path: str | os.PathLike, dpi: 
         axes[0][0].set_ylabel("fraction of routing decisions")
         axes[0][0].legend(fontsize="small")
         fig.suptitle("Expert usage, clean vs adversarial")
-        fig.tight_layout()
-        fig.savefig(path, dpi=dpi)
-    finally:
-        plt.close(fig)
     return Path(path)
 
 
@@ -94,9 +97,7 @@ def plot_perturbation_energy(report: "RobustnessReport", path: str | os.PathLike
     """Per-frame mean squared L2 norm of δ, one line per attack (where in time each attack spends its budget)."""
     if not report.perturbation_energy:
         return None
-    plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(6, 4))
-    try:
+    with _saved_figure(path, dpi, figsize=(6, 4)) as (_, ax):
         for attack, energy in report.perturbation_energy.items():
             ax.plot(range(len(energy)), energy, marker="o", label=attack)
         ax.set_xlabel("frame")
@@ -104,10 +105,6 @@ def plot_perturbation_energy(report: "RobustnessReport", path: str | os.PathLike
         ax.set_title("Perturbation energy per frame")
         ax.grid(alpha=0.3)
         ax.legend(fontsize="small")
-        fig.tight_layout()
-        fig.savefig(path, dpi=dpi)
-    finally:
-        plt.close(fig)
     return Path(path)
 
 

@@ -44,6 +44,12 @@ def fmt(values: list[float], scale: float = 100.0, digits: int = 1) -> str:
     return text
 
 
+def accuracy_cells(rows: dict) -> list[str]:
+    """Clean, PGD, J-TLGA and worst-case accuracy of one table row (mean ± std over its seeds)."""
+    return [fmt(values_of(rows, lambda r: r["clean"])), fmt(values_of(rows, lambda r: r["robust"]["pgd"])),
+            fmt(values_of(rows, lambda r: r["robust"]["j-tlga"])), fmt(values_of(rows, lambda r: r["worst_case"]))]
+
+
 def attack_table_markdown(results: dict, settings: Settings) -> str:
     eps_list = [e for e in settings.eps_values if e in results["attacks"]]
     if not eps_list:
@@ -88,10 +94,7 @@ def defense_table_markdown(results: dict, settings: Settings) -> str:
             continue
         lines.append("| " + " | ".join([
             label,
-            fmt(values_of(rows, lambda r: r["clean"])),
-            fmt(values_of(rows, lambda r: r["robust"]["pgd"])),
-            fmt(values_of(rows, lambda r: r["robust"]["j-tlga"])),
-            fmt(values_of(rows, lambda r: r["worst_case"])),
+            *accuracy_cells(rows),
             fmt(values_of(rows, lambda r: r["flops"]), scale=1e-9, digits=4),
             fmt(values_of(rows, lambda r: r["router_lipschitz"]["j-tlga"]), scale=1.0, digits=3),
             fmt(values_of(rows, lambda r: r["train"]["seconds_per_epoch"]), scale=1.0, digits=0),
@@ -122,10 +125,7 @@ def ablation_table_markdown(results: dict, settings: Settings, seeds: list[int])
             continue
         lines.append("| " + " | ".join([
             label,
-            fmt(values_of(rows, lambda r: r["clean"])),
-            fmt(values_of(rows, lambda r: r["robust"]["pgd"])),
-            fmt(values_of(rows, lambda r: r["robust"]["j-tlga"])),
-            fmt(values_of(rows, lambda r: r["worst_case"])),
+            *accuracy_cells(rows),
             fmt(values_of(rows, lambda r: r["router_lipschitz"]["j-tlga"]), scale=1.0, digits=3),
             fmt(values_of(rows, lambda r: r["routing_change"]["j-tlga"]), scale=1.0, digits=3),
             fmt(values_of(rows, lambda r: max(r["busiest_expert_share"])), scale=1.0, digits=2),
