@@ -209,44 +209,85 @@ class MoePreTrainedModelMixin:
 
 
 
-def resolve_output_flags(config, output_router_logits, output_hidden_states, output_attentions) -> tuple[bool, ...]:
-    """The ``output_*`` arguments of a forward call, each defaulting to the config's."""
-    return (
-        config.output_router_logits if output_router_logits is None else output_router_logits,
-        config.output_hidden_states if output_hidden_states is None else output_hidden_states,
-        config.output_attentions if output_attentions is None else output_attentions,
-    )
+class MoeVideoEncoderMixin:
+    """The forward pass both MoE encoders share (listed before the ``PreTrainedModel`` base).
 
-
-def run_moe_encoder(
-    layers, hidden_states: torch.Tensor, config, output_router_logits: bool, output_hidden_states: bool,
-    output_attentions: bool, call_layer,
-) -> MoeVideoModelOutput:
-    """Run the encoder ``layers`` and collect their outputs (before the final layer norm).
-
-    ``call_layer(layer, hidden_states, shared_routing)`` returns ``(hidden_states, routing, attention_probs)``; with
-    ``router_granularity="model"`` the decision of the router-owning layer is handed to every later layer.
+    The encoder has ``embeddings`` (with ``patch_embeddings``), ``encoder.layer`` and ``layernorm`` (or ``None``), and
+    defines ``embed(normalized_pixels)``, ``unit_index(device)`` (token -> routing unit map, or ``None``) and
+    ``call_layer(layer, hidden_states, unit_index, output_attentions, shared_routing)`` returning ``(hidden_states,
+    routing, attention_probs)``. With ``router_granularity="model"`` the decision of the router-owning layer is handed
+    to every later layer.
     """
-    all_hidden_states = [hidden_states] if output_hidden_states else None
-    all_attentions = [] if output_attentions else None
-    all_router_logits = []
-    shared_routing = None
-    for layer in layers:
-        hidden_states, routing, attention_probs = call_layer(layer, hidden_states, shared_routing)
-        if routing is not None:
-            all_router_logits.append(routing.router_logits)
-            if config.router_granularity == "model":
-                shared_routing = routing
-        if output_hidden_states:
-            all_hidden_states.append(hidden_states)
-        if output_attentions:
-            all_attentions.append(attention_probs)
-    return MoeVideoModelOutput(
-        last_hidden_state=hidden_states,
-        router_logits=tuple(all_router_logits) if output_router_logits else None,
-        hidden_states=tuple(all_hidden_states) if output_hidden_states else None,
-        attentions=tuple(all_attentions) if output_attentions else None,
-    )
+
+    def get_input_embeddings(self):
+        return self.embeddings.patch_embeddings
+
+    def forward(
+        self,
+        pixel_values: torch.Tensor,
+        output_router_logits: bool | None = None,
+        output_hidden_states: bool | None = None,
+        output_attentions: bool | None = None,
+        **kwargs,
+    ) -> MoeVideoModelOutput:
+        config = self.config
+        validate_pixel_values(pixel_values, config, type(self).__name__)
+        output_router_logits = config.output_router_logits if output_router_logits is None else output_router_logits
+        output_hidden_states = config.output_hidden_states if output_hidden_states is None else output_hidden_states
+        output_attentions = config.output_attentions if output_attentions is None else output_attentions
+
+        dtype = self.embeddings.patch_embeddings.projection.weight.dtype
+        hidden_states = self.embed(normalize_pixel_values(pixel_values, config, dtype))
+        unit_index = self.unit_index(hidden_states.device)
+        all_hidden_states = [hidden_states] if output_hidden_states else None
+        all_attentions = [] if output_attentions else None
+        all_router_logits = []
+        shared_routing = None
+        for layer in self.encoder.layer:
+            hidden_states, routing, attention_probs = self.call_layer(
+                layer, hidden_states, unit_index, output_attentions, shared_routing
+            )
+            if routing is not None:
+                all_router_logits.append(routing.router_logits)
+                if config.router_granularity == "model":
+                    shared_routing = routing
+            if output_hidden_states:
+                all_hidden_states.append(hidden_states)
+            if output_attentions:
+                all_attentions.append(attention_probs)
+        if self.layernorm is not None:
+            hidden_states = self.layernorm(hidden_states)
+        return MoeVideoModelOutput(
+            last_hidden_state=hidden_states,
+            router_logits=tuple(all_router_logits) if output_router_logits else None,
+            hidden_states=tuple(all_hidden_states) if output_hidden_states else None,
+            attentions=tuple(all_attentions) if output_attentions else None,
+        )
+
+
+class MoeVideoClassifierMixin:
+    """The classifier forward pass both MoE models share: the encoder (``base_model``), ``pool(sequence_output)``
+    (defined by each model, as in its transformers twin), the linear ``classifier``, and ``loss`` = cross-entropy +
+    ``aux_loss`` when ``labels`` are given."""
+
+    def forward(
+        self,
+        pixel_values: torch.Tensor | None = None,
+        labels: torch.Tensor | None = None,
+        output_router_logits: bool | None = None,
+        output_hidden_states: bool | None = None,
+        output_attentions: bool | None = None,
+        **kwargs,
+    ) -> MoeVideoClassifierOutput:
+        output_router_logits = self.config.output_router_logits if output_router_logits is None else output_router_logits
+        outputs = self.base_model(
+            pixel_values,
+            output_router_logits=True,
+            output_hidden_states=output_hidden_states,
+            output_attentions=output_attentions,
+        )
+        logits = self.classifier(self.pool(outputs.last_hidden_state))
+        return classifier_output(logits, labels, outputs, self.config, output_router_logits)
 
 
 def classifier_output(logits, labels, backbone_outputs, config, output_router_logits: bool) -> MoeVideoClassifierOutput:

@@ -21,17 +21,7 @@ from transformers.models.timesformer.modeling_timesformer import (
 )
 
 from ...moe import RoutingDecision, SparseMoeBlock, owns_router
-from ..common import (
-    MoePreTrainedModelMixin,
-    MoeVideoClassifierOutput,
-    MoeVideoModelOutput,
-    classifier_output,
-    init_moe_weights,
-    normalize_pixel_values,
-    resolve_output_flags,
-    run_moe_encoder,
-    validate_pixel_values,
-)
+from ..common import MoePreTrainedModelMixin, MoeVideoClassifierMixin, MoeVideoEncoderMixin, init_moe_weights
 from ..upcycling import MoeUpcyclingMixin
 from .configuration_timesformer_moe import TimesformerMoeConfig
 
@@ -158,7 +148,7 @@ class TimesformerMoePreTrainedModel(MoePreTrainedModelMixin, TimesformerPreTrain
         init_moe_weights(module, self.config.initializer_range)
 
 
-class TimesformerMoeModel(TimesformerMoePreTrainedModel):
+class TimesformerMoeModel(MoeVideoEncoderMixin, TimesformerMoePreTrainedModel):
     """The TimeSformer-MoE encoder. Takes ``pixel_values`` in [0, 1], ``(batch, frames, channels, height, width)``.
 
     Unlike transformers' TimeSformer, a clip whose frame count differs from ``config.num_frames`` is rejected with a
@@ -172,34 +162,18 @@ class TimesformerMoeModel(TimesformerMoePreTrainedModel):
         self.layernorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
         self.post_init()
 
-    def get_input_embeddings(self):
-        return self.embeddings.patch_embeddings
+    def embed(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        return self.embeddings(pixel_values)
 
-    def forward(
-        self,
-        pixel_values: torch.Tensor,
-        output_router_logits: bool | None = None,
-        output_hidden_states: bool | None = None,
-        output_attentions: bool | None = None,
-        **kwargs,
-    ) -> MoeVideoModelOutput:
-        validate_pixel_values(pixel_values, self.config, type(self).__name__)
-        output_router_logits, output_hidden_states, output_attentions = resolve_output_flags(
-            self.config, output_router_logits, output_hidden_states, output_attentions
-        )
-        dtype = self.embeddings.patch_embeddings.projection.weight.dtype
-        hidden_states = self.embeddings(normalize_pixel_values(pixel_values, self.config, dtype))
-        unit_index = routing_units(self.config, hidden_states.device)
-        outputs = run_moe_encoder(
-            self.encoder.layer, hidden_states, self.config, output_router_logits, output_hidden_states,
-            output_attentions,
-            lambda layer, states, shared_routing: layer(states, unit_index, output_attentions, shared_routing),
-        )
-        outputs.last_hidden_state = self.layernorm(outputs.last_hidden_state)
-        return outputs
+    def unit_index(self, device) -> torch.Tensor | None:
+        return routing_units(self.config, device)
+
+    @staticmethod
+    def call_layer(layer, hidden_states, unit_index, output_attentions, shared_routing):
+        return layer(hidden_states, unit_index, output_attentions, shared_routing)
 
 
-class TimesformerMoeForVideoClassification(MoeUpcyclingMixin, TimesformerMoePreTrainedModel):
+class TimesformerMoeForVideoClassification(MoeVideoClassifierMixin, MoeUpcyclingMixin, TimesformerMoePreTrainedModel):
     """TimeSformer-MoE with TimeSformer's classification head on the CLS token.
 
     ``loss`` is the cross-entropy plus ``aux_loss`` when ``labels`` are given.
@@ -218,25 +192,8 @@ class TimesformerMoeForVideoClassification(MoeUpcyclingMixin, TimesformerMoePreT
         self.classifier = nn.Linear(config.hidden_size, config.num_labels) if config.num_labels > 0 else nn.Identity()
         self.post_init()
 
-    def forward(
-        self,
-        pixel_values: torch.Tensor | None = None,
-        labels: torch.Tensor | None = None,
-        output_router_logits: bool | None = None,
-        output_hidden_states: bool | None = None,
-        output_attentions: bool | None = None,
-        **kwargs,
-    ) -> MoeVideoClassifierOutput:
-        output_router_logits = self.config.output_router_logits if output_router_logits is None else output_router_logits
-        outputs = self.timesformer(
-            pixel_values,
-            output_router_logits=True,
-            output_hidden_states=output_hidden_states,
-            output_attentions=output_attentions,
-        )
-        logits = self.classifier(outputs.last_hidden_state[:, 0])
-
-        return classifier_output(logits, labels, outputs, self.config, output_router_logits)
+    def pool(self, sequence_output: torch.Tensor) -> torch.Tensor:
+        return sequence_output[:, 0]
 
 
 __all__ = ["TimesformerMoeForVideoClassification", "TimesformerMoeModel", "TimesformerMoePreTrainedModel"]

@@ -20,17 +20,7 @@ from transformers.models.videomae.modeling_videomae import (
 )
 
 from ...moe import RoutingDecision, SparseMoeBlock, owns_router
-from ..common import (
-    MoePreTrainedModelMixin,
-    MoeVideoClassifierOutput,
-    MoeVideoModelOutput,
-    classifier_output,
-    init_moe_weights,
-    normalize_pixel_values,
-    resolve_output_flags,
-    run_moe_encoder,
-    validate_pixel_values,
-)
+from ..common import MoePreTrainedModelMixin, MoeVideoClassifierMixin, MoeVideoEncoderMixin, init_moe_weights
 from ..upcycling import MoeUpcyclingMixin
 from .configuration_videomae_moe import VideoMAEMoeConfig
 
@@ -112,7 +102,7 @@ class VideoMAEMoePreTrainedModel(MoePreTrainedModelMixin, VideoMAEPreTrainedMode
         init_moe_weights(module, self.config.initializer_range)
 
 
-class VideoMAEMoeModel(VideoMAEMoePreTrainedModel):
+class VideoMAEMoeModel(MoeVideoEncoderMixin, VideoMAEMoePreTrainedModel):
     """The VideoMAE-MoE encoder. Takes ``pixel_values`` in [0, 1], ``(batch, frames, channels, height, width)``."""
 
     def __init__(self, config: VideoMAEMoeConfig):
@@ -122,34 +112,18 @@ class VideoMAEMoeModel(VideoMAEMoePreTrainedModel):
         self.layernorm = None if config.use_mean_pooling else nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
         self.post_init()
 
-    def get_input_embeddings(self):
-        return self.embeddings.patch_embeddings
+    def embed(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        return self.embeddings(pixel_values, None)
 
-    def forward(
-        self,
-        pixel_values: torch.Tensor,
-        output_router_logits: bool | None = None,
-        output_hidden_states: bool | None = None,
-        output_attentions: bool | None = None,
-        **kwargs,
-    ) -> MoeVideoModelOutput:
-        validate_pixel_values(pixel_values, self.config, type(self).__name__)
-        output_router_logits, output_hidden_states, output_attentions = resolve_output_flags(
-            self.config, output_router_logits, output_hidden_states, output_attentions
-        )
-        dtype = self.embeddings.patch_embeddings.projection.weight.dtype
-        hidden_states = self.embeddings(normalize_pixel_values(pixel_values, self.config, dtype), None)
-        unit_index = routing_units(self.config, hidden_states.device)
-        outputs = run_moe_encoder(
-            self.encoder.layer, hidden_states, self.config, output_router_logits, output_hidden_states,
-            output_attentions, lambda layer, states, shared_routing: layer(states, unit_index, shared_routing),
-        )
-        if self.layernorm is not None:
-            outputs.last_hidden_state = self.layernorm(outputs.last_hidden_state)
-        return outputs
+    def unit_index(self, device) -> torch.Tensor | None:
+        return routing_units(self.config, device)
+
+    @staticmethod
+    def call_layer(layer, hidden_states, unit_index, output_attentions, shared_routing):
+        return layer(hidden_states, unit_index, shared_routing)
 
 
-class VideoMAEMoeForVideoClassification(MoeUpcyclingMixin, VideoMAEMoePreTrainedModel):
+class VideoMAEMoeForVideoClassification(MoeVideoClassifierMixin, MoeUpcyclingMixin, VideoMAEMoePreTrainedModel):
     """VideoMAE-MoE with VideoMAE's classification head (mean pooling + ``fc_norm``, or the first token).
 
     ``loss`` is the cross-entropy plus ``aux_loss`` (load-balancing and z-loss, already weighted by their config
@@ -170,30 +144,10 @@ class VideoMAEMoeForVideoClassification(MoeUpcyclingMixin, VideoMAEMoePreTrained
         self.classifier = nn.Linear(config.hidden_size, config.num_labels) if config.num_labels > 0 else nn.Identity()
         self.post_init()
 
-    def forward(
-        self,
-        pixel_values: torch.Tensor | None = None,
-        labels: torch.Tensor | None = None,
-        output_router_logits: bool | None = None,
-        output_hidden_states: bool | None = None,
-        output_attentions: bool | None = None,
-        **kwargs,
-    ) -> MoeVideoClassifierOutput:
-        output_router_logits = self.config.output_router_logits if output_router_logits is None else output_router_logits
-        outputs = self.videomae(
-            pixel_values,
-            output_router_logits=True,
-            output_hidden_states=output_hidden_states,
-            output_attentions=output_attentions,
-        )
-        sequence_output = outputs.last_hidden_state
+    def pool(self, sequence_output: torch.Tensor) -> torch.Tensor:
         if self.fc_norm is not None:
-            pooled = self.fc_norm(sequence_output.mean(1))
-        else:
-            pooled = sequence_output[:, 0]
-        logits = self.classifier(pooled)
-
-        return classifier_output(logits, labels, outputs, self.config, output_router_logits)
+            return self.fc_norm(sequence_output.mean(1))
+        return sequence_output[:, 0]
 
 
 __all__ = ["VideoMAEMoeForVideoClassification", "VideoMAEMoeModel", "VideoMAEMoePreTrainedModel"]
