@@ -36,8 +36,8 @@ from hf_videomoe.attacks import (  # noqa: E402
 from hf_videomoe.attacks import objectives as O  # noqa: E402
 from hf_videomoe.moe import force_experts, moe_blocks, selected_experts  # noqa: E402
 
-CONTRACT_NAMES = ["fgsm", "pgd", "apgd-ce", "apgd-dlr", "square", "pgd-r", "tla-r", "tlga-r", "tla-e", "tla-m",
-                  "j-tla", "j-tlga"]
+CONTRACT_NAMES = ["fgsm", "pgd", "apgd-ce", "apgd-dlr", "apgd-t", "square", "pgd-r", "tla-r", "tlga-r", "tla-e",
+                  "tla-m", "j-tla", "j-tlga"]
 ROUTER_ONLY = ["pgd-r", "tla-r", "tlga-r"]
 EPS = 8 / 255
 
@@ -155,7 +155,7 @@ def assert_in_threat_model(adv, x, eps, norm, tol=1e-5):
 
 def test_registry_has_contract_names():
     assert list(ATTACKS) == CONTRACT_NAMES
-    assert set(DENSE_ATTACKS) == {"fgsm", "pgd", "apgd-ce", "apgd-dlr", "square", "tla-m"}
+    assert set(DENSE_ATTACKS) == {"fgsm", "pgd", "apgd-ce", "apgd-dlr", "apgd-t", "square", "tla-m"}
     assert set(MOE_ATTACKS) == set(CONTRACT_NAMES) - set(DENSE_ATTACKS)
 
 
@@ -169,7 +169,7 @@ def test_attributes_and_settings(name):
     assert json.loads(json.dumps(settings)) == settings
     for key in ("name", "norm", "eps", "steps", "step_size", "seed"):
         assert key in settings
-    if name not in ("fgsm", "apgd-ce", "apgd-dlr", "square"):
+    if name not in ("fgsm", "apgd-ce", "apgd-dlr", "apgd-t", "square"):
         assert attack.step_size == pytest.approx(2.5 * attack.eps / attack.steps)
     if name in ("tla-r", "tlga-r", "tla-e", "tla-m", "j-tla", "j-tlga"):
         assert settings["temporal_step"] == "published" and settings["temporal_momentum"] == 0.9
@@ -441,6 +441,23 @@ def test_apgd_at_least_as_strong_as_pgd(trained):
     assert apgd <= pgd
 
 
+def test_apgd_t_more_targets_never_weaker_and_fixed_settings(trained):
+    """APGD-T runs its first target exactly as with one target, then only adds targets on the clips still standing:
+    the clips it fools with three targets include those it fools with one."""
+    model, x, y = trained
+    eps, steps = 2 / 255, 10
+    one = ~correct(model, build_attack("apgd-t", eps=eps, steps=steps, num_target_classes=1).perturb(model, x, y), y)
+    three = ~correct(model, build_attack("apgd-t", eps=eps, steps=steps, num_target_classes=3).perturb(model, x, y), y)
+    assert bool((three | ~one).all()) and int(three.sum()) >= int(one.sum())
+    assert accuracy(model, build_attack("apgd-t", eps=16 / 255, steps=steps).perturb(model, x, y), y) < 0.5
+    for fixed in ({"loss": "ce"}, {"targeted": True}):
+        with pytest.raises(TypeError, match="does not take|fixed"):
+            build_attack("apgd-t", **fixed)
+    three_classes = VideoMAEMoeForVideoClassification(tiny_config(num_labels=3)).eval()
+    with pytest.raises(ValueError, match="at least 4 classes"):
+        build_attack("apgd-t", steps=1).perturb(three_classes, x[:2], torch.tensor([0, 1]))
+
+
 def test_square_is_a_working_black_box_attack(trained):
     model, x, y = trained
     clean = accuracy(model, x, y)
@@ -703,7 +720,7 @@ def test_dense_models(name, batch):
         assert_in_threat_model(adv, batch["pixel_values"], EPS, "linf")
     else:
         with pytest.raises(ValueError, match="Attacks that apply to dense models: fgsm, pgd, apgd-ce, apgd-dlr, "
-                                             "square, tla-m"):
+                                             "apgd-t, square, tla-m"):
             attack.perturb(dense, batch["pixel_values"], batch["labels"])
 
 
@@ -812,7 +829,7 @@ def test_router_attack_without_routers_names_the_alternatives(batch):
     plain = Plain()
     adv = build_attack("tla-m", steps=2).perturb(plain, batch["pixel_values"], batch["labels"])
     assert_in_threat_model(adv, batch["pixel_values"], EPS, "linf")
-    match = "needs a Mixture-of-Experts model.*fgsm, pgd, apgd-ce, apgd-dlr, square, tla-m"
+    match = "needs a Mixture-of-Experts model.*fgsm, pgd, apgd-ce, apgd-dlr, apgd-t, square, tla-m"
     with pytest.raises(ValueError, match=match):
         build_attack("pgd-r").perturb(plain, batch["pixel_values"], batch["labels"])
 

@@ -9,7 +9,7 @@ adv_pixels = attack.perturb(model, pixel_values, labels)                      # 
 test_set = test_set.with_transform(attack.as_transform(model))                # adversarial `datasets` on the fly
 ```
 
-Standard attacks (any classifier): ``fgsm``, ``pgd``, ``apgd-ce``, ``apgd-dlr``, ``square``, ``tla-m``.
+Standard attacks (any classifier): ``fgsm``, ``pgd``, ``apgd-ce``, ``apgd-dlr``, ``apgd-t``, ``square``, ``tla-m``.
 Component attacks (MoE only): ``pgd-r``, ``tla-r``, ``tlga-r`` (routers), ``tla-e`` (one expert), ``j-tla``,
 ``j-tlga`` (joint). Objectives live in [`hf_videomoe.attacks.objectives`], MoE diagnostics (routing change, router
 Lipschitz estimate, expert usage) in [`hf_videomoe.attacks.diagnostics`].
@@ -17,7 +17,7 @@ Lipschitz estimate, expert usage) in [`hf_videomoe.attacks.diagnostics`].
 
 from . import diagnostics, objectives
 from .diagnostics import expert_usage, router_lipschitz, routing_change
-from .apgd import APGD, APGDCE, APGDDLR
+from .apgd import APGD, APGDCE, APGDDLR, APGDT
 from .base import Attack, BestIterate
 from .gradient import GradientAttack
 from .model_guard import NormalizedModel, attack_mode
@@ -43,6 +43,7 @@ __all__ = [
     "APGD",
     "APGDCE",
     "APGDDLR",
+    "APGDT",
     "ATTACKS",
     "Attack",
     "BestIterate",

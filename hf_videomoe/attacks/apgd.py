@@ -1,4 +1,5 @@
-"""APGD (Croce & Hein, 2020), AutoAttack's step-size-free PGD: APGD-CE and APGD-DLR (any classifier)."""
+"""APGD (Croce & Hein, 2020), AutoAttack's step-size-free PGD: APGD-CE, APGD-DLR and the targeted APGD-T (any
+classifier)."""
 
 from __future__ import annotations
 
@@ -9,9 +10,9 @@ import torch
 from .base import Attack, BestIterate, deactivate_fooled
 from .objectives import CLASSIFICATION_LOSSES, ce_loss, dlr_loss, dlr_targeted_loss, model_outputs
 from .threat_model import l2_norm, per_sample_random, per_sample_view, project, sample_seeds
-from .validation import check_choice, check_real
+from .validation import check_choice, check_int, check_real
 
-__all__ = ["APGD", "APGDCE", "APGDDLR"]
+__all__ = ["APGD", "APGDCE", "APGDDLR", "APGDT"]
 
 
 class APGD(Attack):
@@ -221,3 +222,54 @@ class APGDDLR(APGD):
         if "loss" in kwargs:
             raise TypeError("apgd-dlr always uses the DLR loss; use build_attack('apgd-ce') for CE.")
         super().__init__(loss="dlr", **kwargs)
+
+
+class APGDT(APGD):
+    """APGD-T, AutoAttack's targeted APGD (Croce & Hein, 2020): in turn for each of the ``num_target_classes`` classes
+    the clean logits rank highest after the true one, APGD on the targeted DLR loss toward that class. As in
+    AutoAttack, a clip counts as fooled as soon as it is misclassified (whichever class it lands in), and each further
+    target class runs only on the clips still standing. Each target class gets ``steps`` steps and ``restarts``
+    restarts. Needs >= 4 classes (the targeted DLR loss reads the 3rd and 4th largest logits).
+
+    Args (besides [`APGD`]'s, whose ``loss`` and ``targeted`` are fixed here):
+        num_target_classes: how many target classes (AutoAttack: 9; capped at ``num_labels - 1``).
+    """
+
+    name = "apgd-t"
+    fixed_kwargs = ("loss", "targeted")
+    supports_targeted = False  # it picks its own targets
+
+    def __init__(self, *, num_target_classes: int = 9, **kwargs):
+        for fixed in self.fixed_kwargs:
+            if fixed in kwargs:
+                raise TypeError(f"apgd-t always uses the targeted DLR loss toward its own targets; `{fixed}` is fixed.")
+        super().__init__(loss="dlr", **kwargs)
+        self.num_target_classes = check_int("num_target_classes", num_target_classes, 1)
+
+    def _extra_settings(self) -> dict[str, Any]:
+        return {**super()._extra_settings(), "num_target_classes": self.num_target_classes}
+
+    def _objective(self, logits, labels, target_labels):
+        return dlr_targeted_loss(logits, labels, target_labels)
+
+    def _attack(self, model, x, labels, target_labels, clean_outputs=None):
+        with torch.no_grad():
+            logits = model_outputs(model, x)[0].float() if clean_outputs is None else clean_outputs[0].float()
+        num_classes = logits.shape[-1]
+        if num_classes < 4:
+            raise ValueError(f"apgd-t needs a classifier with at least 4 classes (targeted DLR), got {num_classes}.")
+        # The other classes by clean logit, most likely first.
+        ranked = logits.scatter(1, labels[:, None], float("-inf")).argsort(dim=-1, descending=True)
+        tracker = BestIterate(x, "misclassification")
+        base_seed = self._base_seed()
+        num_targets = min(self.num_target_classes, num_classes - 1)
+        with self._progress(num_targets * self.restarts * self.steps) as bar:
+            for rank in range(num_targets):
+                for restart in range(self.restarts):
+                    active = ~tracker.fooled
+                    if not active.any():
+                        break
+                    stream = rank * self.restarts + restart
+                    seeds = sample_seeds(x, base_seed, stream) if self.random_start else None
+                    self._run(model, x, labels, ranked[:, rank], active, tracker, seeds, bar)
+        return tracker.x

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import difflib
 
-from .apgd import APGDCE, APGDDLR
+from .apgd import APGDCE, APGDDLR, APGDT
 from .base import Attack
 from .names import DENSE_ATTACKS, MOE_ATTACKS
 from .moe_attacks import JTLA, JTLGA, PGDR, TLAE, TLAM, TLAR, TLGAR
@@ -12,7 +12,7 @@ from .pgd import FGSM, PGD
 from .square import Square
 
 ATTACKS: dict[str, type[Attack]] = {
-    cls.name: cls for cls in (FGSM, PGD, APGDCE, APGDDLR, Square, PGDR, TLAR, TLGAR, TLAE, TLAM, JTLA, JTLGA)
+    cls.name: cls for cls in (FGSM, PGD, APGDCE, APGDDLR, APGDT, Square, PGDR, TLAR, TLGAR, TLAE, TLAM, JTLA, JTLGA)
 }
 """Every named attack, in a stable order: standard attacks first, then the paper's component attacks."""
 
@@ -40,7 +40,7 @@ def build_attack(name: str, *, strict: bool = True, **kwargs) -> Attack:
     """Build a named attack.
 
     Args:
-        name: one of ``ATTACKS`` (``fgsm``, ``pgd``, ``apgd-ce``, ``apgd-dlr``, ``square``, ``pgd-r``, ``tla-r``,
+        name: one of ``ATTACKS`` (``fgsm``, ``pgd``, ``apgd-ce``, ``apgd-dlr``, ``apgd-t``, ``square``, ``pgd-r``, ``tla-r``,
             ``tlga-r``, ``tla-e``, ``tla-m``, ``j-tla``, ``j-tlga``); case and ``_``/``-`` are not significant.
         strict: if ``False``, silently drop keyword arguments the attack does not take (handy when one settings dict
             drives several attacks, e.g. ``guidance_weight`` for both ``pgd`` and ``j-tlga``). With ``True`` (default)
