@@ -860,3 +860,23 @@ def test_as_transform_with_datasets(trained):
     assert len(out["pixel_values"]) == 3 and torch.allclose(torch.stack(out["pixel_values"]), adv[:3], atol=1e-6)
     # the unmodified dataset is untouched
     assert torch.allclose(torch.tensor(ds[0:6]["pixel_values"]), x[:6])
+
+
+# Square always starts at random; FGSM is one step of ε by definition (its `steps` is accepted and ignored).
+@pytest.mark.parametrize("name", [n for n in CONTRACT_NAMES if n not in ("square", "fgsm")])
+def test_zero_steps_without_random_start_return_the_input(name, model, batch):
+    adv = build_attack(name, steps=0, random_start=False).perturb(model, batch["pixel_values"], batch["labels"])
+    assert torch.equal(adv, batch["pixel_values"])
+
+
+@pytest.mark.parametrize("norm", ["linf", "l2"])
+def test_steps_within_the_ball_are_projected_not_rescaled(norm, model, batch):
+    """With steps · α < ε the iterates never reach the sphere: the perturbation is at most steps · α, not pushed or
+    rescaled out to ε."""
+    x, y = batch["pixel_values"], batch["labels"]
+    eps = 8 / 255 if norm == "linf" else 0.5
+    alpha = eps / 4
+    adv = build_attack("pgd", eps=eps, steps=2, step_size=alpha, norm=norm, random_start=False).perturb(model, x, y)
+    delta = (adv - x).reshape(x.shape[0], -1)
+    size = delta.abs().amax(dim=1) if norm == "linf" else delta.norm(dim=1)
+    assert bool((size <= 2 * alpha + 1e-6).all()) and bool((size > 0).any())

@@ -167,7 +167,29 @@ def test_flags_quiet_on_plain_model(report):
         "gradients": "passed",
         "router_collapse": "passed",
         "routing_relevance": "passed",
+        "logit_outputs": "passed",
     }
+
+
+def test_probability_outputs_are_flagged(model, data):
+    """A model that returns softmax probabilities instead of logits is flagged; its logits twin is not."""
+    from types import SimpleNamespace
+
+    class Probabilities(torch.nn.Module):
+        def __init__(self, inner):
+            super().__init__()
+            self.inner = inner
+            self.config = inner.config
+
+        def forward(self, pixel_values, **kwargs):
+            return SimpleNamespace(logits=self.inner(pixel_values=pixel_values).logits.softmax(-1))
+
+    kwargs = dict(attacks=["pgd"], steps=1, batch_size=8, compute_cost=False, check_gradients=False, progress=False,
+                  diagnostics=False)
+    flagged = evaluate_robustness(Probabilities(model), data, **kwargs)
+    assert "probability_outputs" in flagged.flag_names and flagged.checks["logit_outputs"] == "flagged"
+    plain = evaluate_robustness(model, data, **kwargs)
+    assert "probability_outputs" not in plain.flag_names and plain.checks["logit_outputs"] == "passed"
 
 
 def test_routing_stats_match_attack_diagnostics(model, data):
@@ -356,6 +378,7 @@ def test_compute_flags_thresholds():
         steps_check={"pgd": {"steps": 10, "doubled_steps": 20, "num_samples": 8, "accuracy": 0.3, "doubled_accuracy": 0.3}},
         expert_usage=[[0.25, 0.25, 0.3, 0.2], [0.9, 0.05, 0.05, 0.0]],
         routing_relevance=relevance(learned=0.8, random=0.5, se=0.05),
+        probability_outputs=False,
         **base,
     )
     assert flags == [] and set(checks.values()) == {"passed"}
@@ -367,12 +390,13 @@ def test_compute_flags_thresholds():
            "gradients": {"bad_fraction": 0.5, "num_samples": 8, "median_norm": 0.0}},
         expert_usage=[[0.25, 0.25, 0.3, 0.2], [0.96, 0.04, 0.0, 0.0]],
         routing_relevance=relevance(learned=0.25, random=0.39, se=0.03),
+        probability_outputs=True,
     )
     assert [f.name for f in flags] == [
         "gradient_masking", "non_monotonic_eps", "non_monotonic_steps", "non_deterministic_forward", "zero_gradients",
-        "router_collapse", "routing_worse_than_random",
+        "router_collapse", "routing_worse_than_random", "probability_outputs",
     ]
-    assert flags[-2].evidence["busiest_expert_share"] == {"1": 0.96}  # MoE layer index -> share
+    assert flags[-3].evidence["busiest_expert_share"] == {"1": 0.96}  # MoE layer index -> share
     assert all(isinstance(f, ReliabilityFlag) and f.message and f.evidence for f in flags)
     assert set(checks.values()) == {"flagged"}
     _, checks = compute_flags(robust_accuracy={"pgd": 0.3}, eps_sweep={}, steps_check={}, **{

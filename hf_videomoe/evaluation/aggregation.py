@@ -122,6 +122,11 @@ def aggregate(records: list[dict[str, Any]], specs: list[AttackSpec], options: E
                 "doubled_accuracy": sum(doubled_correct) / len(doubled_correct),
             }
 
+    # Outputs that look like probabilities (records of an older evaluator lack the check).
+    out["probability_like"] = (
+        all(r["probability_like"] for r in records) if all("probability_like" in r for r in records) else None
+    )
+
     # Determinism and gradients.
     out["determinism"] = None
     if options.check_determinism:

@@ -25,6 +25,9 @@ Gradients Give a False Sense of Security"; Carlini et al. 2019, "On Evaluating A
     information, so claims about routers or experts say nothing about a mixture.
 ``routing_worse_than_random``
     random routing beats the learned routing by more than that noise: the routers actively hurt.
+``probability_outputs``
+    the model's outputs lie in [0, 1] and sum to 1 for every clip: they are probabilities, not logits, and the
+    cross-entropy / DLR gradients the attacks follow are saturated.
 """
 
 from __future__ import annotations
@@ -71,6 +74,7 @@ def compute_flags(
     thresholds: FlagThresholds,
     expert_usage: list[list[float]] | None = None,
     routing_relevance: dict[str, Any] | None = None,
+    probability_outputs: bool | None = None,
 ) -> tuple[list[ReliabilityFlag], dict[str, str]]:
     """Run every check on aggregated evaluation results; returns ``(flags, checks)`` (check name → status)."""
     flags: list[ReliabilityFlag] = []
@@ -291,4 +295,24 @@ def compute_flags(
             checks["routing_relevance"] = "flagged"
         else:
             checks["routing_relevance"] = "passed"
+
+    # 8. Logits, not probabilities: attacks on softmax outputs follow saturated gradients.
+    if probability_outputs is None:
+        checks["logit_outputs"] = "skipped: not recorded (state from an older evaluator)"
+    elif probability_outputs:
+        flags.append(
+            ReliabilityFlag(
+                name="probability_outputs",
+                message=(
+                    "Every clip's model outputs lie in [0, 1] and sum to 1: the model returns probabilities, not "
+                    "logits. Cross-entropy and DLR attacks then differentiate through a second softmax and its "
+                    "saturated gradients, which hides adversarial examples (gradient masking). Evaluate the model "
+                    "that returns logits."
+                ),
+                evidence={"all_batches_probability_like": True},
+            )
+        )
+        checks["logit_outputs"] = "flagged"
+    else:
+        checks["logit_outputs"] = "passed"
     return flags, checks

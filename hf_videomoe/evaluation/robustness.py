@@ -391,6 +391,7 @@ def evaluate_robustness(
         thresholds=thresholds,
         expert_usage=agg["expert_usage"].get("clean"),
         routing_relevance=agg["routing_relevance"],
+        probability_outputs=agg["probability_like"],
     )
     config = getattr(model, "config", None)
     return RobustnessReport(

@@ -25,7 +25,16 @@ from ..moe import (
 )
 from .attack_specs import AttackSpec, spec_eps
 
-__all__ = ["BatchEvaluator", "EvaluationOptions", "derive_seed"]
+__all__ = ["BatchEvaluator", "EvaluationOptions", "derive_seed", "looks_like_probabilities"]
+
+
+def looks_like_probabilities(logits: torch.Tensor, atol: float = 1e-3) -> bool:
+    """Whether a batch of classifier outputs lies in [0, 1] and sums to 1 per row: probabilities, not logits."""
+    if logits.numel() == 0 or logits.shape[-1] < 2:
+        return False
+    values = logits.detach().float()
+    in_range = bool(((values >= -atol) & (values <= 1 + atol)).all())
+    return in_range and bool(((values.sum(dim=-1) - 1).abs() <= atol).all())
 
 
 def derive_seed(seed: int, batch_index: int, tag: str) -> int:
@@ -144,6 +153,7 @@ class BatchEvaluator:
         record: dict[str, Any] = {"batch": k, "indices": batch.indices, "labels": batch.labels.tolist()}
         logits, clean_rl, clean_routing = self.recorded_forward(x)
         record["clean_pred"] = logits.argmax(-1).tolist()
+        record["probability_like"] = looks_like_probabilities(logits)
         if o.check_determinism:
             logits2, _ = self.forward(x)
             record["determinism"] = {
