@@ -32,7 +32,7 @@ METHODS = ("none", "pgd-at", "trades", "tlat", "advmoe", "j-tlat")
 LOGGED = {
     "none": {"loss_model", "clean_ce", "aux_loss", "expert_usage_entropy"},
     "pgd-at": {"loss_model", "adv_ce", "aux_loss", "expert_usage_entropy", "routing_change", "adv_accuracy",
-               "clean_accuracy"},
+               "clean_accuracy", "fgsm_accuracy"},
     "trades": {"loss_model", "clean_ce", "trades_kl", "adv_ce", "aux_loss", "routing_change"},
     "tlat": {"loss_model", "adv_ce", "lipschitz_model", "clean_ce", "aux_loss", "routing_change"},
     "advmoe": {"loss_router", "loss_expert", "adv_ce", "aux_loss", "routing_change"},
@@ -262,6 +262,27 @@ def test_dense_model_pgd_at(tmp_path, tiny_videomae_config, shapes):
     trainer.train()
     keys = set().union(*(entry.keys() for entry in trainer.state.log_history))
     assert {"adv_ce", "adv_accuracy"} <= keys and "routing_change" not in keys
+
+
+def test_catastrophic_overfitting_rule():
+    from hf_videomoe.training.checks import catastrophic_overfitting
+
+    healthy = [(0.30, 0.40), (0.35, 0.45), (0.38, 0.50)]
+    collapsed = [(0.30, 0.40), (0.35, 0.45), (0.05, 0.80)]  # PGD accuracy falls while FGSM accuracy soars
+    assert not catastrophic_overfitting(healthy)
+    assert catastrophic_overfitting(collapsed)
+    assert not catastrophic_overfitting([(0.30, 0.40), (0.35, 0.45), (0.05, 0.20)])  # both fall: just a bad step
+    assert not catastrophic_overfitting(collapsed[-1:])
+
+    from types import SimpleNamespace
+
+    from hf_videomoe.training.reporting import RobustReportingMixin
+
+    trainer = SimpleNamespace(state=SimpleNamespace(global_step=30))  # what the log hook reads
+    for adv, fgsm in collapsed:
+        logs = {"loss": 1.0, "adv_accuracy": adv, "fgsm_accuracy": fgsm}
+        RobustReportingMixin._check_catastrophic_overfitting(trainer, logs)
+    assert logs["catastrophic_overfitting"] == 1.0
 
 
 # ----------------------------------------------------------------------------------------------------------------------

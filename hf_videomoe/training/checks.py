@@ -11,7 +11,7 @@ import torch
 from torch import nn
 from torch.utils.data import IterableDataset
 
-__all__ = ["check_labelled", "forward_parameter_names", "raise_if_not_finite"]
+__all__ = ["catastrophic_overfitting", "check_labelled", "forward_parameter_names", "raise_if_not_finite"]
 
 
 def forward_parameter_names(model: nn.Module) -> set[str]:
@@ -81,3 +81,19 @@ def raise_if_not_finite(
         f"optimizer step and {where}. Lower the learning rate or λ (lipschitz_weight), or enable gradient clipping "
         "(max_grad_norm)."
     )
+
+
+def catastrophic_overfitting(history: list[tuple[float, float]], collapse: float = 0.5, gap: float = 0.3) -> bool:
+    """Whether a run shows catastrophic overfitting (Wong et al., 2020, "Fast is better than free").
+
+    ``history`` holds ``(multi-step adversarial accuracy, FGSM accuracy)`` of the training batches, one pair per
+    logging step, oldest first. The latest pair counts as catastrophic overfitting when the multi-step accuracy has
+    fallen below ``collapse`` times its best so far, the FGSM accuracy is above its value at that best, and FGSM
+    accuracy exceeds the multi-step accuracy by more than ``gap``: the model defeats the single-step attack only.
+    """
+    if len(history) < 2:
+        return False
+    best = max(range(len(history) - 1), key=lambda i: history[i][0])
+    best_adv, fgsm_at_best = history[best]
+    adv, fgsm = history[-1]
+    return best_adv > 0 and adv < collapse * best_adv and fgsm > fgsm_at_best and fgsm - adv > gap

@@ -17,11 +17,12 @@ from torch import nn
 from transformers.trainer_utils import IntervalStrategy
 from transformers.utils import logging
 
-from ..attacks import attack_mode
+from ..attacks import attack_mode, build_attack
 from ..evaluation import evaluate_robustness
 from ..hub import build_model_card, push_robust_checkpoint
 from ..moe import routing_change_per_layer
 from .arguments import ROBUST_METRIC_PREFIX, WORST_CASE_METRIC
+from .checks import catastrophic_overfitting
 from .losses import split_router_logits
 from .methods import METHODS
 from .phases import PhaseLoss, TrainingPhase
@@ -83,11 +84,43 @@ class RobustReportingMixin:
         clean_logits, adv_logits = out.logits.split(step.batch_size)
         self._accumulate("clean_accuracy", (clean_logits.argmax(-1) == y).float())
         self._accumulate("adv_accuracy", (adv_logits.argmax(-1) == y).float())
+        if step.main_attack not in ("fgsm", "trades"):
+            # FGSM accuracy next to the multi-step one, for the catastrophic-overfitting guard (see `log`).
+            fgsm = self._fgsm_probe()
+            x_fgsm = fgsm.perturb(unwrapped, x, y)
+            with attack_mode(unwrapped, grad=False):
+                fgsm_logits = self.model_forward(unwrapped, x_fgsm).logits
+            self._accumulate("fgsm_accuracy", (fgsm_logits.argmax(-1) == y).float())
         if out.router_logits:
             clean_rl, adv_rl = split_router_logits(out.router_logits, step.batch_size)
             self._accumulate(
                 "routing_change", routing_change_per_layer(clean_rl, adv_rl, [self.top_k()] * len(clean_rl)).mean()
             )
+
+    def _fgsm_probe(self):
+        if getattr(self, "_fgsm_attack", None) is None:
+            self._fgsm_attack = build_attack("fgsm", eps=self.args.adv_eps, norm=self.args.adv_norm)
+        return self._fgsm_attack
+
+    def _check_catastrophic_overfitting(self, logs: dict[str, float]) -> None:
+        """Warn (once) and log ``catastrophic_overfitting = 1`` when the training batch's multi-step adversarial
+        accuracy collapses while its FGSM accuracy rises (Wong et al., 2020): the model has learned to defeat the
+        single-step attack only, and its robustness is an illusion."""
+        if "adv_accuracy" not in logs or "fgsm_accuracy" not in logs:
+            return
+        history = getattr(self, "_robustness_history", [])
+        history.append((logs["adv_accuracy"], logs["fgsm_accuracy"]))
+        self._robustness_history = history
+        if catastrophic_overfitting(history):
+            logs["catastrophic_overfitting"] = 1.0
+            if not getattr(self, "_warned_catastrophic_overfitting", False):
+                self._warned_catastrophic_overfitting = True
+                logger.warning(
+                    f"Catastrophic overfitting at step {self.state.global_step}: the training batch's adversarial "
+                    f"accuracy fell to {logs['adv_accuracy']:.2f} while its FGSM accuracy rose to "
+                    f"{logs['fgsm_accuracy']:.2f}. Use more attack steps, a random start, or a smaller step size, and "
+                    "keep the checkpoint from before the collapse."
+                )
 
     def _pop_training_metrics(self) -> dict[str, float]:
         """Means of the accumulated components since the last log, averaged over processes."""
@@ -105,6 +138,7 @@ class RobustReportingMixin:
         log), and the robust-evaluation metrics to the evaluation logs, then log as `Trainer.log` does."""
         if "loss" in logs:
             logs.update(self._pop_training_metrics())
+            self._check_catastrophic_overfitting(logs)
         for prefix in list(self._pending_eval_metrics):
             if f"{prefix}_runtime" in logs or f"{prefix}_loss" in logs:
                 # In-place on purpose: `Trainer.evaluate` hands the same dict to the callbacks and returns it, so

@@ -63,8 +63,9 @@ class AdversarialTrainer(RobustReportingMixin, Trainer):
 
     Every loss component and routing statistic is averaged between two logging steps and logged next to ``loss``
     (``adv_ce``, ``clean_ce``, ``aux_loss``, ``trades_kl``, ``lipschitz_model``, ``loss_router``, ``loss_expert``,
-    ``loss_model``, ``expert_usage_entropy``, and on logging steps ``clean_accuracy``, ``adv_accuracy`` and
-    ``routing_change`` of the training batch). `evaluate` adds robust accuracy under ``args.eval_attacks``.
+    ``loss_model``, ``expert_usage_entropy``, and on logging steps ``clean_accuracy``, ``adv_accuracy``,
+    ``fgsm_accuracy`` and ``routing_change`` of the training batch; ``catastrophic_overfitting`` = 1 with a warning when
+    ``adv_accuracy`` collapses while ``fgsm_accuracy`` rises). `evaluate` adds robust accuracy under ``args.eval_attacks``.
 
     Example:
 
