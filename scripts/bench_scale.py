@@ -29,22 +29,14 @@ import time
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import torch  # noqa: E402
-from transformers import (  # noqa: E402
-    TimesformerConfig,
-    TrainerCallback,
-    TimesformerForVideoClassification,
-    VideoMAEConfig,
-    VideoMAEForVideoClassification,
-)
+from transformers import TrainerCallback  # noqa: E402
 
 from hf_videomoe import TimesformerMoeForVideoClassification, VideoMAEMoeForVideoClassification  # noqa: E402
 from hf_videomoe.attacks import build_attack  # noqa: E402
 from hf_videomoe.evaluation import count_cost  # noqa: E402
 
-MODELS = {
-    "videomae": (VideoMAEConfig, VideoMAEForVideoClassification, VideoMAEMoeForVideoClassification),
-    "timesformer": (TimesformerConfig, TimesformerForVideoClassification, TimesformerMoeForVideoClassification),
-}
+#: The MoE classifiers measured; each knows the dense transformers classifier it upcycles (`dense_model_class`).
+MODELS = {"videomae": VideoMAEMoeForVideoClassification, "timesformer": TimesformerMoeForVideoClassification}
 MEASUREMENTS = ("cost", "forward", "train", "train_checkpointing", "attack_step", "pgd_at_step", "jtlat_step")
 CHECKPOINT_MEMORY_TARGET = 0.5  # training-step memory with checkpointing <= 0.5x without
 FORWARD_TARGET = 1.15  # MoE forward <= 1.15x the dense model's at top-1 (CPU)
@@ -68,22 +60,20 @@ def parse_args(argv=None):
     return parser.parse_args(argv)
 
 
-def configs(name: str, quick: bool):
-    config_cls = MODELS[name][0]
+def dense_config(name: str, quick: bool):
+    """The dense model's config: transformers' defaults (the base models) with 101 classes, or toy-sized with
+    ``quick``. `scripts/gpu_check.py` builds its models from the same configs."""
     kwargs = dict(num_labels=101)
     if quick:
-        kwargs.update(image_size=32, num_hidden_layers=2, hidden_size=64, intermediate_size=128, num_attention_heads=2)
-        if name == "videomae":
-            kwargs.update(num_frames=4)
-        else:
-            kwargs.update(num_frames=4)
-    return config_cls(**kwargs)
+        kwargs.update(image_size=32, num_hidden_layers=2, hidden_size=64, intermediate_size=128, num_attention_heads=2,
+                      num_frames=4)
+    return MODELS[name].dense_model_class.config_class(**kwargs)
 
 
 def build(name: str, args, kernel: str | None):
-    _, dense_cls, moe_cls = MODELS[name]
+    moe_cls = MODELS[name]
     torch.manual_seed(0)
-    dense = dense_cls(configs(name, args.quick))
+    dense = moe_cls.dense_model_class(dense_config(name, args.quick))
     moe = moe_cls.from_dense(dense, num_experts=4, num_experts_per_tok=1, expert_init="drop_upcycling")
     dtype = getattr(torch, args.dtype)
     dense = dense.to(args.device, dtype)

@@ -23,20 +23,10 @@ import time
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import torch  # noqa: E402
-from transformers import (  # noqa: E402
-    TimesformerConfig,
-    TimesformerForVideoClassification,
-    VideoMAEConfig,
-    VideoMAEForVideoClassification,
-)
-
-from hf_videomoe import TimesformerMoeForVideoClassification, VideoMAEMoeForVideoClassification  # noqa: E402
+from bench_scale import MODELS, dense_config  # noqa: E402  (this folder: the same models as the scale benchmark)
 from hf_videomoe.attacks import build_attack  # noqa: E402
 
-MODELS = {
-    "VideoMAE-base": (VideoMAEConfig, VideoMAEForVideoClassification, VideoMAEMoeForVideoClassification),
-    "TimeSformer-base": (TimesformerConfig, TimesformerForVideoClassification, TimesformerMoeForVideoClassification),
-}
+LABELS = {"videomae": "VideoMAE-base", "timesformer": "TimeSformer-base"}
 ATTACKS = ("pgd", "tlga-r", "j-tlga", "apgd-ce")
 
 
@@ -76,13 +66,10 @@ def main(argv=None) -> int:
         checks.append((label, bool(ok), detail))
         print(f"{'PASS' if ok else 'FAIL'}  {label}  {detail}", flush=True)
 
-    for name, (config_cls, dense_cls, moe_cls) in MODELS.items():
-        kwargs = {"num_labels": 101}
-        if args.quick:
-            kwargs.update(image_size=32, num_hidden_layers=2, hidden_size=64, intermediate_size=128,
-                          num_attention_heads=2, num_frames=4)
+    for key, moe_cls in MODELS.items():
+        name = LABELS[key]
         torch.manual_seed(0)
-        dense = dense_cls(config_cls(**kwargs)).eval()
+        dense = moe_cls.dense_model_class(dense_config(key, args.quick)).eval()
         moe = moe_cls.from_dense(dense, num_experts=4, num_experts_per_tok=1).eval()
         config = moe.config
         x = torch.rand(args.batch_size, config.num_frames, 3, config.image_size, config.image_size, device=args.device)
