@@ -7,6 +7,7 @@ import math
 
 import torch
 from torch import nn
+from tqdm.auto import tqdm
 
 from .modeling_moe import SparseMoeBlock
 from .routing import moe_blocks
@@ -170,8 +171,6 @@ def cluster_routers(
     for name, value in (("batch_size", batch_size), ("num_iterations", num_iterations)):
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise ValueError(f"`{name}` must be a positive int, got {value!r}.")
-    from tqdm.auto import tqdm
-
     device = next(model.parameters()).device
     generator = torch.Generator().manual_seed(int(seed))
     was_training = model.training
@@ -179,6 +178,10 @@ def cluster_routers(
     fractions = []
     try:
         for block in tqdm(blocks, desc="clustering routers", unit="router", disable=not progress):
+            num_experts = block.router.num_experts
+            if num_experts == 1:  # nothing to choose between: no need to route the clips
+                fractions.append([1.0])
+                continue
             captured = []
             hook = block.router.register_forward_pre_hook(
                 lambda _module, args: captured.append(args[0].detach().float().reshape(-1, args[0].shape[-1]))
@@ -189,10 +192,6 @@ def cluster_routers(
             finally:
                 hook.remove()
             units = torch.cat(captured)
-            num_experts = block.router.num_experts
-            if num_experts == 1:  # nothing to choose between
-                fractions.append([1.0])
-                continue
             if units.shape[0] < num_experts:
                 raise ValueError(
                     f"`cluster_routers` needs at least num_experts={num_experts} routing units, got {units.shape[0]}: "
