@@ -301,6 +301,7 @@ def cmd_evaluate(args) -> None:
     report = evaluate_robustness(
         model, dataset, attacks=attacks, eps=args.eps, steps=args.steps, norm=args.norm, seed=args.seed,
         batch_size=args.batch_size, eps_sweep=eps_sweep, state_dir=args.state_dir, dataset_name=dataset_name,
+        mode=args.mode,
     )
     output_dir = Path(args.output_dir or Path(args.model) / "robustness")
     output_dir.mkdir(parents=True, exist_ok=True)
@@ -427,6 +428,9 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--output-dir", default=None, help="Defaults to MODEL/robustness.")
     evaluate.add_argument("--eps-sweep", type=eps_list_in_255ths, default=None, help="Comma-separated ε values in /255 units, e.g. 4,8,12,16.")
     evaluate.add_argument("--state-dir", default=None, help="Save per-sample state here to resume an interrupted run.")
+    evaluate.add_argument("--mode", default="full", choices=("full", "cascade"),
+                          help="full: every attack on every clip; cascade: each attack only on the clips still "
+                               "standing (AutoAttack's; same worst case, faster). --attacks may name 'autoattack'.")
     _add_attack_arguments(evaluate, many=True)
     _add_data_arguments(evaluate)
     evaluate.set_defaults(func=cmd_evaluate)

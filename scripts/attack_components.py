@@ -1,8 +1,8 @@
 """Which part of the paper's attacks makes them weaker or stronger than PGD (docs/RESULTS.md §3).
 
 Runs PGD, TLA-M and J-TLGA on one trained MoE with one piece switched at a time — the temporal step rule
-(``published`` vs ``uniform``), the Lipschitz term (λ, and whether its denominator MSE(x, x+δ) is differentiated) and
-the router term (γ2) — and prints / writes the robust accuracy of each variant (a clip counts when it is classified
+(``published``, ``normalized`` or ``uniform``), the Lipschitz term (λ, whether its denominator MSE(x, x+δ) is
+differentiated, one λ or a router λ_R of its own), the router term (γ2) and the loss (CE or DLR) — and prints / writes the robust accuracy of each variant (a clip counts when it is classified
 correctly clean and under the attack). Default model: the seed-0 MoE AT model of ``scripts/reproduce_paper.py``, on the
 same evaluation clips::
 
@@ -27,27 +27,37 @@ from transformers import AutoModelForVideoClassification  # noqa: E402
 from transformers.utils import logging as hf_logging  # noqa: E402
 
 import hf_videomoe  # noqa: E402, F401  (registers the MoE Auto classes)
-from hf_videomoe.attacks import build_attack  # noqa: E402
+from hf_videomoe.attacks import DEFAULT_LIPSCHITZ_WEIGHT, DEFAULT_ROUTER_LIPSCHITZ_WEIGHT, build_attack  # noqa: E402
 from hf_videomoe.data import make_moving_shapes  # noqa: E402
+
+#: The attacks as the paper prints them: the published temporal step, λ differentiated through MSE(x, x+δ), one λ for
+#: the model and the router terms. The library's defaults (normalized step, fixed denominator, λ_R of its own) differ.
+PAPER = {"temporal_step": "published", "lipschitz_denominator": "gradient"}
+PAPER_JOINT = {**PAPER, "router_lipschitz_weight": DEFAULT_LIPSCHITZ_WEIGHT}
 
 #: (label, attack, keyword arguments): each row changes one thing against its neighbour.
 VARIANTS = [
     ("PGD (uniform step)", "pgd", {}),
     ("PGD, published temporal step", "pgd", {"temporal_step": "published"}),
-    ("TLA-M (paper: published step, λ on)", "tla-m", {}),
-    ("TLA-M, λ = 0", "tla-m", {"lipschitz_weight": 0.0}),
-    ("TLA-M, uniform step", "tla-m", {"temporal_step": "uniform"}),
+    ("PGD, normalized temporal step", "pgd", {"temporal_step": "normalized"}),
+    ("TLA-M as published (published step, λ on, λ through the denominator)", "tla-m", PAPER),
+    ("TLA-M as published, λ = 0", "tla-m", {**PAPER, "lipschitz_weight": 0.0}),
+    ("TLA-M as published, uniform step", "tla-m", {**PAPER, "temporal_step": "uniform"}),
     ("TLA-M, uniform step, λ = 0 (= PGD)", "tla-m", {"temporal_step": "uniform", "lipschitz_weight": 0.0}),
-    ("TLA-M, fixed Lipschitz denominator", "tla-m", {"lipschitz_denominator": "fixed"}),
-    ("TLA-M, uniform step, fixed denominator", "tla-m", {"temporal_step": "uniform", "lipschitz_denominator": "fixed"}),
-    ("J-TLGA (paper: published step, λ, γ2 on)", "j-tlga", {}),
-    ("J-TLGA, λ = 0", "j-tlga", {"lipschitz_weight": 0.0}),
-    ("J-TLGA, uniform step", "j-tlga", {"temporal_step": "uniform"}),
-    ("J-TLGA, uniform step, λ = 0", "j-tlga", {"temporal_step": "uniform", "lipschitz_weight": 0.0}),
-    ("J-TLGA, uniform step, γ2 = 0", "j-tlga", {"temporal_step": "uniform", "router_weight": 0.0}),
-    ("J-TLGA, fixed Lipschitz denominator", "j-tlga", {"lipschitz_denominator": "fixed"}),
-    ("J-TLGA, uniform step, fixed denominator", "j-tlga",
-     {"temporal_step": "uniform", "lipschitz_denominator": "fixed"}),
+    ("TLA-M as published, fixed denominator", "tla-m", {**PAPER, "lipschitz_denominator": "fixed"}),
+    ("TLA-M as published, normalized step", "tla-m", {**PAPER, "temporal_step": "normalized"}),
+    ("TLA-M, library defaults (normalized step, fixed denominator)", "tla-m", {}),
+    ("TLA-M, library defaults, DLR loss", "tla-m", {"loss": "dlr"}),
+    ("J-TLGA as published (published step, one λ, λ through the denominator)", "j-tlga", PAPER_JOINT),
+    ("J-TLGA as published, λ = 0", "j-tlga", {**PAPER_JOINT, "lipschitz_weight": 0.0, "router_lipschitz_weight": 0.0}),
+    ("J-TLGA as published, uniform step", "j-tlga", {**PAPER_JOINT, "temporal_step": "uniform"}),
+    ("J-TLGA as published, uniform step, γ2 = 0", "j-tlga", {**PAPER_JOINT, "temporal_step": "uniform",
+                                                            "router_weight": 0.0}),
+    ("J-TLGA as published, fixed denominator", "j-tlga", {**PAPER_JOINT, "lipschitz_denominator": "fixed"}),
+    ("J-TLGA as published, normalized step", "j-tlga", {**PAPER_JOINT, "temporal_step": "normalized"}),
+    ("J-TLGA as published, λ_R of its own", "j-tlga", {**PAPER}),
+    ("J-TLGA, library defaults (normalized step, fixed denominator, λ_R)", "j-tlga", {}),
+    ("J-TLGA, library defaults, DLR loss", "j-tlga", {"loss": "dlr"}),
 ]
 
 
@@ -88,7 +98,7 @@ def main(argv=None) -> int:
         for label, name, kwargs in VARIANTS:
             attack = build_attack(name, eps=eps / 255, steps=args.steps, seed=0, **kwargs)
             rows.setdefault(label, []).append((clean & correct(attack.perturb(model, x, y))).float().mean().item())
-            print(f"ε={eps:g}/255  {label:45s} {100 * rows[label][-1]:5.1f} %", flush=True)
+            print(f"ε={eps:g}/255  {label:75s} {100 * rows[label][-1]:5.1f} %", flush=True)
     command = "python scripts/attack_components.py" + ("" if argv is None and len(sys.argv) == 1
                                                         else " " + " ".join(sys.argv[1:] if argv is None else argv))
     lines = [
@@ -98,7 +108,8 @@ def main(argv=None) -> int:
         "",
         f"Model: `{args.model.relative_to(REPO_ROOT) if args.model.is_relative_to(REPO_ROOT) else args.model}`; "
         f"{len(y)} MovingShapes test clips (clean accuracy {100 * clean.float().mean():.1f} %); L∞, {args.steps} steps, "
-        "default step size 2.5·ε/steps, seed 0, library defaults otherwise (λ = 1e-5, γ1 = γ2 = 1, β = 0.9). "
+        f"default step size 2.5·ε/steps, seed 0, library defaults otherwise (λ = {DEFAULT_LIPSCHITZ_WEIGHT:g}, "
+        f"λ_R = {DEFAULT_ROUTER_LIPSCHITZ_WEIGHT:g}, γ1 = γ2 = 1, β = 0.9). "
         "Robust accuracy in % (lower = stronger attack).",
         "",
         "| attack variant | " + " | ".join(f"ε = {e:g}/255" for e in args.eps) + " |",

@@ -15,7 +15,7 @@ Protocol (one shared pipeline per seed; every defense gets the same budget)::
 
 Usage::
 
-    python scripts/reproduce_paper.py                      # full run (3 seeds, ablations on 2), writes docs/RESULTS_reproduction.md
+    python scripts/reproduce_paper.py                      # full run (5 seeds, ablations on each; docs/PROTOCOL.md)
     python scripts/reproduce_paper.py --quick              # a couple of minutes, tiny sizes, 1 seed (smoke test)
     python scripts/reproduce_paper.py --seeds 0 1 --skip-ablations --output-dir outputs/repro2
     python scripts/reproduce_paper.py --model-type timesformer
@@ -59,9 +59,9 @@ def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--quick", action="store_true", help="tiny sizes, 1 seed, a couple of minutes (smoke test)")
-    p.add_argument("--seeds", type=int, nargs="+", default=None, help="seeds of table (b) (default 0 1 2; quick: 0)")
+    p.add_argument("--seeds", type=int, nargs="+", default=None, help="seeds of table (b) (default 0-4; quick: 0)")
     p.add_argument("--ablation-seeds", type=int, nargs="+", default=None,
-                   help="seeds of the ablations (default: the first two seeds)")
+                   help="seeds of the ablations (default: every seed of table (b))")
     p.add_argument("--attack-table-seeds", type=int, nargs="+", default=None,
                    help="seeds of table (a) (default: all seeds of table (b))")
     p.add_argument("--skip-ablations", action="store_true", help="do not run the J-TLAT ablations")
@@ -94,8 +94,8 @@ def main(argv=None) -> int:
         extra = [e / 255 for e in (args.eval_eps if args.eval_eps is not None else [8, 14])]
         overrides["eps_values"] = [train_eps] + [e for e in extra if e != train_eps]
     settings = Settings.quick(**overrides) if args.quick else Settings(**overrides)
-    seeds = args.seeds if args.seeds is not None else ([0] if args.quick else [0, 1, 2])
-    ablation_seeds = args.ablation_seeds if args.ablation_seeds is not None else seeds[:2]
+    seeds = args.seeds if args.seeds is not None else ([0] if args.quick else [0, 1, 2, 3, 4])
+    ablation_seeds = args.ablation_seeds if args.ablation_seeds is not None else list(seeds)
     attack_table_seeds = args.attack_table_seeds if args.attack_table_seeds is not None else list(seeds)
     unknown = sorted(set(attack_table_seeds) - set(seeds))
     if unknown:

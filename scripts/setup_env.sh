@@ -18,3 +18,6 @@ if [ ! -x .venv/bin/python ]; then "$PYTHON" -m venv .venv; fi
 .venv/bin/python -m pip install --quiet --upgrade pip
 .venv/bin/python -m pip install --quiet "${HF_VIDEOMOE_TORCH:-torch==2.13.0}"
 .venv/bin/python -m pip install --quiet -e ".[dev]"
+# torchattacks is a test-only reference (tests/test_reference_attacks.py). --no-deps: its requirements would replace
+# the pinned torch with a newer CUDA build and pin requests to 2.25; it needs only torch, numpy and scipy here.
+.venv/bin/python -m pip install --quiet --no-deps "torchattacks==3.5.1"

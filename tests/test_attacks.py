@@ -36,7 +36,7 @@ from hf_videomoe.attacks import (  # noqa: E402
 from hf_videomoe.attacks import objectives as O  # noqa: E402
 from hf_videomoe.moe import force_experts, moe_blocks, selected_experts  # noqa: E402
 
-CONTRACT_NAMES = ["fgsm", "pgd", "apgd-ce", "apgd-dlr", "apgd-t", "square", "pgd-r", "tla-r", "tlga-r", "tla-e",
+CONTRACT_NAMES = ["fgsm", "pgd", "apgd-ce", "apgd-dlr", "apgd-t", "square", "tt", "pgd-r", "tla-r", "tlga-r", "tla-e",
                   "tla-m", "j-tla", "j-tlga"]
 ROUTER_ONLY = ["pgd-r", "tla-r", "tlga-r"]
 EPS = 8 / 255
@@ -155,7 +155,7 @@ def assert_in_threat_model(adv, x, eps, norm, tol=1e-5):
 
 def test_registry_has_contract_names():
     assert list(ATTACKS) == CONTRACT_NAMES
-    assert set(DENSE_ATTACKS) == {"fgsm", "pgd", "apgd-ce", "apgd-dlr", "apgd-t", "square", "tla-m"}
+    assert set(DENSE_ATTACKS) == {"fgsm", "pgd", "apgd-ce", "apgd-dlr", "apgd-t", "square", "tt", "tla-m"}
     assert set(MOE_ATTACKS) == set(CONTRACT_NAMES) - set(DENSE_ATTACKS)
 
 
@@ -169,20 +169,25 @@ def test_attributes_and_settings(name):
     assert json.loads(json.dumps(settings)) == settings
     for key in ("name", "norm", "eps", "steps", "step_size", "seed"):
         assert key in settings
-    if name not in ("fgsm", "apgd-ce", "apgd-dlr", "apgd-t", "square"):
+    if name not in ("fgsm", "apgd-ce", "apgd-dlr", "apgd-t", "square", "tt"):
         assert attack.step_size == pytest.approx(2.5 * attack.eps / attack.steps)
     if name in ("tla-r", "tlga-r", "tla-e", "tla-m", "j-tla", "j-tlga"):
-        assert settings["temporal_step"] == "published" and settings["temporal_momentum"] == 0.9
+        assert settings["temporal_step"] == "normalized" and settings["temporal_momentum"] == 0.9
+        assert settings["lipschitz_denominator"] == "fixed"
     assert name in repr(attack)
 
 
 def test_paper_weights_enter_the_objective():
-    attack = build_attack("j-tlga", lipschitz_weight=0.5, guidance_weight=2.0, router_weight=3.0)
+    attack = build_attack("j-tlga", lipschitz_weight=0.5, router_lipschitz_weight=0.25, guidance_weight=2.0,
+                          router_weight=3.0)
     objective = attack.build_objective()
     assert objective.lipschitz_weight == 0.5
     assert objective.router_ce_weight == 3.0
-    assert objective.router_lipschitz_weight == pytest.approx(1.5)
+    assert objective.router_lipschitz_weight == pytest.approx(0.75)  # γ2 · λ_R
     assert objective.guidance_weight == pytest.approx(6.0)
+    assert objective.loss == "ce" and build_attack("j-tlga", loss="dlr").build_objective().loss == "dlr"
+    with pytest.raises(ValueError, match="loss"):
+        build_attack("j-tla", loss="hinge")
     with pytest.raises(TypeError, match="guidance_weight"):
         build_attack("pgd", guidance_weight=1.0)
     assert build_attack("pgd", strict=False, guidance_weight=1.0, eps=0.01).eps == 0.01
@@ -243,7 +248,7 @@ def test_deterministic_by_seed_and_global_rng_untouched(name, model, batch):
     torch.set_rng_state(rng_state)
     build_attack(name, seed=3, **fast_kwargs(name)).perturb(model, x, y)
     assert torch.equal(torch.get_rng_state(), rng_state), "attacks must not consume the global RNG"
-    if name != "fgsm":  # FGSM starts from the clean clip: nothing random
+    if name not in ("fgsm", "tt"):  # FGSM and TT start from the clean clip: nothing random
         other = build_attack(name, seed=4, **fast_kwargs(name)).perturb(model, x, y)
         assert not torch.equal(first, other)
 
@@ -307,7 +312,14 @@ def test_temporal_step_rules():
     uniform = temporal_step_sizes(v, alpha, "uniform")
     published = temporal_step_sizes(v, alpha, "published")
     inverse = temporal_step_sizes(v, alpha, "inverse")
+    normalized = temporal_step_sizes(v, alpha, "normalized")
     assert torch.allclose(uniform, torch.full_like(v, alpha))
+    # normalized: the published shape (larger accumulated gradient -> smaller step), the uniform step on average
+    assert normalized.mean().item() == pytest.approx(alpha)
+    assert (normalized.diff(dim=1) < 0).all()
+    torch.testing.assert_close(normalized / normalized[:, :1], published / published[:, :1])
+    many = temporal_step_sizes(torch.rand(5, 8) * 50, alpha, "normalized")
+    torch.testing.assert_close(many.mean(dim=1), torch.full((5,), alpha))
     assert published[0, 0] == pytest.approx(alpha) and (published <= alpha + 1e-12).all()
     assert (published.diff(dim=1) < 0).all(), "published: larger accumulated gradient -> smaller step"
     assert (inverse.diff(dim=1) > 0).all(), "inverse: larger accumulated gradient -> larger step"
@@ -321,9 +333,25 @@ def test_temporal_step_rules():
 def test_temporal_rules_change_the_attack(model, batch):
     x, y = batch["pixel_values"], batch["labels"]
     results = {rule: build_attack("tla-m", steps=3, temporal_step=rule).perturb(model, x, y)
-               for rule in ("published", "uniform", "inverse")}
+               for rule in ("published", "uniform", "inverse", "normalized")}
     assert not torch.equal(results["published"], results["uniform"])
     assert not torch.equal(results["inverse"], results["uniform"])
+    assert not torch.equal(results["normalized"], results["published"])
+
+
+def test_normalized_step_moves_as_far_as_the_uniform_one(model, batch):
+    """The published rule shrinks every frame's step below the uniform one, so its perturbation stays far inside the
+    ball; the normalized rule keeps the published per-frame shape at the uniform mean step (one step, no start)."""
+    x, y = batch["pixel_values"], batch["labels"]
+    eps = 8 / 255
+    energy = {}
+    for rule in ("uniform", "published", "normalized"):
+        attack = build_attack("tla-m", eps=eps, steps=1, step_size=eps / 2, random_start=False, temporal_step=rule,
+                              selection="last", lipschitz_weight=0.0)
+        delta = attack.perturb(model, x, y) - x
+        energy[rule] = delta.abs().mean(dim=(2, 3, 4))  # (batch, frames): the frame's step, away from the box
+    assert (energy["published"].mean(dim=1) < 0.9 * energy["uniform"].mean(dim=1)).all()
+    torch.testing.assert_close(energy["normalized"].mean(dim=1), energy["uniform"].mean(dim=1), rtol=0.05, atol=1e-4)
 
 
 def test_apgd_checkpoints_follow_the_paper():
@@ -621,7 +649,8 @@ def test_fixed_lipschitz_denominator_keeps_the_value_and_drops_its_gradient(mode
     adv = (x + 0.02 * torch.randn(x.shape, generator=torch.Generator().manual_seed(0))).clamp(0, 1)
     values, grads = {}, {}
     for mode in ("gradient", "fixed"):
-        objective = build_attack("j-tlga", lipschitz_weight=lam, lipschitz_denominator=mode).build_objective()
+        objective = build_attack("j-tlga", lipschitz_weight=lam, router_lipschitz_weight=lam,
+                                 lipschitz_denominator=mode).build_objective()
         assert objective.lipschitz_denominator == mode
         with torch.no_grad():
             ctx = objective.prepare(model, x, y)
@@ -640,7 +669,7 @@ def test_fixed_lipschitz_denominator_keeps_the_value_and_drops_its_gradient(mode
     denominator_term = lam * numerator / (O.per_sample_mse(x, point) + O.LIPSCHITZ_EPS)
     (expected,) = torch.autograd.grad(denominator_term.sum(), point)
     torch.testing.assert_close(grads["gradient"] - grads["fixed"], expected, rtol=1e-3, atol=1e-7)
-    assert build_attack("tla-m").settings()["lipschitz_denominator"] == "gradient"
+    assert build_attack("tla-m").settings()["lipschitz_denominator"] == "fixed"
     with pytest.raises(ValueError, match="lipschitz_denominator"):
         build_attack("tla-r", lipschitz_denominator="detached")
     with pytest.raises(TypeError, match="lipschitz_denominator"):
@@ -720,7 +749,7 @@ def test_dense_models(name, batch):
         assert_in_threat_model(adv, batch["pixel_values"], EPS, "linf")
     else:
         with pytest.raises(ValueError, match="Attacks that apply to dense models: fgsm, pgd, apgd-ce, apgd-dlr, "
-                                             "apgd-t, square, tla-m"):
+                                             "apgd-t, square, tt, tla-m"):
             attack.perturb(dense, batch["pixel_values"], batch["labels"])
 
 
@@ -829,7 +858,7 @@ def test_router_attack_without_routers_names_the_alternatives(batch):
     plain = Plain()
     adv = build_attack("tla-m", steps=2).perturb(plain, batch["pixel_values"], batch["labels"])
     assert_in_threat_model(adv, batch["pixel_values"], EPS, "linf")
-    match = "needs a Mixture-of-Experts model.*fgsm, pgd, apgd-ce, apgd-dlr, apgd-t, square, tla-m"
+    match = "needs a Mixture-of-Experts model.*fgsm, pgd, apgd-ce, apgd-dlr, apgd-t, square, tt, tla-m"
     with pytest.raises(ValueError, match=match):
         build_attack("pgd-r").perturb(plain, batch["pixel_values"], batch["labels"])
 
@@ -880,3 +909,102 @@ def test_steps_within_the_ball_are_projected_not_rescaled(norm, model, batch):
     delta = (adv - x).reshape(x.shape[0], -1)
     size = delta.abs().amax(dim=1) if norm == "linf" else delta.norm(dim=1)
     assert bool((size <= 2 * alpha + 1e-6).all()) and bool((size > 0).any())
+
+
+def test_each_lipschitz_weight_reaches_its_own_term():
+    """λ_F (``lipschitz_weight``) weighs only the model / expert ratio, λ_R (``router_lipschitz_weight``) only the
+    router's; router attacks take λ_R as their ``lipschitz_weight``; every default is the calibrated one."""
+    from hf_videomoe.attacks import (
+        DEFAULT_EXPERT_LIPSCHITZ_WEIGHT,
+        DEFAULT_LIPSCHITZ_WEIGHT,
+        DEFAULT_ROUTER_LIPSCHITZ_WEIGHT,
+    )
+
+    joint = build_attack("j-tla").build_objective()
+    assert joint.lipschitz_weight == DEFAULT_LIPSCHITZ_WEIGHT
+    assert joint.router_lipschitz_weight == pytest.approx(DEFAULT_ROUTER_LIPSCHITZ_WEIGHT)
+    assert build_attack("tla-r").build_objective().router_lipschitz_weight == DEFAULT_ROUTER_LIPSCHITZ_WEIGHT
+    assert build_attack("tla-e").build_objective().lipschitz_weight == DEFAULT_EXPERT_LIPSCHITZ_WEIGHT
+    assert build_attack("tla-m").build_objective().lipschitz_weight == DEFAULT_LIPSCHITZ_WEIGHT
+    only_router = build_attack("j-tla", lipschitz_weight=0.0, router_lipschitz_weight=0.5).build_objective()
+    assert only_router.lipschitz_weight == 0.0 and only_router.router_lipschitz_weight == 0.5
+    only_model = build_attack("j-tla", lipschitz_weight=0.5, router_lipschitz_weight=0.0).build_objective()
+    assert only_model.lipschitz_weight == 0.5 and only_model.router_lipschitz_weight == 0.0
+    with pytest.raises(ValueError, match="router_lipschitz_weight"):
+        build_attack("j-tlga", router_lipschitz_weight=-1.0)
+
+
+def test_dlr_joint_attack_maximises_the_dlr_loss(model, batch):
+    """``loss="dlr"`` swaps the classification term: the objective's value is the DLR loss (λ, γ2 off)."""
+    x, y = batch["pixel_values"], batch["labels"]
+    objective = build_attack("j-tlga", loss="dlr", lipschitz_weight=0.0, router_weight=0.0).build_objective()
+    with torch.no_grad():
+        ctx = objective.prepare(model, x, y)
+        out = objective(model, x, ctx)
+        torch.testing.assert_close(out.value, O.dlr_loss(model(x).logits, y))
+    adv = build_attack("j-tlga", loss="dlr", steps=3).perturb(model, x, y)
+    assert (adv - x).abs().max() <= 8 / 255 + 1e-6
+
+
+def test_tt_averages_the_gradients_of_shifted_clips(model, batch):
+    """TT's step direction is the weighted sum of the gradients at the temporally rolled clips (rolled back); with
+    ``max_shift=0`` it is PGD without random start and a step of ε/steps."""
+    from hf_videomoe.attacks.temporal_translation import translation_weights
+
+    x, y = batch["pixel_values"], batch["labels"]
+    for kernel in ("gaussian", "linear", "uniform"):
+        weights = translation_weights(2, kernel)
+        assert len(weights) == 5 and sum(weights) == pytest.approx(1.0) and weights[2] == max(weights)
+    attack = build_attack("tt", max_shift=1, kernel="uniform")
+    assert attack.shifts_for(8) == [(-1, pytest.approx(1 / 3)), (0, pytest.approx(1 / 3)), (1, pytest.approx(1 / 3))]
+    assert [s for s, _ in build_attack("tt").shifts_for(8)] == [-2, -1, 0, 1, 2]
+    objective = attack.build_objective()
+    ctx = objective.prepare(model, x, y)
+    point = x.clone().requires_grad_(True)
+    out, grad = attack._objective_and_gradient(model, point, ctx, objective)
+    expected = torch.zeros_like(x)
+    for shift in (-1, 0, 1):
+        rolled = torch.roll(x, shifts=shift, dims=1).requires_grad_(True)
+        loss = O.ce_loss(model(rolled).logits, y).sum()
+        (g,) = torch.autograd.grad(loss, rolled)
+        expected += torch.roll(g, shifts=-shift, dims=1) / 3
+    torch.testing.assert_close(grad, expected, rtol=1e-4, atol=1e-7)
+    torch.testing.assert_close(out.value, O.ce_loss(model(x).logits, y))
+    no_shift = build_attack("tt", max_shift=0, steps=3).perturb(model, x, y)
+    pgd = build_attack("pgd", steps=3, step_size=EPS / 3, random_start=False).perturb(model, x, y)
+    torch.testing.assert_close(no_shift, pgd)
+    with pytest.raises(ValueError, match="kernel"):
+        build_attack("tt", kernel="box")
+
+
+@pytest.mark.parametrize("name", CONTRACT_NAMES)
+def test_per_sample_eps_vector(name, model, batch):
+    """A per-clip ε vector filled with one value gives exactly the scalar attack's result; a mixed vector keeps every
+    clip in its own ball and gives each clip what the scalar attack with its budget gives it."""
+    x, y = batch["pixel_values"], batch["labels"]
+    attack = build_attack(name, **fast_kwargs(name))
+    scalar = attack.perturb(model, x, y)
+    # float64: a float32 tensor would round 8/255 to a (slightly) different budget
+    assert torch.equal(attack.perturb(model, x, y, eps=torch.full((4,), EPS, dtype=torch.float64)), scalar)
+    assert torch.equal(attack.perturb(model, x, y, eps=[EPS] * 4), scalar)
+    budgets = torch.tensor([EPS, 2 / 255, EPS, 0.0], dtype=torch.float64)
+    mixed = attack.perturb(model, x, y, eps=budgets)
+    assert ((mixed - x).flatten(1).abs().amax(dim=1) <= budgets + 1e-6).all()
+    assert torch.equal(mixed[3], x[3])  # ε = 0: the clean clip
+    small = build_attack(name, eps=2 / 255, **fast_kwargs(name)).perturb(model, x[1:2], y[1:2])
+    assert torch.equal(mixed[[0, 2]], scalar[[0, 2]]) and torch.equal(mixed[1:2], small)
+
+
+def test_per_sample_eps_errors(model, batch):
+    x, y = batch["pixel_values"], batch["labels"]
+    attack = build_attack("pgd", steps=1)
+    with pytest.raises(ValueError, match=r"shape \(4,\)"):
+        attack.perturb(model, x, y, eps=torch.full((3,), EPS))
+    with pytest.raises(ValueError, match="one budget per clip"):
+        attack.perturb(model, x, y, eps=[EPS, EPS])
+    with pytest.raises(ValueError, match="finite number >= 0"):
+        attack.perturb(model, x, y, eps=torch.tensor([EPS, -1.0, EPS, EPS]))
+    with pytest.raises(ValueError, match="larger than the whole pixel range"):
+        attack.perturb(model, x, y, eps=[EPS, 2.0, EPS, EPS])
+    with pytest.raises(TypeError, match="eps must be"):
+        attack.perturb(model, x, y, eps="8/255")

@@ -69,6 +69,12 @@ def test_train_attack_evaluate(trained_model, tmp_path, capsys):
     assert (report_dir / "README.md").is_file()
     assert "worst" in capsys.readouterr().out.lower()
 
+    cascade_dir = tmp_path / "cascade"
+    main(["evaluate", "--model", str(trained_model), "--attacks", "pgd,j-tlga", "--steps", "2", "--num-samples", "8",
+          "--mode", "cascade", "--output-dir", str(cascade_dir), *TINY_DATA])
+    cascade = json.loads((cascade_dir / "report.json").read_text())
+    assert cascade["mode"] == "cascade" and cascade["worst_case_accuracy"] == report["worst_case_accuracy"]
+
 
 def test_push_to_loopback_hub(trained_model, tmp_path):
     main(["evaluate", "--model", str(trained_model), "--attacks", "pgd", "--steps", "1", "--num-samples", "8",

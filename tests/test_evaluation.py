@@ -644,3 +644,61 @@ def test_timesformer_moe_cost_against_dense():
     assert report.model_type == "timesformer_moe" and report.input_shape == [4, 3, 16, 16]
     assert report.flops > 0 and report.dense_flops > 0 and report.dense_parameters < report.total_parameters
     assert set(report.routing_change) == {"fgsm"}
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Cascade mode and the AutoAttack preset
+
+
+CASCADE_ATTACKS = {"fgsm": {"name": "fgsm"}, "pgd": {"name": "pgd", "steps": 3}, "apgd-t": {"name": "apgd-t", "steps": 3},
+                   "square": {"name": "square", "steps": 30}, "j-tlga": {"name": "j-tlga", "steps": 3}}
+
+
+def test_cascade_mode_gives_the_full_worst_case_for_less_work(model, data):
+    """Each attack runs only on the clips still standing: the same worst case, per clip, as running every attack on
+    every clip; the per-attack accuracies are cumulative and never rise; fewer clips are attacked."""
+    common = dict(attacks=CASCADE_ATTACKS, eps=8 / 255, seed=0, batch_size=4, return_per_sample=True, progress=False,
+                  compute_cost=False, check_gradients=False, check_determinism=False)
+    full = evaluate_robustness(model, data, **common)
+    attacked = []
+    cascade = evaluate_robustness(model, data, mode="cascade", **common,
+                                  callback=lambda info: attacked.append(
+                                      {a: e["attacked"] for a, e in info["record"]["attacks"].items()}))
+    assert full.mode == "full" and cascade.mode == "cascade"
+    assert cascade.worst_case_accuracy == full.worst_case_accuracy
+    assert cascade.per_sample["worst_case_correct"] == full.per_sample["worst_case_correct"]
+    assert cascade.clean_accuracy == full.clean_accuracy
+    cumulative = [cascade.robust_accuracy[a] for a in CASCADE_ATTACKS]
+    assert cumulative == sorted(cumulative, reverse=True) and cumulative[-1] == cascade.worst_case_accuracy
+    assert cascade.robust_accuracy["fgsm"] == full.robust_accuracy["fgsm"]  # the first attack sees every clean-correct clip
+    total_attacked = sum(sum(batch.values()) for batch in attacked)
+    assert total_attacked < len(CASCADE_ATTACKS) * NUM_SAMPLES * full.clean_accuracy
+    # a clip an attack did not run on has prediction -1 for it
+    assert -1 in cascade.per_sample["predictions"]["square"]
+    assert cascade.checks["gradient_masking"].startswith("skipped: cascade")
+    assert "cascade" in cascade.accuracy_table()
+    assert RobustnessReport.from_json(cascade.to_json()).mode == "cascade"
+
+
+def test_cascade_mode_refuses_what_it_cannot_compute(model, data):
+    with pytest.raises(ValueError, match="mode must be"):
+        evaluate_robustness(model, data, attacks=["fgsm"], mode="auto", progress=False)
+    with pytest.raises(ValueError, match="cascade.*eps_sweep"):
+        evaluate_robustness(model, data, attacks=["fgsm"], mode="cascade", eps_sweep=[4 / 255], progress=False)
+    with pytest.raises(ValueError, match="cascade.*check_steps"):
+        evaluate_robustness(model, data, attacks=["pgd"], mode="cascade", check_steps=True, progress=False)
+
+
+def test_autoattack_preset_expands_to_its_standard_settings():
+    from hf_videomoe.evaluation import ATTACK_PRESETS
+    from hf_videomoe.evaluation.attack_specs import resolve_attacks
+
+    shared = {"eps": 4 / 255, "norm": "linf", "steps": 10, "step_size": None, "seed": 0}
+    specs = resolve_attacks(["AutoAttack", "j-tlga"], shared=shared, extra={}, moe=True)
+    assert [s.label for s in specs] == ["apgd-ce", "apgd-t", "square", "j-tlga"]
+    settings = {s.label: s.settings() for s in specs}
+    assert settings["apgd-ce"]["steps"] == 100 and settings["apgd-t"]["steps"] == 100  # the preset's, not `steps`
+    assert settings["square"]["steps"] == 5000 and not specs[2].white_box
+    assert settings["j-tlga"]["steps"] == 10
+    assert all(s["eps"] == pytest.approx(4 / 255) for s in settings.values())
+    assert set(ATTACK_PRESETS) == {"autoattack"}

@@ -324,3 +324,24 @@ def test_card_image_links_resolve_wherever_the_card_is_written(tmp_path):
         assert links and len(links) == len(plots)
         for link in links:
             assert not link.startswith("/") and (target.parent / link).resolve().is_file(), link
+
+
+def test_cascade_report_card_says_so(model, inputs, tmp_path):
+    """A cascade report's card names its cumulative metrics as such and reproduces with the same mode."""
+    from hf_videomoe.cli import build_parser
+
+    with torch.no_grad():
+        labels = model(pixel_values=inputs).logits.argmax(-1)
+    data = [{"pixel_values": x, "labels": int(y)} for x, y in zip(inputs, labels)]
+    report = evaluate_robustness(model, data, attacks=["fgsm", "pgd"], eps=EPS, steps=2, batch_size=8,
+                                 dataset_name="MovingShapes", progress=False, mode="cascade")
+    card = build_model_card(report, model_name="cascade-tiny", dataset_kwargs=DATASET_KWARGS)
+    card.save(tmp_path / "README.md")
+    loaded = ModelCard.load(tmp_path / "README.md")
+    pgd = next(r for r in loaded.data.eval_results if r.metric_config == "pgd")
+    assert "cascade" in pgd.metric_name and pgd.metric_args["mode"] == "cascade"
+    body = loaded.text
+    assert "mode='cascade'" in body
+    block = body.split("```bash\n", 1)[1].split("```", 1)[0]
+    args = build_parser().parse_args(block.split("hf-videomoe ", 1)[1].replace("\\\n", " ").split())
+    assert args.mode == "cascade"

@@ -73,6 +73,7 @@ def test_relevance_of_identical_experts_is_nil():
     relevance = routing_relevance(moe, x, labels)
     assert relevance["learned"] == relevance["random"] == 1.0
     assert relevance["forced"] == [1.0] * 4 and relevance["forced_spread"] == 0.0
+    assert relevance["forced_disagreement"] == 0.0 and relevance["forced_oracle"] == 1.0
     assert relevance["learned_minus_random"] == 0.0 and relevance["learned_minus_random_se"] == 0.0
 
 
@@ -85,7 +86,20 @@ def test_relevance_on_experts_built_to_differ():
     assert relevance["random"] > relevance["learned"] + 0.3  # 3 paths in 4 are the labels' path
     assert relevance["learned_minus_random"] < -3 * relevance["learned_minus_random_se"]
     assert relevance["forced_spread"] > 0.5
+    # paths 1-3 agree with each other, path 0 disagrees with them wherever it is wrong: 3 of the 6 pairs
+    assert relevance["forced_disagreement"] == pytest.approx(0.5 * (1 - relevance["forced"][0]))
+    assert relevance["forced_oracle"] == 1.0
     assert not model.training
+
+
+def test_balanced_specialists_disagree_without_a_spread():
+    """Two paths, each right on its own half of the clips: the same accuracy (no spread), full disagreement."""
+    from hf_videomoe.moe.statistics import summarize_relevance
+
+    labels = [0, 1, 0, 1]
+    relevance = summarize_relevance(labels, learned=labels, random=[0, 0, 1, 1], forced=[[0, 1, 1, 0], [1, 0, 0, 1]])
+    assert relevance["forced"] == [0.5, 0.5] and relevance["forced_spread"] == 0.0
+    assert relevance["forced_disagreement"] == 1.0 and relevance["forced_oracle"] == 1.0
 
 
 def test_random_routing_is_seeded_and_random():

@@ -611,3 +611,61 @@ def test_gradient_accumulation_matches_a_full_batch(tmp_path, moe_model, shapes,
         finals.append(model.state_dict())
     for name in finals[0]:
         torch.testing.assert_close(finals[1][name], finals[0][name], atol=1e-6, rtol=1e-5, msg=name)
+
+
+@pytest.mark.parametrize("step, own, others", [
+    ("router", "router_lipschitz_weight", ("lipschitz_weight", "expert_lipschitz_weight")),
+    ("expert", "expert_lipschitz_weight", ("lipschitz_weight", "router_lipschitz_weight")),
+    ("model", "lipschitz_weight", ("expert_lipschitz_weight", "router_lipschitz_weight")),
+])
+def test_jtlat_each_lipschitz_weight_reaches_its_own_step(tmp_path, moe_model, shapes, step, own, others):
+    """λ_R weighs step 1's router ratio, λ_E step 2's expert ratio, λ_F step 3's model ratio, and no other step's.
+    The training attacks are PGD (no λ in them), so only the loss can tell the settings apart."""
+    loss_key = {"router": "loss_router", "expert": "loss_expert", "model": "loss_model"}[step]
+    attack = {"jtlat_router_attack": "pgd-r", "jtlat_model_attack": "pgd"}
+
+    runs = []
+
+    def first_loss(**weights):
+        runs.append(weights)
+        args = make_args(tmp_path / str(len(runs)), adv_method="j-tlat", jtlat_steps=[step], max_steps=1,
+                         **attack, **weights)
+        trainer = make_trainer(moe_model(), args, shapes["train"])
+        trainer.train()
+        return next(entry[loss_key] for entry in trainer.state.log_history if loss_key in entry)
+
+    base = first_loss(**{own: 0.0})
+    assert first_loss(**{own: 1.0}) > base + 1e-6
+    assert first_loss(**{own: 0.0, **{name: 1.0 for name in others}}) == pytest.approx(base, rel=1e-6)
+
+
+def test_training_attacks_get_the_lambda_of_their_component(tmp_path, moe_model, shapes):
+    args = make_args(tmp_path, adv_method="j-tlat", lipschitz_weight=0.1, expert_lipschitz_weight=0.2,
+                     router_lipschitz_weight=0.3)
+    trainer = make_trainer(moe_model(), args, shapes["train"])
+    kwargs = {name: trainer.attack_kwargs(name, eps=0.01, steps=1, step_size=None)
+              for name in ("tlga-r", "tla-e", "tla-m", "j-tlga", "pgd")}
+    assert kwargs["tlga-r"]["lipschitz_weight"] == 0.3
+    assert kwargs["tla-e"]["lipschitz_weight"] == 0.2
+    assert kwargs["tla-m"]["lipschitz_weight"] == 0.1
+    assert kwargs["j-tlga"]["lipschitz_weight"] == 0.1 and kwargs["j-tlga"]["router_lipschitz_weight"] == 0.3
+    assert kwargs["j-tlga"]["temporal_step"] == "normalized"
+    assert "lipschitz_weight" not in kwargs["pgd"] and "temporal_step" not in kwargs["pgd"]
+
+
+def test_jtlat_expert_step_on_tla_e_examples(tmp_path, moe_model, shapes):
+    """``jtlat_expert_attack="tla-e"``: step 2 trains on TLA-E examples (aimed at each clip's clean top-1 path), with
+    the expert λ; by default it reuses step 1's router-attack examples."""
+    default = make_trainer(moe_model(), make_args(tmp_path / "default", adv_method="j-tlat"), shapes["train"])
+    assert [p.attack for p in default.training_phases()] == ["tlga-r", "tlga-r", "j-tlga"]
+    args = make_args(tmp_path / "tla-e", adv_method="j-tlat", jtlat_expert_attack="tla-e", jtlat_steps=["expert"],
+                     max_steps=1, expert_lipschitz_weight=0.5)
+    model = moe_model()
+    experts_before = {n: p.detach().clone() for n, p in named_expert_parameters(model)}
+    trainer = make_trainer(model, args, shapes["train"])
+    assert [p.attack for p in trainer.training_phases()] == ["tla-e"]
+    trainer.train()
+    assert trainer._attacks["tla-e"].lipschitz_weight == 0.5
+    assert any(not torch.equal(p, experts_before[n]) for n, p in named_expert_parameters(model))
+    with pytest.raises(ValueError, match="jtlat_expert_attack"):
+        make_args(tmp_path, adv_method="j-tlat", jtlat_expert_attack="pgd")

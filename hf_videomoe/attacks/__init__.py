@@ -23,7 +23,9 @@ from .gradient import GradientAttack
 from .model_guard import NormalizedModel, attack_mode
 from .moe_attacks import (
     DEFAULT_GUIDANCE_WEIGHT,
+    DEFAULT_EXPERT_LIPSCHITZ_WEIGHT,
     DEFAULT_LIPSCHITZ_WEIGHT,
+    DEFAULT_ROUTER_LIPSCHITZ_WEIGHT,
     DEFAULT_ROUTER_WEIGHT,
     JTLA,
     JTLGA,
@@ -37,6 +39,7 @@ from .objectives import Objective
 from .registry import ATTACKS, DENSE_ATTACKS, MOE_ATTACKS, build_attack, resolve_attack_name
 from .pgd import FGSM, PGD
 from .square import Square
+from .temporal_translation import TT
 from .threat_model import DEFAULT_EPS, NORMS, TEMPORAL_STEPS, project, random_start, sample_seeds, temporal_step_sizes
 
 __all__ = [
@@ -49,7 +52,9 @@ __all__ = [
     "BestIterate",
     "DEFAULT_EPS",
     "DEFAULT_GUIDANCE_WEIGHT",
+    "DEFAULT_EXPERT_LIPSCHITZ_WEIGHT",
     "DEFAULT_LIPSCHITZ_WEIGHT",
+    "DEFAULT_ROUTER_LIPSCHITZ_WEIGHT",
     "DEFAULT_ROUTER_WEIGHT",
     "DENSE_ATTACKS",
     "FGSM",
@@ -63,6 +68,7 @@ __all__ = [
     "PGD",
     "PGDR",
     "Square",
+    "TT",
     "TEMPORAL_STEPS",
     "TLAE",
     "TLAM",

@@ -17,6 +17,7 @@ from ..moe import is_moe_model
 from .model_guard import attack_mode, unwrap_model
 from .names import DENSE_ATTACKS
 from .objectives import model_outputs
+from .sample_budgets import perturb_per_sample_eps
 from .threat_model import DEFAULT_EPS, NORMS, PIXEL_RANGE_TOLERANCE, per_sample_view
 from .validation import as_tensor, check_choice, check_int, check_real
 
@@ -177,12 +178,16 @@ class Attack:
                 raise ValueError(f"`bounds` must be a pair (low, high) with low < high, or None; got {bounds!r}.")
             bounds = (float(bounds[0]), float(bounds[1]))
         self.bounds = bounds
+        self._check_budget()
+        self.progress = bool(progress)
+
+    def _check_budget(self) -> None:
+        bounds = self.bounds
         if self.norm == "linf" and bounds is not None and self.eps > bounds[1] - bounds[0]:
             raise ValueError(
                 f"`eps`={self.eps!r} is an L∞ budget larger than the whole pixel range {tuple(bounds)}: pixel values "
                 "are in [0, 1], so write budgets in that unit (8/255 ≈ 0.0314, not 8)."
             )
-        self.progress = bool(progress)
 
     # -- properties ----------------------------------------------------------------------------------------------------
 
@@ -262,6 +267,7 @@ class Attack:
         *,
         target_labels: torch.Tensor | Sequence[int] | None = None,
         clean_outputs: tuple[torch.Tensor, Sequence[torch.Tensor] | None] | None = None,
+        eps: float | torch.Tensor | Sequence[float] | None = None,
     ) -> torch.Tensor:
         """Return adversarial ``pixel_values`` (a new tensor of the same shape, dtype and device).
 
@@ -274,7 +280,15 @@ class Attack:
             clean_outputs: ``(logits, router_logits)`` of ``model`` on ``pixel_values`` in eval mode, when the caller
                 already has them (a trainer sharing its clean pass): the attack then skips its own clean forward.
                 Attacks that need no clean quantities ignore it.
+            eps: a budget per clip, ``(batch,)`` (or one number), instead of the attack's ``eps``: clips are grouped
+                by budget and each group is attacked with it (every clip draws its randomness from itself, so a clip
+                gets the example it would get alone). Default step sizes follow each budget; an explicit
+                ``step_size`` stays as given. Budgets are read as Python floats: a float32 tensor carries its
+                rounded values (8/255 in float32 is not the float 8/255), so pass float64 to match a scalar exactly.
         """
+        if eps is not None:
+            return perturb_per_sample_eps(self, model, pixel_values, labels, eps, target_labels=target_labels,
+                                          clean_outputs=clean_outputs)
         if not isinstance(model, nn.Module):
             raise TypeError(f"{self.name} expects a torch.nn.Module, got {type(model).__name__}.")
         model = unwrap_model(model)

@@ -25,7 +25,8 @@ class GradientAttack(Attack):
     moves by ``alpha[b, f]`` from [`temporal_step_sizes`], where ``V[b, f] <- beta * V[b, f] + ||grad_{x_f}||_2``.
 
     Args (besides [`Attack`]'s):
-        temporal_step: ``"published"``, ``"uniform"`` or ``"inverse"`` (see [`temporal_step_sizes`]).
+        temporal_step: ``"normalized"``, ``"published"``, ``"uniform"`` or ``"inverse"`` (see
+            [`temporal_step_sizes`]).
         temporal_momentum: β of the accumulator V.
         selection: which iterate is returned per sample: ``"misclassification"`` (first fooling iterate, else the
             highest objective), ``"objective"`` (highest objective) or ``"last"`` (the final iterate — plain PGD, the
@@ -100,6 +101,14 @@ class GradientAttack(Attack):
                     self._run(model, x, ctx, objective, delta, active, tracker, bar)
         return tracker.x
 
+    def _objective_and_gradient(self, model, x_adv: torch.Tensor, ctx: ObjectiveContext, objective: Objective):
+        """The objective at ``x_adv`` (its value and logits decide the best iterate) and the input gradient that the
+        step follows: here the objective's own gradient; attacks that average gradients over transformed copies of
+        the input (TT) override this."""
+        out = objective(model, x_adv, ctx)
+        (grad,) = torch.autograd.grad(out.value.sum(), x_adv)
+        return out, grad
+
     def _run(self, model, x, ctx: ObjectiveContext, objective: Objective, delta, active, tracker: BestIterate, bar):
         batch, frames = x.shape[0], x.shape[1]
         accumulated = x.new_zeros(batch, frames)
@@ -118,8 +127,7 @@ class GradientAttack(Attack):
                     out = objective(model, x_adv, sub_ctx)
             else:
                 x_adv.requires_grad_(True)
-                out = objective(model, x_adv, sub_ctx)
-                (grad,) = torch.autograd.grad(out.value.sum(), x_adv)
+                out, grad = self._objective_and_gradient(model, x_adv, sub_ctx, objective)
             fooled = self._fooled(out.logits, sub_ctx.labels, sub_ctx.target_labels)
             tracker.update(index, x_adv, out.value, fooled)
             if last:

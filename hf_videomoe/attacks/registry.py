@@ -10,9 +10,10 @@ from .names import DENSE_ATTACKS, MOE_ATTACKS
 from .moe_attacks import JTLA, JTLGA, PGDR, TLAE, TLAM, TLAR, TLGAR
 from .pgd import FGSM, PGD
 from .square import Square
+from .temporal_translation import TT
 
 ATTACKS: dict[str, type[Attack]] = {
-    cls.name: cls for cls in (FGSM, PGD, APGDCE, APGDDLR, APGDT, Square, PGDR, TLAR, TLGAR, TLAE, TLAM, JTLA, JTLGA)
+    cls.name: cls for cls in (FGSM, PGD, APGDCE, APGDDLR, APGDT, Square, TT, PGDR, TLAR, TLGAR, TLAE, TLAM, JTLA, JTLGA)
 }
 """Every named attack, in a stable order: standard attacks first, then the paper's component attacks."""
 
@@ -40,7 +41,7 @@ def build_attack(name: str, *, strict: bool = True, **kwargs) -> Attack:
     """Build a named attack.
 
     Args:
-        name: one of ``ATTACKS`` (``fgsm``, ``pgd``, ``apgd-ce``, ``apgd-dlr``, ``apgd-t``, ``square``, ``pgd-r``, ``tla-r``,
+        name: one of ``ATTACKS`` (``fgsm``, ``pgd``, ``apgd-ce``, ``apgd-dlr``, ``apgd-t``, ``square``, ``tt``, ``pgd-r``, ``tla-r``,
             ``tlga-r``, ``tla-e``, ``tla-m``, ``j-tla``, ``j-tlga``); case and ``_``/``-`` are not significant.
         strict: if ``False``, silently drop keyword arguments the attack does not take (handy when one settings dict
             drives several attacks, e.g. ``guidance_weight`` for both ``pgd`` and ``j-tlga``). With ``True`` (default)

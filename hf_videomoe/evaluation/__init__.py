@@ -1,6 +1,7 @@
 """Evaluation: robustness evaluator and report, reliability flags, plots, Trainer / evaluate metrics, and inference
 cost accounting (FLOPs, active parameters)."""
 
+from .attack_specs import ATTACK_PRESETS
 from .cost import CostReport, count_cost, count_parameters, dense_equivalent_config
 from .flags import FlagThresholds
 from .report import ReliabilityFlag, RobustnessReport, format_eps
@@ -13,6 +14,7 @@ from .trainer_metrics import (
 )
 
 __all__ = [
+    "ATTACK_PRESETS",
     "DEFAULT_ATTACKS",
     "ROBUST_ACCURACY_METRIC_PATH",
     "CostReport",

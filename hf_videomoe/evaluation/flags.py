@@ -75,13 +75,18 @@ def compute_flags(
     expert_usage: list[list[float]] | None = None,
     routing_relevance: dict[str, Any] | None = None,
     probability_outputs: bool | None = None,
+    cascade: bool = False,
 ) -> tuple[list[ReliabilityFlag], dict[str, str]]:
-    """Run every check on aggregated evaluation results; returns ``(flags, checks)`` (check name → status)."""
+    """Run every check on aggregated evaluation results; returns ``(flags, checks)`` (check name → status).
+    ``cascade``: the robust accuracies are cumulative (each attack ran only on the clips earlier ones left standing),
+    so attacks cannot be compared with each other."""
     flags: list[ReliabilityFlag] = []
     checks: dict[str, str] = {}
 
     # 1. Gradient masking: a black-box attack stronger than white-box ones.
-    if not black_box:
+    if cascade:
+        checks["gradient_masking"] = "skipped: cascade mode (accuracies are cumulative; use mode='full')"
+    elif not black_box:
         checks["gradient_masking"] = "skipped: no black-box attack (add 'square')"
     elif not white_box:
         checks["gradient_masking"] = "skipped: no white-box attack"

@@ -15,7 +15,7 @@ from .formatting import format_eps, norm_symbol
 
 __all__ = ["ReliabilityFlag", "RobustnessReport", "format_eps", "atomic_write_text"]
 
-REPORT_FORMAT_VERSION = 1
+REPORT_FORMAT_VERSION = 2  # 2: `mode` (cascade reports carry cumulative robust accuracies)
 
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> None:
@@ -122,7 +122,11 @@ class RobustnessReport:
         dataset_name: free-form dataset label (for the model card).
         versions: package versions that produced the report.
         per_sample: optional per-sample records (``index``, ``label``, ``clean_prediction``, ``predictions`` per
-            attack), when evaluated with ``return_per_sample=True``.
+            attack), when evaluated with ``return_per_sample=True``. In cascade mode a sample an attack did not run
+            on (already misclassified) has prediction -1 for it.
+        mode: ``"full"`` (every attack on every sample) or ``"cascade"`` (each attack on the samples still standing:
+            ``robust_accuracy`` is then cumulative, the accuracy after the attacks up to and including each one, and
+            the perturbation energy counts the samples an attack did not run on as 0).
     """
 
     clean_accuracy: float
@@ -159,6 +163,7 @@ class RobustnessReport:
     dataset_name: str | None = None
     versions: dict[str, str] = field(default_factory=dict)
     per_sample: dict[str, Any] | None = None
+    mode: str = "full"
 
     # -- derived ------------------------------------------------------------------------------------------------------
     @property
@@ -253,7 +258,7 @@ class RobustnessReport:
     def accuracy_table(self) -> str:
         """Markdown table: clean, each attack (with routing change and Lips-R for MoE models), worst case."""
         moe = self.is_moe
-        header = "| Evaluation | Accuracy |"
+        header = "| Evaluation | Accuracy after it (cascade) |" if self.mode == "cascade" else "| Evaluation | Accuracy |"
         rule = "|---|---:|"
         if moe:
             header += " Routing change | Lips-R |"
@@ -319,8 +324,12 @@ class RobustnessReport:
         diff, se = relevance["learned_minus_random"], relevance["learned_minus_random_se"]
         text = "\n".join(rows) + (
             f"\n\nLearned − random: {100 * diff:+.1f} ± {100 * se:.1f} points (paired over {relevance['num_samples']} clips,"
-            f" ± one standard error); best − worst forced path: {100 * relevance['forced_spread']:.1f} points."
+            f" ± one standard error); best − worst forced path: {100 * relevance['forced_spread']:.1f} points"
         )
+        if "forced_disagreement" in relevance:  # reports written before these two fields lack them
+            text += (f"; two forced paths disagree on {_percent(relevance['forced_disagreement'])} of the clips and "
+                     f"some path is right on {_percent(relevance['forced_oracle'])}")
+        text += "."
         if self.frozen_routing:
             rows = ["| Attack | Robust accuracy | Adversarial clip, clean routing | Clean clip, adversarial routing |",
                     "|---|---:|---:|---:|"]

@@ -6,9 +6,13 @@ How the numbers are defined
 * A sample is **robust to an attack** when it is classified correctly clean *and* under that attack.
   ``robust_accuracy[a]`` is the fraction of *all* evaluated samples robust to ``a``.
 * **Worst case** is the per-sample AND over all attacks (AutoAttack-style: a sample counts only if no attack fools
-  it). Because individual accuracies are needed anyway, every attack runs on every sample (instead of only on the
-  samples still standing), and the worst case is computed afterwards from the per-sample results. Hence, per sample,
-  ``worst case <= every single attack <= clean``.
+  it). In the default ``mode="full"`` every attack runs on every sample, so each attack's own accuracy is known, and
+  the worst case is computed afterwards from the per-sample results; hence, per sample, ``worst case <= every single
+  attack <= clean``. ``mode="cascade"`` works as AutoAttack does: each attack runs only on the samples the clean pass
+  and every earlier attack left correctly classified, ``robust_accuracy[a]`` is then the accuracy *after* attacks up
+  to ``a`` (cumulative), and the worst case is the same as in full mode for less work — for attacks that draw their
+  randomness per sample from the sample itself, as every attack of this library does, on kernels whose results do not
+  depend on the batch size (CPU here; GPU kernels may differ in the last bits).
 * **Routing change** is 1 − IoU of the selected-expert sets (top-k per routing unit), clean vs adversarial, averaged
   over units, then samples; per MoE layer and over all layers. **Lips-R** is MSE(R(x), R(x+δ)) / MSE(x, x+δ) on router
   probabilities (all MoE layers and units), averaged over samples. Both are computed per sample from the router logits
@@ -195,6 +199,7 @@ def evaluate_robustness(
     dataset_name: str | None = None,
     progress: bool = True,
     callback: Callable[[dict[str, Any]], None] | None = None,
+    mode: str = "full",
 ) -> RobustnessReport:
     """Evaluate clean, per-attack and worst-case accuracy of a video classifier, with MoE routing diagnostics.
 
@@ -208,7 +213,9 @@ def evaluate_robustness(
             / batches (in a deterministic order).
         attacks: attack names (``"pgd"``, ``"j-tlga"``, ...), ``Attack`` instances, or a dict ``{label: kwargs or
             Attack}`` (kwargs may include ``"name"`` to run variants of one attack, e.g. ``{"pgd-50": {"name": "pgd",
-            "steps": 50}}``). ``None`` runs [`DEFAULT_ATTACKS`] (MoE-only attacks dropped for dense models).
+            "steps": 50}}``). ``None`` runs [`DEFAULT_ATTACKS`] (MoE-only attacks dropped for dense models). A list
+            may also name a preset of [`ATTACK_PRESETS`]: ``"autoattack"`` is AutoAttack's standard ensemble
+            (APGD-CE and APGD-T with 100 steps, Square with 5,000 queries; its own settings, not ``steps``).
         eps, norm, steps, step_size, seed: shared settings of the attacks built by name (``steps`` / ``step_size``
             ``None`` keep each attack's default). ``seed`` also seeds the per-batch RNG.
         attack_kwargs: more keyword arguments for every attack built by name (e.g. ``{"restarts": 2}``).
@@ -232,6 +239,10 @@ def evaluate_robustness(
         progress: show a tqdm progress bar (main process only).
         callback: called after every finished batch with ``{"batch_index", "completed", "total", "record"}``;
             an exception it raises stops the evaluation (finished batches stay in ``state_dir``).
+        mode: ``"full"`` (every attack on every sample: per-attack accuracies, routing diagnostics per attack, ε
+            sweep and steps check) or ``"cascade"`` (AutoAttack's: each attack only on the samples still standing;
+            the same worst case, cumulative per-attack accuracies, no per-attack routing diagnostics, sweep or steps
+            check; ``scripts/bench_cascade.py`` measures the saving).
 
     Returns:
         A [`RobustnessReport`]; identical on every process.
@@ -244,6 +255,12 @@ def evaluate_robustness(
     # 1. Cheap argument checks.
     if norm not in ("linf", "l2"):
         raise ValueError(f"norm must be 'linf' or 'l2', got {norm!r}.")
+    if mode not in ("full", "cascade"):
+        raise ValueError(f"mode must be 'full' or 'cascade', got {mode!r}.")
+    if mode == "cascade" and (eps_sweep is not None or check_steps):
+        raise ValueError("mode='cascade' runs each attack only on the samples still standing, so it has no "
+                         "per-attack accuracy to sweep over ε or to check against doubled steps; use mode='full' "
+                         "for eps_sweep / check_steps.")
     eps = check_eps(eps, norm, "eps")
     if eps_sweep is not None:
         eps_sweep = list(eps_sweep)
@@ -312,6 +329,7 @@ def evaluate_robustness(
         steps_check=steps_check or None,
         steps_check_samples=int(check_steps_samples),
         return_per_sample=bool(return_per_sample),
+        cascade=mode == "cascade",
     )
     dist = resolve_distributed(accelerator)
 
@@ -335,6 +353,8 @@ def evaluate_robustness(
             "data": source.fingerprint(),
             "model": model_fingerprint(model),
         }
+        if mode != "full":  # absent in full mode, so state written before the option existed still resumes
+            settings["mode"] = mode
         settings = json.loads(json.dumps(settings))
         store = StateStore(state_dir, settings, dist)
 
@@ -392,6 +412,7 @@ def evaluate_robustness(
         expert_usage=agg["expert_usage"].get("clean"),
         routing_relevance=agg["routing_relevance"],
         probability_outputs=agg["probability_like"],
+        cascade=mode == "cascade",
     )
     config = getattr(model, "config", None)
     return RobustnessReport(
@@ -428,5 +449,6 @@ def evaluate_robustness(
         dataset_name=dataset_name,
         versions=_versions(),
         per_sample=agg.get("per_sample"),
+        mode=mode,
         **cost,
     )

@@ -149,7 +149,12 @@ def summarize_relevance(
 
     Returns a dict with ``learned``, ``random`` (accuracies), ``forced`` (accuracy per expert path),
     ``learned_minus_random`` and its standard error ``learned_minus_random_se`` (paired over clips),
-    ``forced_spread`` (best minus worst forced path) and ``num_samples``.
+    ``forced_spread`` (best minus worst forced path), ``forced_disagreement`` (the fraction of clips on which two
+    paths predict different classes, averaged over pairs of paths: 0 for identical experts, whatever their accuracy)
+    and ``forced_oracle`` (the fraction of clips some path classifies correctly), and ``num_samples``.
+
+    The spread compares the paths' overall levels; the disagreement and the oracle show whether they differ in
+    *which* clips they get right, which is what a mixture of balanced specialists does.
     """
     n = len(labels)
     if n == 0:
@@ -158,6 +163,9 @@ def summarize_relevance(
     random_ok = [p == y for p, y in zip(random, labels)]
     forced_acc = [sum(p == y for p, y in zip(preds, labels)) / n for preds in forced]
     diff, se = _paired_difference(learned_ok, random_ok)
+    pairs = [(a, b) for i, a in enumerate(forced) for b in forced[i + 1 :]]
+    disagreement = sum(sum(p != q for p, q in zip(a, b)) / n for a, b in pairs) / len(pairs) if pairs else 0.0
+    oracle = sum(any(preds[i] == y for preds in forced) for i, y in enumerate(labels)) / n if forced else 0.0
     return {
         "learned": sum(learned_ok) / n,
         "random": sum(random_ok) / n,
@@ -165,6 +173,8 @@ def summarize_relevance(
         "learned_minus_random": diff,
         "learned_minus_random_se": se,
         "forced_spread": (max(forced_acc) - min(forced_acc)) if forced_acc else 0.0,
+        "forced_disagreement": disagreement,
+        "forced_oracle": oracle,
         "num_samples": n,
     }
 

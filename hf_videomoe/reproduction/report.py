@@ -59,17 +59,23 @@ def protocol_markdown(settings: Settings, seeds, ablation_seeds, attack_table_se
         f"{s.batch_size}, on pixels normalised as (x − {PIXEL_MEAN}) / {PIXEL_STD}; the normalisation is then folded "
         "into the patch-embedding convolution (exact), so the saved checkpoint is a plain transformers model that "
         "takes [0, 1] pixels (raw [0, 1] inputs leave this model at chance on MovingShapes).",
-        f"- **Upcycling.** `from_dense(num_experts={s.num_experts}, num_experts_per_tok={s.experts_per_token}, "
-        "image_mean=[0]*3, image_std=[1]*3)`: every expert starts as a copy of the dense MLP, token routing, "
-        f"load-balancing aux loss coefficient {lib['router_aux_loss_coef']:g} (the config default).",
-        f"- **Defenses** (identical budget): {s.adv_epochs:g} epochs from the dense checkpoint (dense AT) or the "
+        f"- **Upcycling and the mixture phase.** `from_dense(num_experts={s.num_experts}, "
+        f"num_experts_per_tok={s.experts_per_token}, router_granularity=\"{s.router_granularity}\", "
+        f"expert_init=\"{s.expert_init}\", expert_init_ratio={s.expert_init_ratio:g})`"
+        + (f", routers started from k-means clusters of their inputs on {s.cluster_router_clips} training clips "
+           "(`cluster_routers`)" if s.cluster_router_clips else "")
+        + f", load-balancing aux loss coefficient {lib['router_aux_loss_coef']:g} (the config default); the mixture "
+        f"is then trained {s.moe_epochs:g} epochs without attacks at lr {s.moe_lr:g} (docs/RESULTS.md §2).",
+        f"- **Defenses** (the same budget, except the compute-matched MoE AT row, which gets as many epochs as "
+        f"J-TLAT's wall-clock time of the same seed allows): {s.adv_epochs:g} epochs from the dense checkpoint (dense AT) or the "
         f"upcycled MoE (all others), AdamW lr {s.adv_lr:g}, cosine, batch {s.batch_size}, training attacks "
         f"L∞ ε={eps_name(s.train_eps)} with {s.adv_steps} steps (default step size 2.5·ε/steps). Methods use "
         "the library defaults: PGD-AT (`AdversarialTrainer`, adv_method `pgd-at`), AdvMoE-style (`advmoe`, "
         f"alternating expert / router steps, router examples from `{lib['advmoe_router_attack']}`), TLAT (`tlat`, "
-        f"TLA-M examples, λ = {lib['lipschitz_weight']:g}), J-TLAT (`JTLATTrainer`: "
+        f"TLA-M examples, λ_F = {lib['lipschitz_weight']:g}), J-TLAT (`JTLATTrainer`: "
         f"{lib['jtlat_router_attack'].upper()} examples for the router and expert steps, "
-        f"{lib['jtlat_model_attack'].upper()} for the model step, λ = {lib['lipschitz_weight']:g}, "
+        f"{lib['jtlat_model_attack'].upper()} for the model step, λ_F = {lib['lipschitz_weight']:g}, "
+        f"λ_E = {lib['expert_lipschitz_weight']:g}, λ_R = {lib['router_lipschitz_weight']:g}, "
         f"γ1 = {lib['guidance_weight']:g}, γ2 = {lib['router_weight']:g}, step-1 balance "
         f"`{lib['jtlat_router_balance']}` (weight {lib['jtlat_router_balance_weight']:g}), temporal step rule "
         f"`{lib['temporal_step']}`, β = {lib['temporal_momentum']:g}, top-{lib['jtlat_top_k']} experts in step 2).",
@@ -80,10 +86,11 @@ def protocol_markdown(settings: Settings, seeds, ablation_seeds, attack_table_se
         "floor at which no comparison is possible; this tiny model on 32×32 clips is far less robust than a 3D-CNN on "
         "UCF-101. At 4/255 PGD-AT keeps the clean accuracy and reaches non-trivial robust accuracy. The pilot looked "
         "only at this floor, not at how the methods rank; the paper's 8/255 and 14/255 are still reported in table (a).",
-        f"- **Evaluation** (fixed before any result was seen): `evaluate_robustness`, L∞, {s.eval_steps} steps for "
-        f"every gradient attack (default step size 2.5·ε/steps), Square with {s.square_queries} queries, "
-        f"evaluation seed {s.eval_seed}, batch {s.eval_batch_size}. Robust accuracy counts a clip only if it is "
-        "classified correctly clean and under the attack.",
+        f"- **Evaluation** (fixed before any result was seen, docs/PROTOCOL.md): `evaluate_robustness` on "
+        f"{s.eval_samples} test clips, L∞, {s.eval_steps} steps for the paper's attacks (default step size "
+        f"2.5·ε/steps) and AutoAttack's standard ensemble — APGD-CE and APGD-T with {s.autoattack_steps} steps, "
+        f"Square with {s.square_queries} queries — evaluation seed {s.eval_seed}, batch {s.eval_batch_size}. Robust "
+        "accuracy counts a clip only if it is classified correctly clean and under the attack.",
         f"- **Seeds.** Table (b): seeds {', '.join(map(str, seeds))} (model init, training order and training "
         f"attacks; mean ± sample std). Table (a): seeds {', '.join(map(str, attack_table_seeds)) or 'none'}. "
         f"Ablations: seeds {', '.join(map(str, ablation_seeds)) or 'none (skipped)'}.",

@@ -11,8 +11,9 @@ import torch
 from tqdm.auto import tqdm
 from transformers import Trainer
 
-from ..data import make_moving_shapes
+from ..data import make_moving_shapes, stack_pixel_values
 from ..evaluation import evaluate_robustness
+from ..moe import cluster_routers
 from ..training import AdversarialTrainer, JTLATTrainer
 from .recipes import (
     ABLATIONS,
@@ -157,12 +158,22 @@ class Reproduction:
 
     def moe_checkpoint(self, seed: int) -> Path:
         path = self.seed_dir(seed) / "moe-upcycled"
-        if (path / "config.json").exists():
+        if (path / "train.json").exists():
             return path
-        dense = load_dense(self.dense_checkpoint(seed), self.settings)
+        s = self.settings
+        dense = load_dense(self.dense_checkpoint(seed), s)
         torch.manual_seed(seed)
-        moe = upcycle(dense, self.settings)
+        moe = upcycle(dense, s)
+        if s.cluster_router_clips:
+            cluster_routers(moe, stack_pixel_values(self.split("train"), s.cluster_router_clips), seed=seed)
+        log(f"seed {seed}: mixture phase of the upcycled MoE ({s.moe_epochs:g} epochs, no attacks)")
+        args = training_arguments(path / "trainer", s, epochs=s.moe_epochs, lr=s.moe_lr, seed=seed)
+        start = time.perf_counter()
+        Trainer(model=moe.train(), args=args, train_dataset=self.split("train"), data_collator=self.collator).train()
+        seconds = time.perf_counter() - start
         moe.save_pretrained(path)
+        write_json(path / "train.json", {"seconds": seconds, "epochs": s.moe_epochs,
+                                         "clean_accuracy": self._clean_accuracy(moe)})
         return path
 
     def _clean_accuracy(self, model) -> float:
@@ -177,9 +188,11 @@ class Reproduction:
 
     # -- training ----------------------------------------------------------------------------------------------------
     def trained_model(self, seed: int, run_name: str, method: str, start: str, arg_overrides: dict,
-                      config_overrides: dict):
-        """Train (or load the cached) model of one (seed, run); returns ``(model, train_info)``."""
+                      config_overrides: dict, epochs: float | None = None):
+        """Train (or load the cached) model of one (seed, run) for ``epochs`` (default ``adv_epochs``); returns
+        ``(model, train_info)``."""
         s = self.settings
+        epochs = s.adv_epochs if epochs is None else epochs
         run_dir = self.seed_dir(seed) / run_name
         model_dir = run_dir / "model"
         info_path = run_dir / "train.json"
@@ -194,10 +207,10 @@ class Reproduction:
         for key, value in config_overrides.items():
             setattr(model.config, key, value)
         model.train()
-        args = training_arguments(run_dir / "trainer", s, epochs=s.adv_epochs, lr=s.adv_lr, seed=seed,
+        args = training_arguments(run_dir / "trainer", s, epochs=epochs, lr=s.adv_lr, seed=seed,
                                   adv_method=method, adv_eps=s.train_eps, adv_steps=s.adv_steps, **arg_overrides)
         trainer_cls = JTLATTrainer if method == "j-tlat" else AdversarialTrainer
-        log(f"seed {seed}: training {run_name} ({method}, {s.adv_epochs:g} epochs, {s.adv_steps}-step attacks at "
+        log(f"seed {seed}: training {run_name} ({method}, {epochs:g} epochs, {s.adv_steps}-step attacks at "
             f"ε={eps_name(s.train_eps)})")
         trainer = trainer_cls(model=model, args=args, train_dataset=self.split("train"), data_collator=self.collator)
         begin, cpu = time.perf_counter(), time.process_time()
@@ -205,9 +218,9 @@ class Reproduction:
         seconds, cpu = time.perf_counter() - begin, time.process_time() - cpu
         model.save_pretrained(model_dir)
         info = {
-            "method": method, "run": run_name, "seed": seed, "seconds": seconds, "epochs": s.adv_epochs,
-            "seconds_per_epoch": seconds / s.adv_epochs, "cpu_seconds": cpu,
-            "cpu_seconds_per_epoch": cpu / s.adv_epochs, "global_steps": trainer.state.global_step,
+            "method": method, "run": run_name, "seed": seed, "seconds": seconds, "epochs": epochs,
+            "seconds_per_epoch": seconds / epochs, "cpu_seconds": cpu,
+            "cpu_seconds_per_epoch": cpu / epochs, "global_steps": trainer.state.global_step,
             "arg_overrides": arg_overrides, "config_overrides": config_overrides,
             "recipe": json.loads(json.dumps(trainer.training_recipe(), default=str))
             if hasattr(trainer, "training_recipe") else None,
@@ -221,11 +234,15 @@ class Reproduction:
         s = self.settings
         spec = {}
         for name in attacks:
-            spec[name] = {"name": name, "steps": s.square_queries} if name == "square" else {"name": name}
+            spec[name] = {"name": name}
+            if name == "square":
+                spec[name]["steps"] = s.square_queries
+            elif name in ("apgd-ce", "apgd-t"):  # AutoAttack's budget, not the paper attacks' `eval_steps`
+                spec[name]["steps"] = s.autoattack_steps
         start = time.perf_counter()
         report = evaluate_robustness(
             model.eval(), self.eval_set, attacks=spec, eps=eps, steps=s.eval_steps, seed=s.eval_seed,
-            batch_size=s.eval_batch_size, max_samples=s.eval_samples, return_per_sample=True,
+            batch_size=s.eval_batch_size, max_samples=s.eval_samples, return_per_sample=True, check_steps=True,
             progress=show_inner_progress(), dataset_name="MovingShapes",
             state_dir=report_path.parent / (report_path.stem + "-state"),
         )
@@ -234,13 +251,19 @@ class Reproduction:
         return report, seconds
 
     @staticmethod
-    def worst_case(report, attacks) -> float:
-        """Per-sample AND over ``attacks`` (clean-correct and robust to each), from the report's per-sample data."""
+    def worst_case_correct(report, attacks) -> list[bool]:
+        """Per clip: classified correctly clean and under each of ``attacks`` (from the report's per-sample data)."""
         ps = report.per_sample
         labels = ps["label"]
         ok = [c == l for c, l in zip(ps["clean_prediction"], labels)]
         for name in attacks:
             ok = [o and p == l for o, p, l in zip(ok, ps["predictions"][name], labels)]
+        return ok
+
+    @classmethod
+    def worst_case(cls, report, attacks) -> float:
+        """Per-sample AND over ``attacks``: the fraction of clips no attack fools."""
+        ok = cls.worst_case_correct(report, attacks)
         return sum(ok) / len(ok)
 
     def summarise(self, report, attacks, eval_seconds: float) -> dict:
@@ -248,6 +271,8 @@ class Reproduction:
             "clean": report.clean_accuracy,
             "robust": {a: report.robust_accuracy[a] for a in attacks},
             "worst_case": self.worst_case(report, attacks),
+            # per clip, for the paired (McNemar) tests between rows
+            "worst_case_correct": self.worst_case_correct(report, attacks),
             "worst_case_attacks": list(attacks),
             "routing_change": {a: report.routing_change.get(a) for a in attacks if a in report.routing_change},
             "router_lipschitz": {a: report.router_lipschitz.get(a) for a in attacks if a in report.router_lipschitz},
@@ -256,6 +281,7 @@ class Reproduction:
             "active_parameters": report.active_parameters,
             "total_parameters": report.total_parameters,
             "flags": report.flag_names,
+            "routing_relevance": report.routing_relevance,
             # The busiest expert's share of the clean routing units, per MoE layer (1.0 = collapsed onto one expert).
             "busiest_expert_share": [max(layer) for layer in report.expert_usage.get("clean", [])] or None,
             "num_samples": report.num_samples,
@@ -277,7 +303,11 @@ class Reproduction:
         if result_path.exists():
             return read_json(result_path)
         label, method, start = DEFENSES[key]
-        model, info = self.trained_model(seed, key, method, start, {}, {})
+        epochs = None
+        if key == "moe-at-matched":  # as many PGD-AT epochs as J-TLAT's wall-clock time of this seed allows
+            jtlat, moe_at = self.defense(seed, "j-tlat")["train"], self.defense(seed, "moe-at")["train"]
+            epochs = max(round(jtlat["seconds"] / moe_at["seconds_per_epoch"], 1), 0.1)
+        model, info = self.trained_model(seed, key, method, start, {}, {}, epochs=epochs)
         if key == "moe-at":
             # The MoE AT model is also table (a)'s model: evaluate every attack once at the training ε and take this
             # row's numbers from that run (each attack's RNG depends only on (seed, batch, attack), so this equals a
@@ -316,9 +346,12 @@ class Reproduction:
             "robust": dict(report.robust_accuracy),
             "routing_change": dict(report.routing_change),
             "router_lipschitz": dict(report.router_lipschitz),
+            "frozen_routing": dict(report.frozen_routing),
+            "routing_relevance": report.routing_relevance,
             "worst_case": report.worst_case_accuracy,
             "worst_case_attacks": list(report.attacks),
             "flags": report.flag_names,
+            "routing_relevance": report.routing_relevance,
             "eval_seconds": seconds,
         }
         write_json(result_path, result)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import math
 import statistics
+
+from ..evaluation.paired_tests import mcnemar_exact, sign_test
 from .recipes import (
     ABLATIONS,
     ATTACK_LABELS,
@@ -79,6 +81,20 @@ def attack_table_markdown(results: dict, settings: Settings) -> str:
     lines.append("")
     lines.append(f"Model: MoE AT (PGD-AT, trained at ε={eps_name(settings.train_eps)}) from table (b). Seeds: {', '.join(map(str, seeds))} (mean ± std over seeds). "
                  "Routing change = 1 − IoU of the selected experts, clean vs adversarial (0 = no change).")
+    first_eps = eps_list[0]
+    if any(r.get("frozen_routing") for r in rows[first_eps].values()):
+        lines += ["", f"Frozen-routing controls at ε={eps_name(first_eps)} (robust accuracy %): the attack's perturbation "
+                  "with the routing held at the clean decisions (damage that does not go through routing), and the "
+                  "clean clip with the adversarial routing (damage routing alone does).", "",
+                  "| attack | robust | adversarial clip, clean routing | clean clip, adversarial routing |",
+                  "|---|---:|---:|---:|"]
+        for attack in ATTACK_TABLE_ATTACKS:
+            controls = [r.get("frozen_routing", {}).get(attack) for r in rows[first_eps].values()]
+            if not all(controls):
+                continue
+            lines.append(f"| {ATTACK_LABELS[attack]} | {fmt(values_of(rows[first_eps], lambda r, a=attack: r['robust'][a]))} | "
+                         f"{fmt([c['adv_input_clean_routing'] for c in controls])} | "
+                         f"{fmt([c['clean_input_adv_routing'] for c in controls])} |")
     return "\n".join(lines)
 
 
@@ -145,11 +161,14 @@ def ablation_table_markdown(results: dict, settings: Settings, seeds: list[int])
 
 
 def compare(rows_a: dict, rows_b: dict, getter, *, higher_is: str, what: str, unit_scale: float = 100.0,
-            unit: str = "%", digits: int = 1, resolution: float = 0.0) -> str:
-    """Claim: ``a`` > ``b`` (``higher_is="a"``) or ``a`` < ``b`` (``higher_is="b"``) on seed-matched values.
+            unit: str = "%", digits: int = 1, resolution: float = 0.0, per_clip: str | None = None) -> str:
+    """Claim: ``a`` > ``b`` (``higher_is="a"``) or ``a`` < ``b`` (``higher_is="b"``) on seed-matched values, judged by
+    the protocol's paired tests (docs/PROTOCOL.md).
 
-    holds: the mean difference is in the claimed direction by more than ``resolution`` and every common seed agrees
-    (ties allowed); mixed: right direction on average, not for every seed; does not hold: otherwise.
+    holds: the mean difference is in the claimed direction by more than ``resolution`` and the one-sided sign test
+    across seeds gives p < 0.05 (with 5 seeds: all five agree); right direction, not significant: the mean agrees
+    but the sign test does not; does not hold: otherwise. ``per_clip``: a row key holding per-clip correctness (e.g.
+    ``"worst_case_correct"``): an exact McNemar test per seed is added (how many seeds reach p < 0.05).
     """
     seeds = sorted(set(rows_a) & set(rows_b))
     pairs = []
@@ -168,17 +187,26 @@ def compare(rows_a: dict, rows_b: dict, getter, *, higher_is: str, what: str, un
     mean_a = statistics.fmean(a for a, _ in pairs)
     mean_b = statistics.fmean(b for _, b in pairs)
     mean_diff = statistics.fmean(diffs)
-    if mean_diff > resolution and all(d >= 0 for d in diffs):
+    p_value = sign_test(diffs, "greater")["p_value"]
+    if mean_diff > resolution and p_value < 0.05:
         verdict = "holds"
     elif mean_diff > resolution:
-        verdict = "mixed (right direction on average, not in every seed)"
+        verdict = "right direction, not significant"
     elif abs(mean_diff) <= resolution:
         verdict = "does not hold (no measurable difference)"
     else:
         verdict = "does not hold"
     n = len(pairs)
-    return (f"{what}: **{verdict}** ({unit_scale * mean_a:.{digits}f}{unit} vs {unit_scale * mean_b:.{digits}f}{unit}, "
-            f"{n} seed{'s' if n != 1 else ''})")
+    detail = (f"{unit_scale * mean_a:.{digits}f}{unit} vs {unit_scale * mean_b:.{digits}f}{unit}, "
+              f"{n} seed{'s' if n != 1 else ''}, one-sided sign test p = {p_value:.3g}")
+    if per_clip is not None:
+        tests = [mcnemar_exact(rows_a[s][per_clip], rows_b[s][per_clip],
+                               "greater" if higher_is == "a" else "less")
+                 for s in seeds if per_clip in rows_a[s] and per_clip in rows_b[s]]
+        if tests:
+            detail += (f"; McNemar per seed: p < 0.05 in {sum(t['p_value'] < 0.05 for t in tests)} of {len(tests)} "
+                       "(p = " + ", ".join(f"{t['p_value']:.2g}" for t in tests) + ")")
+    return f"{what}: **{verdict}** ({detail})"
 
 
 def what_holds(results: dict, settings: Settings, ablation_seeds: list[int]) -> list[str]:
@@ -237,12 +265,18 @@ def what_holds(results: dict, settings: Settings, ablation_seeds: list[int]) -> 
         if "j-tlat" in d and "moe-at" in d:
             for getter, what in ((acc("pgd"), "J-TLAT is more robust than MoE AT under PGD"),
                                  (acc("j-tlga"), "J-TLAT is more robust than MoE AT under J-TLGA"),
-                                 (lambda r: r["worst_case"], "J-TLAT has a higher worst case than MoE AT"),
                                  (lambda r: r["clean"], "J-TLAT keeps (or improves) the clean accuracy of MoE AT")):
                 out.append("- " + compare(d["j-tlat"], d["moe-at"], getter, higher_is="a", what=what, resolution=res))
+            out.append("- " + compare(d["j-tlat"], d["moe-at"], lambda r: r["worst_case"], higher_is="a",
+                                      what="J-TLAT has a higher worst case than MoE AT (primary endpoint)",
+                                      resolution=res, per_clip="worst_case_correct"))
             out.append("- " + compare(d["j-tlat"], d["moe-at"], lambda r: r["router_lipschitz"]["j-tlga"],
                                       higher_is="b", what="J-TLAT has a lower router Lipschitz estimate (Lips-R) "
                                       "than MoE AT", unit="", unit_scale=1.0, digits=3))
+        if "j-tlat" in d and "moe-at-matched" in d:
+            out.append("- " + compare(d["j-tlat"], d["moe-at-matched"], lambda r: r["worst_case"], higher_is="a",
+                                      what="J-TLAT has a higher worst case than MoE AT given the same wall-clock time",
+                                      resolution=res, per_clip="worst_case_correct"))
         if "j-tlat" in d and "dense-at" in d:
             out.append("- " + compare(d["j-tlat"], d["dense-at"], acc("pgd"), higher_is="a",
                                       what="J-TLAT (MoE) is more robust under PGD than dense AT", resolution=res))
@@ -284,9 +318,15 @@ def what_holds(results: dict, settings: Settings, ablation_seeds: list[int]) -> 
     base = {s: r for s, r in d.get("j-tlat", {}).items() if s in ablation_seeds}
     if ab and base:
         out.append("**Ablations (J-TLAT; worst-case accuracy, seed-matched with the full J-TLAT)**")
-        for name, what in (("temporal-uniform", "the published temporal step rule beats the uniform rule"),
-                           ("temporal-inverse", "the published temporal step rule beats the inverse rule"),
-                           ("no-lipschitz", "the Lipschitz term helps"),
+        for name, what in (("temporal-uniform", "the normalised temporal step rule beats the uniform rule"),
+                           ("temporal-published", "the normalised temporal step rule beats the published one"),
+                           ("temporal-inverse", "the normalised temporal step rule beats the inverse rule"),
+                           ("no-lipschitz", "the Lipschitz terms help"),
+                           ("one-lambda", "a λ per component beats the paper's single λ"),
+                           ("expert-tla-e", "step 2 on step 1's examples beats step 2 on TLA-E examples"),
+                           ("no-router-step", "step 1 (router) helps"),
+                           ("no-expert-step", "step 2 (experts) helps"),
+                           ("no-model-step", "step 3 (model) helps"),
                            ("no-aux", "the load-balancing loss helps robustness"),
                            ("no-guidance", "guidance (γ1) in the training attacks helps"),
                            ("balance-switch", "the sharp step-1 balance term helps robustness (vs the Switch loss)")):
@@ -306,8 +346,9 @@ def what_holds(results: dict, settings: Settings, ablation_seeds: list[int]) -> 
     n_eval = settings.eval_samples
     out.append(f"_Resolution: {n_eval} test clips, so one clip = {100 / n_eval:.2f} points; differences of a few points "
                "with this few seeds are within noise. Verdicts are produced by fixed rules (script: "
-               "`what_holds`): **holds** = right direction on average and in every seed, **mixed** = right on "
-               "average only, **does not hold** = otherwise._")
+               "`what_holds`, docs/PROTOCOL.md): **holds** = right direction on average and one-sided sign test over "
+               "seeds p < 0.05 (with 5 seeds: every seed agrees; with 3 or fewer no claim can hold), **right "
+               "direction, not significant** = right on average only, **does not hold** = otherwise._")
     return out
 
 

@@ -7,7 +7,15 @@ from dataclasses import dataclass, field
 
 from transformers import TrainingArguments
 
-from ..attacks import DEFAULT_GUIDANCE_WEIGHT, DEFAULT_LIPSCHITZ_WEIGHT, DEFAULT_ROUTER_WEIGHT, resolve_attack_name
+from ..attacks import (
+    DEFAULT_EXPERT_LIPSCHITZ_WEIGHT,
+    DEFAULT_GUIDANCE_WEIGHT,
+    DEFAULT_LIPSCHITZ_WEIGHT,
+    DEFAULT_ROUTER_LIPSCHITZ_WEIGHT,
+    DEFAULT_ROUTER_WEIGHT,
+    TEMPORAL_STEPS,
+    resolve_attack_name,
+)
 from .methods import METHODS
 
 # Training methods, in the order of the paper's comparison table.
@@ -18,7 +26,6 @@ MOE_ONLY_METHODS = tuple(name for name, method in METHODS.items() if method.requ
 JTLAT_STEPS = ("router", "expert", "model")
 JTLAT_ROUTER_BALANCES = ("switch", "sharp")
 _JTLAT_STEP_ALIASES = {"1": "router", "2": "expert", "3": "model", "experts": "expert", "routers": "router"}
-TEMPORAL_STEPS = ("published", "uniform", "inverse")
 NORMS = ("linf", "l2")
 # Robust-evaluation metric names (without the `eval_` prefix) that `metric_for_best_model` may select.
 ROBUST_METRIC_PREFIX = "robust_accuracy_"
@@ -69,9 +76,18 @@ class AdversarialTrainingArguments(TrainingArguments):
             Attack that generates the training examples of the single-stage methods; `None` uses the method's
             attack: `pgd` for PGD-AT and AdvMoE's expert step, `tla-m` for TLAT. TRADES always maximises its own KL
             term.
-        lipschitz_weight (`float`, *optional*, defaults to 1e-5):
-            λ, the weight of the temporal Lipschitz term L_Lip(g) = MSE(g(x), g(x+δ)) / MSE(x, x+δ) in the losses of
-            TLAT and J-TLAT and in the paper's attacks. `>= 0`.
+        lipschitz_weight (`float`, *optional*, defaults to 1.7e-5):
+            λ_F, the weight of the temporal Lipschitz term L_Lip(F) = MSE(F(x), F(x+δ)) / MSE(x, x+δ) of the whole
+            model in the losses of TLAT and J-TLAT step 3 and in the paper's model and joint attacks. `>= 0`.
+        expert_lipschitz_weight (`float`, *optional*, defaults to 7e-6):
+            λ_E, the weight of L_Lip(E_i) in J-TLAT step 2 and in TLA-E. `>= 0`.
+        router_lipschitz_weight (`float`, *optional*, defaults to 4e-3):
+            λ_R, the weight of the router's L_Lip(R) (on router probabilities) in J-TLAT step 1 and in the paper's
+            router and joint attacks. `>= 0`. Router probabilities move some 10⁴ times less than logits, so one λ for
+            all three terms left step 1's Lipschitz term at ≈ 1e-4 of its cross-entropy. Each default puts its term
+            at a quarter of its cross-entropy on the demo's mixture before adversarial training (the model J-TLAT
+            starts from; `python scripts/calibrate_lipschitz.py`, docs/lipschitz_calibration.md). The ratios shrink
+            as training makes the model smoother, and the fractions with them.
         lipschitz_detach_clean (`bool`, *optional*, defaults to `True`):
             In the training losses, treat the clean side ``g(x)`` of every Lipschitz term as a fixed target: the
             gradient pulls ``g(x + δ)`` toward ``g(x)`` (consistency-training style) instead of pulling both toward
@@ -83,12 +99,18 @@ class AdversarialTrainingArguments(TrainingArguments):
             γ2, the weight of the router term in J-TLGA (attack of J-TLAT step 3). `>= 0`.
         temporal_momentum (`float`, *optional*, defaults to 0.9):
             β of the temporal adaptive step of the paper's attacks, in [0, 1].
-        temporal_step (`str`, *optional*, defaults to `"published"`):
-            `"published"`, `"uniform"` or `"inverse"` per-frame step rule of the paper's attacks.
+        temporal_step (`str`, *optional*, defaults to `"normalized"`):
+            Per-frame step rule of the paper's attacks: `"normalized"` (the published rule rescaled so a clip's
+            mean step is the uniform one), `"published"` (as printed: every frame's step at most the uniform one),
+            `"uniform"` or `"inverse"` (see `hf_videomoe.attacks.temporal_step_sizes`).
         trades_beta (`float`, *optional*, defaults to 6.0):
             β of TRADES: `CE(f(x), y) + β · KL(f(x) ‖ f(x_adv))`. `>= 0`.
         jtlat_router_attack (`str`, *optional*, defaults to `"tlga-r"`):
             Attack generating the examples of J-TLAT steps 1 and 2: `"tlga-r"`, `"tla-r"` or `"pgd-r"`.
+        jtlat_expert_attack (`str`, *optional*):
+            Attack generating the examples of J-TLAT step 2: `None` (default) reuses step 1's router-attack examples
+            as the paper does; `"tla-e"` attacks each clip's clean top-1 expert path directly (TLA-E), so the experts
+            train on examples aimed at them.
         jtlat_model_attack (`str`, *optional*, defaults to `"j-tlga"`):
             Attack generating the examples of J-TLAT step 3: `"j-tlga"`, `"j-tla"`, `"tla-m"` or `"pgd"`.
         jtlat_reuse_adversarial (`bool`, *optional*, defaults to `False`):
@@ -165,7 +187,13 @@ class AdversarialTrainingArguments(TrainingArguments):
         metadata={"help": "Attack for single-stage methods (None: pgd for PGD-AT/AdvMoE, tla-m for TLAT)."},
     )
     lipschitz_weight: float = field(
-        default=DEFAULT_LIPSCHITZ_WEIGHT, metadata={"help": "λ, weight of the temporal Lipschitz terms."}
+        default=DEFAULT_LIPSCHITZ_WEIGHT, metadata={"help": "λ_F, weight of the model's temporal Lipschitz term."}
+    )
+    expert_lipschitz_weight: float = field(
+        default=DEFAULT_EXPERT_LIPSCHITZ_WEIGHT, metadata={"help": "λ_E, weight of the experts' Lipschitz term."}
+    )
+    router_lipschitz_weight: float = field(
+        default=DEFAULT_ROUTER_LIPSCHITZ_WEIGHT, metadata={"help": "λ_R, weight of the routers' Lipschitz term."}
     )
     lipschitz_detach_clean: bool = field(
         default=True,
@@ -177,12 +205,15 @@ class AdversarialTrainingArguments(TrainingArguments):
     )
     temporal_momentum: float = field(default=0.9, metadata={"help": "β of the temporal adaptive step, in [0, 1]."})
     temporal_step: str = field(
-        default="published",
+        default="normalized",
         metadata={"help": "Per-frame step rule of the paper's attacks.", "choices": list(TEMPORAL_STEPS)},
     )
     trades_beta: float = field(default=6.0, metadata={"help": "β of TRADES."})
     jtlat_router_attack: str = field(
         default="tlga-r", metadata={"help": "Attack of J-TLAT steps 1-2: tlga-r, tla-r or pgd-r."}
+    )
+    jtlat_expert_attack: str | None = field(
+        default=None, metadata={"help": "Attack of J-TLAT step 2: None (step 1's examples) or tla-e."}
     )
     jtlat_model_attack: str = field(
         default="j-tlga", metadata={"help": "Attack of J-TLAT step 3: j-tlga, j-tla, tla-m or pgd."}
@@ -249,7 +280,8 @@ class AdversarialTrainingArguments(TrainingArguments):
             _check_int("eval_max_samples", self.eval_max_samples, 1)
         if self.adv_step_size is not None:
             _check_range("adv_step_size", self.adv_step_size, 0.0, low_inclusive=False)
-        for name in ("lipschitz_weight", "guidance_weight", "router_weight", "trades_beta", "jtlat_router_balance_weight"):
+        for name in ("lipschitz_weight", "expert_lipschitz_weight", "router_lipschitz_weight", "guidance_weight",
+                     "router_weight", "trades_beta", "jtlat_router_balance_weight"):
             _check_range(name, getattr(self, name), 0.0)
         _check_range("temporal_momentum", self.temporal_momentum, 0.0, 1.0)
         if self.adv_norm not in NORMS:
@@ -269,6 +301,8 @@ class AdversarialTrainingArguments(TrainingArguments):
             raise ValueError(
                 f"jtlat_router_attack must be 'tlga-r', 'tla-r' or 'pgd-r', got {self.jtlat_router_attack!r}."
             )
+        if self.jtlat_expert_attack not in (None, "tla-e"):
+            raise ValueError(f"jtlat_expert_attack must be None or 'tla-e', got {self.jtlat_expert_attack!r}.")
         if self.jtlat_model_attack not in ("j-tlga", "j-tla", "tla-m", "pgd"):
             raise ValueError(
                 f"jtlat_model_attack must be 'j-tlga', 'j-tla', 'tla-m' or 'pgd', got {self.jtlat_model_attack!r}."
@@ -301,13 +335,24 @@ class AdversarialTrainingArguments(TrainingArguments):
                 "leaves parameters unused under DistributedDataParallel: keep ddp_find_unused_parameters=True."
             )
 
+    def paper_attack_kwargs(self, attack_cls) -> dict:
+        """The temporal-step rule, γ1, γ2, λ_R and β of these arguments for one of the paper's attacks, with its
+        ``lipschitz_weight`` set to the λ of the component it attacks (λ_R for router attacks, λ_E for TLA-E, λ_F
+        otherwise)."""
+        kwargs = {key: getattr(self, key) for key in ("guidance_weight", "router_weight", "router_lipschitz_weight",
+                                                      "temporal_momentum", "temporal_step")}
+        weights = {"router": self.router_lipschitz_weight, "expert": self.expert_lipschitz_weight,
+                   "model": self.lipschitz_weight}
+        kwargs["lipschitz_weight"] = weights[getattr(attack_cls, "lipschitz_component", "model")]
+        return kwargs
+
     def adversarial_recipe(self) -> dict:
         """The adversarial-training settings as a JSON-serialisable dict (for model cards and logs)."""
         keys = (
             "adv_method", "adv_eps", "adv_steps", "adv_step_size", "adv_norm", "adv_attack", "lipschitz_weight",
-            "lipschitz_detach_clean",
+            "expert_lipschitz_weight", "router_lipschitz_weight", "lipschitz_detach_clean",
             "guidance_weight", "router_weight", "temporal_momentum", "temporal_step", "trades_beta",
-            "jtlat_router_attack", "jtlat_model_attack", "jtlat_reuse_adversarial", "jtlat_steps", "jtlat_top_k", "jtlat_router_target", "jtlat_router_balance_weight",
+            "jtlat_router_attack", "jtlat_expert_attack", "jtlat_model_attack", "jtlat_reuse_adversarial", "jtlat_steps", "jtlat_top_k", "jtlat_router_target", "jtlat_router_balance_weight",
             "jtlat_router_balance", "jtlat_router_balance_temperature",
             "advmoe_router_attack", "eval_attacks", "eval_attack_eps", "eval_attack_steps", "eval_max_samples",
         )  # fmt: skip

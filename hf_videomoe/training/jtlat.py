@@ -26,15 +26,18 @@ class JTLATTrainer(AdversarialTrainer):
     r"""[`AdversarialTrainer`] running the paper's J-TLAT: three steps on every batch, each on its own parameter group.
 
     1. **Router step** (``"router"``, router parameters only): on router-attack examples ``x_r`` (TLGA-R by default,
-       ``jtlat_router_attack``), minimise ``ℓ_Router = CE(R(x_r), r(x)) + λ · L_Lip(R; x, x_r)`` — routing
+       ``jtlat_router_attack``), minimise ``ℓ_Router = CE(R(x_r), r(x)) + λ_R · L_Lip(R; x, x_r)`` — routing
        consistency with the clean top-1 decisions ``r(x)`` plus the router's Lipschitz ratio, averaged over MoE
        layers and routing units.
-    2. **Expert step** (``"expert"``, expert parameters only): on the same ``x_r``, take for each clip the top-2
+    2. **Expert step** (``"expert"``, expert parameters only): on the same ``x_r`` (or on TLA-E examples aimed at
+       each clip's clean top-1 expert path, ``jtlat_expert_attack="tla-e"``), take for each clip the top-2
        experts 𝓘 of the clip-level router probabilities ``R(x_r)`` (`clip_router_probabilities`) and minimise
-       ``Σ_{i∈𝓘} w_i [CE(E_i(x_r), y) + λ · L_Lip(E_i; x, x_r)]``, where ``E_i`` is the model with every MoE layer
+       ``Σ_{i∈𝓘} w_i [CE(E_i(x_r), y) + λ_E · L_Lip(E_i; x, x_r)]``, where ``E_i`` is the model with every MoE layer
        forced to expert ``i`` and ``w_i`` the two router probabilities renormalised to sum to 1 (detached).
     3. **Model step** (``"model"``, all parameters): on joint-attack examples ``x_m`` (J-TLGA by default,
-       ``jtlat_model_attack``), minimise ``CE(F(x_m), y) + λ · L_Lip(F; x, x_m)`` plus the MoE auxiliary loss.
+       ``jtlat_model_attack``), minimise ``CE(F(x_m), y) + λ_F · L_Lip(F; x, x_m)`` plus the MoE auxiliary loss.
+
+    Each λ is its own argument (``router_lipschitz_weight``, ``expert_lipschitz_weight``, ``lipschitz_weight``).
 
     All three steps use the weights at the start of the optimizer step: each back-propagates into its own group
     (``requires_grad`` toggling), gradients add up in ``.grad``, and one optimizer step applies the sum. This keeps
@@ -78,9 +81,10 @@ class JTLATTrainer(AdversarialTrainer):
     def training_phases(self) -> list[TrainingPhase]:
         args = self.args
         router_attack = args.jtlat_model_attack if args.jtlat_reuse_adversarial else args.jtlat_router_attack
+        expert_attack = args.jtlat_expert_attack or router_attack
         phases = {
             "router": TrainingPhase("router", "J-TLAT step 1 (router)", "router", router_attack),
-            "expert": TrainingPhase("expert", "J-TLAT step 2 (expert)", "expert", router_attack),
+            "expert": TrainingPhase("expert", "J-TLAT step 2 (expert)", "expert", expert_attack),
             "model": TrainingPhase("model", "J-TLAT step 3 (model)", "all", args.jtlat_model_attack),
         }
         if self.fuses_router_and_model_steps:
@@ -170,10 +174,10 @@ class JTLATTrainer(AdversarialTrainer):
         consistency = router_consistency_ce(adv_rl, clean_rl, soft_targets=self.args.jtlat_router_target == "soft")
         terms = {"router_ce": consistency}
         per_sample = consistency
-        if self.args.lipschitz_weight:
+        if self.args.router_lipschitz_weight:
             lip = router_lipschitz_ratio(clean_rl, adv_rl, x, x_adv)
             terms["lipschitz_router"] = lip
-            per_sample = consistency + self.args.lipschitz_weight * lip
+            per_sample = consistency + self.args.router_lipschitz_weight * lip
         if self.args.jtlat_router_balance_weight:
             # Counterweight to the self-reinforcing consistency CE, which otherwise collapses routing (METHOD.md §3).
             config = self.accelerator.unwrap_model(self.model).config
@@ -224,7 +228,7 @@ class JTLATTrainer(AdversarialTrainer):
         indices, weights = self.expert_selection(model, phase)
         unwrapped = self.accelerator.unwrap_model(model)
         num_experts = unwrapped.config.num_experts
-        lipschitz_weight = self.args.lipschitz_weight
+        lipschitz_weight = self.args.expert_lipschitz_weight
         num_items = step.num_items_in_batch
         distributed = self.accelerator.num_processes > 1
 

@@ -45,8 +45,6 @@ from .tlat import lipschitz_model_loss
 
 logger = logging.get_logger(__name__)
 
-# Attacks of the paper that take the temporal-step and Lipschitz / guidance / router weights.
-_PAPER_ATTACK_KWARGS = ("lipschitz_weight", "guidance_weight", "router_weight", "temporal_momentum", "temporal_step")
 
 
 class AdversarialTrainer(RobustReportingMixin, Trainer):
@@ -230,15 +228,16 @@ class AdversarialTrainer(RobustReportingMixin, Trainer):
         """`build_attack` keyword arguments for attack ``name`` under these arguments.
 
         The paper's attacks (those with temporal adaptive steps: ``tla-*``, ``tlga-r``, ``j-tla``, ``j-tlga``) also get
-        λ, γ1, γ2, β and the temporal step rule; standard attacks keep their own (uniform-step) defaults.
+        the λ of the component they attack (λ_R for router attacks, λ_E for TLA-E, λ_F and λ_R for the joint ones),
+        γ1, γ2, β and the temporal step rule; standard attacks keep their own (uniform-step) defaults.
         """
         args = self.args
         cls = ATTACKS[name]
         kwargs: dict[str, Any] = {"eps": eps, "steps": steps, "norm": args.adv_norm}
         if step_size is not None:
             kwargs["step_size"] = step_size
-        if getattr(cls, "default_temporal_step", None) == "published":
-            kwargs.update({key: getattr(args, key) for key in _PAPER_ATTACK_KWARGS})
+        if getattr(cls, "default_temporal_step", "uniform") != "uniform":
+            kwargs.update(args.paper_attack_kwargs(cls))
         accepted = cls.accepted_kwargs()
         return {key: value for key, value in kwargs.items() if key in accepted}
 
