@@ -302,6 +302,7 @@ def cmd_evaluate(args) -> None:
         model, dataset, attacks=attacks, eps=args.eps, steps=args.steps, norm=args.norm, seed=args.seed,
         batch_size=args.batch_size, eps_sweep=eps_sweep, state_dir=args.state_dir, dataset_name=dataset_name,
         mode=args.mode,
+        exact_attacks=[a for a in args.exact_attacks.split(",") if a] if args.exact_attacks else None,
     )
     output_dir = Path(args.output_dir or Path(args.model) / "robustness")
     output_dir.mkdir(parents=True, exist_ok=True)
@@ -431,6 +432,8 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--mode", default="full", choices=("full", "cascade"),
                           help="full: every attack on every clip; cascade: each attack only on the clips still "
                                "standing (AutoAttack's; same worst case, faster). --attacks may name 'autoattack'.")
+    evaluate.add_argument("--exact-attacks", default=None,
+                          help="With --mode cascade: comma-separated attacks that still run on every clip first.")
     _add_attack_arguments(evaluate, many=True)
     _add_data_arguments(evaluate)
     evaluate.set_defaults(func=cmd_evaluate)

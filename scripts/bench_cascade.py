@@ -91,7 +91,7 @@ def main(argv=None) -> int:
     lines += [
         f"| **worst case** | **{100 * full.worst_case_accuracy:.1f} %** | **{100 * cascade.worst_case_accuracy:.1f} %** | |",
         "",
-        f"Wall clock: full {seconds['full']:.1f} s, cascade {seconds['cascade']:.1f} s — **{speedup:.1f}× faster** "
+        f"Wall clock: full {seconds['full']:.1f} s, cascade {seconds['cascade']:.1f} s — **{speedup:.2f}× faster** "
         f"(target ≥ 2×). Worst case identical clip by clip: **{'yes' if identical else 'NO'}**.",
     ]
     text = "\n".join(lines) + "\n"

@@ -254,6 +254,10 @@ AT_VARIANTS = {  # ordered so that with --shard i/2 each process builds one mixt
     "round 10: J-TLAT, calibrated λ per component, published step": dict(
         moe_epochs=30, method="j-tlat", learning_rate=5e-4, router_granularity="model", cluster=True,
         train_args=dict(temporal_step="published")),
+    # Issue 14 asks for the soft router target as default if it measures better (same rule).
+    "round 10: J-TLAT, new defaults, soft router target": dict(
+        moe_epochs=30, method="j-tlat", learning_rate=5e-4, router_granularity="model", cluster=True,
+        train_args=dict(jtlat_router_target="soft")),
 }
 
 

@@ -71,9 +71,10 @@ def test_train_attack_evaluate(trained_model, tmp_path, capsys):
 
     cascade_dir = tmp_path / "cascade"
     main(["evaluate", "--model", str(trained_model), "--attacks", "pgd,j-tlga", "--steps", "2", "--num-samples", "8",
-          "--mode", "cascade", "--output-dir", str(cascade_dir), *TINY_DATA])
+          "--mode", "cascade", "--exact-attacks", "pgd", "--output-dir", str(cascade_dir), *TINY_DATA])
     cascade = json.loads((cascade_dir / "report.json").read_text())
     assert cascade["mode"] == "cascade" and cascade["worst_case_accuracy"] == report["worst_case_accuracy"]
+    assert cascade["exact_attacks"] == ["pgd"] and cascade["robust_accuracy"]["pgd"] == report["robust_accuracy"]["pgd"]
 
 
 def test_push_to_loopback_hub(trained_model, tmp_path):

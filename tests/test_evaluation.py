@@ -685,8 +685,38 @@ def test_cascade_mode_refuses_what_it_cannot_compute(model, data):
         evaluate_robustness(model, data, attacks=["fgsm"], mode="auto", progress=False)
     with pytest.raises(ValueError, match="cascade.*eps_sweep"):
         evaluate_robustness(model, data, attacks=["fgsm"], mode="cascade", eps_sweep=[4 / 255], progress=False)
-    with pytest.raises(ValueError, match="cascade.*check_steps"):
+    with pytest.raises(ValueError, match="check_steps in mode='cascade'.*exact_attacks"):
         evaluate_robustness(model, data, attacks=["pgd"], mode="cascade", check_steps=True, progress=False)
+    with pytest.raises(ValueError, match="exact_attacks only applies"):
+        evaluate_robustness(model, data, attacks=["pgd"], exact_attacks=["pgd"], progress=False)
+    with pytest.raises(ValueError, match=r"exact_attacks \['apgd-ce'\] are not among"):
+        evaluate_robustness(model, data, attacks=["pgd"], mode="cascade", exact_attacks=["apgd-ce"], progress=False)
+
+
+def test_cascade_with_exact_attacks(model, data):
+    """Exact attacks run on every clip with their own accuracy, diagnostics and steps check; the cascade starts from
+    the clips they leave standing; the worst case is still the full mode's."""
+    common = dict(attacks=CASCADE_ATTACKS, eps=8 / 255, seed=0, batch_size=4, return_per_sample=True, progress=False,
+                  compute_cost=False, check_gradients=False, check_determinism=False)
+    full = evaluate_robustness(model, data, **common)
+    attacked = []
+    hybrid = evaluate_robustness(model, data, mode="cascade", exact_attacks=["pgd", "j-tlga"], check_steps=True,
+                                 check_steps_samples=4, **common,
+                                 callback=lambda info: attacked.append(info["record"]["attacks"]["square"]["attacked"]))
+    assert hybrid.per_sample["worst_case_correct"] == full.per_sample["worst_case_correct"]
+    for exact in ("pgd", "j-tlga"):
+        assert hybrid.robust_accuracy[exact] == full.robust_accuracy[exact]
+        assert hybrid.routing_change[exact] == full.routing_change[exact] and exact in hybrid.frozen_routing
+        assert not hybrid.is_cumulative(exact)
+    assert hybrid.is_cumulative("fgsm") and "fgsm" not in hybrid.routing_change
+    assert set(hybrid.steps_check) == {"pgd"}
+    # FGSM, the first cascaded attack, starts from the clips robust to both exact attacks
+    both = [p == l and q == l for p, q, l in zip(full.per_sample["predictions"]["pgd"],
+                                                  full.per_sample["predictions"]["j-tlga"], full.per_sample["label"])]
+    clean = [p == l for p, l in zip(full.per_sample["clean_prediction"], full.per_sample["label"])]
+    assert hybrid.robust_accuracy["fgsm"] <= sum(a and c for a, c in zip(both, clean)) / NUM_SAMPLES
+    assert "after FGSM" in hybrid.accuracy_table() and "after PGD" not in hybrid.accuracy_table()
+    assert RobustnessReport.from_json(hybrid.to_json()).exact_attacks == ["pgd", "j-tlga"]
 
 
 def test_autoattack_preset_expands_to_its_standard_settings():

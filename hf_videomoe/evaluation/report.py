@@ -127,6 +127,8 @@ class RobustnessReport:
         mode: ``"full"`` (every attack on every sample) or ``"cascade"`` (each attack on the samples still standing:
             ``robust_accuracy`` is then cumulative, the accuracy after the attacks up to and including each one, and
             the perturbation energy counts the samples an attack did not run on as 0).
+        exact_attacks: in cascade mode, the attacks that ran on every sample first (their accuracies are their own;
+            the cascade's are cumulative over them too).
     """
 
     clean_accuracy: float
@@ -164,6 +166,7 @@ class RobustnessReport:
     versions: dict[str, str] = field(default_factory=dict)
     per_sample: dict[str, Any] | None = None
     mode: str = "full"
+    exact_attacks: list[str] = field(default_factory=list)
 
     # -- derived ------------------------------------------------------------------------------------------------------
     @property
@@ -177,6 +180,10 @@ class RobustnessReport:
         if not self.flops or not self.dense_flops:
             return None
         return 1.0 - self.flops / self.dense_flops
+
+    def is_cumulative(self, attack: str) -> bool:
+        """Whether ``robust_accuracy[attack]`` counts every earlier attack too (cascade mode), not this one alone."""
+        return self.mode == "cascade" and attack not in self.exact_attacks
 
     @property
     def flag_names(self) -> list[str]:
@@ -258,7 +265,7 @@ class RobustnessReport:
     def accuracy_table(self) -> str:
         """Markdown table: clean, each attack (with routing change and Lips-R for MoE models), worst case."""
         moe = self.is_moe
-        header = "| Evaluation | Accuracy after it (cascade) |" if self.mode == "cascade" else "| Evaluation | Accuracy |"
+        header = "| Evaluation | Accuracy |"
         rule = "|---|---:|"
         if moe:
             header += " Routing change | Lips-R |"
@@ -270,7 +277,10 @@ class RobustnessReport:
         rows.append(f"| Clean | {_percent(self.clean_accuracy)} |{pad} – | – | – |")
         for attack in self.attacks:
             settings = self.attack_settings.get(attack, {})
-            row = f"| {self.attack_label(attack)} | {_percent(self.robust_accuracy.get(attack))} |"
+            label = self.attack_label(attack)
+            if self.is_cumulative(attack):
+                label = f"after {label} (cascade: with every earlier attack)"
+            row = f"| {label} | {_percent(self.robust_accuracy.get(attack))} |"
             if moe:
                 row += f" {_percent(self.routing_change.get(attack))} | {_number(self.router_lipschitz.get(attack))} |"
             step_size = settings.get("step_size")

@@ -200,6 +200,7 @@ def evaluate_robustness(
     progress: bool = True,
     callback: Callable[[dict[str, Any]], None] | None = None,
     mode: str = "full",
+    exact_attacks: Sequence[str] | None = None,
 ) -> RobustnessReport:
     """Evaluate clean, per-attack and worst-case accuracy of a video classifier, with MoE routing diagnostics.
 
@@ -243,6 +244,9 @@ def evaluate_robustness(
             sweep and steps check) or ``"cascade"`` (AutoAttack's: each attack only on the samples still standing;
             the same worst case, cumulative per-attack accuracies, no per-attack routing diagnostics, sweep or steps
             check; ``scripts/bench_cascade.py`` measures the saving).
+        exact_attacks: with ``mode="cascade"``, attacks that still run on every sample first, with their own
+            accuracy, routing diagnostics and (if asked) steps check; the cascade then starts from the samples the
+            clean pass and all of them left standing (e.g. the paper's attacks exact, AutoAttack's cascaded).
 
     Returns:
         A [`RobustnessReport`]; identical on every process.
@@ -257,10 +261,12 @@ def evaluate_robustness(
         raise ValueError(f"norm must be 'linf' or 'l2', got {norm!r}.")
     if mode not in ("full", "cascade"):
         raise ValueError(f"mode must be 'full' or 'cascade', got {mode!r}.")
-    if mode == "cascade" and (eps_sweep is not None or check_steps):
+    if mode == "cascade" and eps_sweep is not None:
         raise ValueError("mode='cascade' runs each attack only on the samples still standing, so it has no "
-                         "per-attack accuracy to sweep over ε or to check against doubled steps; use mode='full' "
-                         "for eps_sweep / check_steps.")
+                         "per-attack accuracy to sweep over ε; use mode='full' for eps_sweep.")
+    if exact_attacks is not None and mode != "cascade":
+        raise ValueError("exact_attacks only applies to mode='cascade' (in full mode every attack runs on every "
+                         "sample).")
     eps = check_eps(eps, norm, "eps")
     if eps_sweep is not None:
         eps_sweep = list(eps_sweep)
@@ -289,6 +295,10 @@ def evaluate_robustness(
     shared = {"eps": eps, "norm": norm, "steps": steps, "step_size": step_size, "seed": seed}
     specs = resolve_attacks(attacks, shared=shared, extra=dict(attack_kwargs or {}), moe=moe)
     labels = [s.label for s in specs]
+    exact_attacks = list(exact_attacks or [])
+    unknown = [a for a in exact_attacks if a not in labels]
+    if unknown:
+        raise ValueError(f"exact_attacks {unknown} are not among the evaluated attacks {labels}.")
     if sweep_attacks is None:
         sweep_attacks = labels if eps_sweep else []
     else:
@@ -309,6 +319,14 @@ def evaluate_robustness(
             if unknown:
                 raise ValueError(f"check_steps_attacks {unknown} are not among the evaluated attacks {labels}.")
             chosen = [s for s in specs if s.label in names]
+        if mode == "cascade":
+            if check_steps_attacks is None:
+                chosen = [s for s in chosen if s.label in exact_attacks][:1] or chosen
+            cascaded = [s.label for s in chosen if s.label not in exact_attacks]
+            if cascaded:
+                raise ValueError(f"check_steps in mode='cascade' needs attacks that run on every sample, but {cascaded} "
+                                 "run only on the samples still standing; list them in exact_attacks or use "
+                                 "mode='full'.")
         for spec in chosen:
             base_steps = int(spec.settings().get("steps", getattr(spec.attack, "steps", 1)) or 1)
             steps_check[spec.label] = 2 * base_steps
@@ -330,6 +348,7 @@ def evaluate_robustness(
         steps_check_samples=int(check_steps_samples),
         return_per_sample=bool(return_per_sample),
         cascade=mode == "cascade",
+        exact_attacks=tuple(exact_attacks),
     )
     dist = resolve_distributed(accelerator)
 
@@ -355,6 +374,7 @@ def evaluate_robustness(
         }
         if mode != "full":  # absent in full mode, so state written before the option existed still resumes
             settings["mode"] = mode
+            settings["exact_attacks"] = exact_attacks
         settings = json.loads(json.dumps(settings))
         store = StateStore(state_dir, settings, dist)
 
@@ -450,5 +470,6 @@ def evaluate_robustness(
         versions=_versions(),
         per_sample=agg.get("per_sample"),
         mode=mode,
+        exact_attacks=exact_attacks,
         **cost,
     )

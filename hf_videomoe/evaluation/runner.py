@@ -66,6 +66,8 @@ class EvaluationOptions:
     #: AutoAttack's order of work: each attack runs only on the clips that every earlier attack (and the clean pass)
     #: left correctly classified; the others get prediction -1 for it.
     cascade: bool = False
+    #: In cascade mode, attacks that still run on every clip (with all their diagnostics) before the cascade starts.
+    exact_attacks: tuple[str, ...] = ()
 
 
 class BatchEvaluator:
@@ -147,6 +149,24 @@ class BatchEvaluator:
         moved = (per_sample_mse(x, adv) > 0).cpu().tolist()
         return [r if m else None for r, m in zip(ratio, moved)]
 
+    def full_attack(self, spec: AttackSpec, x, y, batch_index: int, clean_rl, clean_routing) -> dict[str, Any]:
+        """Run ``spec`` on every clip of the batch: predictions, perturbation energy and, for MoE models, the routing
+        diagnostics and frozen-routing controls."""
+        adv = self.attack(spec.attack, x, y, batch_index, spec.label)
+        adv_logits, adv_rl, adv_routing = self.recorded_forward(adv)
+        delta = (adv.float() - x.float())
+        entry: dict[str, Any] = {
+            "pred": adv_logits.argmax(-1).tolist(),
+            "energy_sum": delta.pow(2).sum(dim=(2, 3, 4)).double().sum(dim=0).tolist(),
+            "linf": float(delta.abs().max()) if delta.numel() else 0.0,
+        }
+        if self.diagnostics and clean_rl and adv_rl:
+            entry["routing_change"] = self.routing_change(clean_rl, adv_rl).tolist()
+            entry["router_lipschitz"] = self.router_lipschitz(clean_rl, adv_rl, x, adv)
+            entry["usage"] = self.usage_counts(adv_rl)
+            entry["frozen_routing"] = frozen_routing_predictions(self.model, x, adv, clean_routing, adv_routing)
+        return entry
+
     def cascade_attack(self, spec: AttackSpec, x, y, batch_index: int, standing: torch.Tensor) -> dict[str, Any]:
         """Run ``spec`` on the clips still ``standing`` (updated in place: the ones it fools fall). Every attack of
         this library draws its randomness per clip from the clip itself, so a clip gets the same adversarial example
@@ -191,26 +211,16 @@ class BatchEvaluator:
             record["relevance"] = relevance_predictions(self.model, x, seed=derive_seed(o.seed, k, "relevance"))
 
         record["attacks"] = {}
+        for spec in self.specs:
+            if not o.cascade or spec.label in o.exact_attacks:
+                record["attacks"][spec.label] = self.full_attack(spec, x, y, k, clean_rl, clean_routing)
         if o.cascade:
             standing = torch.tensor([p == l for p, l in zip(record["clean_pred"], record["labels"])], dtype=torch.bool)
+            for entry in record["attacks"].values():
+                standing &= torch.tensor([p == l for p, l in zip(entry["pred"], record["labels"])], dtype=torch.bool)
             for spec in self.specs:
-                record["attacks"][spec.label] = self.cascade_attack(spec, x, y, k, standing)
-            return record
-        for spec in self.specs:
-            adv = self.attack(spec.attack, x, y, k, spec.label)
-            adv_logits, adv_rl, adv_routing = self.recorded_forward(adv)
-            delta = (adv.float() - x.float())
-            entry: dict[str, Any] = {
-                "pred": adv_logits.argmax(-1).tolist(),
-                "energy_sum": delta.pow(2).sum(dim=(2, 3, 4)).double().sum(dim=0).tolist(),
-                "linf": float(delta.abs().max()) if delta.numel() else 0.0,
-            }
-            if self.diagnostics and clean_rl and adv_rl:
-                entry["routing_change"] = self.routing_change(clean_rl, adv_rl).tolist()
-                entry["router_lipschitz"] = self.router_lipschitz(clean_rl, adv_rl, x, adv)
-                entry["usage"] = self.usage_counts(adv_rl)
-                entry["frozen_routing"] = frozen_routing_predictions(self.model, x, adv, clean_routing, adv_routing)
-            record["attacks"][spec.label] = entry
+                if spec.label not in o.exact_attacks:
+                    record["attacks"][spec.label] = self.cascade_attack(spec, x, y, k, standing)
 
         if o.eps_sweep:
             record["sweep"] = {}

@@ -135,7 +135,7 @@ def _eval_results(report: RobustnessReport, dataset_name: str, dataset_type: str
                 args[key] = value
         args["num_samples"] = int(report.num_samples)
         name = f"Robust accuracy ({report.attack_label(attack)})"
-        if report.mode == "cascade":  # accuracy after this attack and every earlier one, not under it alone
+        if report.is_cumulative(attack):  # accuracy after this attack and every earlier one, not under it alone
             args["mode"] = "cascade"
             name = f"Robust accuracy after {report.attack_label(attack)} (cascade: with every earlier attack)"
         results.append(EvalResult(**common, metric_value=float(report.robust_accuracy[attack]), metric_name=name,
@@ -200,7 +200,8 @@ def _cli_command(report: RobustnessReport, repo_id: str | None, dataset_name: st
         values = sorted({e for curve in report.eps_sweep.values() for e in curve})
         cmd.append("--eps-sweep " + ",".join(f"{e * 255:g}" for e in values))
     if report.mode != "full":
-        cmd.append(f"--mode {report.mode}")
+        cmd.append(f"--mode {report.mode}" + (f" --exact-attacks {','.join(report.exact_attacks)}"
+                                              if report.exact_attacks else ""))
     if _is_moving_shapes(dataset_name):
         kw = _moving_shapes_kwargs(report, dataset_kwargs)
         cmd.append("--dataset moving-shapes")
@@ -247,7 +248,8 @@ def _reproduce_section(
         kwargs.append(f"steps={report.steps}")
     kwargs += [f"seed={report.seed}", f"batch_size={report.batch_size or 8}"]
     if report.mode != "full":
-        kwargs.append(f"mode={report.mode!r}")
+        kwargs.append(f"mode={report.mode!r}" + (f", exact_attacks={report.exact_attacks!r}"
+                                                 if report.exact_attacks else ""))
     if report.eps_sweep:
         values = sorted({e for curve in report.eps_sweep.values() for e in curve})
         kwargs.append(f"eps_sweep={values!r}")
