@@ -687,6 +687,11 @@ def test_cascade_mode_refuses_what_it_cannot_compute(model, data):
         evaluate_robustness(model, data, attacks=["fgsm"], mode="cascade", eps_sweep=[4 / 255], progress=False)
     with pytest.raises(ValueError, match="check_steps in mode='cascade'.*exact_attacks"):
         evaluate_robustness(model, data, attacks=["pgd"], mode="cascade", check_steps=True, progress=False)
+    # by default the steps check takes the first multi-step attack that runs on every sample, not a cascaded one
+    report = evaluate_robustness(model, data, attacks={"pgd": {"name": "pgd", "steps": 2}, "apgd-ce": {"steps": 2}},
+                                 mode="cascade", exact_attacks=["apgd-ce"], check_steps=True, check_steps_samples=4,
+                                 progress=False, compute_cost=False)
+    assert set(report.steps_check) == {"apgd-ce"}
     with pytest.raises(ValueError, match="exact_attacks only applies"):
         evaluate_robustness(model, data, attacks=["pgd"], exact_attacks=["pgd"], progress=False)
     with pytest.raises(ValueError, match=r"exact_attacks \['apgd-ce'\] are not among"):

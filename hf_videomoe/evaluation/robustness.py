@@ -320,8 +320,8 @@ def evaluate_robustness(
                 raise ValueError(f"check_steps_attacks {unknown} are not among the evaluated attacks {labels}.")
             chosen = [s for s in specs if s.label in names]
         if mode == "cascade":
-            if check_steps_attacks is None:
-                chosen = [s for s in chosen if s.label in exact_attacks][:1] or chosen
+            if check_steps_attacks is None:  # the first multi-step attack that runs on every sample
+                chosen = [s for s in multi_step if s.label in exact_attacks][:1] or chosen
             cascaded = [s.label for s in chosen if s.label not in exact_attacks]
             if cascaded:
                 raise ValueError(f"check_steps in mode='cascade' needs attacks that run on every sample, but {cascaded} "
