@@ -14,13 +14,14 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
+from ..evaluation import ATTACK_PRESETS
 from ..training import AdversarialTrainingArguments
 
 
 #: Table (a): the paper's attacks, in the paper's order, then AutoAttack's standard ensemble (APGD-CE, APGD-T, Square;
 #: its FAB-T is not implemented, see `hf_videomoe.evaluation.ATTACK_PRESETS`), whose settings `Settings` fixes.
 PAPER_ATTACKS = ("pgd-r", "tla-r", "tlga-r", "pgd", "tla-m", "j-tla", "j-tlga")
-EXTRA_ATTACKS = ("apgd-ce", "apgd-t", "square")
+EXTRA_ATTACKS = tuple(ATTACK_PRESETS["autoattack"])
 ATTACK_TABLE_ATTACKS = PAPER_ATTACKS + EXTRA_ATTACKS
 ATTACK_LABELS = {
     "pgd-r": "PGD-R", "tla-r": "TLA-R", "tlga-r": "TLGA-R", "pgd": "PGD", "tla-m": "TLA-M", "j-tla": "J-TLA",

@@ -12,7 +12,7 @@ from tqdm.auto import tqdm
 from transformers import Trainer
 
 from ..data import make_moving_shapes, stack_pixel_values
-from ..evaluation import evaluate_robustness
+from ..evaluation import ATTACK_PRESETS, evaluate_robustness
 from ..moe import cluster_routers
 from ..training import AdversarialTrainer, JTLATTrainer
 from .recipes import (
@@ -236,10 +236,9 @@ class Reproduction:
         spec = {}
         for name in attacks:
             spec[name] = {"name": name}
-            if name == "square":
-                spec[name]["steps"] = s.square_queries
-            elif name in ("apgd-ce", "apgd-t"):  # AutoAttack's budget, not the paper attacks' `eval_steps`
-                spec[name]["steps"] = s.autoattack_steps
+            if name in EXTRA_ATTACKS:  # AutoAttack's settings with the run's budgets, not the paper attacks' steps
+                spec[name] = {**ATTACK_PRESETS["autoattack"][name],
+                              "steps": s.square_queries if name == "square" else s.autoattack_steps}
         start = time.perf_counter()
         # The paper's attacks run on every clip (their own accuracies, routing diagnostics, steps check); AutoAttack's
         # ensemble then runs as AutoAttack does, only on the clips all of them left standing: the same worst case for
