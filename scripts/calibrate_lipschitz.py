@@ -29,25 +29,14 @@ from transformers.utils import logging as hf_logging  # noqa: E402
 import hf_videomoe  # noqa: E402, F401  (registers the MoE Auto classes)
 from hf_videomoe.attacks import build_attack  # noqa: E402
 from hf_videomoe.attacks.objectives import (  # noqa: E402
+    Objective,
     ce_loss,
-    dominant_expert,
     lipschitz_ratio,
     model_outputs,
     router_consistency_ce,
     router_lipschitz_ratio,
 )
 from hf_videomoe.data import make_moving_shapes  # noqa: E402
-from hf_videomoe.moe import force_experts  # noqa: E402
-
-
-def expert_logits(model, x: torch.Tensor, experts: torch.Tensor) -> torch.Tensor:
-    """Logits of E_i(x) with i = ``experts[b]`` per clip (one forced forward per clip group)."""
-    out = torch.empty(len(x), model.config.num_labels)
-    for e in experts.unique().tolist():
-        rows = (experts == e).nonzero().squeeze(1)
-        with force_experts(model, e):
-            out[rows] = model(pixel_values=x[rows]).logits.float()
-    return out
 
 
 def main(argv=None) -> int:
@@ -79,8 +68,11 @@ def main(argv=None) -> int:
         clean_logits, clean_rl = model_outputs(model, x, router=True)
         _, router_rl = model_outputs(model, x_router, router=True)
         model_logits = model(pixel_values=x_model).logits.float()
-        path = dominant_expert(clean_rl)
-        clean_expert, adv_expert = expert_logits(model, x, path), expert_logits(model, x_router, path)
+        # E_i on each clip's clean top-1 path, as TLA-E and J-TLAT step 2 evaluate it (the objective's expert part).
+        expert_objective = Objective(loss="ce", component="expert", lipschitz_weight=1.0)
+        expert_ctx = expert_objective.prepare(model, x, y)
+        clean_expert = expert_ctx.clean_expert_logits.float()
+        adv_expert = expert_objective(model, x_router, expert_ctx).logits.float()
     terms = {
         "router (step 1: TLGA-R examples)": (router_consistency_ce(router_rl, clean_rl),
                                              router_lipschitz_ratio(clean_rl, router_rl, x, x_router)),
