@@ -103,6 +103,15 @@ def test_demo_reduced_mode(tmp_path):
         assert row["worst_case"] <= min(row["pgd"], row["tlga-r"], row["j-tlga"]) <= row["clean"]
     assert (tmp_path / "summary.json").is_file()
     assert len(list((tmp_path / "reports").glob("*/README.md"))) == 3
+    # The mixture's balance weight is the demo's (validated in docs/routing_relevance.md, rounds 11-12), not the
+    # config default, and the defended models inherit it.
+    from hf_videomoe.demo import DemoSettings
+    from hf_videomoe.models.videomae_moe import VideoMAEMoeConfig
+
+    assert DemoSettings().router_aux_loss_coef != VideoMAEMoeConfig().router_aux_loss_coef
+    for name in ("moe", "pgd-at", "j-tlat"):
+        config = VideoMAEMoeConfig.from_pretrained(tmp_path / name)
+        assert config.router_aux_loss_coef == DemoSettings().router_aux_loss_coef, name
 
 
 def _readme_python_blocks():

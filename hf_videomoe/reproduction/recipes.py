@@ -65,10 +65,10 @@ ABLATIONS = {
 
 @dataclass
 class Settings:
-    """Every size and hyper-parameter of the run. Defaults: the full run, 128.5 minutes summed over its units with one
-    torch thread each and 2-3 jobs sharing 2 cores (docs/RESULTS.md §3: 20-27 minutes per seed for tables (a) and (b),
-    about 30 per ablation seed). Processes with disjoint ``--seeds`` / ``--ablation-seeds`` can share one
-    ``--output-dir`` to use several cores; a last run with all seeds then only collects the cached results."""
+    """Every size and hyper-parameter of the run. Defaults: the protocol of docs/PROTOCOL.md, sized for a GPU: on one
+    CPU thread each evaluated row takes 30-40 minutes (600 clips, AutoAttack's budgets), so five seeds with their
+    ablations are days of CPU (PROTOCOL.md, "Status"). Processes with disjoint ``--seeds`` / ``--ablation-seeds`` can
+    share one ``--output-dir`` to use several cores; a last run with all seeds then only collects the cached results."""
 
     model_type: str = "videomae"
     # data
@@ -89,11 +89,13 @@ class Settings:
     dense_epochs: float = 20.0
     dense_lr: float = 2e-3
     # the mixture phase (docs/RESULTS.md §2, docs/routing_relevance.md): model-level routing (one decision per clip,
-    # whole expert paths), routers started from k-means clusters, Drop-Upcycling, trained without attacks
+    # whole expert paths), routers started from k-means clusters, Drop-Upcycling, a Switch balance weight of 0.005
+    # (the demo's; why: its `DemoSettings`), trained without attacks
     router_granularity: str = "model"
     cluster_router_clips: int = 512
     expert_init: str = "drop_upcycling"
     expert_init_ratio: float = 0.5
+    router_aux_loss_coef: float = 0.005
     moe_epochs: float = 30.0
     moe_lr: float = 1e-3
     adv_epochs: float = 5.0
@@ -227,7 +229,8 @@ def upcycle(dense, settings: Settings):
     return moe_cls.from_dense(dense, num_experts=settings.num_experts, num_experts_per_tok=settings.experts_per_token,
                               image_mean=[0.0, 0.0, 0.0], image_std=[1.0, 1.0, 1.0],
                               router_granularity=settings.router_granularity, expert_init=settings.expert_init,
-                              expert_init_ratio=settings.expert_init_ratio)
+                              expert_init_ratio=settings.expert_init_ratio,
+                              router_aux_loss_coef=settings.router_aux_loss_coef)
 
 
 #: Statistics of the input normalisation used for the clean training of the dense baseline. A VideoMAE fed raw [0, 1]

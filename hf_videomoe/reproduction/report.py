@@ -64,7 +64,8 @@ def protocol_markdown(settings: Settings, seeds, ablation_seeds, attack_table_se
         f"expert_init=\"{s.expert_init}\", expert_init_ratio={s.expert_init_ratio:g})`"
         + (f", routers started from k-means clusters of their inputs on {s.cluster_router_clips} training clips "
            "(`cluster_routers`)" if s.cluster_router_clips else "")
-        + f", load-balancing aux loss coefficient {lib['router_aux_loss_coef']:g} (the config default); the mixture "
+        + f", load-balancing aux loss coefficient {s.router_aux_loss_coef:g} (the config default is "
+        f"{lib['router_aux_loss_coef']:g}); the mixture "
         f"is then trained {s.moe_epochs:g} epochs without attacks at lr {s.moe_lr:g} (docs/RESULTS.md §2).",
         f"- **Defenses** (the same budget, except the compute-matched MoE AT row, which gets as many epochs as "
         f"J-TLAT's wall-clock time of the same seed allows): {s.adv_epochs:g} epochs from the dense checkpoint (dense AT) or the "
