@@ -61,11 +61,10 @@ class DemoSettings:
     # expert i is a whole path; routers start from k-means clusters of their inputs on this many training clips.
     router_granularity: str = "model"
     cluster_router_clips: int = 512
-    # Switch load-balancing weight, half the config default: at 0.01 the balance loss holds every path to an equal
-    # share of each batch and the clustered paths end as equally good specialists (forced paths 4.9-6.9 points apart
-    # on two of three validation seeds); at 0.005 they differ by 11-23 points with learned routing still 16-21 points
-    # above random and every path serving >= 12 % of the clips; lower weights let a path die (docs/routing_relevance.md,
-    # rounds 11-12).
+    # Switch load-balancing weight, half the config default: at 0.01 the clustered paths end as equally good
+    # specialists (forced paths 4.9-6.9 points apart on two of three validation seeds); at 0.005 they differ by 11-23
+    # points with learned routing still 15.6-20.7 points above random and every path serving >= 11.6 % of the clips;
+    # lower weights let a path die (docs/METHOD.md §1, docs/routing_relevance.md rounds 11-12).
     router_aux_loss_coef: float = 0.005
     adv_epochs: float = 5
     adv_learning_rate: float = 5e-4

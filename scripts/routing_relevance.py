@@ -26,7 +26,7 @@ expert path, and how far the experts' weights are apart.
         --select "mixture 30 ep"   # and seed 2 -> outputs/rr_d20_s2
     # rounds 11-12: the balance loss's weight, seeds 0-2 (outputs/rr_d20, rr_d20_s1, rr_d20_s2):
     python scripts/routing_relevance.py --stage variants --num-videos 3000 --seed 1 --output-dir outputs/rr_d20_s1 \
-        --select "round 1"   # matches rounds 11 and 12; and seeds 0 (rr_d20), 2 (rr_d20_s2)
+        --select "clustered mixture 30 ep, "   # rounds 11 and 12; and seeds 0 (rr_d20), 2 (rr_d20_s2)
     # round 10: J-TLAT's training settings, judged on validation robustness:
     python scripts/routing_relevance.py --stage at --num-videos 3000 --output-dir outputs/rr_d20 --select "round 10" \
         --shard 0/2 &   # and --shard 1/2
@@ -172,6 +172,18 @@ def splits(args):
     return train.select(range(len(train) - num_val)), train.select(range(len(train) - num_val, len(train)))
 
 
+@torch.no_grad()
+def path_shares(model, pixel_values, batch_size: int = 64) -> list[float]:
+    """Model-level routing: the fraction of clips each expert path receives under the learned routing (the first MoE
+    layer's router makes the one decision per clip that every layer follows)."""
+    model.eval()
+    load = torch.zeros(model.config.num_experts)
+    for start in range(0, len(pixel_values), batch_size):
+        outputs = model(pixel_values=pixel_values[start : start + batch_size], output_router_logits=True)
+        load += expert_load(outputs.router_logits[0], model.config.num_experts_per_tok)
+    return (load / load.sum()).tolist()
+
+
 def expert_distance(model) -> float:
     """Mean over MoE layers of the relative distance of each expert's up-projection from the experts' mean."""
     values = []
@@ -226,12 +238,10 @@ def stage_variants(args, out: Path):
                 train_dataset=train, data_collator=VideoCollator()).train()
         seconds = time.perf_counter() - start
         after = routing_relevance(moe, val_x, val_y, seed=args.seed)
-        with torch.no_grad():
-            router_logits = moe.eval()(pixel_values=val_x, output_router_logits=True).router_logits
-        load = expert_load(router_logits[0], top_k=1)
         result = {"label": label, "seed": args.seed, "options": options, "epochs": epochs, "learning_rate": learning_rate,
-                  "before": before, "after": after, "train_seconds": seconds, "expert_distance": expert_distance(moe),
-                  "expert_share": (load / load.sum()).tolist()}
+                  "before": before, "after": after, "train_seconds": seconds, "expert_distance": expert_distance(moe)}
+        if moe.config.router_granularity == "model":
+            result["path_share"] = path_shares(moe, val_x)
         path.write_text(json.dumps(result, indent=2))
         print(json.dumps({k: result[k] for k in ("label", "after", "expert_distance")}))
 
@@ -403,10 +413,11 @@ def stage_report(args, out: Path):
         f"experts top-1 and fine-tuned without attacks for {args.moe_epochs:g} epochs at 5e-4, or 20 epochs at 1e-3 "
         "in the rows marked '20 ep'; every number on a validation split carved from train, {n} clips; the rows "
         "marked 'demo size' and 'dense phase varied' come from `--num-videos 3000` runs: 1,800 training clips like "
-        "the demo's, 449 validation clips, with the dense phase in the second column). Learned − "
+        "the demo's, 449 validation clips, with the dense phase in the second column; so do rounds 11-12). Learned − "
         "random is paired over clips (± one standard error); expert distance is the mean relative distance of each "
-        "expert's up-projection from the experts' mean; smallest path share (recorded from round 11 on) is the "
-        "fraction of validation clips the least used expert path receives under learned routing.".format(n=rows[0]["after"]["num_samples"] if rows else 0),
+        "expert's up-projection from the experts' mean; smallest path share (model-level routing, recorded from "
+        "round 11 on) is the fraction of validation clips the least used expert path receives under learned "
+        "routing.".format(n=rows[0]["after"]["num_samples"] if rows else 0),
         "",
         "| variant | dense epochs | clean before fine-tuning | clean, learned routing | random routing | "
         "learned − random | forced paths 0 / 1 / 2 / 3 | best − worst path | expert distance | smallest path share |",
@@ -421,7 +432,7 @@ def stage_report(args, out: Path):
             f"{100 * a['learned']:.1f} | "
             f"{100 * a['random']:.1f} | {100 * a['learned_minus_random']:+.1f} ± {100 * a['learned_minus_random_se']:.1f}"
             f" | {forced} | {100 * a['forced_spread']:.1f} | {row['expert_distance']:.3f} | "
-            + (f"{100 * min(row['expert_share']):.1f} % |" if "expert_share" in row else "– |")
+            + (f"{100 * min(row['path_share']):.1f} % |" if "path_share" in row else "– |")
         )
     at_labels = list(AT_VARIANTS)
     at_rows = [{**json.loads((folder / f"at_{i}.json").read_text()), "label": at_labels[i],

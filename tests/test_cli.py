@@ -103,15 +103,19 @@ def test_demo_reduced_mode(tmp_path):
         assert row["worst_case"] <= min(row["pgd"], row["tlga-r"], row["j-tlga"]) <= row["clean"]
     assert (tmp_path / "summary.json").is_file()
     assert len(list((tmp_path / "reports").glob("*/README.md"))) == 3
-    # The mixture's balance weight is the demo's (validated in docs/routing_relevance.md, rounds 11-12), not the
-    # config default, and the defended models inherit it.
-    from hf_videomoe.demo import DemoSettings
+
+
+def test_demo_mixture_uses_its_balance_weight(tmp_path):
+    """The demo's balance weight reaches the mixture and, through its config, both defended models."""
+    from dataclasses import replace
+
+    from hf_videomoe.demo import DemoSettings, run_demo
     from hf_videomoe.models.videomae_moe import VideoMAEMoeConfig
 
-    assert DemoSettings().router_aux_loss_coef != VideoMAEMoeConfig().router_aux_loss_coef
+    settings = replace(DemoSettings.quick(), num_videos=48, eval_samples=8, router_aux_loss_coef=0.123)
+    run_demo(output_dir=tmp_path, settings=settings)
     for name in ("moe", "pgd-at", "j-tlat"):
-        config = VideoMAEMoeConfig.from_pretrained(tmp_path / name)
-        assert config.router_aux_loss_coef == DemoSettings().router_aux_loss_coef, name
+        assert VideoMAEMoeConfig.from_pretrained(tmp_path / name).router_aux_loss_coef == 0.123, name
 
 
 def _readme_python_blocks():

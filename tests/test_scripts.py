@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
 from pathlib import Path
+
+from hf_videomoe.reproduction.recipes import Settings
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -31,13 +34,10 @@ def test_reproduction_and_attack_components_quick(tmp_path):
     # The verdicts rest on the protocol's paired tests.
     assert "one-sided sign test p =" in text and "McNemar per seed" in text
     assert "(primary endpoint)" in text
-    # The mixture is built with the run's balance weight, not the config default.
-    import json
-
-    from hf_videomoe.reproduction.recipes import Settings
-
+    # The mixture is built with the run's balance weight, and the protocol text says which.
     config = json.loads((out / "seed0" / "moe-upcycled" / "config.json").read_text())
-    assert config["router_aux_loss_coef"] == Settings().router_aux_loss_coef == 0.005
+    assert config["router_aux_loss_coef"] == Settings().router_aux_loss_coef
+    assert f"load-balancing aux loss coefficient {Settings().router_aux_loss_coef:g} (the config default is" in text
     # A second run finds everything cached and rewrites the same tables.
     again = run_script(str(REPO_ROOT / "scripts" / "reproduce_paper.py"), "--quick", "--threads", "1",
                        "--output-dir", str(out), cwd=tmp_path)
