@@ -29,6 +29,8 @@ expert path, and how far the experts' weights are apart.
         --select "clustered mixture 30 ep, "   # rounds 11 and 12; and seeds 0 (rr_d20), 2 (rr_d20_s2)
     # round 13: the 0.005 mixture and both defenses, seeds 0-2 (as rounds 11-12: --seed 1|2 with rr_d20_s1|rr_d20_s2):
     python scripts/routing_relevance.py --stage at --num-videos 3000 --output-dir outputs/rr_d20 --select "round 13"
+    # round 14: a diagnostic of J-TLAT's seed-1 collapse in round 13:
+    python scripts/routing_relevance.py --stage at --num-videos 3000 --seed 1 --output-dir outputs/rr_d20_s1 --select "round 14"
     # round 10: J-TLAT's training settings, judged on validation robustness:
     python scripts/routing_relevance.py --stage at --num-videos 3000 --output-dir outputs/rr_d20 --select "round 10" \
         --shard 0/2 &   # and --shard 1/2
@@ -308,6 +310,19 @@ AT_VARIANTS = {  # ordered so that with --shard i/2 each process builds one mixt
     "round 13: balance 0.005 -> J-TLAT": dict(
         moe_epochs=30, method="j-tlat", learning_rate=5e-4, router_granularity="model", cluster=True,
         router_aux_loss_coef=0.005),
+    # Round 14, a diagnostic on seed 1 (`--seed 1 --output-dir outputs/rr_d20_s1 --select "round 14"`), nothing chosen
+    # from it: round 13's J-TLAT lost half its clean accuracy in its first epoch on seed 1 (22 % on the first logged
+    # batch, PGD-AT 72 % at the end). Which part of J-TLAT does it: the Lipschitz terms, or the router / expert steps?
+    "round 14: balance 0.005 -> J-TLAT without Lipschitz terms": dict(
+        moe_epochs=30, method="j-tlat", learning_rate=5e-4, router_granularity="model", cluster=True,
+        router_aux_loss_coef=0.005,
+        train_args=dict(lipschitz_weight=0.0, expert_lipschitz_weight=0.0, router_lipschitz_weight=0.0)),
+    "round 14: balance 0.005 -> J-TLAT, model step only": dict(
+        moe_epochs=30, method="j-tlat", learning_rate=5e-4, router_granularity="model", cluster=True,
+        router_aux_loss_coef=0.005, train_args=dict(jtlat_steps=["model"])),
+    "round 14: balance 0.005 -> J-TLAT, model step only, on PGD examples": dict(
+        moe_epochs=30, method="j-tlat", learning_rate=5e-4, router_granularity="model", cluster=True,
+        router_aux_loss_coef=0.005, train_args=dict(jtlat_steps=["model"], jtlat_model_attack="pgd")),
 }
 
 
@@ -384,7 +399,7 @@ def stage_at(args, out: Path):
         after = routing_relevance(moe, val_x, val_y, seed=args.seed)
         result = {"label": label, "options": options, "before": before, "after": after, "train_seconds": seconds,
                   "expert_distance": expert_distance(moe), "seed": args.seed}
-        if label.startswith(("round 10", "round 13")):
+        if label.startswith(("round 10", "round 13", "round 14")):
             result["robustness"] = validation_robustness(moe, val_x, val_y)
         path.write_text(json.dumps(result, indent=2))
         print(json.dumps({k: result[k] for k in ("label", "after")}))
