@@ -66,7 +66,7 @@ ABLATIONS = {
 @dataclass
 class Settings:
     """Every size and hyper-parameter of the run. Defaults: the protocol of docs/PROTOCOL.md, sized for a GPU: on one
-    CPU thread each evaluated row takes 30-40 minutes (600 clips, AutoAttack's budgets), so five seeds with their
+    CPU thread each evaluated row takes 30-50 minutes (600 clips, AutoAttack's budgets), so five seeds with their
     ablations are days of CPU (PROTOCOL.md, "Status"). Processes with disjoint ``--seeds`` / ``--ablation-seeds`` can
     share one ``--output-dir`` to use several cores; a last run with all seeds then only collects the cached results."""
 
