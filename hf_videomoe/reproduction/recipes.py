@@ -14,6 +14,7 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
+from ..demo import DemoSettings
 from ..evaluation import ATTACK_PRESETS
 from ..training import AdversarialTrainingArguments
 
@@ -86,18 +87,18 @@ class Settings:
     experts_per_token: int = 1
     # training
     batch_size: int = 32
-    dense_epochs: float = 20.0
-    dense_lr: float = 2e-3
-    # the mixture phase (docs/RESULTS.md §2, docs/routing_relevance.md): model-level routing (one decision per clip,
-    # whole expert paths), routers started from k-means clusters, Drop-Upcycling, a Switch balance weight of 0.005
-    # (the demo's; why: its `DemoSettings`), trained without attacks
-    router_granularity: str = "model"
-    cluster_router_clips: int = 512
-    expert_init: str = "drop_upcycling"
-    expert_init_ratio: float = 0.5
-    router_aux_loss_coef: float = 0.005
-    moe_epochs: float = 30.0
-    moe_lr: float = 1e-3
+    # The dense phase and the mixture phase are the demo's (docs/PROTOCOL.md), read from `DemoSettings`, whose
+    # comments say why each value: model-level routing (one decision per clip, whole expert paths), routers started
+    # from k-means clusters, Drop-Upcycling, a Switch balance weight of 0.005, trained without attacks.
+    dense_epochs: float = float(DemoSettings.dense_epochs)
+    dense_lr: float = DemoSettings.dense_learning_rate
+    router_granularity: str = DemoSettings.router_granularity
+    cluster_router_clips: int = DemoSettings.cluster_router_clips
+    expert_init: str = DemoSettings.expert_init
+    expert_init_ratio: float = DemoSettings.expert_init_ratio
+    router_aux_loss_coef: float = DemoSettings.router_aux_loss_coef
+    moe_epochs: float = float(DemoSettings.moe_epochs)
+    moe_lr: float = DemoSettings.moe_learning_rate
     adv_epochs: float = 5.0
     adv_lr: float = 5e-4
     adv_steps: int = 2
