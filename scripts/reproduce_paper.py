@@ -22,7 +22,10 @@ Usage::
 
 Every finished unit of work (dense checkpoint, upcycled checkpoint, each (seed, method) training run and each
 evaluation) is saved under ``--output-dir``; a rerun with the same settings skips what is done, so an interrupted run
-resumes where it stopped. The tables are printed as Markdown and written to ``--results-file``.
+resumes where it stopped. The full run's default folder, ``results/reproduction2[-timesformer]``, keeps its JSON
+results under version control (its .gitignore drops the weights), so the run resumes on a fresh clone too: finished
+units are read from their JSON, and the checkpoints later units start from are retrained and checked against their
+recorded SHA-256. The tables are printed as Markdown and written to ``--results-file``.
 """
 
 from __future__ import annotations
@@ -41,6 +44,7 @@ import torch  # noqa: E402
 from transformers.utils import logging as hf_logging  # noqa: E402
 
 from hf_videomoe.reproduction import (  # noqa: E402
+    DEFENSES,
     MANUAL_MARKER,
     Reproduction,
     Settings,
@@ -62,8 +66,12 @@ def parse_args(argv=None):
     p.add_argument("--seeds", type=int, nargs="+", default=None, help="seeds of table (b) (default 0-4; quick: 0)")
     p.add_argument("--ablation-seeds", type=int, nargs="+", default=None,
                    help="seeds of the ablations (default: every seed of table (b))")
-    p.add_argument("--attack-table-seeds", type=int, nargs="+", default=None,
-                   help="seeds of table (a) (default: all seeds of table (b))")
+    p.add_argument("--attack-table-seeds", type=int, nargs="*", default=None,
+                   help="seeds of table (a) at its extra ε (default: all seeds of table (b); none: give the flag alone). "
+                        "Table (a) at the training ε is MoE AT's own evaluation and always runs with it")
+    p.add_argument("--defenses", nargs="+", choices=list(DEFENSES), default=None,
+                   help="rows of table (b) to run, in this order (default: all). The primary comparison first: "
+                        "--defenses moe-at j-tlat moe-at-matched")
     p.add_argument("--skip-ablations", action="store_true", help="do not run the J-TLAT ablations")
     p.add_argument("--model-type", choices=["videomae", "timesformer"], default="videomae")
     p.add_argument("--output-dir", type=Path, default=None,
@@ -102,14 +110,17 @@ def main(argv=None) -> int:
         raise SystemExit(f"--attack-table-seeds {unknown} are not among --seeds {seeds} (table (a) uses table (b)'s "
                          "MoE AT models).")
     suffix = ("-quick" if args.quick else "") + ("-timesformer" if args.model_type == "timesformer" else "")
-    output_dir = args.output_dir or REPO_ROOT / "outputs" / f"reproduce{suffix}"
+    # The full run's cache is the tracked results/ folder (JSON only): it resumes across machines and sessions.
+    output_dir = args.output_dir or (REPO_ROOT / "outputs" / f"reproduce{suffix}" if args.quick
+                                     else REPO_ROOT / "results" / f"reproduction2{suffix}")
     results_file = args.results_file or (output_dir / "RESULTS.md" if args.quick
                                          else REPO_ROOT / "docs" / "RESULTS_reproduction.md")
 
     start = time.perf_counter()
     log(f"output dir {output_dir}; seeds {seeds}; table (a) seeds {attack_table_seeds}; ablation seeds "
         f"{[] if args.skip_ablations else ablation_seeds}; {machine_description()}")
-    repro = Reproduction(settings, output_dir, seeds, ablation_seeds, attack_table_seeds, args.skip_ablations)
+    repro = Reproduction(settings, output_dir, seeds, ablation_seeds, attack_table_seeds, args.skip_ablations,
+                         defenses=args.defenses)
     repro.run()
     wall = time.perf_counter() - start
 

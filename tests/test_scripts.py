@@ -122,3 +122,60 @@ def test_calibration_and_cascade_benchmark_quick(tmp_path):
                         "--output", str(bench), cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:] + result.stdout[-2000:]
     assert "Worst case identical clip by clip: **yes**" in bench.read_text()
+
+
+def test_reproduction_resumes_from_its_json_results_alone(tmp_path):
+    """The run's cache under version control keeps only JSON (results/reproduction2/.gitignore): a fresh clone resumes
+    from it, retraining the checkpoints later units start from and refusing weights other than the recorded ones."""
+    import shutil
+
+    script = str(REPO_ROOT / "scripts" / "reproduce_paper.py")
+    out = tmp_path / "run"
+    result = run_script(script, "--quick", "--threads", "1", "--output-dir", str(out), "--defenses", "moe-at", "j-tlat",
+                        "--attack-table-seeds", "--skip-ablations", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    seed_dir = out / "seed0"
+    # Only the rows asked for ran; table (a) at the training ε is MoE AT's own evaluation and is collected with it.
+    assert sorted(p.name for p in seed_dir.iterdir()) == ["dense-clean", "j-tlat", "moe-at", "moe-upcycled"]
+    assert (seed_dir / "moe-at" / "attack-table-eps4.json").exists()
+    assert not (seed_dir / "moe-at" / "attack-table-eps8.json").exists()
+
+    # What git keeps of that folder with the tracked .gitignore.
+    shutil.copy(REPO_ROOT / "results" / "reproduction2" / ".gitignore", out / ".gitignore")
+    subprocess.run(["git", "init", "-q", str(out)], check=True)
+    subprocess.run(["git", "-C", str(out), "add", "-A"], check=True)
+    kept = subprocess.run(["git", "-C", str(out), "ls-files"], check=True, capture_output=True,
+                          text=True).stdout.split()
+    assert kept and all(name.endswith(".json") or name == ".gitignore" for name in kept), kept
+    assert "seed0/moe-at/result.json" in kept and "seed0/dense-clean/train.json" in kept
+
+    def fresh_clone(name):
+        clone = tmp_path / name
+        for relative in kept:
+            (clone / relative).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy(out / relative, clone / relative)
+        return clone
+
+    clone = fresh_clone("clone")
+    moe_at_result = (clone / "seed0" / "moe-at" / "result.json").read_text()
+    result = run_script(script, "--quick", "--threads", "1", "--output-dir", str(clone), "--defenses", "moe-at",
+                        "j-tlat", "advmoe", "--attack-table-seeds", "0", "--skip-ablations", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    # Finished rows are read, not rerun; the new row and table (a) at the other ε start from retrained checkpoints
+    # (the mixture, MoE AT's model) that match the recorded weights.
+    assert (clone / "seed0" / "moe-at" / "result.json").read_text() == moe_at_result
+    assert (clone / "seed0" / "advmoe" / "result.json").exists()
+    assert (clone / "seed0" / "moe-at" / "attack-table-eps8.json").exists()
+    assert "moe-upcycled: retrained, same weights as recorded" in result.stdout
+    assert "moe-at/model: retrained, same weights as recorded" in result.stdout
+
+    # A retrained checkpoint with other weights than recorded stops the run instead of mixing results.
+    clone = fresh_clone("tampered")
+    info_path = clone / "seed0" / "moe-upcycled" / "train.json"
+    info = json.loads(info_path.read_text())
+    info["weights_sha256"] = "0" * 64
+    info_path.write_text(json.dumps(info))
+    result = run_script(script, "--quick", "--threads", "1", "--output-dir", str(clone), "--defenses", "advmoe",
+                        "--attack-table-seeds", "--skip-ablations", cwd=tmp_path)
+    assert result.returncode != 0
+    assert "came out with other weights than those recorded" in result.stderr

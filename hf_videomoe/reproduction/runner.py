@@ -1,8 +1,15 @@
 """[`Reproduction`]: trains and evaluates every (seed, method) of the reproduction, caching each finished unit
-of work on disk so that an interrupted run resumes where it stopped."""
+of work on disk so that an interrupted run resumes where it stopped.
+
+The cache is meant to outlive the machine: a folder that keeps only the JSON results (what `results/reproduction2`
+keeps under version control) resumes too. A finished unit is read from its ``result.json`` and needs no weights; a
+checkpoint that later units start from (the dense baseline, the upcycled mixture, a trained row) is retrained when
+only its ``train.json`` is left, and must come out with the recorded weights' SHA-256, or the run stops: results of
+other weights must not mix."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import time
 from pathlib import Path
@@ -44,8 +51,12 @@ from .recipes import (
 
 class Reproduction:
     def __init__(self, settings: Settings, output_dir: Path, seeds: list[int], ablation_seeds: list[int],
-                 attack_table_seeds: list[int], skip_ablations: bool):
+                 attack_table_seeds: list[int], skip_ablations: bool, defenses: list[str] | None = None):
+        unknown = sorted(set(defenses or []) - set(DEFENSES))
+        if unknown:
+            raise ValueError(f"unknown defenses {unknown}; expected some of {list(DEFENSES)}")
         self.settings = settings
+        self.defenses = list(DEFENSES) if defenses is None else list(defenses)
         self.out = output_dir
         self.seeds = seeds
         self.ablation_seeds = [] if skip_ablations else ablation_seeds
@@ -100,11 +111,13 @@ class Reproduction:
     def plan(self) -> list[tuple]:
         jobs = []
         for seed in self.seeds:
-            for method in DEFENSES:
+            for method in self.defenses:
                 jobs.append(("defense", seed, method))
             if seed in self.attack_table_seeds:
                 for eps in self.settings.eps_values:
                     jobs.append(("attacks", seed, eps))
+            elif "moe-at" in self.defenses:  # table (a) at the training ε is MoE AT's own evaluation: free to collect
+                jobs.append(("attacks", seed, self.settings.eps_values[0]))
         for seed in self.ablation_seeds:
             for name in ABLATIONS:
                 jobs.append(("ablation", seed, name))
@@ -130,7 +143,7 @@ class Reproduction:
 
     def dense_checkpoint(self, seed: int) -> Path:
         path = self.seed_dir(seed) / "dense-clean"
-        if (path / "train.json").exists():
+        if self._checkpoint_cached(path):
             return path
         s = self.settings
         log(f"seed {seed}: clean training of the dense baseline ({s.dense_epochs:g} epochs)")
@@ -151,15 +164,14 @@ class Reproduction:
         if not torch.allclose(before, after, atol=1e-4, rtol=1e-4):
             raise RuntimeError(f"folding the input normalisation changed the logits by {(before - after).abs().max()}")
         clean = self._clean_accuracy(dense)
-        dense.save_pretrained(path)
-        write_json(path / "train.json", {"seconds": seconds, "cpu_seconds": cpu, "epochs": s.dense_epochs,
-                                         "clean_accuracy": clean})
+        self._save_checkpoint(dense, path, path / "train.json", {"seconds": seconds, "cpu_seconds": cpu,
+                                                                 "epochs": s.dense_epochs, "clean_accuracy": clean})
         log(f"seed {seed}: dense baseline clean accuracy {100 * clean:.1f}% ({seconds:.0f}s)")
         return path
 
     def moe_checkpoint(self, seed: int) -> Path:
         path = self.seed_dir(seed) / "moe-upcycled"
-        if (path / "train.json").exists():
+        if self._checkpoint_cached(path):
             return path
         s = self.settings
         dense = load_dense(self.dense_checkpoint(seed), s)
@@ -172,10 +184,35 @@ class Reproduction:
         start = time.perf_counter()
         Trainer(model=moe.train(), args=args, train_dataset=self.split("train"), data_collator=self.collator).train()
         seconds = time.perf_counter() - start
-        moe.save_pretrained(path)
-        write_json(path / "train.json", {"seconds": seconds, "epochs": s.moe_epochs,
-                                         "clean_accuracy": self._clean_accuracy(moe)})
+        self._save_checkpoint(moe, path, path / "train.json", {"seconds": seconds, "epochs": s.moe_epochs,
+                                                               "clean_accuracy": self._clean_accuracy(moe)})
         return path
+
+    @staticmethod
+    def _checkpoint_cached(path: Path) -> bool:
+        return (path / "train.json").exists() and (path / "model.safetensors").exists()
+
+    @staticmethod
+    def _save_checkpoint(model, model_dir: Path, info_path: Path, info: dict) -> dict:
+        """Save ``model`` and write ``info`` with the weights' SHA-256. Where ``info_path`` already exists (the weights
+        were dropped and have just been retrained), the recorded file is kept and the new weights must match it."""
+        model.save_pretrained(model_dir)
+        digest = hashlib.sha256((model_dir / "model.safetensors").read_bytes()).hexdigest()
+        if info_path.exists():
+            recorded = read_json(info_path)
+            if recorded.get("weights_sha256") not in (None, digest):
+                raise RuntimeError(
+                    f"{model_dir} was retrained (only {info_path.name} was left) but came out with other weights than "
+                    f"those recorded (sha256 {digest[:12]} vs {recorded['weights_sha256'][:12]}): training is not "
+                    "reproducible here (another torch version or thread count?), so the cached results that started "
+                    "from it would mix with new ones. Use another --output-dir."
+                )
+            if recorded.get("weights_sha256") is not None:
+                log(f"{model_dir}: retrained, same weights as recorded (sha256 {digest[:12]})")
+                return recorded
+        info = {**info, "weights_sha256": digest}
+        write_json(info_path, info)
+        return info
 
     def _clean_accuracy(self, model) -> float:
         model.eval()
@@ -197,7 +234,7 @@ class Reproduction:
         run_dir = self.seed_dir(seed) / run_name
         model_dir = run_dir / "model"
         info_path = run_dir / "train.json"
-        if info_path.exists() and (model_dir / "config.json").exists():
+        if info_path.exists() and (model_dir / "model.safetensors").exists():
             info = read_json(info_path)
             model = load_dense(model_dir, s) if start == "dense" else load_moe(model_dir, s)
             return model, info
@@ -217,7 +254,6 @@ class Reproduction:
         begin, cpu = time.perf_counter(), time.process_time()
         trainer.train()
         seconds, cpu = time.perf_counter() - begin, time.process_time() - cpu
-        model.save_pretrained(model_dir)
         info = {
             "method": method, "run": run_name, "seed": seed, "seconds": seconds, "epochs": epochs,
             "seconds_per_epoch": seconds / epochs, "cpu_seconds": cpu,
@@ -226,7 +262,7 @@ class Reproduction:
             "recipe": json.loads(json.dumps(trainer.training_recipe(), default=str))
             if hasattr(trainer, "training_recipe") else None,
         }
-        write_json(info_path, info)
+        info = self._save_checkpoint(model, model_dir, info_path, info)
         log(f"seed {seed}: {run_name} trained in {seconds:.0f}s")
         return model, info
 
