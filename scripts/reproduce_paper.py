@@ -79,11 +79,23 @@ def parse_args(argv=None):
     p.add_argument("--results-file", type=Path, default=None,
                    help="Markdown results (default docs/RESULTS_reproduction.md; quick: <output-dir>/RESULTS.md)")
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
+    p.add_argument("--status", action="store_true",
+                   help="print which jobs of this plan are done and the compute they recorded, then exit (runs nothing)")
     p.add_argument("--train-eps", type=float, default=None,
                    help="training ε in /255 units (default 4); also the ε of table (b) and the ablations")
     p.add_argument("--eval-eps", type=float, nargs="+", default=None,
                    help="extra ε of table (a) in /255 units (default 8 14); the training ε always comes first")
     return p.parse_args(argv)
+
+
+def status_markdown(progress: list[dict]) -> str:
+    lines = ["| seed | jobs done | compute recorded (h) | not done yet |", "|---:|---:|---:|---|"]
+    for row in progress:
+        missing = ", ".join(row["missing"][:4]) + (f", … ({len(row['missing'])} in all)" if len(row["missing"]) > 4
+                                                   else "")
+        lines.append(f"| {row['seed']} | {row['done']} / {row['planned']} | {row['seconds'] / 3600:.2f} | "
+                     f"{missing or '–'} |")
+    return "\n".join(lines)
 
 
 def main(argv=None) -> int:
@@ -115,6 +127,14 @@ def main(argv=None) -> int:
                                      else REPO_ROOT / "results" / f"reproduction2{suffix}")
     results_file = args.results_file or (output_dir / "RESULTS.md" if args.quick
                                          else REPO_ROOT / "docs" / "RESULTS_reproduction.md")
+
+    if args.status:
+        if not (output_dir / "settings.json").exists():
+            raise SystemExit(f"no reproduction results in {output_dir}")
+        repro = Reproduction(settings, output_dir, seeds, ablation_seeds, attack_table_seeds, args.skip_ablations,
+                             defenses=args.defenses)
+        print(status_markdown(repro.progress()))
+        return 0
 
     start = time.perf_counter()
     log(f"output dir {output_dir}; seeds {seeds}; table (a) seeds {attack_table_seeds}; ablation seeds "

@@ -168,6 +168,12 @@ def test_reproduction_resumes_from_its_json_results_alone(tmp_path):
     assert (clone / "seed0" / "moe-at" / "attack-table-eps8.json").exists()
     assert "moe-upcycled: retrained, same weights as recorded" in result.stdout
     assert "moe-at/model: retrained, same weights as recorded" in result.stdout
+    # --status reads the same files: every job of that plan is done; the full protocol's plan is not.
+    status = run_script(script, "--quick", "--output-dir", str(clone), "--status", "--defenses", "moe-at", "j-tlat",
+                        "advmoe", "--attack-table-seeds", "0", "--skip-ablations", cwd=tmp_path)
+    assert status.returncode == 0 and "| 0 | 6 / 6 |" in status.stdout, status.stdout + status.stderr
+    status = run_script(script, "--quick", "--output-dir", str(clone), "--status", cwd=tmp_path)
+    assert "| 0 | 6 / 22 |" in status.stdout and "defense dense-at" in status.stdout, status.stdout
 
     # A retrained checkpoint with other weights than recorded stops the run instead of mixing results.
     clone = fresh_clone("tampered")

@@ -123,6 +123,29 @@ class Reproduction:
                 jobs.append(("ablation", seed, name))
         return jobs
 
+    def result_path(self, kind: str, seed: int, what) -> Path:
+        """The JSON file whose presence marks the job ``(kind, seed, what)`` of `plan` as done."""
+        if kind == "defense":
+            return self.seed_dir(seed) / what / "result.json"
+        if kind == "attacks":
+            return self.seed_dir(seed) / "moe-at" / f"attack-table-{eps_slug(what)}.json"
+        return self.seed_dir(seed) / f"ablation-{what}" / "result.json"
+
+    def progress(self) -> list[dict]:
+        """Per seed: the planned jobs, those done, and the compute they recorded (training + evaluation seconds)."""
+        rows = {}
+        for kind, seed, what in self.plan():
+            row = rows.setdefault(seed, {"seed": seed, "planned": 0, "done": 0, "seconds": 0.0, "missing": []})
+            row["planned"] += 1
+            path = self.result_path(kind, seed, what)
+            if not path.exists():
+                row["missing"].append(f"{kind} {eps_name(what) if kind == 'attacks' else what}")
+                continue
+            row["done"] += 1
+            data = read_json(path)
+            row["seconds"] += float(data.get("eval_seconds", 0.0)) + float((data.get("train") or {}).get("seconds", 0.0))
+        return list(rows.values())
+
     def run(self) -> None:
         jobs = self.plan()
         bar = tqdm(jobs, desc="reproduction", unit="job", dynamic_ncols=True, mininterval=1.0)
@@ -339,7 +362,7 @@ class Reproduction:
 
     # -- jobs --------------------------------------------------------------------------------------------------------
     def defense(self, seed: int, key: str) -> dict:
-        result_path = self.seed_dir(seed) / key / "result.json"
+        result_path = self.result_path("defense", seed, key)
         if result_path.exists():
             return read_json(result_path)
         label, method, start = DEFENSES[key]
@@ -377,7 +400,7 @@ class Reproduction:
         return report, seconds
 
     def attack_table(self, seed: int, eps: float) -> dict:
-        result_path = self.seed_dir(seed) / "moe-at" / f"attack-table-{eps_slug(eps)}.json"
+        result_path = self.result_path("attacks", seed, eps)
         if result_path.exists():
             return read_json(result_path)
         report, seconds = self._attack_report(seed, eps)
@@ -398,7 +421,7 @@ class Reproduction:
 
     def ablation(self, seed: int, name: str) -> dict:
         run_name = f"ablation-{name}"
-        result_path = self.seed_dir(seed) / run_name / "result.json"
+        result_path = self.result_path("ablation", seed, name)
         if result_path.exists():
             return read_json(result_path)
         label, arg_overrides, config_overrides = ABLATIONS[name]
@@ -420,21 +443,17 @@ class Reproduction:
             if dense_info.exists():
                 results["dense_clean"][seed] = read_json(dense_info)
             for key in DEFENSES:
-                path = self.seed_dir(seed) / key / "result.json"
+                path = self.result_path("defense", seed, key)
                 if path.exists():
                     results["defenses"].setdefault(key, {})[seed] = read_json(path)
             for eps in self.settings.eps_values:
-                path = self.seed_dir(seed) / "moe-at" / f"attack-table-{eps_slug(eps)}.json"
+                path = self.result_path("attacks", seed, eps)
                 if path.exists():
                     results["attacks"].setdefault(eps, {})[seed] = read_json(path)
         for seed in self.ablation_seeds:
             for name in ABLATIONS:
-                path = self.seed_dir(seed) / f"ablation-{name}" / "result.json"
+                path = self.result_path("ablation", seed, name)
                 if path.exists():
                     results["ablations"].setdefault(name, {})[seed] = read_json(path)
         return results
 
-
-# ----------------------------------------------------------------------------------------------------------------------
-# Tables
-# ----------------------------------------------------------------------------------------------------------------------
