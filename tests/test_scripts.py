@@ -158,6 +158,10 @@ def test_reproduction_resumes_from_its_json_results_alone(tmp_path):
 
     clone = fresh_clone("clone")
     moe_at_result = (clone / "seed0" / "moe-at" / "result.json").read_text()
+    # J-TLAT as if its evaluation had not finished before the machine went: trained (train.json), not evaluated.
+    jtlat_result = json.loads((clone / "seed0" / "j-tlat" / "result.json").read_text())
+    (clone / "seed0" / "j-tlat" / "result.json").unlink()
+    (clone / "seed0" / "j-tlat" / "report-eps4.json").unlink()
     result = run_script(script, "--quick", "--threads", "1", "--output-dir", str(clone), "--defenses", "moe-at",
                         "j-tlat", "advmoe", "--attack-table-seeds", "0", "--skip-ablations", cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
@@ -168,6 +172,10 @@ def test_reproduction_resumes_from_its_json_results_alone(tmp_path):
     assert (clone / "seed0" / "moe-at" / "attack-table-eps8.json").exists()
     assert "moe-upcycled: retrained, same weights as recorded" in result.stdout
     assert "moe-at/model: retrained, same weights as recorded" in result.stdout
+    assert "j-tlat/model: retrained, same weights as recorded" in result.stdout
+    rerun = json.loads((clone / "seed0" / "j-tlat" / "result.json").read_text())
+    assert {k: v for k, v in rerun.items() if k != "eval_seconds"} == {
+        k: v for k, v in jtlat_result.items() if k != "eval_seconds"}
     # --status reads the same files: every job of that plan is done; the full protocol's plan is not.
     status = run_script(script, "--quick", "--output-dir", str(clone), "--status", "--defenses", "moe-at", "j-tlat",
                         "advmoe", "--attack-table-seeds", "0", "--skip-ablations", cwd=tmp_path)
