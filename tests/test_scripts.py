@@ -129,6 +129,8 @@ def test_reproduction_resumes_from_its_json_results_alone(tmp_path):
     from it, retraining the checkpoints later units start from and refusing weights other than the recorded ones."""
     import shutil
 
+    from hf_videomoe.reproduction.recipes import CACHE_GITIGNORE
+
     script = str(REPO_ROOT / "scripts" / "reproduce_paper.py")
     out = tmp_path / "run"
     result = run_script(script, "--quick", "--threads", "1", "--output-dir", str(out), "--defenses", "moe-at", "j-tlat",
@@ -139,15 +141,28 @@ def test_reproduction_resumes_from_its_json_results_alone(tmp_path):
     assert sorted(p.name for p in seed_dir.iterdir()) == ["dense-clean", "j-tlat", "moe-at", "moe-upcycled"]
     assert (seed_dir / "moe-at" / "attack-table-eps4.json").exists()
     assert not (seed_dir / "moe-at" / "attack-table-eps8.json").exists()
+    # A finished evaluation leaves its report, not its per-batch state.
+    assert not (seed_dir / "j-tlat" / "report-eps4-state").exists()
+    # The run writes the ignore rules of the tracked cache (one source: results/reproduction2's is that text).
+    assert (out / ".gitignore").read_text() == CACHE_GITIGNORE
+    assert (REPO_ROOT / "results" / "reproduction2" / ".gitignore").read_text() == CACHE_GITIGNORE
 
-    # What git keeps of that folder with the tracked .gitignore.
-    shutil.copy(REPO_ROOT / "results" / "reproduction2" / ".gitignore", out / ".gitignore")
+    # What git keeps of that folder (an evaluation still running would leave per-batch state: it is kept).
+    running = seed_dir / "advmoe" / "report-eps4-state"
+    (running / "batches").mkdir(parents=True)
+    (running / "settings.json").write_text("{}")
+    (running / "batches" / "batch_0000000.json").write_text("{}")
+    git = ["git", "-c", "core.excludesFile=/dev/null", "-C", str(out)]
     subprocess.run(["git", "init", "-q", str(out)], check=True)
-    subprocess.run(["git", "-C", str(out), "add", "-A"], check=True)
-    kept = subprocess.run(["git", "-C", str(out), "ls-files"], check=True, capture_output=True,
-                          text=True).stdout.split()
-    assert kept and all(name.endswith(".json") or name == ".gitignore" for name in kept), kept
-    assert "seed0/moe-at/result.json" in kept and "seed0/dense-clean/train.json" in kept
+    subprocess.run([*git, "add", "-A"], check=True)
+    kept = subprocess.run([*git, "ls-files"], check=True, capture_output=True, text=True).stdout.split()
+    assert all(name.endswith(".json") or name == ".gitignore" for name in kept), kept
+    for name in ("seed0/moe-at/result.json", "seed0/dense-clean/train.json", "seed0/moe-at/attacks-eps4.json",
+                 "seed0/moe-at/attack-table-eps4.json", "seed0/j-tlat/report-eps4.json",
+                 "seed0/advmoe/report-eps4-state/batches/batch_0000000.json"):
+        assert name in kept, name
+    shutil.rmtree(running)
+    kept = [name for name in kept if not name.startswith("seed0/advmoe/")]
 
     def fresh_clone(name):
         clone = tmp_path / name
@@ -158,21 +173,21 @@ def test_reproduction_resumes_from_its_json_results_alone(tmp_path):
 
     clone = fresh_clone("clone")
     moe_at_result = (clone / "seed0" / "moe-at" / "result.json").read_text()
-    # J-TLAT as if its evaluation had not finished before the machine went: trained (train.json), not evaluated.
+    # J-TLAT as if the machine had gone after its training, before its evaluation finished.
     jtlat_result = json.loads((clone / "seed0" / "j-tlat" / "result.json").read_text())
     (clone / "seed0" / "j-tlat" / "result.json").unlink()
     (clone / "seed0" / "j-tlat" / "report-eps4.json").unlink()
     result = run_script(script, "--quick", "--threads", "1", "--output-dir", str(clone), "--defenses", "moe-at",
                         "j-tlat", "advmoe", "--attack-table-seeds", "0", "--skip-ablations", cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
-    # Finished rows are read, not rerun; the new row and table (a) at the other ε start from retrained checkpoints
-    # (the mixture, MoE AT's model) that match the recorded weights.
+    # Finished rows are read, not rerun; J-TLAT, the new row and table (a) at the other ε start from retrained
+    # checkpoints that match the recorded weights, and J-TLAT's evaluation gives the same result as the first time.
     assert (clone / "seed0" / "moe-at" / "result.json").read_text() == moe_at_result
+    assert "table (a) attacks on MoE AT at ε=4/255" not in result.stdout
     assert (clone / "seed0" / "advmoe" / "result.json").exists()
     assert (clone / "seed0" / "moe-at" / "attack-table-eps8.json").exists()
-    assert "moe-upcycled: retrained, same weights as recorded" in result.stdout
-    assert "moe-at/model: retrained, same weights as recorded" in result.stdout
-    assert "j-tlat/model: retrained, same weights as recorded" in result.stdout
+    for checkpoint in ("moe-upcycled", "moe-at/model", "j-tlat/model"):
+        assert f"{checkpoint}: retrained, same weights as recorded" in result.stdout, checkpoint
     rerun = json.loads((clone / "seed0" / "j-tlat" / "result.json").read_text())
     assert {k: v for k, v in rerun.items() if k != "eval_seconds"} == {
         k: v for k, v in jtlat_result.items() if k != "eval_seconds"}
@@ -183,13 +198,17 @@ def test_reproduction_resumes_from_its_json_results_alone(tmp_path):
     status = run_script(script, "--quick", "--output-dir", str(clone), "--status", cwd=tmp_path)
     assert "| 0 | 6 / 22 |" in status.stdout and "defense dense-at" in status.stdout, status.stdout
 
-    # A retrained checkpoint with other weights than recorded stops the run instead of mixing results.
-    clone = fresh_clone("tampered")
-    info_path = clone / "seed0" / "moe-upcycled" / "train.json"
-    info = json.loads(info_path.read_text())
-    info["weights_sha256"] = "0" * 64
-    info_path.write_text(json.dumps(info))
-    result = run_script(script, "--quick", "--threads", "1", "--output-dir", str(clone), "--defenses", "advmoe",
-                        "--attack-table-seeds", "--skip-ablations", cwd=tmp_path)
-    assert result.returncode != 0
-    assert "came out with other weights than those recorded" in result.stderr
+    # A retrained checkpoint with other weights than recorded stops the run, saves nothing, and stops it again on the
+    # next try; so does a recorded checkpoint without a fingerprint (its retrained weights cannot be checked).
+    for name, edit in (("tampered", lambda info: {**info, "weights_fingerprint": "0" * 64}),
+                       ("unchecked", lambda info: {k: v for k, v in info.items() if k != "weights_fingerprint"})):
+        clone = fresh_clone(name)
+        info_path = clone / "seed0" / "moe-upcycled" / "train.json"
+        info_path.write_text(json.dumps(edit(json.loads(info_path.read_text()))))
+        for _ in range(2):
+            result = run_script(script, "--quick", "--threads", "1", "--output-dir", str(clone), "--defenses",
+                                "advmoe", "--attack-table-seeds", "--skip-ablations", cwd=tmp_path)
+            assert result.returncode != 0
+            assert ("came out with other weights than those recorded" if name == "tampered"
+                    else "records no weight fingerprint") in result.stderr, result.stderr[-2000:]
+            assert not (clone / "seed0" / "moe-upcycled" / "model.safetensors").exists()

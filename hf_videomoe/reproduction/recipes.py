@@ -64,6 +64,26 @@ ABLATIONS = {
 }
 
 
+#: Written into every output folder: what of the cache goes under version control (results/reproduction2 is tracked).
+CACHE_GITIGNORE = """\
+# The reproduction's cache under version control: JSON only (python scripts/reproduce_paper.py resumes from it on a
+# fresh clone). Weights and trainer folders stay on the machine that made them; the per-batch state of an evaluation
+# still running is kept (its model is retrained to the recorded fingerprint, and the evaluation goes on from its
+# batches). Written by the reproduction's runner: edit CACHE_GITIGNORE in hf_videomoe/reproduction/recipes.py.
+*
+!*/
+!.gitignore
+!settings.json
+!train.json
+!result.json
+!attack-table-*.json
+!attacks-*.json
+!report-*.json
+!batch_*.json
+trainer/
+"""
+
+
 @dataclass
 class Settings:
     """Every size and hyper-parameter of the run. Defaults: the protocol of docs/PROTOCOL.md, sized for a GPU: on one

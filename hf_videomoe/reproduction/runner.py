@@ -4,13 +4,14 @@ of work on disk so that an interrupted run resumes where it stopped.
 The cache is meant to outlive the machine: a folder that keeps only the JSON results (what `results/reproduction2`
 keeps under version control) resumes too. A finished unit is read from its ``result.json`` and needs no weights; a
 checkpoint that later units start from (the dense baseline, the upcycled mixture, a trained row) is retrained when
-only its ``train.json`` is left, and must come out with the recorded weights' SHA-256, or the run stops: results of
-other weights must not mix."""
+only its ``train.json`` is left, and must come out with the recorded weights' fingerprint (the SHA-256 of its tensors,
+the one the evaluation state records too), or the run stops before saving them: results of other weights must not
+mix."""
 
 from __future__ import annotations
 
-import hashlib
 import json
+import shutil
 import time
 from pathlib import Path
 
@@ -20,11 +21,13 @@ from transformers import Trainer
 
 from ..data import make_moving_shapes, stack_pixel_values
 from ..evaluation import ATTACK_PRESETS, evaluate_robustness
+from ..evaluation.state import model_fingerprint
 from ..moe import cluster_routers
 from ..training import AdversarialTrainer, JTLATTrainer
 from .recipes import (
     ABLATIONS,
     ATTACK_TABLE_ATTACKS,
+    CACHE_GITIGNORE,
     EXTRA_ATTACKS,
     DEFENSES,
     DEFENSE_ATTACKS,
@@ -47,6 +50,7 @@ from .recipes import (
     upcycle,
     write_json,
 )
+from .report import compute_seconds
 
 
 class Reproduction:
@@ -56,7 +60,7 @@ class Reproduction:
         if unknown:
             raise ValueError(f"unknown defenses {unknown}; expected some of {list(DEFENSES)}")
         self.settings = settings
-        self.defenses = list(DEFENSES) if defenses is None else list(defenses)
+        self.defenses = self._with_dependencies(list(DEFENSES) if defenses is None else list(defenses))
         self.out = output_dir
         self.seeds = seeds
         self.ablation_seeds = [] if skip_ablations else ablation_seeds
@@ -66,6 +70,21 @@ class Reproduction:
         self.collator = stack_collate
         self.out.mkdir(parents=True, exist_ok=True)
         self._check_settings()
+        gitignore = self.out / ".gitignore"
+        if not gitignore.exists() or gitignore.read_text() != CACHE_GITIGNORE:
+            gitignore.write_text(CACHE_GITIGNORE)
+
+    @staticmethod
+    def _with_dependencies(defenses: list[str]) -> list[str]:
+        """``defenses`` without repeats, with the rows the compute-matched row is sized from (J-TLAT's wall-clock, MoE
+        AT's seconds per epoch) planned before it, so that the plan and ``--status`` show every job that runs."""
+        ordered = []
+        for key in defenses:
+            needs = ["moe-at", "j-tlat"] if key == "moe-at-matched" else []
+            for name in [*needs, key]:
+                if name not in ordered:
+                    ordered.append(name)
+        return ordered
 
     # -- settings / cache consistency ------------------------------------------------------------------------------
     def _check_settings(self) -> None:
@@ -132,18 +151,17 @@ class Reproduction:
         return self.seed_dir(seed) / f"ablation-{what}" / "result.json"
 
     def progress(self) -> list[dict]:
-        """Per seed: the planned jobs, those done, and the compute they recorded (training + evaluation seconds)."""
+        """Per seed: the planned jobs, those done, and the compute recorded in the seed's folder (every training run and
+        finished evaluation, whatever plan made it)."""
         rows = {}
         for kind, seed, what in self.plan():
-            row = rows.setdefault(seed, {"seed": seed, "planned": 0, "done": 0, "seconds": 0.0, "missing": []})
+            row = rows.setdefault(seed, {"seed": seed, "planned": 0, "done": 0, "missing": [],
+                                         "seconds": compute_seconds(self.seed_dir(seed))})
             row["planned"] += 1
-            path = self.result_path(kind, seed, what)
-            if not path.exists():
+            if self.result_path(kind, seed, what).exists():
+                row["done"] += 1
+            else:
                 row["missing"].append(f"{kind} {eps_name(what) if kind == 'attacks' else what}")
-                continue
-            row["done"] += 1
-            data = read_json(path)
-            row["seconds"] += float(data.get("eval_seconds", 0.0)) + float((data.get("train") or {}).get("seconds", 0.0))
         return list(rows.values())
 
     def run(self) -> None:
@@ -217,23 +235,28 @@ class Reproduction:
 
     @staticmethod
     def _save_checkpoint(model, model_dir: Path, info_path: Path, info: dict) -> dict:
-        """Save ``model`` and write ``info`` with the weights' SHA-256. Where ``info_path`` already exists (the weights
-        were dropped and have just been retrained), the recorded file is kept and the new weights must match it."""
-        model.save_pretrained(model_dir)
-        digest = hashlib.sha256((model_dir / "model.safetensors").read_bytes()).hexdigest()
+        """Save ``model`` and write ``info`` with the weights' fingerprint. Where ``info_path`` already exists (the
+        weights were dropped and have just been retrained), the recorded file is kept and the new weights must have the
+        recorded fingerprint; if not, nothing is saved and the run stops."""
+        fingerprint = model_fingerprint(model)["weights_sha256"]
         if info_path.exists():
             recorded = read_json(info_path)
-            if recorded.get("weights_sha256") not in (None, digest):
+            expected = recorded.get("weights_fingerprint")
+            if expected != fingerprint:
                 raise RuntimeError(
-                    f"{model_dir} was retrained (only {info_path.name} was left) but came out with other weights than "
-                    f"those recorded (sha256 {digest[:12]} vs {recorded['weights_sha256'][:12]}): training is not "
-                    "reproducible here (another torch version or thread count?), so the cached results that started "
-                    "from it would mix with new ones. Use another --output-dir."
+                    f"{model_dir} was retrained (only {info_path.name} was left) but "
+                    + (f"came out with other weights than those recorded (fingerprint {fingerprint[:12]} vs "
+                       f"{expected[:12]}; recorded with torch {recorded.get('torch')}): training is not reproducible "
+                       "here (another torch version or thread count?)" if expected else
+                       "its train.json records no weight fingerprint, so the retrained weights cannot be checked")
+                    + ", and the cached results that started from it would mix with new ones. Use another --output-dir."
                 )
-            if recorded.get("weights_sha256") is not None:
-                log(f"{model_dir}: retrained, same weights as recorded (sha256 {digest[:12]})")
-                return recorded
-        info = {**info, "weights_sha256": digest}
+            model.save_pretrained(model_dir)
+            log(f"{model_dir}: retrained, same weights as recorded (fingerprint {fingerprint[:12]})")
+            return recorded
+        model.save_pretrained(model_dir)
+        info = {**info, "weights_fingerprint": fingerprint, "torch": torch.__version__,
+                "torch_threads": torch.get_num_threads()}
         write_json(info_path, info)
         return info
 
@@ -311,6 +334,8 @@ class Reproduction:
         )
         seconds = time.perf_counter() - start
         report.save(report_path)
+        # The report holds every per-clip number; the per-batch state was only for resuming (and would be tracked).
+        shutil.rmtree(report_path.parent / (report_path.stem + "-state"), ignore_errors=True)
         return report, seconds
 
     @staticmethod
