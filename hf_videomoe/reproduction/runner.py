@@ -314,7 +314,12 @@ class Reproduction:
 
     # -- evaluation --------------------------------------------------------------------------------------------------
     def evaluate(self, model, attacks, eps: float, report_path: Path):
+        """Evaluate ``model`` (resuming from the report's per-batch state if there is one); returns ``(report,
+        timing)``, where ``timing`` holds this invocation's ``seconds`` and the number of ``resumed_batches`` an
+        earlier invocation had finished (their time is not in ``seconds``: a resumed evaluation undercounts)."""
         s = self.settings
+        state_dir = report_path.parent / (report_path.stem + "-state")
+        resumed_batches = len(list((state_dir / "batches").glob("batch_*.json")))
         spec = {}
         for name in attacks:
             spec[name] = {"name": name}
@@ -330,13 +335,13 @@ class Reproduction:
             mode="cascade", exact_attacks=[a for a in attacks if a not in EXTRA_ATTACKS],
             batch_size=s.eval_batch_size, max_samples=s.eval_samples, return_per_sample=True, check_steps=True,
             progress=show_inner_progress(), dataset_name="MovingShapes",
-            state_dir=report_path.parent / (report_path.stem + "-state"),
+            state_dir=state_dir,
         )
-        seconds = time.perf_counter() - start
+        timing = {"seconds": time.perf_counter() - start, "resumed_batches": resumed_batches}
         report.save(report_path)
         # The report holds every per-clip number; the per-batch state was only for resuming (and would be tracked).
-        shutil.rmtree(report_path.parent / (report_path.stem + "-state"), ignore_errors=True)
-        return report, seconds
+        shutil.rmtree(state_dir, ignore_errors=True)
+        return report, timing
 
     @staticmethod
     def worst_case_correct(report, attacks) -> list[bool]:
@@ -354,7 +359,7 @@ class Reproduction:
         ok = cls.worst_case_correct(report, attacks)
         return sum(ok) / len(ok)
 
-    def summarise(self, report, attacks, eval_seconds: float) -> dict:
+    def summarise(self, report, attacks, timing: dict) -> dict:
         row = {
             "clean": report.clean_accuracy,
             "robust": {a: report.robust_accuracy[a] for a in attacks},
@@ -373,7 +378,8 @@ class Reproduction:
             # The busiest expert's share of the clean routing units, per MoE layer (1.0 = collapsed onto one expert).
             "busiest_expert_share": [max(layer) for layer in report.expert_usage.get("clean", [])] or None,
             "num_samples": report.num_samples,
-            "eval_seconds": eval_seconds,
+            "eval_seconds": timing["seconds"],
+            "eval_resumed_batches": timing.get("resumed_batches", 0),
         }
         return row
 
@@ -400,12 +406,12 @@ class Reproduction:
             # The MoE AT model is also table (a)'s model: evaluate every attack once at the training ε and take this
             # row's numbers from that run (each attack's RNG depends only on (seed, batch, attack), so this equals a
             # run with the row's attacks only).
-            report, seconds = self._attack_report(seed, self.settings.train_eps, model)
+            report, timing = self._attack_report(seed, self.settings.train_eps, model)
         else:
-            report, seconds = self.evaluate(model, self._row_attacks(model), self.settings.train_eps,
-                                            self.seed_dir(seed) / key / f"report-{eps_slug(self.settings.train_eps)}.json")
+            report, timing = self.evaluate(model, self._row_attacks(model), self.settings.train_eps,
+                                           self.seed_dir(seed) / key / f"report-{eps_slug(self.settings.train_eps)}.json")
         result = {"seed": seed, "method": key, "label": label, "train": info,
-                  **self.summarise(report, self._row_attacks(model), seconds)}
+                  **self.summarise(report, self._row_attacks(model), timing)}
         write_json(result_path, result)
         log(f"seed {seed}: {label}: clean {100 * result['clean']:.1f}%, worst case {100 * result['worst_case']:.1f}%")
         return result
@@ -416,19 +422,19 @@ class Reproduction:
         if report_path.exists() and seconds_path.exists():
             from hf_videomoe.evaluation import RobustnessReport
 
-            return RobustnessReport.load(report_path), read_json(seconds_path)["seconds"]
+            return RobustnessReport.load(report_path), read_json(seconds_path)
         if model is None:
             model, _ = self.trained_model(seed, "moe-at", "pgd-at", "moe", {}, {})
         log(f"seed {seed}: table (a) attacks on MoE AT at ε={eps_name(eps)}")
-        report, seconds = self.evaluate(model, ATTACK_TABLE_ATTACKS, eps, report_path)
-        write_json(seconds_path, {"seconds": seconds})
-        return report, seconds
+        report, timing = self.evaluate(model, ATTACK_TABLE_ATTACKS, eps, report_path)
+        write_json(seconds_path, timing)
+        return report, timing
 
     def attack_table(self, seed: int, eps: float) -> dict:
         result_path = self.result_path("attacks", seed, eps)
         if result_path.exists():
             return read_json(result_path)
-        report, seconds = self._attack_report(seed, eps)
+        report, timing = self._attack_report(seed, eps)
         result = {
             "seed": seed, "eps": eps, "clean": report.clean_accuracy,
             "robust": dict(report.robust_accuracy),
@@ -439,7 +445,8 @@ class Reproduction:
             "worst_case_attacks": list(report.attacks),
             "flags": report.flag_names,
             "routing_relevance": report.routing_relevance,
-            "eval_seconds": seconds,
+            "eval_seconds": timing["seconds"],
+            "eval_resumed_batches": timing.get("resumed_batches", 0),
         }
         write_json(result_path, result)
         return result
@@ -452,9 +459,9 @@ class Reproduction:
         label, arg_overrides, config_overrides = ABLATIONS[name]
         model, info = self.trained_model(seed, run_name, "j-tlat", "moe", arg_overrides, config_overrides)
         attacks = self._row_attacks(model)
-        report, seconds = self.evaluate(model, attacks, self.settings.train_eps,
-                                        self.seed_dir(seed) / run_name / f"report-{eps_slug(self.settings.train_eps)}.json")
-        result = {"seed": seed, "ablation": name, "label": label, "train": info, **self.summarise(report, attacks, seconds)}
+        report, timing = self.evaluate(model, attacks, self.settings.train_eps,
+                                       self.seed_dir(seed) / run_name / f"report-{eps_slug(self.settings.train_eps)}.json")
+        result = {"seed": seed, "ablation": name, "label": label, "train": info, **self.summarise(report, attacks, timing)}
         write_json(result_path, result)
         log(f"seed {seed}: J-TLAT {label}: clean {100 * result['clean']:.1f}%, worst case "
             f"{100 * result['worst_case']:.1f}%")
