@@ -141,6 +141,9 @@ def test_reproduction_resumes_from_its_json_results_alone(tmp_path):
     assert sorted(p.name for p in seed_dir.iterdir()) == ["dense-clean", "j-tlat", "moe-at", "moe-upcycled"]
     assert (seed_dir / "moe-at" / "attack-table-eps4.json").exists()
     assert not (seed_dir / "moe-at" / "attack-table-eps8.json").exists()
+    # The mixture's balance before adversarial training is recorded (per layer, shares of the routing units).
+    usage = json.loads((seed_dir / "moe-upcycled" / "train.json").read_text())["expert_usage"]
+    assert len(usage) == Settings.quick().num_layers and all(abs(sum(layer) - 1) < 1e-4 for layer in usage)
     # A finished evaluation leaves its report, not its per-batch state.
     assert not (seed_dir / "j-tlat" / "report-eps4-state").exists()
     # The run writes the ignore rules of the tracked cache (one source: results/reproduction2's is that text).

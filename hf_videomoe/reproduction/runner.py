@@ -19,6 +19,7 @@ import torch
 from tqdm.auto import tqdm
 from transformers import Trainer
 
+from ..attacks import expert_usage
 from ..data import make_moving_shapes, stack_pixel_values
 from ..evaluation import ATTACK_PRESETS, evaluate_robustness
 from ..evaluation.state import model_fingerprint
@@ -226,7 +227,8 @@ class Reproduction:
         Trainer(model=moe.train(), args=args, train_dataset=self.split("train"), data_collator=self.collator).train()
         seconds = time.perf_counter() - start
         self._save_checkpoint(moe, path, path / "train.json", {"seconds": seconds, "epochs": s.moe_epochs,
-                                                               "clean_accuracy": self._clean_accuracy(moe)})
+                                                               "clean_accuracy": self._clean_accuracy(moe),
+                                                               "expert_usage": self.mixture_expert_usage(moe)})
         return path
 
     @staticmethod
@@ -259,6 +261,13 @@ class Reproduction:
                 "torch_threads": torch.get_num_threads()}
         write_json(info_path, info)
         return info
+
+    def mixture_expert_usage(self, model) -> list[list[float]]:
+        """Per MoE layer, the share of the test clips' routing units each expert gets (clean): the mixture's balance
+        before any adversarial training, to compare with each trained row's report (``expert_usage["clean"]``)."""
+        pixel_values = self.eval_set.pixel_values
+        return [[round(float(x), 6) for x in layer]
+                for layer in expert_usage(model.eval(), pixel_values, batch_size=self.settings.eval_batch_size)]
 
     def _clean_accuracy(self, model) -> float:
         model.eval()
