@@ -25,7 +25,7 @@ evaluation) is saved under ``--output-dir``; a rerun with the same settings skip
 resumes where it stopped. The full run's default folder, ``results/reproduction2[-timesformer]``, keeps its JSON
 results under version control (its .gitignore drops the weights), so the run resumes on a fresh clone too: finished
 units are read from their JSON, and the checkpoints later units start from are retrained and checked against their
-recorded SHA-256. The tables are printed as Markdown and written to ``--results-file``.
+recorded weight fingerprint. The tables are printed as Markdown and written to ``--results-file``.
 """
 
 from __future__ import annotations
