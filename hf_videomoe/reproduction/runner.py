@@ -156,8 +156,10 @@ class Reproduction:
         finished evaluation, whatever plan made it)."""
         rows = {}
         for kind, seed, what in self.plan():
-            row = rows.setdefault(seed, {"seed": seed, "planned": 0, "done": 0, "missing": [],
-                                         "seconds": compute_seconds(self.seed_dir(seed))})
+            if seed not in rows:  # compute_seconds walks the seed's folder: once per seed, not once per job
+                rows[seed] = {"seed": seed, "planned": 0, "done": 0, "missing": [],
+                              "seconds": compute_seconds(self.seed_dir(seed))}
+            row = rows[seed]
             row["planned"] += 1
             if self.result_path(kind, seed, what).exists():
                 row["done"] += 1
