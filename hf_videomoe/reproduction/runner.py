@@ -364,19 +364,13 @@ class Reproduction:
             ok = [o and p == l for o, p, l in zip(ok, ps["predictions"][name], labels)]
         return ok
 
-    @classmethod
-    def worst_case(cls, report, attacks) -> float:
-        """Per-sample AND over ``attacks``: the fraction of clips no attack fools."""
-        ok = cls.worst_case_correct(report, attacks)
-        return sum(ok) / len(ok)
-
     def summarise(self, report, attacks, timing: dict) -> dict:
+        correct = self.worst_case_correct(report, attacks)
         row = {
             "clean": report.clean_accuracy,
             "robust": {a: report.robust_accuracy[a] for a in attacks},
-            "worst_case": self.worst_case(report, attacks),
-            # per clip, for the paired (McNemar) tests between rows
-            "worst_case_correct": self.worst_case_correct(report, attacks),
+            "worst_case": sum(correct) / len(correct),  # the fraction of clips no attack fools
+            "worst_case_correct": correct,  # per clip, for the paired (McNemar) tests between rows
             "worst_case_attacks": list(attacks),
             "routing_change": {a: report.routing_change.get(a) for a in attacks if a in report.routing_change},
             "router_lipschitz": {a: report.router_lipschitz.get(a) for a in attacks if a in report.router_lipschitz},
