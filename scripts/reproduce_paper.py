@@ -23,9 +23,10 @@ Usage::
 Every finished unit of work (dense checkpoint, upcycled checkpoint, each (seed, method) training run and each
 evaluation) is saved under ``--output-dir``; a rerun with the same settings skips what is done, so an interrupted run
 resumes where it stopped. The full run's default folder, ``results/reproduction2[-timesformer]``, keeps its JSON
-results under version control (its .gitignore drops the weights), so the run resumes on a fresh clone too: finished
-units are read from their JSON, and the checkpoints later units start from are retrained and checked against their
-recorded weight fingerprint. The tables are printed as Markdown and written to ``--results-file``.
+results and the weights later units need under version control (its .gitignore says which), so the run resumes on a
+fresh clone on any machine too: finished units are read from their JSON, kept checkpoints are loaded, and the others
+are retrained and checked against their recorded weight fingerprint (which only the same kind of machine
+reproduces). The tables are printed as Markdown and written to ``--results-file``.
 """
 
 from __future__ import annotations

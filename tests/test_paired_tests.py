@@ -33,3 +33,24 @@ def test_mcnemar_exact():
     assert mcnemar_exact(a, a)["p_value"] == 1.0
     with pytest.raises(ValueError, match="same clips"):
         mcnemar_exact(a, b[:-1])
+
+
+def test_compare_reports_a_claim_whose_opposite_holds():
+    from hf_videomoe.reproduction.tables import compare
+
+    worse = [True] * 40 + [False] * 60
+    better = [True] * 60 + [False] * 40
+    # Claim "a > b", but b is better on every seed and on every clip where they differ.
+    rows_a = {s: {"acc": 0.4, "clips": worse} for s in range(5)}
+    rows_b = {s: {"acc": 0.6 + 0.01 * s, "clips": better} for s in range(5)}
+    line = compare(rows_a, rows_b, lambda r: r["acc"], higher_is="a", what="claim", per_clip="clips")
+    assert "**does not hold; the opposite holds**" in line
+    assert "opposite direction p = 0.0312" in line
+    assert "McNemar per seed: p < 0.05 in 0 of 5" in line and "opposite direction: p < 0.05 in 5 of 5" in line
+    # The claim's own direction is unchanged, and a claim that holds gets no opposite report.
+    line = compare(rows_b, rows_a, lambda r: r["acc"], higher_is="a", what="claim", per_clip="clips")
+    assert "**holds**" in line and "opposite" not in line
+    # Four seeds against and one for: the opposite is not significant (p = 6/32), so only "does not hold".
+    rows_b[0] = {"acc": 0.3, "clips": worse}
+    line = compare(rows_a, rows_b, lambda r: r["acc"], higher_is="a", what="claim")
+    assert "**does not hold**" in line and "opposite direction p = 0.188" in line

@@ -8,6 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from hf_videomoe.reproduction.recipes import Settings
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -124,12 +126,13 @@ def test_calibration_and_cascade_benchmark_quick(tmp_path):
     assert "Worst case identical clip by clip: **yes**" in bench.read_text()
 
 
-def test_reproduction_resumes_from_its_json_results_alone(tmp_path):
-    """The run's cache under version control keeps only JSON (results/reproduction2/.gitignore): a fresh clone resumes
-    from it, retraining the checkpoints later units start from and refusing weights other than the recorded ones."""
+def test_reproduction_resumes_from_its_tracked_cache(tmp_path):
+    """The run's cache under version control (results/reproduction2/.gitignore) keeps the JSON results and the weights
+    that later units start from or evaluate again: a fresh clone resumes from it, retraining the other checkpoints and
+    refusing weights other than the recorded ones."""
     import shutil
 
-    from hf_videomoe.reproduction.recipes import CACHE_GITIGNORE
+    from hf_videomoe.reproduction.recipes import CACHE_GITIGNORE, EVALUATING_GITIGNORE
 
     script = str(REPO_ROOT / "scripts" / "reproduce_paper.py")
     out = tmp_path / "run"
@@ -150,21 +153,31 @@ def test_reproduction_resumes_from_its_json_results_alone(tmp_path):
     assert (out / ".gitignore").read_text() == CACHE_GITIGNORE
     assert (REPO_ROOT / "results" / "reproduction2" / ".gitignore").read_text() == CACHE_GITIGNORE
 
-    # What git keeps of that folder (an evaluation still running would leave per-batch state: it is kept).
+    # No finished evaluation leaves its row's weights marked for keeping.
+    assert not list(seed_dir.glob("*/model/.gitignore"))
+
+    # What git keeps of that folder (an evaluation still running leaves per-batch state and keeps its row's weights).
     running = seed_dir / "advmoe" / "report-eps4-state"
     (running / "batches").mkdir(parents=True)
     (running / "settings.json").write_text("{}")
     (running / "batches" / "batch_0000000.json").write_text("{}")
+    (running.parent / "model").mkdir()
+    (running.parent / "model" / "model.safetensors").write_bytes(b"")
+    (running.parent / "model" / ".gitignore").write_text(EVALUATING_GITIGNORE)
     git = ["git", "-c", "core.excludesFile=/dev/null", "-C", str(out)]
     subprocess.run(["git", "init", "-q", str(out)], check=True)
     subprocess.run([*git, "add", "-A"], check=True)
     kept = subprocess.run([*git, "ls-files"], check=True, capture_output=True, text=True).stdout.split()
-    assert all(name.endswith(".json") or name == ".gitignore" for name in kept), kept
+    weights = {"seed0/dense-clean/model.safetensors", "seed0/moe-upcycled/model.safetensors",
+               "seed0/moe-at/model/model.safetensors", "seed0/advmoe/model/model.safetensors"}
+    assert all(name.endswith(".json") or name.endswith(".gitignore") or name in weights for name in kept), kept
     for name in ("seed0/moe-at/result.json", "seed0/dense-clean/train.json", "seed0/moe-at/attacks-eps4.json",
                  "seed0/moe-at/attack-table-eps4.json", "seed0/j-tlat/report-eps4.json",
-                 "seed0/advmoe/report-eps4-state/batches/batch_0000000.json"):
+                 "seed0/advmoe/report-eps4-state/batches/batch_0000000.json", "seed0/moe-at/model/config.json",
+                 *weights):
         assert name in kept, name
-    shutil.rmtree(running)
+    assert "seed0/j-tlat/model/model.safetensors" not in kept and not any("trainer" in name for name in kept)
+    shutil.rmtree(running.parent)
     kept = [name for name in kept if not name.startswith("seed0/advmoe/")]
 
     def fresh_clone(name):
@@ -189,8 +202,9 @@ def test_reproduction_resumes_from_its_json_results_alone(tmp_path):
     assert "table (a) attacks on MoE AT at ε=4/255" not in result.stdout
     assert (clone / "seed0" / "advmoe" / "result.json").exists()
     assert (clone / "seed0" / "moe-at" / "attack-table-eps8.json").exists()
-    for checkpoint in ("moe-upcycled", "moe-at/model", "j-tlat/model"):
-        assert f"{checkpoint}: retrained, same weights as recorded" in result.stdout, checkpoint
+    assert "j-tlat/model: retrained, same weights as recorded" in result.stdout
+    for checkpoint in ("dense-clean", "moe-upcycled", "moe-at/model"):  # their weights came with the clone
+        assert f"{checkpoint}: retrained" not in result.stdout, checkpoint
     rerun = json.loads((clone / "seed0" / "j-tlat" / "result.json").read_text())
     assert {k: v for k, v in rerun.items() if k != "eval_seconds"} == {
         k: v for k, v in jtlat_result.items() if k != "eval_seconds"}
@@ -201,11 +215,13 @@ def test_reproduction_resumes_from_its_json_results_alone(tmp_path):
     status = run_script(script, "--quick", "--output-dir", str(clone), "--status", cwd=tmp_path)
     assert "| 0 | 6 / 22 |" in status.stdout and "defense dense-at" in status.stdout, status.stdout
 
-    # A retrained checkpoint with other weights than recorded stops the run, saves nothing, and stops it again on the
-    # next try; so does a recorded checkpoint without a fingerprint (its retrained weights cannot be checked).
+    # A retrained checkpoint with other weights than recorded (as on another kind of machine, had its weights not been
+    # kept) stops the run, saves nothing, and stops it again on the next try; so does a recorded checkpoint without a
+    # fingerprint (its retrained weights cannot be checked).
     for name, edit in (("tampered", lambda info: {**info, "weights_fingerprint": "0" * 64}),
                        ("unchecked", lambda info: {k: v for k, v in info.items() if k != "weights_fingerprint"})):
         clone = fresh_clone(name)
+        (clone / "seed0" / "moe-upcycled" / "model.safetensors").unlink()
         info_path = clone / "seed0" / "moe-upcycled" / "train.json"
         info_path.write_text(json.dumps(edit(json.loads(info_path.read_text()))))
         for _ in range(2):
@@ -215,3 +231,37 @@ def test_reproduction_resumes_from_its_json_results_alone(tmp_path):
             assert ("came out with other weights than those recorded" if name == "tampered"
                     else "records no weight fingerprint") in result.stderr, result.stderr[-2000:]
             assert not (clone / "seed0" / "moe-upcycled" / "model.safetensors").exists()
+
+
+def test_a_row_keeps_its_weights_in_the_cache_while_its_evaluation_runs(tmp_path, monkeypatch):
+    """Training is reproducible only on the same kind of machine: a row whose evaluation is cut short must keep its
+    weights in the tracked cache, and stop keeping them once its report is written."""
+    import torch
+
+    from hf_videomoe.reproduction import runner
+    from hf_videomoe.reproduction.recipes import EVALUATING_GITIGNORE
+
+    reproduction = runner.Reproduction(Settings.quick(), tmp_path / "run", seeds=[0], ablation_seeds=[],
+                                       attack_table_seeds=[], skip_ablations=True)
+    model_dir = tmp_path / "run" / "seed0" / "tlat" / "model"
+    model_dir.mkdir(parents=True)
+    seen = []
+
+    class Report:
+        def save(self, path):
+            path.write_text("{}")
+
+    def evaluation(*args, **kwargs):
+        seen.append((model_dir / ".gitignore").read_text())
+        if len(seen) == 1:
+            raise KeyboardInterrupt  # the machine goes away mid-evaluation
+        return Report()
+
+    monkeypatch.setattr(runner, "evaluate_robustness", evaluation)
+    report_path = model_dir.parent / "report-eps4.json"
+    with pytest.raises(KeyboardInterrupt):
+        reproduction.evaluate(torch.nn.Linear(1, 1), ["pgd"], 4 / 255, report_path)
+    assert (model_dir / ".gitignore").read_text() == EVALUATING_GITIGNORE
+    reproduction.evaluate(torch.nn.Linear(1, 1), ["pgd"], 4 / 255, report_path)
+    assert seen == [EVALUATING_GITIGNORE] * 2 and report_path.exists()
+    assert not (model_dir / ".gitignore").exists()

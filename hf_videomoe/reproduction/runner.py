@@ -6,7 +6,8 @@ keeps under version control) resumes too. A finished unit is read from its ``res
 checkpoint that later units start from (the dense baseline, the upcycled mixture, a trained row) is retrained when
 only its ``train.json`` is left, and must come out with the recorded weights' fingerprint (the SHA-256 of its tensors,
 the one the evaluation state records too), or the run stops before saving them: results of other weights must not
-mix."""
+mix. Retraining reproduces the weights only on the same kind of machine, so the cache keeps the weights that later
+units need (``CACHE_GITIGNORE``)."""
 
 from __future__ import annotations
 
@@ -19,11 +20,11 @@ import torch
 from tqdm.auto import tqdm
 from transformers import Trainer
 
-from ..attacks import expert_usage
+from ..attacks import ATTACKS, expert_usage
 from ..data import make_moving_shapes, stack_pixel_values
-from ..evaluation import ATTACK_PRESETS, evaluate_robustness
+from ..evaluation import ATTACK_PRESETS, RobustnessReport, evaluate_robustness
 from ..evaluation.state import model_fingerprint
-from ..moe import cluster_routers
+from ..moe import cluster_routers, is_moe_model
 from ..training import AdversarialTrainer, JTLATTrainer
 from .recipes import (
     ABLATIONS,
@@ -31,6 +32,7 @@ from .recipes import (
     CACHE_GITIGNORE,
     EXTRA_ATTACKS,
     DEFENSES,
+    EVALUATING_GITIGNORE,
     DEFENSE_ATTACKS,
     PIXEL_MEAN,
     PIXEL_STD,
@@ -251,7 +253,7 @@ class Reproduction:
                     f"{model_dir} was retrained (only {info_path.name} was left) but "
                     + (f"came out with other weights than those recorded (fingerprint {fingerprint[:12]} vs "
                        f"{expected[:12]}; recorded with torch {recorded.get('torch')}): training is not reproducible "
-                       "here (another torch version or thread count?)" if expected else
+                       "here (another machine, torch version or thread count?)" if expected else
                        "its train.json records no weight fingerprint, so the retrained weights cannot be checked")
                     + ", and the cached results that started from it would mix with new ones. Use another --output-dir."
                 )
@@ -337,6 +339,9 @@ class Reproduction:
             if name in EXTRA_ATTACKS:  # AutoAttack's settings with the run's budgets, not the paper attacks' steps
                 spec[name] = {**ATTACK_PRESETS["autoattack"][name],
                               "steps": s.square_queries if name == "square" else s.autoattack_steps}
+        row_gitignore = report_path.parent / "model" / ".gitignore"
+        if row_gitignore.parent.is_dir():
+            row_gitignore.write_text(EVALUATING_GITIGNORE)
         start = time.perf_counter()
         # The paper's attacks run on every clip (their own accuracies, routing diagnostics, steps check); AutoAttack's
         # ensemble then runs as AutoAttack does, only on the clips all of them left standing: the same worst case for
@@ -352,6 +357,7 @@ class Reproduction:
         report.save(report_path)
         # The report holds every per-clip number; the per-batch state was only for resuming (and would be tracked).
         shutil.rmtree(state_dir, ignore_errors=True)
+        row_gitignore.unlink(missing_ok=True)
         return report, timing
 
     @staticmethod
@@ -389,11 +395,7 @@ class Reproduction:
         return row
 
     def _row_attacks(self, model) -> list[str]:
-        from hf_videomoe.moe import is_moe_model
-
         moe = is_moe_model(model)
-        from hf_videomoe.attacks import ATTACKS
-
         return [a for a in DEFENSE_ATTACKS if moe or not ATTACKS[a].requires_moe]
 
     # -- jobs --------------------------------------------------------------------------------------------------------
@@ -404,7 +406,9 @@ class Reproduction:
         label, method, start = DEFENSES[key]
         epochs = None
         if key == "moe-at-matched":  # as many PGD-AT epochs as J-TLAT's wall-clock time of this seed allows
-            jtlat, moe_at = self.defense(seed, "j-tlat")["train"], self.defense(seed, "moe-at")["train"]
+            # Only their training records are needed: this row can train while their evaluations run elsewhere.
+            jtlat, moe_at = [read_json(path) if (path := self.seed_dir(seed) / name / "train.json").exists()
+                             else self.defense(seed, name)["train"] for name in ("j-tlat", "moe-at")]
             epochs = max(round(jtlat["seconds"] / moe_at["seconds_per_epoch"], 1), 0.1)
         model, info = self.trained_model(seed, key, method, start, {}, {}, epochs=epochs)
         if key == "moe-at":
@@ -425,8 +429,6 @@ class Reproduction:
         report_path = self.seed_dir(seed) / "moe-at" / f"attacks-{eps_slug(eps)}.json"
         seconds_path = report_path.with_suffix(".seconds.json")
         if report_path.exists() and seconds_path.exists():
-            from hf_videomoe.evaluation import RobustnessReport
-
             return RobustnessReport.load(report_path), read_json(seconds_path)
         if model is None:
             model, _ = self.trained_model(seed, "moe-at", "pgd-at", "moe", {}, {})

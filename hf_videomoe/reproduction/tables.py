@@ -169,7 +169,10 @@ def compare(rows_a: dict, rows_b: dict, getter, *, higher_is: str, what: str, un
     holds: the mean difference is in the claimed direction by more than ``resolution`` and the one-sided sign test
     across seeds gives p < 0.05 (with 5 seeds: all five agree); right direction, not significant: the mean agrees
     but the sign test does not; does not hold: otherwise. ``per_clip``: a row key holding per-clip correctness (e.g.
-    ``"worst_case_correct"``): an exact McNemar test per seed is added (how many seeds reach p < 0.05).
+    ``"worst_case_correct"``): an exact McNemar test per seed is added (how many seeds reach p < 0.05). When the mean
+    goes against the claim, both tests are run in the opposite direction as well, and "the opposite holds" is added
+    when its sign test gives p < 0.05: a claim that fails because the reverse is true is reported as such, not as a
+    tie.
     """
     seeds = sorted(set(rows_a) & set(rows_b))
     pairs = []
@@ -197,16 +200,24 @@ def compare(rows_a: dict, rows_b: dict, getter, *, higher_is: str, what: str, un
         verdict = "does not hold (no measurable difference)"
     else:
         verdict = "does not hold"
+    against = mean_diff < -resolution
+    p_opposite = sign_test(diffs, "less")["p_value"]
+    if against and p_opposite < 0.05:
+        verdict += "; the opposite holds"
     n = len(pairs)
     detail = (f"{unit_scale * mean_a:.{digits}f}{unit} vs {unit_scale * mean_b:.{digits}f}{unit}, "
               f"{n} seed{'s' if n != 1 else ''}, one-sided sign test p = {p_value:.3g}")
+    if against:
+        detail += f", opposite direction p = {p_opposite:.3g}"
     if per_clip is not None:
-        tests = [mcnemar_exact(rows_a[s][per_clip], rows_b[s][per_clip],
-                               "greater" if higher_is == "a" else "less")
-                 for s in seeds if per_clip in rows_a[s] and per_clip in rows_b[s]]
-        if tests:
-            detail += (f"; McNemar per seed: p < 0.05 in {sum(t['p_value'] < 0.05 for t in tests)} of {len(tests)} "
-                       "(p = " + ", ".join(f"{t['p_value']:.2g}" for t in tests) + ")")
+        clip_seeds = [s for s in seeds if per_clip in rows_a[s] and per_clip in rows_b[s]]
+        for label, a_better in [("McNemar per seed", higher_is == "a"),
+                                ("opposite direction", higher_is != "a")][:2 if against else 1]:
+            tests = [mcnemar_exact(rows_a[s][per_clip], rows_b[s][per_clip], "greater" if a_better else "less")
+                     for s in clip_seeds]
+            if tests:
+                detail += (f"; {label}: p < 0.05 in {sum(t['p_value'] < 0.05 for t in tests)} of {len(tests)} "
+                           "(p = " + ", ".join(f"{t['p_value']:.2g}" for t in tests) + ")")
     return f"{what}: **{verdict}** ({detail})"
 
 
@@ -349,7 +360,9 @@ def what_holds(results: dict, settings: Settings, ablation_seeds: list[int]) -> 
                "with this few seeds are within noise. Verdicts are produced by fixed rules (script: "
                "`what_holds`, docs/PROTOCOL.md): **holds** = right direction on average and one-sided sign test over "
                "seeds p < 0.05 (with 5 seeds: every seed agrees; with 3 or fewer no claim can hold), **right "
-               "direction, not significant** = right on average only, **does not hold** = otherwise._")
+               "direction, not significant** = right on average only, **does not hold** = otherwise; where the mean "
+               "goes against a claim, the same tests are run the other way, and **the opposite holds** is added when "
+               "that sign test gives p < 0.05._")
     return out
 
 
