@@ -76,9 +76,11 @@ def parse_args(argv=None):
     p.add_argument("--skip-ablations", action="store_true", help="do not run the J-TLAT ablations")
     p.add_argument("--model-type", choices=["videomae", "timesformer"], default="videomae")
     p.add_argument("--output-dir", type=Path, default=None,
-                   help="cache of checkpoints and JSON results (default outputs/reproduce[-quick][-timesformer])")
+                   help="cache of checkpoints and JSON results (default results/reproduction2[-timesformer]; "
+                        "quick: outputs/reproduce-quick[-timesformer])")
     p.add_argument("--results-file", type=Path, default=None,
-                   help="Markdown results (default docs/RESULTS_reproduction.md; quick: <output-dir>/RESULTS.md)")
+                   help="Markdown results (default docs/RESULTS_reproduction2[-timesformer].md, not the first "
+                        "reproduction's docs/RESULTS_reproduction.md; quick: <output-dir>/RESULTS.md)")
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     p.add_argument("--status", action="store_true",
                    help="print which jobs of this plan are done and the compute they recorded, then exit (runs nothing)")
@@ -123,11 +125,12 @@ def main(argv=None) -> int:
         raise SystemExit(f"--attack-table-seeds {unknown} are not among --seeds {seeds} (table (a) uses table (b)'s "
                          "MoE AT models).")
     suffix = ("-quick" if args.quick else "") + ("-timesformer" if args.model_type == "timesformer" else "")
-    # The full run's cache is the tracked results/ folder (JSON only): it resumes across machines and sessions.
+    # The full run's cache is the tracked results/ folder (JSON and the weights later units need): it resumes
+    # across machines and sessions.
     output_dir = args.output_dir or (REPO_ROOT / "outputs" / f"reproduce{suffix}" if args.quick
                                      else REPO_ROOT / "results" / f"reproduction2{suffix}")
     results_file = args.results_file or (output_dir / "RESULTS.md" if args.quick
-                                         else REPO_ROOT / "docs" / "RESULTS_reproduction.md")
+                                         else REPO_ROOT / "docs" / f"RESULTS_reproduction2{suffix}.md")
 
     if args.status:
         if not (output_dir / "settings.json").exists():
