@@ -46,7 +46,7 @@ def test_compare_reports_a_claim_whose_opposite_holds():
     line = compare(rows_a, rows_b, lambda r: r["acc"], higher_is="a", what="claim", per_clip="clips")
     assert "**does not hold; the opposite holds**" in line
     assert "opposite direction p = 0.0312" in line
-    assert "McNemar per seed: p < 0.05 in 0 of 5" in line and "opposite direction: p < 0.05 in 5 of 5" in line
+    assert "McNemar per seed: p < 0.05 in 0 of 5" in line and "McNemar, opposite direction: p < 0.05 in 5 of 5" in line
     # The claim's own direction is unchanged, and a claim that holds gets no opposite report.
     line = compare(rows_b, rows_a, lambda r: r["acc"], higher_is="a", what="claim", per_clip="clips")
     assert "**holds**" in line and "opposite" not in line
@@ -54,3 +54,14 @@ def test_compare_reports_a_claim_whose_opposite_holds():
     rows_b[0] = {"acc": 0.3, "clips": worse}
     line = compare(rows_a, rows_b, lambda r: r["acc"], higher_is="a", what="claim")
     assert "**does not hold**" in line and "opposite direction p = 0.188" in line
+    # A claim that a is lower (higher_is="b"), when a is higher on every seed and clip: both tests turn the other way.
+    rows_b[0] = {"acc": 0.6, "clips": better}
+    line = compare(rows_b, rows_a, lambda r: r["acc"], higher_is="b", what="claim", per_clip="clips")
+    assert "**does not hold; the opposite holds**" in line
+    assert "McNemar per seed: p < 0.05 in 0 of 5" in line and "McNemar, opposite direction: p < 0.05 in 5 of 5" in line
+
+
+def test_flags_are_named_with_their_seeds():
+    from hf_videomoe.reproduction.tables import seeds_phrase
+
+    assert seeds_phrase([1]) == "seed 1" and seeds_phrase([0, 2]) == "seeds 0, 2"

@@ -265,3 +265,32 @@ def test_a_row_keeps_its_weights_in_the_cache_while_its_evaluation_runs(tmp_path
     reproduction.evaluate(torch.nn.Linear(1, 1), ["pgd"], 4 / 255, report_path)
     assert seen == [EVALUATING_GITIGNORE] * 2 and report_path.exists()
     assert not (model_dir / ".gitignore").exists()
+
+
+def test_compute_matched_row_needs_only_the_training_records(tmp_path, monkeypatch):
+    """The compute-matched row is sized from J-TLAT's and MoE AT's training records alone, so it can train while their
+    evaluations still run in another process: it must not evaluate them."""
+    from hf_videomoe.reproduction import runner
+
+    reproduction = runner.Reproduction(Settings.quick(), tmp_path / "run", seeds=[0], ablation_seeds=[],
+                                       attack_table_seeds=[], skip_ablations=True)
+    for name, record in (("j-tlat", {"seconds": 30.0}), ("moe-at", {"seconds_per_epoch": 4.0})):
+        (tmp_path / "run" / "seed0" / name).mkdir(parents=True)
+        (tmp_path / "run" / "seed0" / name / "train.json").write_text(json.dumps(record))
+    trained = []
+
+    class Stop(Exception):
+        pass
+
+    def trained_model(seed, run_name, method, start, arg_overrides, config_overrides, epochs=None):
+        trained.append((run_name, epochs))
+        raise Stop
+
+    def evaluate(*args, **kwargs):
+        raise AssertionError("J-TLAT or MoE AT was evaluated")
+
+    monkeypatch.setattr(reproduction, "trained_model", trained_model)
+    monkeypatch.setattr(reproduction, "evaluate", evaluate)
+    with pytest.raises(Stop):
+        reproduction.defense(0, "moe-at-matched")
+    assert trained == [("moe-at-matched", 7.5)]

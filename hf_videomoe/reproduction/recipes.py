@@ -68,10 +68,11 @@ ABLATIONS = {
 CACHE_GITIGNORE = """\
 # The reproduction's cache under version control (python scripts/reproduce_paper.py resumes from it on a fresh clone):
 # every JSON result, the per-batch state of an evaluation still running, and the weights that later units start from
-# or evaluate again (dense baseline 0.7 MB, upcycled mixture 1.9 MB, MoE AT 1.9 MB per seed: table (a)'s model). Other
-# weights stay on the machine that made them. Training is bit-reproducible on one machine but not across machines
-# (other CPUs, other kernels), so weights that are not kept cannot be retrained to their fingerprint elsewhere; a row
-# whose evaluation is running keeps its weights through a `.gitignore` in its model folder until the evaluation ends.
+# or evaluate again (dense baseline, upcycled mixture, MoE AT: table (a)'s model; 0.7, 1.9 and 1.9 MB per seed for
+# VideoMAE-MoE). Other weights are not added. Training is bit-reproducible on one machine but not across machines (other
+# CPUs, other kernels), so weights that are not kept cannot be retrained to their fingerprint elsewhere; a row whose
+# evaluation is running keeps its weights through a `.gitignore` in its model folder until the evaluation ends (weights
+# committed meanwhile stay tracked until `git rm --cached`).
 # Written by the reproduction's runner: edit CACHE_GITIGNORE in hf_videomoe/reproduction/recipes.py.
 *
 !*/
@@ -294,16 +295,6 @@ def fold_input_normalization(model, mean: float = PIXEL_MEAN, std: float = PIXEL
         dims = tuple(range(1, weight.dim()))
         conv.bias.sub_((weight * (mean / std)).sum(dim=dims))
         weight.div_(std)
-
-
-def load_dense(path: Path, settings: Settings):
-    _, dense_cls, _ = model_classes(settings.model_type)
-    return dense_cls.from_pretrained(path)
-
-
-def load_moe(path: Path, settings: Settings):
-    _, _, moe_cls = model_classes(settings.model_type)
-    return moe_cls.from_pretrained(path)
 
 
 def training_arguments(output_dir: Path, settings: Settings, *, epochs: float, lr: float, seed: int, **kwargs):

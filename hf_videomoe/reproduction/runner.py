@@ -23,7 +23,6 @@ from transformers import Trainer
 from ..attacks import ATTACKS, expert_usage
 from ..data import make_moving_shapes, stack_pixel_values
 from ..evaluation import ATTACK_PRESETS, RobustnessReport, evaluate_robustness
-from ..evaluation.state import model_fingerprint
 from ..moe import cluster_routers, is_moe_model
 from ..training import AdversarialTrainer, JTLATTrainer
 from .recipes import (
@@ -43,8 +42,6 @@ from .recipes import (
     eps_name,
     eps_slug,
     fold_input_normalization,
-    load_dense,
-    load_moe,
     log,
     read_json,
     show_inner_progress,
@@ -53,6 +50,7 @@ from .recipes import (
     upcycle,
     write_json,
 )
+from .checkpoints import checkpoint_cached, load_checkpoint, save_checkpoint
 from .report import compute_seconds
 
 
@@ -189,7 +187,7 @@ class Reproduction:
 
     def dense_checkpoint(self, seed: int) -> Path:
         path = self.seed_dir(seed) / "dense-clean"
-        if self._checkpoint_cached(path):
+        if checkpoint_cached(path, path / "train.json"):
             return path
         s = self.settings
         log(f"seed {seed}: clean training of the dense baseline ({s.dense_epochs:g} epochs)")
@@ -210,17 +208,17 @@ class Reproduction:
         if not torch.allclose(before, after, atol=1e-4, rtol=1e-4):
             raise RuntimeError(f"folding the input normalisation changed the logits by {(before - after).abs().max()}")
         clean = self._clean_accuracy(dense)
-        self._save_checkpoint(dense, path, path / "train.json", {"seconds": seconds, "cpu_seconds": cpu,
-                                                                 "epochs": s.dense_epochs, "clean_accuracy": clean})
+        save_checkpoint(dense, path, path / "train.json", {"seconds": seconds, "cpu_seconds": cpu,
+                                                           "epochs": s.dense_epochs, "clean_accuracy": clean})
         log(f"seed {seed}: dense baseline clean accuracy {100 * clean:.1f}% ({seconds:.0f}s)")
         return path
 
     def moe_checkpoint(self, seed: int) -> Path:
         path = self.seed_dir(seed) / "moe-upcycled"
-        if self._checkpoint_cached(path):
+        if checkpoint_cached(path, path / "train.json"):
             return path
         s = self.settings
-        dense = load_dense(self.dense_checkpoint(seed), s)
+        dense = self.load_start(seed, "dense")
         torch.manual_seed(seed)
         moe = upcycle(dense, s)
         if s.cluster_router_clips:
@@ -230,41 +228,15 @@ class Reproduction:
         start = time.perf_counter()
         Trainer(model=moe.train(), args=args, train_dataset=self.split("train"), data_collator=self.collator).train()
         seconds = time.perf_counter() - start
-        self._save_checkpoint(moe, path, path / "train.json", {"seconds": seconds, "epochs": s.moe_epochs,
-                                                               "clean_accuracy": self._clean_accuracy(moe),
-                                                               "expert_usage": self.mixture_expert_usage(moe)})
+        save_checkpoint(moe, path, path / "train.json", {"seconds": seconds, "epochs": s.moe_epochs,
+                                                         "clean_accuracy": self._clean_accuracy(moe),
+                                                         "expert_usage": self.mixture_expert_usage(moe)})
         return path
 
-    @staticmethod
-    def _checkpoint_cached(path: Path) -> bool:
-        return (path / "train.json").exists() and (path / "model.safetensors").exists()
-
-    @staticmethod
-    def _save_checkpoint(model, model_dir: Path, info_path: Path, info: dict) -> dict:
-        """Save ``model`` and write ``info`` with the weights' fingerprint. Where ``info_path`` already exists (the
-        weights were dropped and have just been retrained), the recorded file is kept and the new weights must have the
-        recorded fingerprint; if not, nothing is saved and the run stops."""
-        fingerprint = model_fingerprint(model)["weights_sha256"]
-        if info_path.exists():
-            recorded = read_json(info_path)
-            expected = recorded.get("weights_fingerprint")
-            if expected != fingerprint:
-                raise RuntimeError(
-                    f"{model_dir} was retrained (only {info_path.name} was left) but "
-                    + (f"came out with other weights than those recorded (fingerprint {fingerprint[:12]} vs "
-                       f"{expected[:12]}; recorded with torch {recorded.get('torch')}): training is not reproducible "
-                       "here (another machine, torch version or thread count?)" if expected else
-                       "its train.json records no weight fingerprint, so the retrained weights cannot be checked")
-                    + ", and the cached results that started from it would mix with new ones. Use another --output-dir."
-                )
-            model.save_pretrained(model_dir)
-            log(f"{model_dir}: retrained, same weights as recorded (fingerprint {fingerprint[:12]})")
-            return recorded
-        model.save_pretrained(model_dir)
-        info = {**info, "weights_fingerprint": fingerprint, "torch": torch.__version__,
-                "torch_threads": torch.get_num_threads()}
-        write_json(info_path, info)
-        return info
+    def load_start(self, seed: int, start: str):
+        """The dense baseline (``start="dense"``) or the upcycled mixture of ``seed``, trained if not cached."""
+        path = self.dense_checkpoint(seed) if start == "dense" else self.moe_checkpoint(seed)
+        return load_checkpoint(path, path / "train.json", self.settings, dense=start == "dense")
 
     def mixture_expert_usage(self, model) -> list[list[float]]:
         """Per MoE layer, the share of the test clips' routing units each expert gets (clean): the mixture's balance
@@ -293,14 +265,9 @@ class Reproduction:
         run_dir = self.seed_dir(seed) / run_name
         model_dir = run_dir / "model"
         info_path = run_dir / "train.json"
-        if info_path.exists() and (model_dir / "model.safetensors").exists():
-            info = read_json(info_path)
-            model = load_dense(model_dir, s) if start == "dense" else load_moe(model_dir, s)
-            return model, info
-        if start == "dense":
-            model = load_dense(self.dense_checkpoint(seed), s)
-        else:
-            model = load_moe(self.moe_checkpoint(seed), s)
+        if checkpoint_cached(model_dir, info_path):
+            return load_checkpoint(model_dir, info_path, s, dense=start == "dense"), read_json(info_path)
+        model = self.load_start(seed, start)
         for key, value in config_overrides.items():
             setattr(model.config, key, value)
         model.train()
@@ -321,7 +288,7 @@ class Reproduction:
             "recipe": json.loads(json.dumps(trainer.training_recipe(), default=str))
             if hasattr(trainer, "training_recipe") else None,
         }
-        info = self._save_checkpoint(model, model_dir, info_path, info)
+        info = save_checkpoint(model, model_dir, info_path, info)
         log(f"seed {seed}: {run_name} trained in {seconds:.0f}s")
         return model, info
 
@@ -340,7 +307,7 @@ class Reproduction:
                 spec[name] = {**ATTACK_PRESETS["autoattack"][name],
                               "steps": s.square_queries if name == "square" else s.autoattack_steps}
         row_gitignore = report_path.parent / "model" / ".gitignore"
-        if row_gitignore.parent.is_dir():
+        if row_gitignore.parent.is_dir() and report_path.parent.name != "moe-at":  # MoE AT's weights are always kept
             row_gitignore.write_text(EVALUATING_GITIGNORE)
         start = time.perf_counter()
         # The paper's attacks run on every clip (their own accuracies, routing diagnostics, steps check); AutoAttack's
@@ -407,9 +374,13 @@ class Reproduction:
         epochs = None
         if key == "moe-at-matched":  # as many PGD-AT epochs as J-TLAT's wall-clock time of this seed allows
             # Only their training records are needed: this row can train while their evaluations run elsewhere.
-            jtlat, moe_at = [read_json(path) if (path := self.seed_dir(seed) / name / "train.json").exists()
-                             else self.defense(seed, name)["train"] for name in ("j-tlat", "moe-at")]
-            epochs = max(round(jtlat["seconds"] / moe_at["seconds_per_epoch"], 1), 0.1)
+            records = {}
+            for name in ("j-tlat", "moe-at"):
+                _, method, start = DEFENSES[name]
+                path = self.seed_dir(seed) / name / "train.json"
+                records[name] = read_json(path) if path.exists() else self.trained_model(seed, name, method, start,
+                                                                                         {}, {})[1]
+            epochs = max(round(records["j-tlat"]["seconds"] / records["moe-at"]["seconds_per_epoch"], 1), 0.1)
         model, info = self.trained_model(seed, key, method, start, {}, {}, epochs=epochs)
         if key == "moe-at":
             # The MoE AT model is also table (a)'s model: evaluate every attack once at the training ε and take this

@@ -200,25 +200,31 @@ def compare(rows_a: dict, rows_b: dict, getter, *, higher_is: str, what: str, un
         verdict = "does not hold (no measurable difference)"
     else:
         verdict = "does not hold"
-    against = mean_diff < -resolution
-    p_opposite = sign_test(diffs, "less")["p_value"]
-    if against and p_opposite < 0.05:
-        verdict += "; the opposite holds"
     n = len(pairs)
     detail = (f"{unit_scale * mean_a:.{digits}f}{unit} vs {unit_scale * mean_b:.{digits}f}{unit}, "
               f"{n} seed{'s' if n != 1 else ''}, one-sided sign test p = {p_value:.3g}")
+    against = mean_diff < -resolution
     if against:
+        p_opposite = sign_test(diffs, "less")["p_value"]
         detail += f", opposite direction p = {p_opposite:.3g}"
+        if p_opposite < 0.05:
+            verdict += "; the opposite holds"
     if per_clip is not None:
         clip_seeds = [s for s in seeds if per_clip in rows_a[s] and per_clip in rows_b[s]]
-        for label, a_better in [("McNemar per seed", higher_is == "a"),
-                                ("opposite direction", higher_is != "a")][:2 if against else 1]:
+        directions = [("McNemar per seed", higher_is == "a")]
+        if against:
+            directions.append(("McNemar, opposite direction", higher_is != "a"))
+        for label, a_better in directions:
             tests = [mcnemar_exact(rows_a[s][per_clip], rows_b[s][per_clip], "greater" if a_better else "less")
                      for s in clip_seeds]
             if tests:
                 detail += (f"; {label}: p < 0.05 in {sum(t['p_value'] < 0.05 for t in tests)} of {len(tests)} "
                            "(p = " + ", ".join(f"{t['p_value']:.2g}" for t in tests) + ")")
     return f"{what}: **{verdict}** ({detail})"
+
+
+def seeds_phrase(seeds: list[int]) -> str:
+    return ("seed " if len(seeds) == 1 else "seeds ") + ", ".join(str(s) for s in seeds)
 
 
 def what_holds(results: dict, settings: Settings, ablation_seeds: list[int]) -> list[str]:
@@ -260,8 +266,9 @@ def what_holds(results: dict, settings: Settings, ablation_seeds: list[int]) -> 
                    f"{ATTACK_LABELS[best_any]} {100 * every[best_any]:.1f}% (gap {100 * (every[best_any] - worst):.1f} "
                    "points: how much the attacks fool different clips).")
         flags = sorted({f for r in att.values() for f in r.get("flags", [])})
-        if flags:
-            out.append(f"- Evaluator reliability flags on this model: {', '.join(flags)}.")
+        if flags:  # named with their seeds: one seed's flag must not read as every seed's
+            out.append("- Evaluator reliability flags on this model: " + ", ".join(
+                f"{f} ({seeds_phrase([s for s in sorted(att) if f in att[s].get('flags', [])])})" for f in flags) + ".")
         out.append("")
     if len(eps_done) > 1:
         out.append("**Table (a) across budgets**")
