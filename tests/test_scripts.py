@@ -294,3 +294,23 @@ def test_compute_matched_row_needs_only_the_training_records(tmp_path, monkeypat
     with pytest.raises(Stop):
         reproduction.defense(0, "moe-at-matched")
     assert trained == [("moe-at-matched", 7.5)]
+
+
+def test_kept_weights_load_only_with_their_recorded_fingerprint(tmp_path):
+    """Weights now travel in the tracked cache: a checkpoint whose tensors are not the recorded ones must not load."""
+    import torch
+
+    from hf_videomoe.reproduction.checkpoints import load_checkpoint, save_checkpoint
+    from hf_videomoe.reproduction.recipes import build_dense
+
+    settings = Settings.quick()
+    model = build_dense(settings, ["a", "b", "c"])
+    info = save_checkpoint(model, tmp_path, tmp_path / "train.json", {"epochs": 1})
+    loaded = load_checkpoint(tmp_path, tmp_path / "train.json", settings, dense=True)
+    assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), loaded.state_dict().values()))
+    with torch.no_grad():
+        next(model.parameters()).add_(1e-3)
+    model.save_pretrained(tmp_path)  # other weights under the same record
+    with pytest.raises(RuntimeError, match="other weights than those recorded in"):
+        load_checkpoint(tmp_path, tmp_path / "train.json", settings, dense=True)
+    assert json.loads((tmp_path / "train.json").read_text()) == info
