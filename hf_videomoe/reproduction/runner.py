@@ -25,14 +25,15 @@ from ..data import make_moving_shapes, stack_pixel_values
 from ..evaluation import ATTACK_PRESETS, RobustnessReport, evaluate_robustness
 from ..moe import cluster_routers, is_moe_model
 from ..training import AdversarialTrainer, JTLATTrainer
+from .checkpoints import checkpoint_cached, load_checkpoint, save_checkpoint
 from .recipes import (
     ABLATIONS,
     ATTACK_TABLE_ATTACKS,
     CACHE_GITIGNORE,
     EXTRA_ATTACKS,
     DEFENSES,
-    EVALUATING_GITIGNORE,
     DEFENSE_ATTACKS,
+    EVALUATING_GITIGNORE,
     PIXEL_MEAN,
     PIXEL_STD,
     NormalizingCollator,
@@ -50,7 +51,6 @@ from .recipes import (
     upcycle,
     write_json,
 )
-from .checkpoints import checkpoint_cached, load_checkpoint, save_checkpoint
 from .report import compute_seconds
 
 
