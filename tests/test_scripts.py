@@ -252,7 +252,8 @@ def test_a_row_keeps_its_weights_in_the_cache_while_its_evaluation_runs(tmp_path
             path.write_text("{}")
 
     def evaluation(*args, **kwargs):
-        seen.append((model_dir / ".gitignore").read_text())
+        gitignore = model_dir / ".gitignore"
+        seen.append(gitignore.read_text() if gitignore.exists() else None)
         if len(seen) == 1:
             raise KeyboardInterrupt  # the machine goes away mid-evaluation
         return Report()
@@ -265,6 +266,12 @@ def test_a_row_keeps_its_weights_in_the_cache_while_its_evaluation_runs(tmp_path
     reproduction.evaluate(torch.nn.Linear(1, 1), ["pgd"], 4 / 255, report_path)
     assert seen == [EVALUATING_GITIGNORE] * 2 and report_path.exists()
     assert not (model_dir / ".gitignore").exists()
+
+    # MoE AT's weights are always kept by the cache's own ignore file: its folder gets no second one.
+    model_dir = tmp_path / "run" / "seed0" / "moe-at" / "model"
+    model_dir.mkdir(parents=True)
+    reproduction.evaluate(torch.nn.Linear(1, 1), ["pgd"], 4 / 255, model_dir.parent / "attacks-eps4.json")
+    assert seen[-1] is None and not (model_dir / ".gitignore").exists()
 
 
 def test_compute_matched_row_needs_only_the_training_records(tmp_path, monkeypatch):

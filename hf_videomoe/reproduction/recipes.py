@@ -64,6 +64,10 @@ ABLATIONS = {
 }
 
 
+#: Rows whose weights the tracked cache always keeps, with the folder (inside the row's folder) that holds them: the
+#: weights later units start from (dense baseline, upcycled mixture) or evaluate again (MoE AT: table (a)'s model).
+ALWAYS_KEPT_WEIGHTS = {"dense-clean": "", "moe-upcycled": "", "moe-at": "model/"}
+
 #: Written into every output folder: what of the cache goes under version control (results/reproduction2 is tracked).
 CACHE_GITIGNORE = """\
 # The reproduction's cache under version control (python scripts/reproduce_paper.py resumes from it on a fresh clone):
@@ -84,14 +88,8 @@ CACHE_GITIGNORE = """\
 !attacks-*.json
 !report-*.json
 !batch_*.json
-!**/dense-clean/model.safetensors
-!**/dense-clean/config.json
-!**/moe-upcycled/model.safetensors
-!**/moe-upcycled/config.json
-!**/moe-at/model/model.safetensors
-!**/moe-at/model/config.json
-trainer/
-"""
+""" + "".join(f"!**/{row}/{folder}{name}\n" for row, folder in ALWAYS_KEPT_WEIGHTS.items()
+              for name in ("model.safetensors", "config.json")) + "trainer/\n"
 
 # Written into a trained row's model folder while its evaluation runs (see CACHE_GITIGNORE), removed when it ends.
 EVALUATING_GITIGNORE = "# a row whose evaluation is still running keeps its weights\n!model.safetensors\n!config.json\n"

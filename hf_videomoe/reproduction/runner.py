@@ -28,6 +28,7 @@ from ..training import AdversarialTrainer, JTLATTrainer
 from .checkpoints import checkpoint_cached, load_checkpoint, save_checkpoint
 from .recipes import (
     ABLATIONS,
+    ALWAYS_KEPT_WEIGHTS,
     ATTACK_TABLE_ATTACKS,
     CACHE_GITIGNORE,
     EXTRA_ATTACKS,
@@ -307,7 +308,7 @@ class Reproduction:
                 spec[name] = {**ATTACK_PRESETS["autoattack"][name],
                               "steps": s.square_queries if name == "square" else s.autoattack_steps}
         row_gitignore = report_path.parent / "model" / ".gitignore"
-        if row_gitignore.parent.is_dir() and report_path.parent.name != "moe-at":  # MoE AT's weights are always kept
+        if row_gitignore.parent.is_dir() and report_path.parent.name not in ALWAYS_KEPT_WEIGHTS:
             row_gitignore.write_text(EVALUATING_GITIGNORE)
         start = time.perf_counter()
         # The paper's attacks run on every clip (their own accuracies, routing diagnostics, steps check); AutoAttack's
