@@ -36,6 +36,8 @@ def test_reproduction_and_attack_components_quick(tmp_path):
     # The verdicts rest on the protocol's paired tests.
     assert "one-sided sign test p =" in text and "McNemar per seed" in text
     assert "(primary endpoint)" in text
+    # The per-seed figure of table (b) is written next to the results file and linked from it.
+    assert "](RESULTS_defenses.png)" in text and (out / "RESULTS_defenses.png").stat().st_size > 0
     # The mixture is built with the run's balance weight, and the protocol text says which.
     config = json.loads((out / "seed0" / "moe-upcycled" / "config.json").read_text())
     assert config["router_aux_loss_coef"] == Settings().router_aux_loss_coef
@@ -321,3 +323,24 @@ def test_kept_weights_load_only_with_their_recorded_fingerprint(tmp_path):
     with pytest.raises(RuntimeError, match="other weights than those recorded in"):
         load_checkpoint(tmp_path, tmp_path / "train.json", settings, dense=True)
     assert json.loads((tmp_path / "train.json").read_text()) == info
+
+
+def test_defense_figure_draws_one_line_per_seed(tmp_path, monkeypatch):
+    """The figure pairs each seed's rows (one line per seed across the defenses) and is skipped without rows."""
+    from hf_videomoe.evaluation import plots
+    from hf_videomoe.reproduction.report import plot_defenses_per_seed
+
+    settings = Settings.quick()
+    assert plot_defenses_per_seed({"defenses": {}}, settings, tmp_path / "none.png") is None
+    assert not (tmp_path / "none.png").exists()
+    rows = {"moe-at": {0: {"clean": 0.8, "worst_case": 0.3}, 1: {"clean": 0.9, "worst_case": 0.2}},
+            "j-tlat": {0: {"clean": 0.7, "worst_case": 0.25}, 1: {"clean": 0.85, "worst_case": 0.1}}}
+    closed = []  # keep the figure open to read its lines back
+    monkeypatch.setattr(plots._pyplot(), "close", closed.append)
+    path = plot_defenses_per_seed({"defenses": rows}, settings, tmp_path / "figure.png")
+    assert path == tmp_path / "figure.png" and path.stat().st_size > 0
+    clean, worst = closed[0].axes
+    # Defenses in table (b)'s order (MoE AT before J-TLAT), one line per seed, in percent.
+    assert [list(line.get_ydata()) for line in worst.get_lines()] == [pytest.approx([30, 25]), pytest.approx([20, 10])]
+    assert [line.get_label() for line in clean.get_lines()] == ["seed 0", "seed 1"]
+    assert [t.get_text() for t in worst.get_xticklabels()] == ["MoE AT\n(PGD-AT)", "J-TLAT"]

@@ -29,7 +29,7 @@ def _pyplot():
 
 
 @contextlib.contextmanager
-def _saved_figure(path: str | os.PathLike, dpi: int, *args, **kwargs):
+def saved_figure(path: str | os.PathLike, dpi: int, *args, **kwargs):
     """``plt.subplots(*args, **kwargs)`` inside the block; laid out, saved to ``path`` and closed after it."""
     plt = _pyplot()
     fig, axes = plt.subplots(*args, **kwargs)
@@ -45,7 +45,7 @@ def plot_eps_sweep(report: "RobustnessReport", path: str | os.PathLike, dpi: int
     """Robust accuracy vs ε, one line per attack, clean accuracy as a dashed line. ``None`` without a sweep."""
     if not report.eps_sweep:
         return None
-    with _saved_figure(path, dpi, figsize=(6, 4)) as (_, ax):
+    with saved_figure(path, dpi, figsize=(6, 4)) as (_, ax):
         for attack, curve in report.eps_sweep.items():
             eps = sorted(curve)
             ax.plot([e * 255 if report.norm == "linf" else e for e in eps], [100 * curve[e] for e in eps],
@@ -72,8 +72,8 @@ def plot_expert_usage(report: "RobustnessReport", path: str | os.PathLike, dpi: 
     cols = min(num_layers, 4)
     rows = (num_layers + cols - 1) // cols
     width = 0.8 / len(groups)
-    with _saved_figure(path, dpi, rows, cols, figsize=(3.2 * cols + 1, 2.8 * rows), squeeze=False,
-                       sharey=True) as (fig, axes):
+    with saved_figure(path, dpi, rows, cols, figsize=(3.2 * cols + 1, 2.8 * rows), squeeze=False,
+                      sharey=True) as (fig, axes):
         for layer in range(rows * cols):
             ax = axes[layer // cols][layer % cols]
             if layer >= num_layers:
@@ -97,7 +97,7 @@ def plot_perturbation_energy(report: "RobustnessReport", path: str | os.PathLike
     """Per-frame mean squared L2 norm of δ, one line per attack (where in time each attack spends its budget)."""
     if not report.perturbation_energy:
         return None
-    with _saved_figure(path, dpi, figsize=(6, 4)) as (_, ax):
+    with saved_figure(path, dpi, figsize=(6, 4)) as (_, ax):
         for attack, energy in report.perturbation_energy.items():
             ax.plot(range(len(energy)), energy, marker="o", label=attack)
         ax.set_xlabel("frame")

@@ -6,12 +6,14 @@ import dataclasses
 import datetime
 import os
 import platform
+import textwrap
 from pathlib import Path
 
 import torch
 
+from ..evaluation.plots import saved_figure
 from ..training import AdversarialTrainingArguments
-from .recipes import PIXEL_MEAN, PIXEL_STD, Settings, eps_name, read_json
+from .recipes import DEFENSES, PIXEL_MEAN, PIXEL_STD, Settings, eps_name, read_json
 from .tables import ablation_table_markdown, attack_table_markdown, defense_table_markdown, fmt
 
 
@@ -98,10 +100,45 @@ def protocol_markdown(settings: Settings, seeds, ablation_seeds, attack_table_se
     ])
 
 
+def plot_defenses_per_seed(results: dict, settings: Settings, path: str | os.PathLike, dpi: int = 120) -> Path | None:
+    """Clean and worst-case accuracy of every defense row, one line per seed, the mean as a black bar.
+
+    The rows of one seed share their mixture and their test clips, so the lines show whether each seed agrees with the
+    mean, which the paired tests of the verdicts read and a mean ± std table hides. ``None`` without defense rows.
+    """
+    keys = [key for key in DEFENSES if results["defenses"].get(key)]
+    if not keys:
+        return None
+    seeds = sorted({seed for key in keys for seed in results["defenses"][key]})
+    panels = [("clean", "clean accuracy %", lambda r: r["clean"]),
+              ("worst case", f"worst-case accuracy % (ε={eps_name(settings.train_eps)})", lambda r: r["worst_case"])]
+    positions = range(len(keys))
+    with saved_figure(path, dpi, 1, 2, figsize=(max(8.0, 4 + 1.4 * len(keys)), 4.2)) as (_, axes):
+        for ax, (title, ylabel, getter) in zip(axes, panels):
+            for i, seed in enumerate(seeds):
+                points = [(x, 100 * getter(results["defenses"][key][seed])) for x, key in zip(positions, keys)
+                          if seed in results["defenses"][key]]
+                ax.plot(*zip(*points), marker="o", color=f"C{i % 10}", alpha=0.75, label=f"seed {seed}")
+            for x, key in zip(positions, keys):
+                values = [100 * getter(row) for row in results["defenses"][key].values()]
+                ax.hlines(sum(values) / len(values), x - 0.25, x + 0.25, colors="black", linewidth=2.5)
+            ax.set_xticks(list(positions), [textwrap.fill(DEFENSES[key][0], 14, break_long_words=False,
+                                                          break_on_hyphens=False) for key in keys], fontsize=8)
+            ax.set_ylabel(ylabel)
+            ax.set_title(title)
+            ax.grid(axis="y", alpha=0.3)
+        axes[0].legend(fontsize=8)
+    return Path(path)
+
+
 def write_results(path: Path, settings: Settings, results: dict, *, command: str, wall_seconds: float,
                   compute_seconds: float, seeds, ablation_seeds, attack_table_seeds, holds: list[str],
                   dense_clean: dict) -> str:
     date = datetime.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figure = plot_defenses_per_seed(results, settings, path.with_name(f"{path.stem}_defenses.png"))
+    figure_line = ("" if figure is None else f"\n\n![Clean and worst-case accuracy of each defense, one line per "
+                   f"seed; black bars: the mean]({figure.name})")
     dense_line = ""
     if dense_clean:
         dense_line = (f"Clean dense baseline (before AT): {fmt([v['clean_accuracy'] for v in dense_clean.values()])} % "
@@ -136,7 +173,7 @@ def write_results(path: Path, settings: Settings, results: dict, *, command: str
         "AdvMoE-style 49.7 / 23.1 / 0 / 1.83; TLAT 51.7 / 30.2 / – / 1.83; J-TLAT 54.3 / 36.4 / 34.0 / 1.83, "
         "AutoAttack 34.3.",
         "",
-        dense_line + defense_table_markdown(results, settings),
+        dense_line + defense_table_markdown(results, settings) + figure_line,
         "",
         "## Ablations (J-TLAT)",
         "",
@@ -153,7 +190,6 @@ def write_results(path: Path, settings: Settings, results: dict, *, command: str
         old = path.read_text()
         if MANUAL_MARKER in old:
             manual = old.split(MANUAL_MARKER, 1)[1]
-    path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(text + (manual if manual.strip() else "\n"))
     return text
 
