@@ -14,7 +14,14 @@ import torch
 from ..evaluation.plots import saved_figure
 from ..training import AdversarialTrainingArguments
 from .recipes import DEFENSES, PIXEL_MEAN, PIXEL_STD, Settings, eps_name, read_json
-from .tables import ablation_table_markdown, attack_table_markdown, defense_table_markdown, fmt
+from .tables import (
+    ablation_table_markdown,
+    attack_table_markdown,
+    defense_table_markdown,
+    fmt,
+    mean_std,
+    values_of,
+)
 
 
 MANUAL_MARKER = "<!-- manual notes below this line are kept when the script rewrites this file -->"
@@ -120,8 +127,8 @@ def plot_defenses_per_seed(results: dict, settings: Settings, path: str | os.Pat
                           if seed in results["defenses"][key]]
                 ax.plot(*zip(*points), marker="o", color=f"C{i % 10}", alpha=0.75, label=f"seed {seed}")
             for x, key in zip(positions, keys):
-                values = [100 * getter(row) for row in results["defenses"][key].values()]
-                ax.hlines(sum(values) / len(values), x - 0.25, x + 0.25, colors="black", linewidth=2.5)
+                mean, _ = mean_std(values_of(results["defenses"][key], getter))
+                ax.hlines(100 * mean, x - 0.25, x + 0.25, colors="black", linewidth=2.5)
             ax.set_xticks(list(positions), [textwrap.fill(DEFENSES[key][0], 14, break_long_words=False,
                                                           break_on_hyphens=False) for key in keys], fontsize=8)
             ax.set_ylabel(ylabel)
