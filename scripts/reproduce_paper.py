@@ -45,6 +45,7 @@ import torch  # noqa: E402
 from transformers.utils import logging as hf_logging  # noqa: E402
 
 from hf_videomoe.reproduction import (  # noqa: E402
+    ABLATIONS,
     DEFENSES,
     MANUAL_MARKER,
     Reproduction,
@@ -73,6 +74,9 @@ def parse_args(argv=None):
     p.add_argument("--defenses", nargs="+", choices=list(DEFENSES), default=None,
                    help="rows of table (b) to run, in this order (default: all). The primary comparison first: "
                         "--defenses moe-at j-tlat moe-at-matched")
+    p.add_argument("--ablations", nargs="+", choices=list(ABLATIONS), default=None,
+                   help="J-TLAT ablations to run, in this order, each on every ablation seed before the next "
+                        "(default: all)")
     p.add_argument("--skip-ablations", action="store_true", help="do not run the J-TLAT ablations")
     p.add_argument("--model-type", choices=["videomae", "timesformer"], default="videomae")
     p.add_argument("--output-dir", type=Path, default=None,
@@ -136,7 +140,7 @@ def main(argv=None) -> int:
         if not (output_dir / "settings.json").exists():
             raise SystemExit(f"no reproduction results in {output_dir}")
         repro = Reproduction(settings, output_dir, seeds, ablation_seeds, attack_table_seeds, args.skip_ablations,
-                             defenses=args.defenses)
+                             defenses=args.defenses, ablations=args.ablations)
         print(status_markdown(repro.progress()))
         return 0
 
@@ -144,7 +148,7 @@ def main(argv=None) -> int:
     log(f"output dir {output_dir}; seeds {seeds}; table (a) seeds {attack_table_seeds}; ablation seeds "
         f"{[] if args.skip_ablations else ablation_seeds}; {machine_description()}")
     repro = Reproduction(settings, output_dir, seeds, ablation_seeds, attack_table_seeds, args.skip_ablations,
-                         defenses=args.defenses)
+                         defenses=args.defenses, ablations=args.ablations)
     repro.run()
     wall = time.perf_counter() - start
 

@@ -344,3 +344,20 @@ def test_defense_figure_draws_one_line_per_seed(tmp_path, monkeypatch):
     assert [list(line.get_ydata()) for line in worst.get_lines()] == [pytest.approx([30, 25]), pytest.approx([20, 10])]
     assert [line.get_label() for line in clean.get_lines()] == ["seed 0", "seed 1"]
     assert [t.get_text() for t in worst.get_xticklabels()] == ["MoE AT\n(PGD-AT)", "J-TLAT"]
+
+
+def test_ablations_run_in_the_order_given_each_on_every_seed_before_the_next(tmp_path):
+    """``--ablations`` picks and orders the ablations; each runs on every ablation seed before the next starts, so its
+    verdict can be read as soon as its own seeds are in."""
+    from hf_videomoe.reproduction import runner
+
+    def plan(**kwargs):
+        reproduction = runner.Reproduction(Settings.quick(), tmp_path / "run", seeds=[0, 1], ablation_seeds=[0, 1],
+                                           attack_table_seeds=[], skip_ablations=False, defenses=["j-tlat"], **kwargs)
+        return [(seed, what) for kind, seed, what in reproduction.plan() if kind == "ablation"]
+
+    assert plan(ablations=["no-model-step", "no-router-step"]) == [
+        (0, "no-model-step"), (1, "no-model-step"), (0, "no-router-step"), (1, "no-router-step")]
+    assert [what for _, what in plan()[::2]] == list(runner.ABLATIONS)  # default: all, in the recipes' order
+    with pytest.raises(ValueError, match="unknown ablations"):
+        plan(ablations=["no-such-step"])

@@ -57,15 +57,18 @@ from .report import compute_seconds
 
 class Reproduction:
     def __init__(self, settings: Settings, output_dir: Path, seeds: list[int], ablation_seeds: list[int],
-                 attack_table_seeds: list[int], skip_ablations: bool, defenses: list[str] | None = None):
-        unknown = sorted(set(defenses or []) - set(DEFENSES))
-        if unknown:
-            raise ValueError(f"unknown defenses {unknown}; expected some of {list(DEFENSES)}")
+                 attack_table_seeds: list[int], skip_ablations: bool, defenses: list[str] | None = None,
+                 ablations: list[str] | None = None):
+        for kind, chosen, known in (("defenses", defenses, DEFENSES), ("ablations", ablations, ABLATIONS)):
+            unknown = sorted(set(chosen or []) - set(known))
+            if unknown:
+                raise ValueError(f"unknown {kind} {unknown}; expected some of {list(known)}")
         self.settings = settings
         self.defenses = self._with_dependencies(list(DEFENSES) if defenses is None else list(defenses))
         self.out = output_dir
         self.seeds = seeds
         self.ablation_seeds = [] if skip_ablations else ablation_seeds
+        self.ablations = list(dict.fromkeys(ABLATIONS if ablations is None else ablations))
         self.attack_table_seeds = attack_table_seeds
         self._data = None
         self._tensors = {}
@@ -139,8 +142,10 @@ class Reproduction:
                     jobs.append(("attacks", seed, eps))
             elif "moe-at" in self.defenses:  # table (a) at the training ε is MoE AT's own evaluation: free to collect
                 jobs.append(("attacks", seed, self.settings.eps_values[0]))
-        for seed in self.ablation_seeds:
-            for name in ABLATIONS:
+        # One ablation on every seed before the next: each ablation's verdict (a sign test over seeds) can be read as
+        # soon as its own seeds are in, rather than after every ablation of the first seed.
+        for name in self.ablations:
+            for seed in self.ablation_seeds:
                 jobs.append(("ablation", seed, name))
         return jobs
 
