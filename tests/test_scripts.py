@@ -36,6 +36,9 @@ def test_reproduction_and_attack_components_quick(tmp_path):
     # The verdicts rest on the protocol's paired tests.
     assert "one-sided sign test p =" in text and "McNemar per seed" in text
     assert "(primary endpoint)" in text
+    # Table (a)'s frozen-routing controls come at every ε it was run at, not only the training ε.
+    for eps in ("4/255", "8/255", "14/255"):
+        assert f"| attack (ε={eps}) | robust | adversarial clip, clean routing |" in text, eps
     # The per-seed figure of table (b) is written next to the results file and linked from it.
     assert "](RESULTS_defenses.png)" in text and (out / "RESULTS_defenses.png").stat().st_size > 0
     # The mixture is built with the run's balance weight, and the protocol text says which.

@@ -82,18 +82,19 @@ def attack_table_markdown(results: dict, settings: Settings) -> str:
     lines.append("")
     lines.append(f"Model: MoE AT (PGD-AT, trained at ε={eps_name(settings.train_eps)}) from table (b). Seeds: {', '.join(map(str, seeds))} (mean ± std over seeds). "
                  "Routing change = 1 − IoU of the selected experts, clean vs adversarial (0 = no change).")
-    first_eps = eps_list[0]
-    if any(r.get("frozen_routing") for r in rows[first_eps].values()):
-        lines += ["", f"Frozen-routing controls at ε={eps_name(first_eps)} (robust accuracy %): the attack's perturbation "
-                  "with the routing held at the clean decisions (damage that does not go through routing), and the "
-                  "clean clip with the adversarial routing (damage routing alone does).", "",
-                  "| attack | robust | adversarial clip, clean routing | clean clip, adversarial routing |",
-                  "|---|---:|---:|---:|"]
+    frozen_eps = [e for e in eps_list if any(r.get("frozen_routing") for r in rows[e].values())]
+    if frozen_eps:
+        lines += ["", "Frozen-routing controls (robust accuracy %, mean ± std over the same seeds): the attack's "
+                  "perturbation with the routing held at the clean decisions (damage that does not go through "
+                  "routing), and the clean clip with the adversarial routing (damage routing alone does)."]
+    for e in frozen_eps:
+        lines += ["", f"| attack (ε={eps_name(e)}) | robust | adversarial clip, clean routing | "
+                  "clean clip, adversarial routing |", "|---|---:|---:|---:|"]
         for attack in ATTACK_TABLE_ATTACKS:
-            controls = [r.get("frozen_routing", {}).get(attack) for r in rows[first_eps].values()]
+            controls = [r.get("frozen_routing", {}).get(attack) for r in rows[e].values()]
             if not all(controls):
                 continue
-            lines.append(f"| {ATTACK_LABELS[attack]} | {fmt(values_of(rows[first_eps], lambda r, a=attack: r['robust'][a]))} | "
+            lines.append(f"| {ATTACK_LABELS[attack]} | {fmt(values_of(rows[e], lambda r, a=attack: r['robust'][a]))} | "
                          f"{fmt([c['adv_input_clean_routing'] for c in controls])} | "
                          f"{fmt([c['clean_input_adv_routing'] for c in controls])} |")
     return "\n".join(lines)
