@@ -19,6 +19,7 @@ Usage::
     python scripts/reproduce_paper.py --quick              # a couple of minutes, tiny sizes, 1 seed (smoke test)
     python scripts/reproduce_paper.py --seeds 0 1 --skip-ablations --output-dir outputs/repro2
     python scripts/reproduce_paper.py --model-type timesformer
+    python scripts/reproduce_paper.py --seeds 0 1 --defenses j-tlat --attack-table-seeds --ablations no-router-step
 
 Every finished unit of work (dense checkpoint, upcycled checkpoint, each (seed, method) training run and each
 evaluation) is saved under ``--output-dir``; a rerun with the same settings skips what is done, so an interrupted run
@@ -74,17 +75,19 @@ def parse_args(argv=None):
     p.add_argument("--defenses", nargs="+", choices=list(DEFENSES), default=None,
                    help="rows of table (b) to run, in this order (default: all). The primary comparison first: "
                         "--defenses moe-at j-tlat moe-at-matched")
-    p.add_argument("--ablations", nargs="+", choices=list(ABLATIONS), default=None,
-                   help="J-TLAT ablations to run, in this order, each on every ablation seed before the next "
-                        "(default: all)")
-    p.add_argument("--skip-ablations", action="store_true", help="do not run the J-TLAT ablations")
+    which_ablations = p.add_mutually_exclusive_group()
+    which_ablations.add_argument("--ablations", nargs="+", choices=list(ABLATIONS), default=None,
+                                 help="J-TLAT ablations to run, in this order, each on every ablation seed before the "
+                                      "next (default: all)")
+    which_ablations.add_argument("--skip-ablations", action="store_true", help="do not run the J-TLAT ablations")
     p.add_argument("--model-type", choices=["videomae", "timesformer"], default="videomae")
     p.add_argument("--output-dir", type=Path, default=None,
                    help="cache of checkpoints and JSON results (default results/reproduction2[-timesformer]; "
                         "quick: outputs/reproduce-quick[-timesformer])")
     p.add_argument("--results-file", type=Path, default=None,
                    help="Markdown results (default docs/RESULTS_reproduction2[-timesformer].md, not the first "
-                        "reproduction's docs/RESULTS_reproduction.md; quick: <output-dir>/RESULTS.md)")
+                        "reproduction's docs/RESULTS_reproduction.md; with --output-dir or --quick: "
+                        "<output-dir>/RESULTS.md)")
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     p.add_argument("--status", action="store_true",
                    help="print which jobs of this plan are done and the compute they recorded, then exit (runs nothing)")
@@ -133,7 +136,8 @@ def main(argv=None) -> int:
     # across machines and sessions.
     output_dir = args.output_dir or (REPO_ROOT / "outputs" / f"reproduce{suffix}" if args.quick
                                      else REPO_ROOT / "results" / f"reproduction2{suffix}")
-    results_file = args.results_file or (output_dir / "RESULTS.md" if args.quick
+    # A run on another cache (a part of the protocol, a trial) must not overwrite the full run's tracked results page.
+    results_file = args.results_file or (output_dir / "RESULTS.md" if args.quick or args.output_dir
                                          else REPO_ROOT / "docs" / f"RESULTS_reproduction2{suffix}.md")
 
     if args.status:

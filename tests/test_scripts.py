@@ -36,9 +36,10 @@ def test_reproduction_and_attack_components_quick(tmp_path):
     # The verdicts rest on the protocol's paired tests.
     assert "one-sided sign test p =" in text and "McNemar per seed" in text
     assert "(primary endpoint)" in text
-    # Table (a)'s frozen-routing controls come at every ε it was run at, not only the training ε.
+    # Table (a)'s frozen-routing controls come at every ε it was run at, not only the training ε, with their rows.
     for eps in ("4/255", "8/255", "14/255"):
-        assert f"| attack (ε={eps}) | robust | adversarial clip, clean routing |" in text, eps
+        controls = text.split(f"| attack (ε={eps}; seeds 0) | robust | adversarial clip, clean routing |")[1]
+        assert controls.split("\n\n")[0].count("\n| ") == 7, eps  # the paper's seven attacks
     # The per-seed figure of table (b) is written next to the results file and linked from it.
     assert "](RESULTS_defenses.png)" in text and (out / "RESULTS_defenses.png").stat().st_size > 0
     # The mixture is built with the run's balance weight, and the protocol text says which.
@@ -349,18 +350,31 @@ def test_defense_figure_draws_one_line_per_seed(tmp_path, monkeypatch):
     assert [t.get_text() for t in worst.get_xticklabels()] == ["MoE AT\n(PGD-AT)", "J-TLAT"]
 
 
-def test_ablations_run_in_the_order_given_each_on_every_seed_before_the_next(tmp_path):
+def test_ablations_run_in_the_order_given_each_on_every_seed_before_the_next(tmp_path, capsys):
     """``--ablations`` picks and orders the ablations; each runs on every ablation seed before the next starts, so its
     verdict can be read as soon as its own seeds are in."""
-    from hf_videomoe.reproduction import runner
+    import importlib.util
+
+    from hf_videomoe.reproduction import ABLATIONS, Reproduction
 
     def plan(**kwargs):
-        reproduction = runner.Reproduction(Settings.quick(), tmp_path / "run", seeds=[0, 1], ablation_seeds=[0, 1],
-                                           attack_table_seeds=[], skip_ablations=False, defenses=["j-tlat"], **kwargs)
+        reproduction = Reproduction(Settings.quick(), tmp_path / "run", seeds=[0, 1], ablation_seeds=[0, 1],
+                                    attack_table_seeds=[], skip_ablations=False, defenses=["j-tlat"], **kwargs)
         return [(seed, what) for kind, seed, what in reproduction.plan() if kind == "ablation"]
 
-    assert plan(ablations=["no-model-step", "no-router-step"]) == [
-        (0, "no-model-step"), (1, "no-model-step"), (0, "no-router-step"), (1, "no-router-step")]
-    assert [what for _, what in plan()[::2]] == list(runner.ABLATIONS)  # default: all, in the recipes' order
+    expected = [(0, "no-model-step"), (1, "no-model-step"), (0, "no-router-step"), (1, "no-router-step")]
+    assert plan(ablations=["no-model-step", "no-router-step"]) == expected
+    assert plan(ablations=["no-model-step", "no-router-step", "no-model-step"]) == expected  # repeats run once
+    assert [what for _, what in plan()[::2]] == list(ABLATIONS)  # default: all, in the recipes' order
     with pytest.raises(ValueError, match="unknown ablations"):
         plan(ablations=["no-such-step"])
+
+    # The command line: names are checked, and choosing ablations while skipping them is refused, not ignored.
+    spec = importlib.util.spec_from_file_location("reproduce_paper", REPO_ROOT / "scripts" / "reproduce_paper.py")
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    assert script.parse_args(["--ablations", "no-aux", "no-guidance"]).ablations == ["no-aux", "no-guidance"]
+    for argv in (["--ablations", "no-such-step"], ["--ablations", "no-aux", "--skip-ablations"]):
+        with pytest.raises(SystemExit):
+            script.parse_args(argv)
+    assert "not allowed with argument" in capsys.readouterr().err

@@ -59,6 +59,10 @@ class Reproduction:
     def __init__(self, settings: Settings, output_dir: Path, seeds: list[int], ablation_seeds: list[int],
                  attack_table_seeds: list[int], skip_ablations: bool, defenses: list[str] | None = None,
                  ablations: list[str] | None = None):
+        """The plan of one reproduction: ``defenses`` (rows of table (b), default all; the rows a chosen row needs are
+        added before it) on ``seeds``, table (a) at every ε on ``attack_table_seeds``, and ``ablations`` (default all;
+        repeats dropped, order kept) on ``ablation_seeds`` unless ``skip_ablations``. Names are checked against
+        ``DEFENSES`` and ``ABLATIONS``."""
         for kind, chosen, known in (("defenses", defenses, DEFENSES), ("ablations", ablations, ABLATIONS)):
             unknown = sorted(set(chosen or []) - set(known))
             if unknown:
@@ -467,7 +471,7 @@ class Reproduction:
                 if path.exists():
                     results["attacks"].setdefault(eps, {})[seed] = read_json(path)
         for seed in self.ablation_seeds:
-            for name in ABLATIONS:
+            for name in ABLATIONS:  # every ablation on disk, not only this plan's: the results page shows them all
                 path = self.result_path("ablation", seed, name)
                 if path.exists():
                     results["ablations"].setdefault(name, {})[seed] = read_json(path)

@@ -82,19 +82,22 @@ def attack_table_markdown(results: dict, settings: Settings) -> str:
     lines.append("")
     lines.append(f"Model: MoE AT (PGD-AT, trained at ε={eps_name(settings.train_eps)}) from table (b). Seeds: {', '.join(map(str, seeds))} (mean ± std over seeds). "
                  "Routing change = 1 − IoU of the selected experts, clean vs adversarial (0 = no change).")
-    frozen_eps = [e for e in eps_list if any(r.get("frozen_routing") for r in rows[e].values())]
-    if frozen_eps:
-        lines += ["", "Frozen-routing controls (robust accuracy %, mean ± std over the same seeds): the attack's "
-                  "perturbation with the routing held at the clean decisions (damage that does not go through "
-                  "routing), and the clean clip with the adversarial routing (damage routing alone does)."]
-    for e in frozen_eps:
-        lines += ["", f"| attack (ε={eps_name(e)}) | robust | adversarial clip, clean routing | "
-                  "clean clip, adversarial routing |", "|---|---:|---:|---:|"]
+    # Per ε, the seeds whose evaluation carries the controls (results older than the controls have none).
+    frozen_rows = {e: {s: r for s, r in rows[e].items() if r.get("frozen_routing")} for e in eps_list}
+    frozen_rows = {e: seed_rows for e, seed_rows in frozen_rows.items() if seed_rows}
+    if frozen_rows:
+        lines += ["", "Frozen-routing controls (robust accuracy %, mean ± std over the seeds named in each table): "
+                  "the attack's perturbation with the routing held at the clean decisions (damage that does not go "
+                  "through routing), and the clean clip with the adversarial routing (damage routing alone does)."]
+    for e, seed_rows in frozen_rows.items():
+        lines += ["", f"| attack (ε={eps_name(e)}; seeds {', '.join(map(str, sorted(seed_rows)))}) | robust | "
+                  "adversarial clip, clean routing | clean clip, adversarial routing |", "|---|---:|---:|---:|"]
         for attack in ATTACK_TABLE_ATTACKS:
-            controls = [r.get("frozen_routing", {}).get(attack) for r in rows[e].values()]
-            if not all(controls):
+            if not all(attack in r["frozen_routing"] for r in seed_rows.values()):
                 continue
-            lines.append(f"| {ATTACK_LABELS[attack]} | {fmt(values_of(rows[e], lambda r, a=attack: r['robust'][a]))} | "
+            controls = [r["frozen_routing"][attack] for r in seed_rows.values()]
+            robust = values_of(seed_rows, lambda r, a=attack: r["robust"][a])
+            lines.append(f"| {ATTACK_LABELS[attack]} | {fmt(robust)} | "
                          f"{fmt([c['adv_input_clean_routing'] for c in controls])} | "
                          f"{fmt([c['clean_input_adv_routing'] for c in controls])} |")
     return "\n".join(lines)
