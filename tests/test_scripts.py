@@ -93,12 +93,18 @@ def test_structure_targets_hold():
     assert result.returncode == 0, result.stdout
 
 
-def test_structure_check_finds_violations(tmp_path):
+def load_script(name: str):
+    """The module of ``scripts/<name>.py`` (scripts are not a package), to call its functions in-process."""
     import importlib.util
 
-    spec = importlib.util.spec_from_file_location("check_structure", REPO_ROOT / "scripts" / "check_structure.py")
+    spec = importlib.util.spec_from_file_location(name, REPO_ROOT / "scripts" / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
+    return module
+
+
+def test_structure_check_finds_violations(tmp_path):
+    module = load_script("check_structure")
     package = tmp_path / "hf_videomoe"
     package.mkdir()
     (tmp_path / "scripts").mkdir()
@@ -353,8 +359,6 @@ def test_defense_figure_draws_one_line_per_seed(tmp_path, monkeypatch):
 def test_ablations_run_in_the_order_given_each_on_every_seed_before_the_next(tmp_path, capsys):
     """``--ablations`` picks and orders the ablations; each runs on every ablation seed before the next starts, so its
     verdict can be read as soon as its own seeds are in."""
-    import importlib.util
-
     from hf_videomoe.reproduction import ABLATIONS, Reproduction
 
     def plan(**kwargs):
@@ -370,9 +374,7 @@ def test_ablations_run_in_the_order_given_each_on_every_seed_before_the_next(tmp
         plan(ablations=["no-such-step"])
 
     # The command line: names are checked, and choosing ablations while skipping them is refused, not ignored.
-    spec = importlib.util.spec_from_file_location("reproduce_paper", REPO_ROOT / "scripts" / "reproduce_paper.py")
-    script = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(script)
+    script = load_script("reproduce_paper")
     assert script.parse_args(["--ablations", "no-aux", "no-guidance"]).ablations == ["no-aux", "no-guidance"]
     for argv in (["--ablations", "no-such-step"], ["--ablations", "no-aux", "--skip-ablations"]):
         with pytest.raises(SystemExit):
