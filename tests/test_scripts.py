@@ -35,6 +35,9 @@ def test_reproduction_and_attack_components_quick(tmp_path):
         assert label in text, label
     # The verdicts rest on the protocol's paired tests.
     assert "one-sided sign test p =" in text and "McNemar per seed" in text
+    ablation_verdicts = text.split("**Ablations (J-TLAT; worst-case accuracy")[1].split("\n\n")[0]
+    step_verdicts = [line for line in ablation_verdicts.splitlines() if "step 1 (router) helps" in line]
+    assert len(step_verdicts) == 1 and "McNemar per seed" in step_verdicts[0], ablation_verdicts
     assert "(primary endpoint)" in text
     # Table (a)'s frozen-routing controls come at every ε it was run at, not only the training ε, with their rows.
     for eps in ("4/255", "8/255", "14/255"):

@@ -138,7 +138,7 @@ def ablation_table_markdown(results: dict, settings: Settings, seeds: list[int])
              f"routing change (J-TLGA) | busiest expert share (max over layers) | train s / epoch (wall) | "
              f"train CPU s / epoch | seeds |", "|---" * 11 + "|"]
     base = {s: r for s, r in results["defenses"].get("j-tlat", {}).items() if s in seeds}
-    rows_by_name = {"full J-TLAT (published rule, λ, aux, γ1 on)": base}
+    rows_by_name = {"full J-TLAT (normalised temporal step, λ per component, aux, γ1 on)": base}
     for name, (label, _, _) in ABLATIONS.items():
         rows_by_name[label] = results["ablations"].get(name, {})
     for label, rows in rows_by_name.items():
@@ -355,7 +355,7 @@ def what_holds(results: dict, settings: Settings, ablation_seeds: list[int]) -> 
                            ("balance-switch", "the sharp step-1 balance term helps robustness (vs the Switch loss)")):
             if name in ab:
                 out.append("- " + compare(base, ab[name], lambda r: r["worst_case"], higher_is="a", what=what,
-                                          resolution=res))
+                                          resolution=res, per_clip="worst_case_correct"))
         if "balance-switch" in ab:
             out.append("- " + compare(base, ab["balance-switch"], lambda r: max(r["busiest_expert_share"]),
                                       higher_is="b", what="the sharp step-1 balance term keeps routing more balanced "
