@@ -1,0 +1,50 @@
+"""scripts/routing_relevance.py on TimeSformer-MoE (round 15) runs end to end at toy size.
+
+Its own file so that, under ``--dist loadfile``, it does not lengthen tests/test_scripts.py, the suite's critical path.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from hf_videomoe.data import make_moving_shapes
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+SCRIPT = str(REPO_ROOT / "scripts" / "routing_relevance.py")
+
+
+def run(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    return subprocess.run([sys.executable, SCRIPT, *args], cwd=cwd, env=env, capture_output=True, text=True,
+                          timeout=300)
+
+
+def test_timesformer_round_runs_and_measures_routing_on_validation(tmp_path):
+    out = str(tmp_path / "rr")
+    common = ("--model-type", "timesformer", "--num-videos", "48", "--output-dir", out)
+    result = run("--stage", "dense", "--dense-epochs", "1", *common, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    # A TimeSformer checkpoint, with the input normalisation folded in (the reproduction's dense phase).
+    config = json.loads((tmp_path / "rr" / "dense" / "config.json").read_text())
+    assert config["model_type"] == "timesformer"
+
+    result = run("--stage", "variants", "--select", "mixture 30 ep, lr 0.001", *common, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    [path] = (tmp_path / "rr").glob("variant_*.json")
+    row = json.loads(path.read_text())
+    assert row["label"].startswith("timesformer:") and row["model_type"] == "timesformer"
+    assert row["epochs"] == 30 and row["dense_epochs"] == 1
+    num_val = len(make_moving_shapes(48, num_frames=8, image_size=32, difficulty="easy")["train"]) // 5  # last 20 %
+    assert row["after"]["num_samples"] == num_val and len(row["after"]["forced"]) == 4
+    assert len(row["path_share"]) == 4 and abs(sum(row["path_share"]) - 1) < 1e-5
+
+    # VideoMAE's rounds do not run on TimeSformer (and round 15 not on VideoMAE), and the stages that build
+    # VideoMAE mixtures refuse another backbone rather than silently training VideoMAE.
+    result = run("--stage", "variants", "--select", "round 12", *common, cwd=tmp_path)
+    assert result.returncode != 0 and "no timesformer variant matches" in result.stderr
+    result = run("--stage", "at", *common, cwd=tmp_path)
+    assert result.returncode != 0 and "--stage dense and --stage variants only" in result.stderr
