@@ -338,6 +338,27 @@ def test_kept_weights_load_only_with_their_recorded_fingerprint(tmp_path):
     assert json.loads((tmp_path / "train.json").read_text()) == info
 
 
+def test_dense_timesformer_starts_able_to_see_frame_order():
+    """transformers' TimeSformer starts with zero time embeddings: its output ignores frame order, which MovingShapes'
+    time-reversed class pairs need. The reproduction's dense TimeSformer starts with random ones."""
+    import torch
+    from transformers import TimesformerForVideoClassification
+
+    from hf_videomoe.reproduction.recipes import build_dense
+
+    settings = Settings.quick(model_type="timesformer")
+    torch.manual_seed(0)
+    model = build_dense(settings, ["a", "b", "c"]).eval()
+    clip = torch.rand(2, settings.num_frames, 3, settings.image_size, settings.image_size)
+    reversed_clip = clip.flip(1)
+    with torch.no_grad():
+        assert not torch.allclose(model(pixel_values=clip).logits, model(pixel_values=reversed_clip).logits, atol=1e-4)
+        plain = TimesformerForVideoClassification(model.config).eval()
+        assert torch.count_nonzero(plain.timesformer.embeddings.time_embeddings) == 0
+        torch.testing.assert_close(plain(pixel_values=clip).logits, plain(pixel_values=reversed_clip).logits,
+                                   atol=1e-5, rtol=1e-5)
+
+
 def test_defense_figure_draws_one_line_per_seed(tmp_path, monkeypatch):
     """The figure pairs each seed's rows (one line per seed across the defenses) and is skipped without rows."""
     from hf_videomoe.evaluation import plots
