@@ -234,19 +234,30 @@ def stage_dense(args, out: Path):
             image_size=32, patch_size=8, num_frames=8, tubelet_size=2, hidden_size=64, num_hidden_layers=3,
             num_attention_heads=4, intermediate_size=256, num_labels=len(label_names),
         ))
-        Trainer(model=dense, args=training_arguments(out / "dense", args.dense_epochs, 2e-3, args.seed),
-                train_dataset=train, data_collator=VideoCollator()).train()
-    else:  # the reproduction's dense phase: same sizes, normalised inputs folded into the weights afterwards
-        dense = build_dense(Settings(model_type=args.model_type), label_names)
-        Trainer(model=dense, args=training_arguments(out / "dense", args.dense_epochs, 2e-3, args.seed),
-                train_dataset=train, data_collator=NormalizingCollator(VideoCollator())).train()
-        fold_input_normalization(dense)
+        collator = VideoCollator()
+    else:  # the reproduction's dense model (its sizes, time embeddings) and input normalisation, this script's schedule
+        dense = build_dense(Settings(model_type=args.model_type, num_frames=8, image_size=32), label_names)
+        collator = NormalizingCollator(VideoCollator())
+    Trainer(model=dense, args=training_arguments(out / "dense", args.dense_epochs, 2e-3, args.seed),
+            train_dataset=train, data_collator=collator).train()
+    if args.model_type != "videomae":
+        fold_input_normalization(dense)  # a plain checkpoint that takes [0, 1] pixels, as the variants feed it
     seconds = time.perf_counter() - start
     dense.save_pretrained(out / "dense")
     # What the variants start from, recorded with each of them (the folder name alone does not say it).
     (out / "dense" / "train.json").write_text(json.dumps(
         {"model_type": args.model_type, "epochs": args.dense_epochs, "seconds": seconds, "seed": args.seed}))
     print(f"dense trained in {seconds:.0f}s")
+
+
+def dense_record(out: Path, model_type: str) -> dict:
+    """What ``--stage dense`` recorded in ``out`` (rounds 1-14's folders have no record: VideoMAE), checked against
+    ``--model-type`` so that one backbone's checkpoint is never loaded as the other's."""
+    path = out / "dense" / "train.json"
+    record = json.loads(path.read_text()) if path.exists() else {"model_type": "videomae"}
+    if record["model_type"] != model_type:
+        raise SystemExit(f"{out / 'dense'} holds a {record['model_type']} model, not --model-type {model_type}")
+    return record
 
 
 def stage_variants(args, out: Path):
@@ -260,25 +271,23 @@ def stage_variants(args, out: Path):
     if not selected:
         raise SystemExit(f"no {args.model_type} variant matches --select {args.select!r}")
     _, dense_cls, moe_cls = model_classes(args.model_type)
-    dense_record = out / "dense" / "train.json"  # absent for the dense phases of rounds 1-14
-    dense_info = json.loads(dense_record.read_text()) if dense_record.exists() else {"model_type": "videomae"}
-    if dense_info["model_type"] != args.model_type:
-        raise SystemExit(f"{out / 'dense'} holds a {dense_info['model_type']} model, not --model-type {args.model_type}")
-    dense_epochs = dense_info.get("epochs")
+    dense_phase = dense_record(out, args.model_type)
     for rank, (position, label, options) in enumerate(selected):
         if rank % count != index:
             continue
         path = out / f"variant_{position}.json"
         if path.exists():
+            # A row is kept only if it grew from this dense phase: after retraining `dense`, old rows would be stale.
+            if json.loads(path.read_text()).get("dense", {"model_type": "videomae"}) != dense_phase:
+                raise SystemExit(f"{path} was measured on another dense phase than {out / 'dense'}: remove it")
             continue
         options = dict(options)
         epochs = options.pop("epochs", args.moe_epochs)
         learning_rate = options.pop("learning_rate", 5e-4)
         cluster = options.pop("cluster", False)
         torch.manual_seed(args.seed)
-        dense = dense_cls.from_pretrained(out / "dense")
-        moe = moe_cls.from_dense(
-            dense, num_experts=4, num_experts_per_tok=1, image_mean=[0.0] * 3, image_std=[1.0] * 3, **options)
+        moe = moe_cls.from_dense(dense_cls.from_pretrained(out / "dense"), num_experts=4, num_experts_per_tok=1,
+                                 image_mean=[0.0] * 3, image_std=[1.0] * 3, **options)
         if cluster:
             options["cluster_routers"] = cluster_routers(moe, stack_pixel_values(train, 512), seed=args.seed)
         before = routing_relevance(moe, val_x, val_y, seed=args.seed)
@@ -288,7 +297,7 @@ def stage_variants(args, out: Path):
         seconds = time.perf_counter() - start
         after = routing_relevance(moe, val_x, val_y, seed=args.seed)
         result = {"label": label, "seed": args.seed, "model_type": args.model_type, "options": options,
-                  "epochs": epochs, "learning_rate": learning_rate, "dense_epochs": dense_epochs, "before": before,
+                  "epochs": epochs, "learning_rate": learning_rate, "dense": dense_phase, "before": before,
                   "after": after, "train_seconds": seconds, "expert_distance": expert_distance(moe)}
         if moe.config.router_granularity == "model":
             result["path_share"] = path_shares(moe, val_x)
@@ -404,6 +413,7 @@ def mixture(args, out: Path, epochs: int, train, router_granularity: str = "toke
         path = path.with_name(f"{path.name}_aux{router_aux_loss_coef:g}")
     if (path / "config.json").exists():
         return VideoMAEMoeForVideoClassification.from_pretrained(path)
+    dense_record(out, "videomae")
     torch.manual_seed(args.seed)
     dense = VideoMAEForVideoClassification.from_pretrained(out / "dense")
     moe = VideoMAEMoeForVideoClassification.from_dense(
@@ -480,6 +490,8 @@ def stage_report(args, out: Path):
         for folder in dict.fromkeys((out, at_dir, *extra_dirs)):
             if (folder / f"variant_{i}.json").exists():
                 row = json.loads((folder / f"variant_{i}.json").read_text())
+                if row.get("model_type", "videomae") != "videomae":  # round 15 is not tabulated here yet
+                    continue
                 row["label"], row["dense_epochs"] = labels[i], dense_epochs_of(folder, args.dense_epochs)
                 row["seed"] = seed_of(folder, row)
                 rows.append(row)

@@ -258,9 +258,9 @@ def build_dense(settings: Settings, label_names: list[str]):
         # transformers leaves TimeSformer's time embeddings at zero (the original fine-tunes an image ViT and zero-inits
         # them). Trained from scratch, the model then starts blind to frame order (with divided attention and equal
         # time embeddings its output does not change when the frames are permuted) and at this scale stays so: the
-        # demo-recipe TimeSformer-MoE named the class pair (c, c ^ 1) of 93.7 % of the test clips and the direction
-        # within the pair, which only frame order tells, at chance (49.2 %; docs/PROTOCOL.md, "Schedule", step 5).
-        # Initialised like the position embeddings instead.
+        # demo-recipe TimeSformer-MoE named the class pair (c, c ^ 1) of most test clips but the direction within
+        # the pair, which only frame order tells, at chance (docs/PROTOCOL.md, "Schedule", step 5). Initialised like
+        # the position embeddings instead.
         embeddings = dense.timesformer.embeddings
         torch.nn.init.trunc_normal_(embeddings.time_embeddings, std=dense.config.initializer_range)
     return dense
