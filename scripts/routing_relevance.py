@@ -66,10 +66,14 @@ from hf_videomoe.reproduction.recipes import (
     model_classes,
 )
 
+# What a folder or row of rounds 1-14 holds: those ran before records named the backbone, and all were VideoMAE.
+LEGACY_DENSE_RECORD = {"model_type": "videomae"}
+
 # label -> from_dense / config options, plus "epochs" / "learning_rate" of the MoE phase (defaults: --moe-epochs, 5e-4).
 # Round 1 (5 epochs): the gate and the expert initialisation. Round 2: a longer MoE phase, and model-level routing whose
 # router reads the output of a dense first layer (moe_layers=[1, 2]) rather than the patch embeddings.
 ROUND_2 = dict(epochs=20, learning_rate=1e-3)
+
 VARIANTS = {
     "renormalize + copy (old default)": dict(router_gate="renormalize", expert_init="copy"),
     "straight-through + copy": dict(router_gate="straight_through", expert_init="copy"),
@@ -254,7 +258,7 @@ def dense_record(out: Path, model_type: str) -> dict:
     """What ``--stage dense`` recorded in ``out`` (rounds 1-14's folders have no record: VideoMAE), checked against
     ``--model-type`` so that one backbone's checkpoint is never loaded as the other's."""
     path = out / "dense" / "train.json"
-    record = json.loads(path.read_text()) if path.exists() else {"model_type": "videomae"}
+    record = json.loads(path.read_text()) if path.exists() else LEGACY_DENSE_RECORD
     if record["model_type"] != model_type:
         raise SystemExit(f"{out / 'dense'} holds a {record['model_type']} model, not --model-type {model_type}")
     return record
@@ -278,7 +282,7 @@ def stage_variants(args, out: Path):
         path = out / f"variant_{position}.json"
         if path.exists():
             # A row is kept only if it grew from this dense phase: after retraining `dense`, old rows would be stale.
-            if json.loads(path.read_text()).get("dense", {"model_type": "videomae"}) != dense_phase:
+            if json.loads(path.read_text()).get("dense", LEGACY_DENSE_RECORD) != dense_phase:
                 raise SystemExit(f"{path} was measured on another dense phase than {out / 'dense'}: remove it")
             continue
         options = dict(options)
@@ -490,7 +494,7 @@ def stage_report(args, out: Path):
         for folder in dict.fromkeys((out, at_dir, *extra_dirs)):
             if (folder / f"variant_{i}.json").exists():
                 row = json.loads((folder / f"variant_{i}.json").read_text())
-                if row.get("model_type", "videomae") != "videomae":  # round 15 is not tabulated here yet
+                if row.get("model_type", LEGACY_DENSE_RECORD["model_type"]) != "videomae":  # round 15 is not tabulated here yet
                     continue
                 row["label"], row["dense_epochs"] = labels[i], dense_epochs_of(folder, args.dense_epochs)
                 row["seed"] = seed_of(folder, row)

@@ -1,6 +1,8 @@
-"""Shared fixtures: tiny model configs (fast on 2 CPU cores). Tests never touch the network."""
+"""Shared fixtures: tiny model configs (fast on 2 CPU cores), a script runner. Tests never touch the network."""
 
 import os
+import subprocess
+import sys
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
@@ -52,6 +54,17 @@ def tiny_timesformer_config():
         return (TimesformerConfig if dense else TimesformerMoeConfig)(**kwargs)
 
     return make
+
+
+@pytest.fixture
+def run_script():
+    """Factory: ``run_script(path, *args, cwd=...)`` runs a script offline on one thread, its output captured."""
+
+    def run(*args: str, cwd) -> subprocess.CompletedProcess:
+        env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+        return subprocess.run([sys.executable, *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
+
+    return run
 
 
 @pytest.fixture(autouse=True, scope="session")

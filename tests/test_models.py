@@ -255,6 +255,17 @@ def test_invalid_config_raises_at_build(config_cls, kwargs, match):
         config_cls(**shape, **kwargs)
 
 
+def test_timesformer_moe_from_config_sees_frame_order(tiny_timesformer_config):
+    """transformers zero-initialises TimeSformer's time embeddings, which makes a model built from a config exactly
+    invariant to frame order; ours starts with random ones, so a clip and its time reversal give different logits."""
+    torch.manual_seed(0)
+    model = TimesformerMoeForVideoClassification(tiny_timesformer_config(num_labels=3)).eval()
+    assert torch.count_nonzero(model.timesformer.embeddings.time_embeddings) > 0
+    clip = torch.rand(2, 4, 3, 16, 16)
+    with torch.no_grad():
+        assert not torch.allclose(model(pixel_values=clip).logits, model(pixel_values=clip.flip(1)).logits, atol=1e-4)
+
+
 def test_timesformer_space_only_rejected(tiny_timesformer_config):
     with pytest.raises(ValueError, match="space_only"):
         tiny_timesformer_config(attention_type="space_only")

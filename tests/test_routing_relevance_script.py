@@ -6,9 +6,6 @@ Its own file so that, under ``--dist loadfile``, it does not lengthen tests/test
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 from hf_videomoe.data import make_moving_shapes
@@ -17,22 +14,16 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = str(REPO_ROOT / "scripts" / "routing_relevance.py")
 
 
-def run(*args: str, cwd: Path) -> subprocess.CompletedProcess:
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
-    return subprocess.run([sys.executable, SCRIPT, *args], cwd=cwd, env=env, capture_output=True, text=True,
-                          timeout=300)
-
-
-def test_timesformer_round_runs_and_measures_routing_on_validation(tmp_path):
+def test_timesformer_round_runs_and_measures_routing_on_validation(tmp_path, run_script):
     out = str(tmp_path / "rr")
     common = ("--model-type", "timesformer", "--num-videos", "48", "--output-dir", out)
-    result = run("--stage", "dense", "--dense-epochs", "1", *common, cwd=tmp_path)
+    result = run_script(SCRIPT, "--stage", "dense", "--dense-epochs", "1", *common, cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     # A TimeSformer checkpoint, recorded as such for the variants.
     config = json.loads((tmp_path / "rr" / "dense" / "config.json").read_text())
     assert config["model_type"] == "timesformer"
 
-    result = run("--stage", "variants", "--select", "mixture 30 ep, lr 0.001", *common, cwd=tmp_path)
+    result = run_script(SCRIPT, "--stage", "variants", "--select", "mixture 30 ep, lr 0.001", *common, cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     [path] = (tmp_path / "rr").glob("variant_*.json")
     row = json.loads(path.read_text())
@@ -44,18 +35,17 @@ def test_timesformer_round_runs_and_measures_routing_on_validation(tmp_path):
 
     # VideoMAE's rounds do not run on TimeSformer, round 15 not on VideoMAE, a TimeSformer checkpoint is not loaded as
     # VideoMAE, and the stages that build VideoMAE mixtures refuse another backbone rather than train VideoMAE.
-    result = run("--stage", "variants", "--select", "round 12", *common, cwd=tmp_path)
+    result = run_script(SCRIPT, "--stage", "variants", "--select", "round 12", *common, cwd=tmp_path)
     assert result.returncode != 0 and "no timesformer variant matches" in result.stderr
-    result = run("--stage", "variants", "--select", "timesformer", "--num-videos", "48", "--output-dir", out,
-                 cwd=tmp_path)
+    videomae = ("--num-videos", "48", "--output-dir", out)
+    result = run_script(SCRIPT, "--stage", "variants", "--select", "timesformer", *videomae, cwd=tmp_path)
     assert result.returncode != 0 and "no videomae variant matches" in result.stderr
-    result = run("--stage", "variants", "--select", "round 12", "--num-videos", "48", "--output-dir", out,
-                 cwd=tmp_path)
+    result = run_script(SCRIPT, "--stage", "variants", "--select", "round 12", *videomae, cwd=tmp_path)
     assert result.returncode != 0 and "holds a timesformer model, not --model-type videomae" in result.stderr
-    result = run("--stage", "at", *common, cwd=tmp_path)
+    result = run_script(SCRIPT, "--stage", "at", *common, cwd=tmp_path)
     assert result.returncode != 0 and "--stage dense and --stage variants only" in result.stderr
 
     # A retrained dense phase makes the rows measured on the old one stale: they are refused, not silently kept.
-    assert run("--stage", "dense", "--dense-epochs", "1", *common, cwd=tmp_path).returncode == 0
-    result = run("--stage", "variants", "--select", "mixture 30 ep, lr 0.001", *common, cwd=tmp_path)
+    assert run_script(SCRIPT, "--stage", "dense", "--dense-epochs", "1", *common, cwd=tmp_path).returncode == 0
+    result = run_script(SCRIPT, "--stage", "variants", "--select", "mixture 30 ep, lr 0.001", *common, cwd=tmp_path)
     assert result.returncode != 0 and "measured on another dense phase" in result.stderr

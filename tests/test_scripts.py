@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -15,12 +13,7 @@ from hf_videomoe.reproduction.recipes import Settings
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
-def run_script(*args: str, cwd: Path) -> subprocess.CompletedProcess:
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
-    return subprocess.run([sys.executable, *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
-
-
-def test_reproduction_and_attack_components_quick(tmp_path):
+def test_reproduction_and_attack_components_quick(tmp_path, run_script):
     out = tmp_path / "repro"
     result = run_script(str(REPO_ROOT / "scripts" / "reproduce_paper.py"), "--quick", "--threads", "1",
                         "--output-dir", str(out), cwd=tmp_path)
@@ -70,7 +63,7 @@ def test_reproduction_and_attack_components_quick(tmp_path):
     assert all(0.0 <= v <= 100.0 for v in values.values())
 
 
-def test_gpu_check_code_paths_on_cpu(tmp_path):
+def test_gpu_check_code_paths_on_cpu(tmp_path, run_script):
     """The GPU check's code paths (bf16 models, kernels, attacks, J-TLAT with checkpointing) at toy size on CPU."""
     report = tmp_path / "gpu_check.md"
     result = run_script(str(REPO_ROOT / "scripts" / "gpu_check.py"), "--device", "cpu", "--quick", "--output",
@@ -80,7 +73,7 @@ def test_gpu_check_code_paths_on_cpu(tmp_path):
     assert "FAIL" not in text and text.count("| PASS |") == 16
 
 
-def test_gpu_check_refuses_without_cuda(tmp_path):
+def test_gpu_check_refuses_without_cuda(tmp_path, run_script):
     import pytest
     import torch
 
@@ -90,7 +83,7 @@ def test_gpu_check_refuses_without_cuda(tmp_path):
     assert result.returncode == 1 and "no CUDA device" in result.stdout
 
 
-def test_structure_targets_hold():
+def test_structure_targets_hold(run_script):
     """No import loop, no module over 500 lines, no private name imported across modules (the refactor's targets)."""
     result = run_script(str(REPO_ROOT / "scripts" / "check_structure.py"), cwd=REPO_ROOT)
     assert result.returncode == 0, result.stdout
@@ -120,7 +113,7 @@ def test_structure_check_finds_violations(tmp_path):
     assert any("_secret" in line for line in result["private_imports"])
 
 
-def test_calibration_and_cascade_benchmark_quick(tmp_path):
+def test_calibration_and_cascade_benchmark_quick(tmp_path, run_script):
     """scripts/calibrate_lipschitz.py and scripts/bench_cascade.py on the quick reproduction's models."""
     out = tmp_path / "repro"
     result = run_script(str(REPO_ROOT / "scripts" / "reproduce_paper.py"), "--quick", "--threads", "1",
@@ -141,7 +134,7 @@ def test_calibration_and_cascade_benchmark_quick(tmp_path):
     assert "Worst case identical clip by clip: **yes**" in bench.read_text()
 
 
-def test_reproduction_resumes_from_its_tracked_cache(tmp_path):
+def test_reproduction_resumes_from_its_tracked_cache(tmp_path, run_script):
     """The run's cache under version control (results/reproduction2/.gitignore) keeps the JSON results and the weights
     that later units start from or evaluate again: a fresh clone resumes from it, retraining the other checkpoints and
     refusing weights other than the recorded ones."""

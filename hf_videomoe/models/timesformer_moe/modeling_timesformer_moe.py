@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import torch
 from torch import nn
-from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers import TimesformerForVideoClassification
+from transformers import initialization as init
+from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.models.timesformer.modeling_timesformer import (
     TimeSformerAttention,
     TimesformerDropPath,
@@ -146,6 +147,13 @@ class TimesformerMoePreTrainedModel(MoePreTrainedModelMixin, TimesformerPreTrain
     def _init_weights(self, module):
         super()._init_weights(module)
         init_moe_weights(module, self.config.initializer_range)
+        if isinstance(module, TimesformerEmbeddings):
+            # transformers leaves the time embeddings at zero (the original fine-tunes an image ViT). With divided
+            # attention and equal time embeddings the output does not change when the frames are permuted, so a model
+            # built from a config would start blind to frame order, and from scratch at small scale it stays so
+            # (docs/PROTOCOL.md, "Schedule", step 5). Initialised like the position embeddings instead; upcycled and
+            # pretrained weights overwrite this.
+            init.trunc_normal_(module.time_embeddings, std=self.config.initializer_range)
 
 
 class TimesformerMoeModel(MoeVideoEncoderMixin, TimesformerMoePreTrainedModel):
