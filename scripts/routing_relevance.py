@@ -259,7 +259,7 @@ def dense_record(out: Path, model_type: str) -> dict:
     """What ``--stage dense`` recorded in ``out`` (rounds 1-14's folders have no record: VideoMAE), checked against
     ``--model-type`` so that one backbone's checkpoint is never loaded as the other's."""
     path = out / "dense" / "train.json"
-    record = json.loads(path.read_text()) if path.exists() else LEGACY_DENSE_RECORD
+    record = json.loads(path.read_text()) if path.exists() else dict(LEGACY_DENSE_RECORD)
     if record["model_type"] != model_type:
         raise SystemExit(f"{out / 'dense'} holds a {record['model_type']} model, not --model-type {model_type}")
     return record
@@ -277,6 +277,8 @@ def stage_variants(args, out: Path):
         raise SystemExit(f"no {args.model_type} variant matches --select {args.select!r}")
     _, dense_cls, moe_cls = model_classes(args.model_type)
     dense_phase = dense_record(out, args.model_type)
+    if dense_phase.get("seed", args.seed) != args.seed:  # rounds 1-14's folders do not record their seed
+        raise SystemExit(f"{out / 'dense'} was trained with seed {dense_phase['seed']}, not --seed {args.seed}")
     for rank, (position, label, options) in enumerate(selected):
         if rank % count != index:
             continue
@@ -578,6 +580,7 @@ def stage_report(args, out: Path):
 
 
 ROUND_15_SEEDS = (0, 1, 2)
+ROUND_15_DENSE_EPOCHS = (20, 40)
 
 
 def round_15_passes(row: dict) -> bool:
@@ -590,35 +593,52 @@ def round_15_passes(row: dict) -> bool:
 def round_15_verdicts(rows: list[dict]) -> tuple[list[dict], dict | None]:
     """Round 15's rule, fixed before its runs, applied to its rows (one per recipe, dense phase and seed).
 
-    A recipe (mixture label and dense phase) passes when on every seed of ``ROUND_15_SEEDS`` learned - random routing
-    is >= +5 points and >= 2 standard errors and every expert path serves >= 10 % of the validation clips; it fails as
-    soon as one seed misses, so the other seeds need not run. Of those that pass, the highest mean validation clean
-    accuracy wins; a cheaper recipe (fewer dense + mixture epochs) within one standard error of it wins instead.
-    Returns one summary per recipe, in the order first seen, and the chosen one (None while none is chosen).
+    A recipe is a round-15 mixture label after a dense phase of ``ROUND_15_DENSE_EPOCHS``. It passes when on every seed
+    of ``ROUND_15_SEEDS`` learned - random routing is >= +5 points and >= 2 standard errors and every expert path serves
+    >= 10 % of the validation clips; it fails as soon as one seed misses, so its other seeds need not run. Once every
+    recipe has failed or run all its seeds, the highest mean validation clean accuracy among those that pass wins, and a
+    cheaper recipe (fewer dense + mixture epochs) within one standard error of the winner's mean (the standard
+    deviation over seeds / sqrt(seeds)) wins instead. Returns one summary per recipe and the chosen one (None while
+    none is chosen).
     """
-    recipes: dict[tuple, dict] = {}
+    recipes = {(label, dense_epochs): {"label": label, "dense_epochs": dense_epochs, "epochs": options["epochs"],
+                                       "seeds": {}}
+               for dense_epochs in ROUND_15_DENSE_EPOCHS
+               for label, options in VARIANTS.items() if label.startswith("timesformer:")}
+    sources = {}
     for row in rows:
-        recipe = recipes.setdefault((row["label"], row["dense"]["epochs"]), {
-            "label": row["label"], "dense_epochs": row["dense"]["epochs"], "epochs": row["epochs"], "seeds": {}})
-        recipe["seeds"][row["seed"]] = {"clean": row["after"]["learned"], "num_samples": row["after"]["num_samples"],
-                                        "passes": round_15_passes(row)}
+        key, where = (row["label"], row["dense"]["epochs"]), row.get("path", "a row")
+        if key not in recipes:
+            raise ValueError(f"{where}: {row['label']!r} after {row['dense']['epochs']:g} dense epochs is not one of "
+                             f"round 15's recipes (dense epochs {ROUND_15_DENSE_EPOCHS})")
+        if row["seed"] not in ROUND_15_SEEDS or row["dense"].get("seed") != row["seed"]:
+            raise ValueError(f"{where}: seed {row['seed']} on the dense phase of seed {row['dense'].get('seed')}; "
+                             f"round 15 runs seeds {ROUND_15_SEEDS}, each on its own dense phase")
+        if "path_share" not in row:
+            raise ValueError(f"{where}: no path_share (round 15's rule needs every expert path's share of the clips)")
+        if (key, row["seed"]) in sources:
+            raise ValueError(f"two rows for {row['label']!r}, {row['dense']['epochs']:g} dense epochs, seed "
+                             f"{row['seed']}: {sources[key, row['seed']]} and {where}; remove one")
+        sources[key, row["seed"]] = where
+        recipes[key]["seeds"][row["seed"]] = {"clean": row["after"]["learned"], "passes": round_15_passes(row)}
     for recipe in recipes.values():
         seeds = recipe["seeds"]
-        if any(not seeds[seed]["passes"] for seed in seeds):
-            recipe["verdict"] = "fails on seed " + ", ".join(str(s) for s in sorted(seeds) if not seeds[s]["passes"])
-        elif all(seed in seeds for seed in ROUND_15_SEEDS):
-            recipe["verdict"] = "passes"
+        failed = [seed for seed in sorted(seeds) if not seeds[seed]["passes"]]
+        missing = [seed for seed in ROUND_15_SEEDS if seed not in seeds]
+        if failed:
+            recipe["verdict"] = "fails on seed " + ", ".join(map(str, failed))
+        elif not seeds:
+            recipe["verdict"] = "not run"
+        elif missing:
+            recipe["verdict"] = f"passes so far; seed{'s' * (len(missing) > 1)} {', '.join(map(str, missing))} to run"
         else:
-            recipe["verdict"] = "passes so far; seeds " + ", ".join(
-                str(s) for s in ROUND_15_SEEDS if s not in seeds) + " to run"
-        cleans = [seeds[s]["clean"] for s in sorted(seeds)]
-        recipe["clean"] = sum(cleans) / len(cleans)
-        # Binomial standard error of the mean over every seed's validation clips.
-        clips = sum(seeds[s]["num_samples"] for s in seeds)
-        recipe["clean_se"] = (recipe["clean"] * (1 - recipe["clean"]) / clips) ** 0.5
+            recipe["verdict"] = "passes"
+        cleans = [seeds[seed]["clean"] for seed in sorted(seeds)]
+        recipe["clean"] = sum(cleans) / len(cleans) if cleans else None
+        recipe["clean_se"] = (float(torch.tensor(cleans).std()) / len(cleans) ** 0.5) if len(cleans) > 1 else None
     summaries = list(recipes.values())
-    if any(recipe["verdict"].startswith("passes so far") for recipe in summaries):
-        return summaries, None  # an unfinished recipe could still win
+    if any(recipe["verdict"] == "not run" or recipe["verdict"].startswith("passes so far") for recipe in summaries):
+        return summaries, None  # a recipe still to run could win
     passing = [recipe for recipe in summaries if recipe["verdict"] == "passes"]
     if not passing:
         return summaries, None
@@ -630,22 +650,31 @@ def round_15_verdicts(rows: list[dict]) -> tuple[list[dict], dict | None]:
 def stage_report_timesformer(args, out: Path):
     rows = []
     for folder in dict.fromkeys((out, *(Path(folder) for folder in args.extra_dirs))):
+        if not folder.is_dir():
+            print(f"note: {folder} does not exist, no rows from it")
         for path in sorted(folder.glob("variant_*.json")):
             row = json.loads(path.read_text())
             if row.get("model_type") == "timesformer":
-                rows.append(row)
-    summaries, chosen = round_15_verdicts(rows)
+                rows.append({**row, "path": path.as_posix()})
+    if not rows:
+        raise SystemExit(f"no round-15 rows in {out} or {' '.join(args.extra_dirs)}")
+    try:
+        summaries, chosen = round_15_verdicts(rows)
+    except ValueError as error:
+        raise SystemExit(str(error)) from None
     lines = [
         "# Routing relevance of TimeSformer-MoE (round 15)",
         "",
         "`python scripts/routing_relevance.py --stage dense|variants --model-type timesformer --num-videos 3000 "
-        "--dense-epochs 20|40 --seed 0|1|2`, then `--stage report --model-type timesformer --extra-dirs <their "
-        "folders>`. Each row: the reproduction's dense TimeSformer (random time embeddings) trained for the dense "
-        "phase, upcycled with the demo's mixture recipe (model-level clustered routers, Drop-Upcycling 0.5, balance "
-        "0.005, 4 experts top-1) and fine-tuned without attacks; every number on the validation split carved from "
-        "train. Rule, fixed before the runs (docs/PROTOCOL.md, \"Schedule\", step 5): a recipe passes when on each of "
-        "seeds 0-2 learned - random >= +5 points and >= 2 standard errors and every expert path serves >= 10 % of the "
-        "clips; the highest mean clean accuracy among passes is chosen (the cheaper one within one standard error).",
+        "--dense-epochs 20|40 --seed 0|1|2 --output-dir outputs/rr_ts_d20|rr_ts_d40[_s1|_s2]`, then `--stage report "
+        "--model-type timesformer`. Each row: the reproduction's dense TimeSformer (random time embeddings) trained "
+        "for the dense phase, upcycled with the demo's mixture recipe (model-level clustered routers, Drop-Upcycling "
+        "0.5, balance 0.005, 4 experts top-1) and fine-tuned without attacks; every number on the validation split "
+        "carved from train. Rule, fixed before the runs (docs/PROTOCOL.md, \"Schedule\", step 5): a recipe passes when "
+        "on each of seeds 0-2 learned - random >= +5 points and >= 2 standard errors and every expert path serves "
+        ">= 10 % of the clips; once every recipe has failed or run its seeds, the highest mean clean accuracy among "
+        "passes is chosen, or a cheaper one (fewer dense + mixture epochs) within one standard error (over seeds) of "
+        "it.",
         "",
         "| recipe | dense epochs | seed | clean, learned routing | random routing | learned - random | "
         "expert paths (share of clips) | passes |",
@@ -658,19 +687,20 @@ def stage_report_timesformer(args, out: Path):
             f"| {row['label']} | {row['dense']['epochs']:g} | {row['seed']} | {100 * a['learned']:.1f} | "
             f"{100 * a['random']:.1f} | {100 * a['learned_minus_random']:+.1f} ± "
             f"{100 * a['learned_minus_random_se']:.1f} | {shares} % | {'yes' if round_15_passes(row) else 'no'} |")
-    lines += ["", "| recipe | dense epochs | seeds | mean clean | verdict |", "|---|---:|---|---:|---|"]
-    for recipe in summaries:
+    lines += ["", "| recipe | dense epochs | seeds run | mean clean | verdict |", "|---|---:|---|---:|---|"]
+    for recipe in sorted(summaries, key=lambda recipe: (recipe["label"], recipe["dense_epochs"])):
+        clean = "–" if recipe["clean"] is None else f"{100 * recipe['clean']:.1f}" + (
+            f" ± {100 * recipe['clean_se']:.1f}" if recipe["clean_se"] is not None else "")
         lines.append(f"| {recipe['label']} | {recipe['dense_epochs']:g} | "
-                     f"{', '.join(str(s) for s in sorted(recipe['seeds']))} | {100 * recipe['clean']:.1f} ± "
-                     f"{100 * recipe['clean_se']:.1f} | {recipe['verdict']} |")
+                     f"{', '.join(map(str, sorted(recipe['seeds']))) or '–'} | {clean} | {recipe['verdict']} |")
     if chosen:
         decision = (f"Chosen: {chosen['label']} after a dense phase of {chosen['dense_epochs']:g} epochs "
                     f"({100 * chosen['clean']:.1f} % mean validation clean accuracy).")
-    elif summaries and all(recipe["verdict"].startswith("fails") for recipe in summaries):
+    elif all(recipe["verdict"].startswith("fails") for recipe in summaries):
         decision = ("No recipe passes: by the rule, step 5 reports TimeSformer-MoE as not a working mixture at this "
-                    "scale and trains no defense row on it (unless untried recipes remain in round 15).")
+                    "scale and trains no defense row on it.")
     else:
-        decision = "Nothing chosen yet: recipes that pass so far have seeds to run."
+        decision = "Nothing chosen yet: recipes are still to run."
     lines += ["", decision]
     Path(args.docs).write_text("\n".join(lines) + "\n")
     print("\n".join(lines))

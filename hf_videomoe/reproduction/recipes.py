@@ -255,12 +255,8 @@ def build_dense(settings: Settings, label_names: list[str]):
     # models see the same input and ε means the same thing for both.
     dense = dense_cls(config_cls(**common))
     if settings.model_type == "timesformer":
-        # transformers leaves TimeSformer's time embeddings at zero (the original fine-tunes an image ViT and zero-inits
-        # them). Trained from scratch, the model then starts blind to frame order (with divided attention and equal
-        # time embeddings its output does not change when the frames are permuted) and at this scale stays so: the
-        # demo-recipe TimeSformer-MoE named the class pair (c, c ^ 1) of most test clips but the direction within
-        # the pair, which only frame order tells, at chance (docs/PROTOCOL.md, "Schedule", step 5). Initialised like
-        # the position embeddings instead.
+        # transformers leaves TimeSformer's time embeddings at zero, so the model would start blind to frame order;
+        # initialised as TimesformerMoePreTrainedModel._init_weights does (see there why).
         embeddings = dense.timesformer.embeddings
         torch.nn.init.trunc_normal_(embeddings.time_embeddings, std=dense.config.initializer_range)
     return dense
