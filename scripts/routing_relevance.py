@@ -38,7 +38,7 @@ expert path, and how far the experts' weights are apart.
     python scripts/routing_relevance.py --stage dense --model-type timesformer --num-videos 3000 --dense-epochs 20 \
         --output-dir outputs/rr_ts_d20
     python scripts/routing_relevance.py --stage variants --model-type timesformer --num-videos 3000 \
-        --output-dir outputs/rr_ts_d20 --select "timesformer"
+        --output-dir outputs/rr_ts_d20 --select "timesformer: model-level"   # round 16: --select "round 16", rr_ts_d40
     python scripts/routing_relevance.py --stage report --model-type timesformer   # docs/routing_relevance_timesformer.md
     python scripts/routing_relevance.py --stage report --at-dir outputs/routing_relevance_at \
         --extra-dirs outputs/rr_d10 outputs/rr_d15 outputs/rr_d20 outputs/rr_d20_s1 outputs/rr_d20_s2   # writes docs/routing_relevance.md
@@ -177,7 +177,7 @@ VARIANTS = {
         router_gate="straight_through", expert_init="drop_upcycling", router_granularity="model", cluster=True,
         router_aux_loss_coef=0.005, epochs=30, learning_rate=1e-3),
     # Round 15, TimeSformer-MoE only (`--model-type timesformer --num-videos 3000 --dense-epochs 20|40 --output-dir
-    # outputs/rr_ts_d20|rr_ts_d40 --select "timesformer"`, seeds 0-2): the demo's mixture recipe (model-level
+    # outputs/rr_ts_d20|rr_ts_d40 --select "timesformer: model-level"`, seeds 0-2): the demo's mixture recipe (model-level
     # routing, clustered routers, Drop-Upcycling 0.5, balance 0.005) gave a TimeSformer-MoE at 49 % clean whose routing
     # did not beat random routing (docs/PROTOCOL.md, "Schedule", step 5). The dense phase's length (output folder),
     # the mixture phase's length and its learning rate vary; everything else is the demo's recipe. Rule fixed before
@@ -189,6 +189,16 @@ VARIANTS = {
         router_gate="straight_through", expert_init="drop_upcycling", router_granularity="model", cluster=True,
         router_aux_loss_coef=0.005, epochs=epochs, learning_rate=lr)
        for epochs, lr in ((30, 1e-3), (60, 1e-3), (30, 2e-3), (60, 5e-4))},
+    # Round 16, TimeSformer-MoE, written on 2026-12-03 after round 15 failed on seed 0 for all its recipes and before
+    # any of these ran (`--select "round 16"`, dense phase of 40 epochs: outputs/rr_ts_d40[_s1|_s2], seeds 0-2).
+    # Round 15's only row whose learned routing beat random by more than 5 points (dense 40, mixture 60 ep at 1e-3:
+    # +12.2 ± 2.3) lost an expert path (0 % of the clips), as low balance weights did for VideoMAE in rounds 11-12.
+    # The same recipe with a stronger balance loss; same rule as round 15. Step 5 takes round 15's choice if it had
+    # one, otherwise this round's, otherwise reports TimeSformer-MoE as not a working mixture.
+    **{f"timesformer: round 16: model-level clustered mixture 60 ep, lr 0.001, balance {weight:g}": dict(
+        router_gate="straight_through", expert_init="drop_upcycling", router_granularity="model", cluster=True,
+        router_aux_loss_coef=weight, epochs=60, learning_rate=1e-3)
+       for weight in (0.01, 0.02)},
 }
 
 
@@ -579,52 +589,56 @@ def stage_report(args, out: Path):
     print("\n".join(lines))
 
 
-ROUND_15_SEEDS = (0, 1, 2)
-ROUND_15_DENSE_EPOCHS = (20, 40)
+TIMESFORMER_SEEDS = (0, 1, 2)
+# Each TimeSformer round's recipes, (mixture label, dense epochs), fixed before the round ran.
+TIMESFORMER_ROUNDS = {
+    15: [(label, dense_epochs) for dense_epochs in (20, 40) for label in VARIANTS
+         if label.startswith("timesformer: model-level")],
+    16: [(label, 40) for label in VARIANTS if label.startswith("timesformer: round 16:")],
+}
 
 
-def round_15_passes(row: dict) -> bool:
-    """One seed of a round-15 recipe: learned - random >= +5 points and >= 2 SE, every expert path >= 10 % of clips."""
+def timesformer_passes(row: dict) -> bool:
+    """One seed of a TimeSformer recipe (rounds 15-16): learned - random >= +5 points and >= 2 SE, every expert path >= 10 % of clips."""
     after = row["after"]
     return (after["learned_minus_random"] >= 0.05 and after["learned_minus_random"] >= 2 * after["learned_minus_random_se"]
             and min(row["path_share"]) >= 0.10)
 
 
-def round_15_verdicts(rows: list[dict]) -> tuple[list[dict], dict | None]:
-    """Round 15's rule, fixed before its runs, applied to its rows (one per recipe, dense phase and seed).
+def timesformer_verdicts(rows: list[dict], recipes: list[tuple[str, float]]) -> tuple[list[dict], dict | None]:
+    """The rule of rounds 15-16, fixed before round 15 ran, applied to one round's rows (one per recipe and seed).
 
-    A recipe is a round-15 mixture label after a dense phase of ``ROUND_15_DENSE_EPOCHS``. It passes when on every seed
-    of ``ROUND_15_SEEDS`` learned - random routing is >= +5 points and >= 2 standard errors and every expert path serves
+    ``recipes`` are the round's (mixture label, dense epochs). A recipe passes when on every seed of
+    ``TIMESFORMER_SEEDS`` learned - random routing is >= +5 points and >= 2 standard errors and every expert path serves
     >= 10 % of the validation clips; it fails as soon as one seed misses, so its other seeds need not run. Once every
     recipe has failed or run all its seeds, the highest mean validation clean accuracy among those that pass wins, and a
     cheaper recipe (fewer dense + mixture epochs) within one standard error of the winner's mean (the standard
     deviation over seeds / sqrt(seeds)) wins instead. Returns one summary per recipe and the chosen one (None while
     none is chosen).
     """
-    recipes = {(label, dense_epochs): {"label": label, "dense_epochs": dense_epochs, "epochs": options["epochs"],
-                                       "seeds": {}}
-               for dense_epochs in ROUND_15_DENSE_EPOCHS
-               for label, options in VARIANTS.items() if label.startswith("timesformer:")}
+    recipes = {(label, dense_epochs): {"label": label, "dense_epochs": dense_epochs,
+                                       "epochs": VARIANTS[label]["epochs"], "seeds": {}}
+               for label, dense_epochs in recipes}
     sources = {}
     for row in rows:
         key, where = (row["label"], row["dense"]["epochs"]), row.get("path", "a row")
         if key not in recipes:
             raise ValueError(f"{where}: {row['label']!r} after {row['dense']['epochs']:g} dense epochs is not one of "
-                             f"round 15's recipes (dense epochs {ROUND_15_DENSE_EPOCHS})")
-        if row["seed"] not in ROUND_15_SEEDS or row["dense"].get("seed") != row["seed"]:
+                             "this round's recipes")
+        if row["seed"] not in TIMESFORMER_SEEDS or row["dense"].get("seed") != row["seed"]:
             raise ValueError(f"{where}: seed {row['seed']} on the dense phase of seed {row['dense'].get('seed')}; "
-                             f"round 15 runs seeds {ROUND_15_SEEDS}, each on its own dense phase")
+                             f"the rounds run seeds {TIMESFORMER_SEEDS}, each on its own dense phase")
         if "path_share" not in row:
-            raise ValueError(f"{where}: no path_share (round 15's rule needs every expert path's share of the clips)")
+            raise ValueError(f"{where}: no path_share (the rule needs every expert path's share of the clips)")
         if (key, row["seed"]) in sources:
             raise ValueError(f"two rows for {row['label']!r}, {row['dense']['epochs']:g} dense epochs, seed "
                              f"{row['seed']}: {sources[key, row['seed']]} and {where}; remove one")
         sources[key, row["seed"]] = where
-        recipes[key]["seeds"][row["seed"]] = {"clean": row["after"]["learned"], "passes": round_15_passes(row)}
+        recipes[key]["seeds"][row["seed"]] = {"clean": row["after"]["learned"], "passes": timesformer_passes(row)}
     for recipe in recipes.values():
         seeds = recipe["seeds"]
         failed = [seed for seed in sorted(seeds) if not seeds[seed]["passes"]]
-        missing = [seed for seed in ROUND_15_SEEDS if seed not in seeds]
+        missing = [seed for seed in TIMESFORMER_SEEDS if seed not in seeds]
         if failed:
             recipe["verdict"] = "fails on seed " + ", ".join(map(str, failed))
         elif not seeds:
@@ -657,24 +671,21 @@ def stage_report_timesformer(args, out: Path):
             if row.get("model_type") == "timesformer":
                 rows.append({**row, "path": path.as_posix()})
     if not rows:
-        raise SystemExit(f"no round-15 rows in {out} or {' '.join(args.extra_dirs)}")
-    try:
-        summaries, chosen = round_15_verdicts(rows)
-    except ValueError as error:
-        raise SystemExit(str(error)) from None
+        raise SystemExit(f"no TimeSformer rows in {out} or {' '.join(args.extra_dirs)}")
     lines = [
-        "# Routing relevance of TimeSformer-MoE (round 15)",
+        "# Routing relevance of TimeSformer-MoE (rounds 15-16)",
         "",
         "`python scripts/routing_relevance.py --stage dense|variants --model-type timesformer --num-videos 3000 "
         "--dense-epochs 20|40 --seed 0|1|2 --output-dir outputs/rr_ts_d20|rr_ts_d40[_s1|_s2]`, then `--stage report "
         "--model-type timesformer`. Each row: the reproduction's dense TimeSformer (random time embeddings) trained "
         "for the dense phase, upcycled with the demo's mixture recipe (model-level clustered routers, Drop-Upcycling "
-        "0.5, balance 0.005, 4 experts top-1) and fine-tuned without attacks; every number on the validation split "
-        "carved from train. Rule, fixed before the runs (docs/PROTOCOL.md, \"Schedule\", step 5): a recipe passes when "
-        "on each of seeds 0-2 learned - random >= +5 points and >= 2 standard errors and every expert path serves "
-        ">= 10 % of the clips; once every recipe has failed or run its seeds, the highest mean clean accuracy among "
+        "0.5, 4 experts top-1) and fine-tuned without attacks; every number on the validation split carved from "
+        "train. Rule, fixed before round 15 ran (docs/PROTOCOL.md, \"Schedule\", step 5): a recipe passes when on each "
+        "of seeds 0-2 learned - random >= +5 points and >= 2 standard errors and every expert path serves >= 10 % of "
+        "the clips; once every recipe of a round has failed or run its seeds, the highest mean clean accuracy among "
         "passes is chosen, or a cheaper one (fewer dense + mixture epochs) within one standard error (over seeds) of "
-        "it.",
+        "it. Round 16 (a stronger balance loss on round 15's best row) was written after round 15 failed and counts "
+        "only if round 15 chose nothing.",
         "",
         "| recipe | dense epochs | seed | clean, learned routing | random routing | learned - random | "
         "expert paths (share of clips) | passes |",
@@ -686,22 +697,34 @@ def stage_report_timesformer(args, out: Path):
         lines.append(
             f"| {row['label']} | {row['dense']['epochs']:g} | {row['seed']} | {100 * a['learned']:.1f} | "
             f"{100 * a['random']:.1f} | {100 * a['learned_minus_random']:+.1f} ± "
-            f"{100 * a['learned_minus_random_se']:.1f} | {shares} % | {'yes' if round_15_passes(row) else 'no'} |")
-    lines += ["", "| recipe | dense epochs | seeds run | mean clean | verdict |", "|---|---:|---|---:|---|"]
-    for recipe in sorted(summaries, key=lambda recipe: (recipe["label"], recipe["dense_epochs"])):
-        clean = "–" if recipe["clean"] is None else f"{100 * recipe['clean']:.1f}" + (
-            f" ± {100 * recipe['clean_se']:.1f}" if recipe["clean_se"] is not None else "")
-        lines.append(f"| {recipe['label']} | {recipe['dense_epochs']:g} | "
-                     f"{', '.join(map(str, sorted(recipe['seeds']))) or '–'} | {clean} | {recipe['verdict']} |")
-    if chosen:
-        decision = (f"Chosen: {chosen['label']} after a dense phase of {chosen['dense_epochs']:g} epochs "
-                    f"({100 * chosen['clean']:.1f} % mean validation clean accuracy).")
-    elif all(recipe["verdict"].startswith("fails") for recipe in summaries):
-        decision = ("No recipe passes: by the rule, step 5 reports TimeSformer-MoE as not a working mixture at this "
-                    "scale and trains no defense row on it.")
-    else:
-        decision = "Nothing chosen yet: recipes are still to run."
-    lines += ["", decision]
+            f"{100 * a['learned_minus_random_se']:.1f} | {shares} % | {'yes' if timesformer_passes(row) else 'no'} |")
+    lines += ["", "| round | recipe | dense epochs | seeds run | mean clean | verdict |", "|---:|---|---:|---|---:|---|"]
+    known = {recipe for recipes in TIMESFORMER_ROUNDS.values() for recipe in recipes}
+    for row in rows:
+        if (row["label"], row["dense"]["epochs"]) not in known:
+            raise SystemExit(f"{row['path']}: {row['label']!r} after {row['dense']['epochs']:g} dense epochs is not a "
+                             "recipe of rounds 15-16")
+    decision = None
+    for round_number, recipes in TIMESFORMER_ROUNDS.items():
+        round_rows = [row for row in rows if (row["label"], row["dense"]["epochs"]) in recipes]
+        try:
+            summaries, chosen = timesformer_verdicts(round_rows, recipes)
+        except ValueError as error:
+            raise SystemExit(str(error)) from None
+        for recipe in sorted(summaries, key=lambda recipe: (recipe["label"], recipe["dense_epochs"])):
+            clean = "–" if recipe["clean"] is None else f"{100 * recipe['clean']:.1f}" + (
+                f" ± {100 * recipe['clean_se']:.1f}" if recipe["clean_se"] is not None else "")
+            lines.append(f"| {round_number} | {recipe['label']} | {recipe['dense_epochs']:g} | "
+                         f"{', '.join(map(str, sorted(recipe['seeds']))) or '–'} | {clean} | {recipe['verdict']} |")
+        if decision is None:
+            if chosen:
+                decision = (f"Chosen (round {round_number}): {chosen['label']} after a dense phase of "
+                            f"{chosen['dense_epochs']:g} epochs ({100 * chosen['clean']:.1f} % mean validation clean "
+                            "accuracy).")
+            elif not all(recipe["verdict"].startswith("fails") for recipe in summaries):
+                decision = f"Nothing chosen yet: recipes of round {round_number} are still to run."
+    lines += ["", decision or ("No recipe passes: by the rule, step 5 reports TimeSformer-MoE as not a working mixture "
+                               "at this scale and trains no defense row on it.")]
     Path(args.docs).write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 
@@ -717,7 +740,7 @@ def main():
                         help="--stage report: where --stage at wrote its results")
     parser.add_argument("--extra-dirs", nargs="*", default=None,
                         help="--stage report: further output folders (default: rounds 6-14's, or with --model-type "
-                             "timesformer round 15's outputs/rr_ts_d{20,40}[_s1|_s2])")
+                             "timesformer rounds 15-16's outputs/rr_ts_d{20,40}[_s1|_s2])")
     parser.add_argument("--num-videos", type=int, default=2400)
     parser.add_argument("--dense-epochs", type=float, default=30)
     parser.add_argument("--moe-epochs", type=float, default=5)

@@ -5,6 +5,7 @@ Its own file so that, under ``--dist loadfile``, it does not lengthen tests/test
 
 from __future__ import annotations
 
+import argparse
 import importlib.util
 import json
 from pathlib import Path
@@ -66,11 +67,17 @@ def test_timesformer_round_runs_and_measures_routing_on_validation(tmp_path, run
 
 
 @pytest.fixture(scope="module")
-def round_15_verdicts():
+def routing_relevance_script():
     spec = importlib.util.spec_from_file_location("routing_relevance", SCRIPT)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    return module.round_15_verdicts
+    return module
+
+
+@pytest.fixture
+def round_15_verdicts(routing_relevance_script):
+    return lambda rows: routing_relevance_script.timesformer_verdicts(
+        rows, routing_relevance_script.TIMESFORMER_ROUNDS[15])
 
 
 MIXTURE_30 = "timesformer: model-level clustered mixture 30 ep, lr 0.001, balance 0.005"
@@ -79,7 +86,8 @@ MIXTURE_60 = "timesformer: model-level clustered mixture 60 ep, lr 0.001, balanc
 
 def round_15_row(label, dense_epochs, seed, clean, learned_minus_random, se=0.01, shares=(0.25,) * 4, epochs=30):
     return {"label": label, "dense": {"epochs": dense_epochs, "seed": seed}, "epochs": epochs, "seed": seed,
-            "path_share": shares, "after": {"learned": clean, "learned_minus_random": learned_minus_random,
+            "path_share": shares, "after": {"learned": clean, "random": clean - learned_minus_random,
+                                            "learned_minus_random": learned_minus_random,
                                             "learned_minus_random_se": se}}
 
 
@@ -126,8 +134,8 @@ def test_round_15_rule_chooses_only_when_every_recipe_is_decided(round_15_verdic
 
 
 @pytest.mark.parametrize("problem, message", [
-    ("duplicate", "two rows for"), ("seed_3", "round 15 runs seeds"), ("dense_seed", "on the dense phase of seed 0"),
-    ("dense_epochs", "is not one of round 15's recipes"), ("no_path_share", "no path_share"),
+    ("duplicate", "two rows for"), ("seed_3", "the rounds run seeds"), ("dense_seed", "on the dense phase of seed 0"),
+    ("dense_epochs", "is not one of this round's recipes"), ("no_path_share", "no path_share"),
 ])
 def test_round_15_rule_refuses_rows_it_cannot_judge(round_15_verdicts, problem, message):
     row = round_15_row(MIXTURE_30, 20, 1, 0.8, 0.1)
@@ -138,3 +146,22 @@ def test_round_15_rule_refuses_rows_it_cannot_judge(round_15_verdicts, problem, 
             "no_path_share": [{key: value for key, value in row.items() if key != "path_share"}]}[problem]
     with pytest.raises(ValueError, match=message):
         round_15_verdicts(rows)
+
+
+@pytest.mark.parametrize("round_15", ["all_fail", "one_not_run"])
+def test_round_16_counts_only_when_round_15_chose_nothing(routing_relevance_script, tmp_path, round_15):
+    """Round 16 was written after round 15 failed: its choice stands only once every round-15 recipe has failed."""
+    round_16 = [label for label, _ in routing_relevance_script.TIMESFORMER_ROUNDS[16]]
+    rows = [round_15_row(round_16[0], 40, seed, 0.8, 0.1, epochs=60) for seed in (0, 1, 2)]
+    rows += [round_15_row(round_16[1], 40, 0, 0.8, 0.0, epochs=60)]
+    rows += every_other_recipe_fails(*([(MIXTURE_60, 40)] if round_15 == "one_not_run" else []))
+    for i, row in enumerate(rows):
+        (tmp_path / f"variant_{i}.json").write_text(json.dumps({**row, "model_type": "timesformer"}))
+    page = tmp_path / "page.md"
+    args = argparse.Namespace(extra_dirs=[], docs=str(page))
+    routing_relevance_script.stage_report_timesformer(args, tmp_path)
+    decision = page.read_text().splitlines()[-1]
+    if round_15 == "all_fail":
+        assert decision.startswith(f"Chosen (round 16): {round_16[0]} after a dense phase of 40 epochs")
+    else:
+        assert decision == "Nothing chosen yet: recipes of round 15 are still to run."
