@@ -599,7 +599,8 @@ TIMESFORMER_ROUNDS = {
 
 
 def timesformer_passes(row: dict) -> bool:
-    """One seed of a TimeSformer recipe (rounds 15-16): learned - random >= +5 points and >= 2 SE, every expert path >= 10 % of clips."""
+    """One seed of a TimeSformer recipe (rounds 15-16): learned - random >= +5 points and >= 2 SE, every expert path
+    serving >= 10 % of the validation clips."""
     after = row["after"]
     return (after["learned_minus_random"] >= 0.05 and after["learned_minus_random"] >= 2 * after["learned_minus_random_se"]
             and min(row["path_share"]) >= 0.10)
@@ -749,7 +750,7 @@ def main():
     parser.add_argument("--select", default="", help="--stage variants: only the variants whose label contains this")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--model-type", choices=["videomae", "timesformer"], default="videomae",
-                        help="the backbone (round 15 is TimeSformer's and has its own report; --stage at is "
+                        help="the backbone (rounds 15-16 are TimeSformer's and have their own report; --stage at is "
                              "VideoMAE's)")
     args = parser.parse_args()
     if args.model_type != "videomae" and args.stage == "at":
