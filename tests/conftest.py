@@ -1,8 +1,10 @@
-"""Shared fixtures: tiny model configs (fast on 2 CPU cores), a script runner. Tests never touch the network."""
+"""Shared fixtures: tiny model configs (fast on 2 CPU cores), script runner and loader. Tests never touch the network."""
 
+import importlib.util
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
@@ -65,6 +67,20 @@ def run_script():
         return subprocess.run([sys.executable, *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
 
     return run
+
+
+@pytest.fixture(scope="session")
+def load_script():
+    """Factory: ``load_script(name)`` -> the module of ``scripts/<name>.py`` (scripts are not a package), in-process."""
+
+    def load(name: str):
+        path = Path(__file__).resolve().parents[1] / "scripts" / f"{name}.py"
+        spec = importlib.util.spec_from_file_location(name, path)
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        return module
+
+    return load
 
 
 @pytest.fixture(autouse=True, scope="session")

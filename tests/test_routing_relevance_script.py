@@ -6,7 +6,6 @@ Its own file so that, under ``--dist loadfile``, it does not lengthen tests/test
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 from pathlib import Path
 
@@ -67,11 +66,8 @@ def test_timesformer_round_runs_and_measures_routing_on_validation(tmp_path, run
 
 
 @pytest.fixture(scope="module")
-def routing_relevance_script():
-    spec = importlib.util.spec_from_file_location("routing_relevance", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+def routing_relevance_script(load_script):
+    return load_script("routing_relevance")
 
 
 @pytest.fixture

@@ -89,17 +89,7 @@ def test_structure_targets_hold(run_script):
     assert result.returncode == 0, result.stdout
 
 
-def load_script(name: str):
-    """The module of ``scripts/<name>.py`` (scripts are not a package), to call its functions in-process."""
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location(name, REPO_ROOT / "scripts" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-def test_structure_check_finds_violations(tmp_path):
+def test_structure_check_finds_violations(tmp_path, load_script):
     module = load_script("check_structure")
     package = tmp_path / "hf_videomoe"
     package.mkdir()
@@ -373,7 +363,7 @@ def test_defense_figure_draws_one_line_per_seed(tmp_path, monkeypatch):
     assert [t.get_text() for t in worst.get_xticklabels()] == ["MoE AT\n(PGD-AT)", "J-TLAT"]
 
 
-def test_ablations_run_in_the_order_given_each_on_every_seed_before_the_next(tmp_path, capsys):
+def test_ablations_run_in_the_order_given_each_on_every_seed_before_the_next(tmp_path, capsys, load_script):
     """``--ablations`` picks and orders the ablations; each runs on every ablation seed before the next starts, so its
     verdict can be read as soon as its own seeds are in."""
     from hf_videomoe.reproduction import ABLATIONS, Reproduction
