@@ -507,7 +507,7 @@ def stage_report(args, out: Path):
         for folder in dict.fromkeys((out, at_dir, *extra_dirs)):
             if (folder / f"variant_{i}.json").exists():
                 row = json.loads((folder / f"variant_{i}.json").read_text())
-                if row.get("model_type", LEGACY_DENSE_RECORD["model_type"]) != "videomae":  # round 15: its own page
+                if row.get("model_type", "videomae") != "videomae":  # TimeSformer rows (rounds 15-16): own page
                     continue
                 row["label"], row["dense_epochs"] = labels[i], dense_epochs_of(folder, args.dense_epochs)
                 row["seed"] = seed_of(folder, row)
