@@ -2,7 +2,9 @@
 
 1. **Seconds per training step** of clean training, PGD-AT, TRADES, AdvMoE, TLAT, J-TLAT and J-TLAT with
    ``jtlat_reuse_adversarial`` at matched attack steps, on the benchmark config (VideoMAE-MoE, 32 px, patch 8,
-   8 frames, hidden 128, 4 layers, 4 experts, batch 8, 5 attack steps).
+   8 frames, hidden 128, 4 layers, 4 experts, batch 8, 5 attack steps); timed in the same rounds, the J-TLAT
+   ablations of reproduction 2 (step 4) whose computation differs from J-TLAT's, with ``one-lambda`` (the same
+   computation, other λ values) as the control for timing noise.
 2. **Robust accuracy** each method buys: a short run of each on MovingShapes (the grow / shrink pair, 4 frames of
    16 px, a tiny VideoMAE-MoE that clean training learns in seconds), then clean and PGD-10 accuracy at ε = 8/255
    on the test clips of the pair.
@@ -34,6 +36,7 @@ from transformers import TrainerCallback  # noqa: E402
 from hf_videomoe import VideoMAEMoeConfig, VideoMAEMoeForVideoClassification  # noqa: E402
 from hf_videomoe.data import MOVING_SHAPES_CLASSES, make_moving_shapes  # noqa: E402
 from hf_videomoe.evaluation import evaluate_robustness  # noqa: E402
+from hf_videomoe.reproduction.recipes import ABLATIONS  # noqa: E402
 from hf_videomoe.training import AdversarialTrainer, AdversarialTrainingArguments, JTLATTrainer  # noqa: E402
 
 # (label, adv_method, extra arguments)
@@ -46,6 +49,9 @@ VARIANTS = [
     ("J-TLAT", "j-tlat", {}),
     ("J-TLAT (reuse)", "j-tlat", {"jtlat_reuse_adversarial": True}),
 ]
+# J-TLAT ablations timed beside the methods: those that remove or change a pass, and one-lambda as the control.
+TIMED_ABLATIONS = ("no-router-step", "no-expert-step", "no-model-step", "no-lipschitz", "expert-tla-e", "one-lambda")
+ABLATION_VARIANTS = [(f"J-TLAT {name}", "j-tlat", ABLATIONS[name][1]) for name in TIMED_ABLATIONS]
 BENCH_CONFIG = dict(
     image_size=32, patch_size=8, num_frames=8, tubelet_size=2, hidden_size=128, num_hidden_layers=4,
     num_attention_heads=4, intermediate_size=512, num_labels=8, num_experts=4, num_experts_per_tok=1,
@@ -93,8 +99,9 @@ def _args(output_dir, method, **overrides):
 
 
 def time_steps(workdir: Path, rounds: int, steps: int, attack_steps: int) -> dict[str, dict[str, float]]:
-    """Median CPU and wall-clock seconds per optimizer step of every variant on the benchmark config (random clips,
-    batch 8). The variants take turns (``rounds`` rounds of ``steps + 1`` steps, the first step of a round untimed)."""
+    """Median CPU and wall-clock seconds per optimizer step of every method and timed J-TLAT ablation on the
+    benchmark config (random clips, batch 8). They take turns (``rounds`` rounds of ``steps + 1`` steps, the first
+    step of a round untimed), so that load from other jobs falls on all of them alike."""
     generator = torch.Generator().manual_seed(0)
     num = 8 * (steps + 1)
     data = Dataset.from_dict(
@@ -104,9 +111,10 @@ def time_steps(workdir: Path, rounds: int, steps: int, attack_steps: int) -> dic
         }
     ).with_format("torch")
     models = {}
-    cpu, wall = ({label: [] for label, _, _ in VARIANTS} for _ in range(2))
+    timed = VARIANTS + ABLATION_VARIANTS
+    cpu, wall = ({label: [] for label, _, _ in timed} for _ in range(2))
     for round_index in range(rounds):
-        for label, method, extra in VARIANTS:
+        for label, method, extra in timed:
             if label not in models:
                 torch.manual_seed(0)
                 models[label] = VideoMAEMoeForVideoClassification(VideoMAEMoeConfig(**BENCH_CONFIG))
@@ -193,13 +201,28 @@ def render(times, accuracy, command, settings) -> str:
         "J-TLAT": ("TLGA-R + J-TLGA", "router (x_r), 2 forced experts per clip (x_r), model (x_m) + clean targets"),
         "J-TLAT (reuse)": ("J-TLGA", "the same three steps, all on x_m"),
     }
-    for label, t in times.items():
-        attacks, fwd = passes[label]
+    for label, _, _ in VARIANTS:
+        t, (attacks, fwd) = times[label], passes[label]
         lines.append(f"| {label} | {t['cpu']:.3f} | {ratio[label]:.2f} | {t['wall']:.3f} | {attacks} | {fwd} |")
+    jtlat = times["J-TLAT"]["cpu"]
     lines += [
         "",
         f"Targets: J-TLAT ≤ 3.5 × PGD-AT (measured {ratio['J-TLAT']:.2f} ×), J-TLAT with "
         f"`jtlat_reuse_adversarial` ≤ 1.5 × PGD-AT (measured {ratio['J-TLAT (reuse)']:.2f} ×).",
+        "",
+        "### J-TLAT ablations (reproduction 2, step 4; docs/RESULTS.md §7)",
+        "",
+        "Timed in the same rounds as the table above. `one-lambda` does J-TLAT's computation with other λ values: its "
+        "distance from 1.00 × J-TLAT is the timing noise.",
+        "",
+        "| ablation | what changes | CPU s / step | × J-TLAT | × PGD-AT | wall s / step |",
+        "|---|---|---:|---:|---:|---:|",
+    ]
+    for name, (label, _, _) in zip(TIMED_ABLATIONS, ABLATION_VARIANTS):
+        t = times[label]
+        lines.append(f"| `{name}` | {ABLATIONS[name][0]} | {t['cpu']:.3f} | {t['cpu'] / jtlat:.2f} | "
+                     f"{ratio[label]:.2f} | {t['wall']:.3f} |")
+    lines += [
         "",
         "## What each method buys in robust accuracy",
         "",
