@@ -51,6 +51,8 @@ VARIANTS = [
 ]
 # J-TLAT ablations timed beside the methods: those that remove or change a pass, and one-lambda as the control.
 TIMED_ABLATIONS = ("no-router-step", "no-expert-step", "no-model-step", "no-lipschitz", "expert-tla-e", "one-lambda")
+# Only training-argument ablations: one that changes the model's config (e.g. no-aux) would need its own model here.
+assert not any(ABLATIONS[name][2] for name in TIMED_ABLATIONS)
 ABLATION_VARIANTS = [(f"J-TLAT {name}", "j-tlat", ABLATIONS[name][1]) for name in TIMED_ABLATIONS]
 BENCH_CONFIG = dict(
     image_size=32, patch_size=8, num_frames=8, tubelet_size=2, hidden_size=128, num_hidden_layers=4,
@@ -66,8 +68,9 @@ ACCURACY_CONFIG = dict(
 class StepTimer(TrainerCallback):
     """Wall-clock and CPU time of every optimizer step (attacks, forward / backward passes and the update).
 
-    With one intra-op thread the process's CPU time is the compute a step needs, unaffected by other jobs sharing the
-    cores (which inflate wall-clock time).
+    With one intra-op thread the process's CPU time tracks the compute a step needs, far less affected than wall-clock
+    time by other jobs on the cores, though not immune (they share caches and memory bandwidth): compare methods
+    timed in the same run, not across runs.
     """
 
     def __init__(self):
@@ -185,8 +188,8 @@ def render(times, accuracy, command, settings) -> str:
         f"{settings['rounds'] * settings['steps_per_round']} optimizer steps per method ({settings['rounds']} rounds "
         "in "
         f"which the methods take turns, {settings['steps_per_round']} timed steps each after an untimed one). CPU "
-        "seconds (one thread: the compute a step needs) are the reference; wall-clock seconds depend on what else "
-        "runs on the machine.",
+        "seconds (one thread) are the reference; wall-clock seconds depend on what else runs on the machine, and both "
+        "move between runs, so compare rows of one run.",
         "",
         "| method | CPU s / step | × PGD-AT | wall s / step | attacks per step | passes with gradient after the attack "
         "|",
@@ -213,7 +216,7 @@ def render(times, accuracy, command, settings) -> str:
         "### J-TLAT ablations (reproduction 2, step 4; docs/RESULTS.md §7)",
         "",
         "Timed in the same rounds as the table above. `one-lambda` does J-TLAT's computation with other λ values: its "
-        "distance from 1.00 × J-TLAT is the timing noise.",
+        "distance from 1.00 × J-TLAT is one estimate of the timing noise.",
         "",
         "| ablation | what changes | CPU s / step | × J-TLAT | × PGD-AT | wall s / step |",
         "|---|---|---:|---:|---:|---:|",
