@@ -54,6 +54,7 @@ from hf_videomoe.reproduction import (  # noqa: E402
     compute_seconds,
     log,
     machine_description,
+    software_of_results,
     what_holds,
     write_json,
     write_results,
@@ -166,7 +167,8 @@ def main(argv=None) -> int:
     })
     text = write_results(results_file, settings, results, command=command, wall_seconds=wall,
                          compute_seconds=compute_seconds(output_dir), seeds=seeds, ablation_seeds=ab_seeds,
-                         attack_table_seeds=attack_table_seeds, holds=holds, dense_clean=results["dense_clean"])
+                         attack_table_seeds=attack_table_seeds, holds=holds, dense_clean=results["dense_clean"],
+                         software=software_of_results(output_dir))
     print()
     print(text.split("## Protocol", 1)[0].strip())
     print()

@@ -32,6 +32,9 @@ def test_reproduction_and_attack_components_quick(tmp_path, run_script):
     step_verdicts = [line for line in ablation_verdicts.splitlines() if "step 1 (router) helps" in line]
     assert len(step_verdicts) == 1 and "McNemar per seed" in step_verdicts[0], ablation_verdicts
     assert "(primary endpoint)" in text
+    # The page names the library versions the cached evaluations recorded (a resumed run may mix them).
+    import transformers
+    assert f"transformers {transformers.__version__} (" in text.split("**Software of the cached evaluations:**")[1]
     # Table (a)'s frozen-routing controls come at every ε it was run at, not only the training ε, with their rows.
     for eps in ("4/255", "8/255", "14/255"):
         controls = text.split(f"| attack (ε={eps}; seeds 0) | robust | adversarial clip, clean routing |")[1]

@@ -3,7 +3,7 @@
 ``scripts/reproduce_paper.py``."""
 
 from .recipes import ABLATIONS, ATTACK_TABLE_ATTACKS, DEFENSES, PAPER_ATTACKS, Settings, log, write_json
-from .report import MANUAL_MARKER, compute_seconds, machine_description, write_results
+from .report import MANUAL_MARKER, compute_seconds, machine_description, software_of_results, write_results
 from .runner import Reproduction
 from .tables import what_holds
 
@@ -18,6 +18,7 @@ __all__ = [
     "compute_seconds",
     "log",
     "machine_description",
+    "software_of_results",
     "what_holds",
     "write_json",
     "write_results",

@@ -10,6 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
+import transformers
 
 from ..evaluation.state import model_fingerprint
 from .recipes import Settings, log, model_classes, read_json, write_json
@@ -44,7 +45,8 @@ def save_checkpoint(model, model_dir: Path, info_path: Path, info: dict) -> dict
             raise RuntimeError(
                 f"{model_dir} was retrained (only {info_path.name} was left) but "
                 + (f"came out with other weights than those recorded (fingerprint {fingerprint[:12]} vs "
-                   f"{expected[:12]}; recorded with torch {recorded.get('torch')}): training is not reproducible "
+                   f"{expected[:12]}; recorded with torch {recorded.get('torch')}, transformers "
+                   f"{recorded.get('transformers', 'unrecorded')}): training is not reproducible "
                    "here (another machine, torch version or thread count?)" if expected else
                    "its train.json records no weight fingerprint, so the retrained weights cannot be checked")
                 + ", and the cached results that started from it would mix with new ones. Use another --output-dir."
@@ -54,6 +56,6 @@ def save_checkpoint(model, model_dir: Path, info_path: Path, info: dict) -> dict
         return recorded
     model.save_pretrained(model_dir)
     info = {**info, "weights_fingerprint": fingerprint, "torch": torch.__version__,
-            "torch_threads": torch.get_num_threads()}
+            "transformers": transformers.__version__, "torch_threads": torch.get_num_threads()}
     write_json(info_path, info)
     return info

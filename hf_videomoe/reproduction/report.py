@@ -7,6 +7,7 @@ import datetime
 import os
 import platform
 import textwrap
+from collections import Counter
 from pathlib import Path
 
 import torch
@@ -140,7 +141,7 @@ def plot_defenses_per_seed(results: dict, settings: Settings, path: str | os.Pat
 
 def write_results(path: Path, settings: Settings, results: dict, *, command: str, wall_seconds: float,
                   compute_seconds: float, seeds, ablation_seeds, attack_table_seeds, holds: list[str],
-                  dense_clean: dict) -> str:
+                  dense_clean: dict, software: str) -> str:
     date = datetime.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z")
     path.parent.mkdir(parents=True, exist_ok=True)
     figure = plot_defenses_per_seed(results, settings, path.with_name(f"{path.stem}_defenses.png"))
@@ -159,6 +160,7 @@ def write_results(path: Path, settings: Settings, results: dict, *, command: str
         "",
         f"- **Command:** `{command}`",
         f"- **Machine:** {machine_description()}",
+        f"- **Software of the cached evaluations:** {software}",
         f"- **Date:** {date}",
         f"- **Wall-clock of this invocation:** {wall_seconds / 60:.1f} min; compute recorded in the cached results "
         f"(training + evaluation of every unit, summed): {compute_seconds / 60:.1f} min.",
@@ -199,6 +201,25 @@ def write_results(path: Path, settings: Settings, results: dict, *, command: str
             manual = old.split(MANUAL_MARKER, 1)[1]
     path.write_text(text + (manual if manual.strip() else "\n"))
     return text
+
+
+def software_of_results(out: Path) -> str:
+    """The library versions each cached evaluation recorded, counted per combination.
+
+    A run resumed in a fresh environment can mix versions within one table (pyproject allows a range of
+    transformers versions); the page says so instead of implying that the current machine's versions made every row.
+    """
+    counts: Counter[str] = Counter()
+    reports = [*out.rglob("report-eps*.json"), *out.rglob("attacks-eps*.json")]  # table (b) rows, table (a) runs
+    for p in sorted(r for r in reports if not r.name.endswith(".seconds.json")):
+        versions = read_json(p).get("versions")
+        if versions:
+            key = ", ".join(f"{name} {version}" for name, version in sorted(versions.items()))
+            counts[key] += 1
+    if not counts:
+        return "no evaluation recorded yet"
+    parts = [f"{key} ({n} evaluation{'s' if n != 1 else ''})" for key, n in sorted(counts.items())]
+    return "; ".join(parts) + (" (each evaluation's JSON records its own)" if len(counts) > 1 else "")
 
 
 def compute_seconds(out: Path) -> float:
