@@ -366,6 +366,14 @@ def test_defense_figure_draws_one_line_per_seed(tmp_path, monkeypatch):
     assert [t.get_text() for t in worst.get_xticklabels()] == ["MoE AT\n(PGD-AT)", "J-TLAT"]
 
 
+def test_every_ablation_has_a_generated_verdict():
+    """Each ablation the reproduction can run is judged by a claim of its own in "what holds"."""
+    from hf_videomoe.reproduction import ABLATIONS
+    from hf_videomoe.reproduction.tables import ABLATION_CLAIMS
+
+    assert list(ABLATION_CLAIMS) and set(ABLATION_CLAIMS) == set(ABLATIONS)
+
+
 def test_ablations_run_in_the_order_given_each_on_every_seed_before_the_next(tmp_path, capsys, load_script):
     """``--ablations`` picks and orders the ablations; each runs on every ablation seed before the next starts, so its
     verdict can be read as soon as its own seeds are in."""
