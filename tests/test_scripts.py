@@ -34,7 +34,8 @@ def test_reproduction_and_attack_components_quick(tmp_path, run_script):
     assert "(primary endpoint)" in text
     # The page names the library versions the cached evaluations recorded (a resumed run may mix them).
     import transformers
-    assert f"transformers {transformers.__version__} (" in text.split("**Software of the cached evaluations:**")[1]
+    software = text.split("**Software recorded by the evaluations cached in the output folder:**")[1].split("\n")[0]
+    assert f"transformers {transformers.__version__}: " in software
     # Table (a)'s frozen-routing controls come at every ε it was run at, not only the training ε, with their rows.
     for eps in ("4/255", "8/255", "14/255"):
         controls = text.split(f"| attack (ε={eps}; seeds 0) | robust | adversarial clip, clean routing |")[1]
@@ -366,12 +367,26 @@ def test_defense_figure_draws_one_line_per_seed(tmp_path, monkeypatch):
     assert [t.get_text() for t in worst.get_xticklabels()] == ["MoE AT\n(PGD-AT)", "J-TLAT"]
 
 
+def test_results_page_counts_the_library_versions_of_its_evaluations(tmp_path):
+    """A cache filled under two transformers versions says so; timing records (``*.seconds.json``) are not counted."""
+    from hf_videomoe.reproduction import software_of_results
+
+    assert software_of_results(tmp_path) == "no evaluation recorded yet"
+    for row, version in (("seed0/j-tlat", "5.24.0"), ("seed1/j-tlat", "5.25.0"), ("seed0/moe-at", "5.25.0")):
+        (tmp_path / row).mkdir(parents=True)
+        name = "attacks-eps4.json" if row.endswith("moe-at") else "report-eps4.json"
+        (tmp_path / row / name).write_text(json.dumps({"versions": {"torch": "2.13.0", "transformers": version}}))
+    (tmp_path / "seed0" / "moe-at" / "attacks-eps4.seconds.json").write_text(json.dumps({"seconds": 1.0}))
+    assert software_of_results(tmp_path) == ("torch 2.13.0, transformers 5.24.0: 1 evaluation; "
+                                             "torch 2.13.0, transformers 5.25.0: 2 evaluations")
+
+
 def test_every_ablation_has_a_generated_verdict():
     """Each ablation the reproduction can run is judged by a claim of its own in "what holds"."""
     from hf_videomoe.reproduction import ABLATIONS
     from hf_videomoe.reproduction.tables import ABLATION_CLAIMS
 
-    assert list(ABLATION_CLAIMS) and set(ABLATION_CLAIMS) == set(ABLATIONS)
+    assert set(ABLATION_CLAIMS) == set(ABLATIONS)
 
 
 def test_ablations_run_in_the_order_given_each_on_every_seed_before_the_next(tmp_path, capsys, load_script):

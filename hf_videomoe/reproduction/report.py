@@ -160,7 +160,7 @@ def write_results(path: Path, settings: Settings, results: dict, *, command: str
         "",
         f"- **Command:** `{command}`",
         f"- **Machine:** {machine_description()}",
-        f"- **Software of the cached evaluations:** {software}",
+        f"- **Software recorded by the evaluations cached in the output folder:** {software}",
         f"- **Date:** {date}",
         f"- **Wall-clock of this invocation:** {wall_seconds / 60:.1f} min; compute recorded in the cached results "
         f"(training + evaluation of every unit, summed): {compute_seconds / 60:.1f} min.",
@@ -204,22 +204,22 @@ def write_results(path: Path, settings: Settings, results: dict, *, command: str
 
 
 def software_of_results(out: Path) -> str:
-    """The library versions each cached evaluation recorded, counted per combination.
+    """The library versions recorded by every evaluation cached in ``out``, counted per combination.
 
-    A run resumed in a fresh environment can mix versions within one table (pyproject allows a range of
+    A run resumed in a rebuilt environment can mix versions within one table (pyproject allows a range of
     transformers versions); the page says so instead of implying that the current machine's versions made every row.
+    Counts every evaluation in the folder, including rows the page does not show; training runs before train.json
+    recorded transformers' version are not covered.
     """
     counts: Counter[str] = Counter()
     reports = [*out.rglob("report-eps*.json"), *out.rglob("attacks-eps*.json")]  # table (b) rows, table (a) runs
     for p in sorted(r for r in reports if not r.name.endswith(".seconds.json")):
         versions = read_json(p).get("versions")
         if versions:
-            key = ", ".join(f"{name} {version}" for name, version in sorted(versions.items()))
-            counts[key] += 1
+            counts[", ".join(f"{name} {version}" for name, version in sorted(versions.items()))] += 1
     if not counts:
         return "no evaluation recorded yet"
-    parts = [f"{key} ({n} evaluation{'s' if n != 1 else ''})" for key, n in sorted(counts.items())]
-    return "; ".join(parts) + (" (each evaluation's JSON records its own)" if len(counts) > 1 else "")
+    return "; ".join(f"{key}: {n} evaluation{'s' if n != 1 else ''}" for key, n in sorted(counts.items()))
 
 
 def compute_seconds(out: Path) -> float:
