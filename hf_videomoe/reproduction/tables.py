@@ -374,8 +374,8 @@ def what_holds(results: dict, settings: Settings, ablation_seeds: list[int]) -> 
                                       digits=3))
         if "router-soft" in ab:  # issue 14's motivation for the soft target: the hard one sharpens routers
             out.append("- " + compare(base, ab["router-soft"], lambda r: r["router_lipschitz"]["j-tlga"],
-                                      higher_is="a", what="the hard router target makes the router less smooth (higher Lips-R) than the soft one", unit="",
-                                      unit_scale=1.0, digits=3))
+                                      higher_is="a", what="the hard router target makes the router less smooth "
+                                      "(higher Lips-R) than the soft one", unit="", unit_scale=1.0, digits=3))
         out.append("")
     n_eval = settings.eval_samples
     out.append(f"_Resolution: {n_eval} test clips, so one clip = {100 / n_eval:.2f} points; differences of a few points "
