@@ -622,22 +622,27 @@ def test_objective_functions(model, batch):
 
 
 def test_objective_matches_the_paper_formula(model, batch):
-    """The fused Objective equals l*_MoE = CE + λ·Lip(F) + γ2·(CE_R + λ·Lip(R) − γ1·CE(R, weakest)) written with the
-    public building blocks."""
+    """The fused Objective equals l*_MoE = CE + λ_F·Lip(F) + γ2·(CE_R + λ_R·Lip(R) − γ1·CE(R, weakest)) written with
+    the public building blocks; λ_F and λ_R differ, so each must weigh its own ratio (and both ratios must count)."""
     x, y = batch["pixel_values"], batch["labels"]
-    lam, g1, g2 = 1e-3, 0.7, 1.3
-    objective = build_attack("j-tlga", lipschitz_weight=lam, guidance_weight=g1, router_weight=g2).build_objective()
+    lam, lam_router, g1, g2 = 2.0, 20.0, 0.7, 1.3  # large: the ratios of an untrained model are ~0.01
+    objective = build_attack("j-tlga", lipschitz_weight=lam, router_lipschitz_weight=lam_router, guidance_weight=g1,
+                             router_weight=g2).build_objective()
     adv = (x + 0.02 * torch.randn(x.shape, generator=torch.Generator().manual_seed(0))).clamp(0, 1)
     with torch.no_grad():
         ctx = objective.prepare(model, x, y)
         value = objective(model, adv, ctx).value
         clean, attacked = model(x), model(adv)
-    router = (O.router_consistency_ce(attacked.router_logits, clean.router_logits)
-              + lam * O.router_lipschitz_ratio(clean.router_logits, attacked.router_logits, x, adv)
+    model_ratio = O.lipschitz_ratio(clean.logits, attacked.logits, x, adv)
+    router_ratio = O.router_lipschitz_ratio(clean.router_logits, attacked.router_logits, x, adv)
+    router = (O.router_consistency_ce(attacked.router_logits, clean.router_logits) + lam_router * router_ratio
               - g1 * O.guidance_ce(attacked.router_logits, O.weakest_expert(clean.router_logits)))
-    expected = (O.ce_loss(attacked.logits, y) + lam * O.lipschitz_ratio(clean.logits, attacked.logits, x, adv)
-                + g2 * router)
+    expected = O.ce_loss(attacked.logits, y) + lam * model_ratio + g2 * router
     assert torch.allclose(value, expected, rtol=1e-4, atol=1e-5)
+    # Both weighted ratios are far above the tolerance, and so is what swapping the two λs would change: leaving a
+    # ratio out or weighing it with the other component's λ fails the check above.
+    assert (lam * model_ratio > 1e-3).all() and (g2 * lam_router * router_ratio > 1e-3).all()
+    assert ((lam_router - lam) * (model_ratio - g2 * router_ratio)).abs().max() > 1e-3
 
 
 def test_fixed_lipschitz_denominator_keeps_the_value_and_drops_its_gradient(model, batch):

@@ -24,7 +24,8 @@ def test_reproduction_and_attack_components_quick(tmp_path, run_script):
     # Every defense and every ablation produced a row (and the new balance ablation is among them).
     for label in ("Dense AT (PGD-AT)", "MoE AT (PGD-AT)", "AdvMoE-style", "| TLAT |", "| J-TLAT |",
                   "MoE AT, compute-matched to J-TLAT", "step-1 balance: Switch loss instead of the sharp one",
-                  "no guidance", "without step 1 (router)", "step 2 on TLA-E examples", "one λ"):
+                  "no guidance", "without step 1 (router)", "step 2 on TLA-E examples", "one λ",
+                  "the paper's three sequential updates per batch"):
         assert label in text, label
     # The verdicts rest on the protocol's paired tests.
     assert "one-sided sign test p =" in text and "McNemar per seed" in text

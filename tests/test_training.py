@@ -362,6 +362,92 @@ def test_jtlat_steps_back_propagate_into_their_own_groups(tmp_path, moe_model, s
     assert not any(p.requires_grad is False for p in model.parameters())  # flags restored
 
 
+class _PhaseStarts(JTLATTrainer):
+    """Records, at the start of each J-TLAT step, the weights and what the step finds cached from earlier steps."""
+
+    def train_phase(self, model, phase, final):
+        step = self.step_state
+        self.starts.append({"phase": phase.name, "weights": state_dict_copy(self.model),
+                            "clean_cached": step.clean is not None, "router_logits_cached": bool(step.adv_router_logits),
+                            "examples_cached": set(step.adversarial)})  # fmt: skip
+        return super().train_phase(model, phase, final)
+
+
+def _changed_between(before, after):
+    return {name for name, value in after.items() if not torch.equal(before[name], value)}
+
+
+def _train_recording_phase_starts(tmp_path, model, shapes, **overrides):
+    args = make_args(tmp_path, max_steps=1, **overrides)
+    trainer = _PhaseStarts(model=model, args=args, train_dataset=shapes["train"])
+    trainer.starts = []
+    trainer.train()
+    assert [start["phase"] for start in trainer.starts] == ["router", "expert", "model"]
+    return trainer
+
+
+def test_jtlat_sequential_update_runs_each_step_on_the_weights_the_previous_one_left(tmp_path, moe_model, shapes):
+    """``jtlat_update="sequential"``: step 2 starts from the routers step 1 updated (experts untouched), step 3 from
+    the experts step 2 updated (routers untouched by step 2), and neither reuses clean outputs or router logits of
+    the old weights; with ``"summed"`` every step starts from the same weights and shares them."""
+    model = moe_model()
+    router, experts = _names(named_router_parameters(model)), _names(named_expert_parameters(model))
+    finals = {}
+    for update in ("summed", "sequential"):
+        trainer = _train_recording_phase_starts(tmp_path / update, moe_model(), shapes, jtlat_update=update,
+                                                weight_decay=0.01)  # fmt: skip
+        at_router, at_expert, at_model = trainer.starts
+        if update == "summed":
+            assert not _changed_between(at_router["weights"], at_expert["weights"])
+            assert not _changed_between(at_router["weights"], at_model["weights"])
+            assert at_expert["clean_cached"] and at_expert["router_logits_cached"]
+        else:
+            assert _changed_between(at_router["weights"], at_expert["weights"]) == router
+            assert _changed_between(at_expert["weights"], at_model["weights"]) == experts
+            assert not (at_expert["clean_cached"] or at_expert["router_logits_cached"] or at_model["clean_cached"])
+            assert at_expert["examples_cached"] == {"tlga-r"}  # step 2 trains on step 1's x_r, as in the paper
+            # two updates per step (their own and step 3's) for routers and experts, one for the rest
+            steps = {name: int(trainer.optimizer.state[p]["step"]) for name, p in trainer.model.named_parameters()}
+            assert {steps[name] for name in router | experts} == {2} and set(steps.values()) == {1, 2}
+            assert {"grad_norm_router", "grad_norm_expert"} <= set(trainer.state.log_history[0])
+        finals[update] = trainer.starts[-1]["weights"]
+        assert trainer.training_recipe()["jtlat_update"] == update
+    assert _changed_between(finals["summed"], finals["sequential"])
+
+
+def test_jtlat_sequential_update_clips_each_step_and_regenerates_reused_examples(tmp_path, moe_model, shapes):
+    """Each early update is clipped to ``max_grad_norm`` on its own group (plain SGD: the update is lr × the clipped
+    gradient); with one adversarial batch for all steps, step 3 attacks the updated weights anew."""
+    model = moe_model()
+    router = _names(named_router_parameters(model))
+    trainer = _train_recording_phase_starts(tmp_path, model, shapes, jtlat_update="sequential", optim="sgd",
+                                            learning_rate=1.0, max_grad_norm=1e-3, jtlat_reuse_adversarial=True)
+    at_router, at_expert, at_model = trainer.starts
+    step_norm = torch.stack([(at_expert["weights"][n] - at_router["weights"][n]).norm() for n in router]).norm()
+    assert step_norm.item() == pytest.approx(1e-3, rel=1e-3)
+    assert trainer.state.log_history[0]["grad_norm_router"] > 1e-3  # the clip was active
+    assert at_expert["examples_cached"] == {"j-tlga"} and not at_model["examples_cached"]
+
+
+def test_jtlat_sequential_update_refuses_what_it_cannot_do(tmp_path, moe_model, shapes):
+    with pytest.raises(ValueError, match="jtlat_update must be one of"):
+        make_args(tmp_path, jtlat_update="parallel")
+    refused = [
+        (dict(gradient_accumulation_steps=2), {}, "gradient_accumulation_steps=1"),
+        (dict(optim="schedule_free_adamw"), {}, "supports optim in"),
+        ({}, dict(optimizer_cls_and_kwargs=(torch.optim.Adamax, {"lr": 1e-3})), "supports the custom optimizers"),
+    ]
+    for overrides, trainer_kwargs, message in refused:
+        args = make_args(tmp_path, jtlat_update="sequential", **overrides)
+        with pytest.raises(ValueError, match=message):
+            JTLATTrainer(model=moe_model(), args=args, train_dataset=shapes["train"], **trainer_kwargs)
+    # one adversarial batch for all steps is allowed, but steps 1 and 3 no longer share a pass (they see different
+    # weights)
+    args = make_args(tmp_path, jtlat_update="sequential", jtlat_reuse_adversarial=True)
+    trainer = JTLATTrainer(model=moe_model(), args=args, train_dataset=shapes["train"])
+    assert [phase.name for phase in trainer.training_phases()] == ["router", "expert", "model"]
+
+
 def test_advmoe_alternates_expert_and_router_updates(tmp_path, moe_model, shapes):
     model = moe_model()
     router = _names(named_router_parameters(model))
@@ -439,14 +525,20 @@ def test_jtlat_is_more_robust_than_clean_training_on_moving_shapes(tmp_path, tin
 
 
 def test_jtlat_soft_router_target(tmp_path, moe_model, shapes):
-    """``jtlat_router_target="soft"``: step 1 matches the clean router probabilities instead of the clean top-1."""
-    model = moe_model()
-    routers = {n: p.detach().clone() for n, p in model.named_parameters() if ".router." in n}
-    args = make_args(tmp_path, adv_method="j-tlat", jtlat_router_target="soft", jtlat_steps=["router"], max_steps=2)
-    trainer = make_trainer(model, args, shapes["train"])
-    trainer.train()
-    assert any("router_ce" in entry for entry in trainer.state.log_history)
-    assert any(not torch.equal(p, routers[n]) for n, p in model.named_parameters() if n in routers)
+    """``jtlat_router_target="soft"``: step 1 matches the clean router probabilities instead of the clean top-1. On
+    the same seeded first step the two targets give different router CEs and different router updates."""
+    first_ce, routers = {}, {}
+    for target in ("hard", "soft"):
+        model = moe_model()
+        before = {n: p.detach().clone() for n, p in model.named_parameters() if ".router." in n}
+        args = make_args(tmp_path / target, jtlat_router_target=target, jtlat_steps=["router"], max_steps=1)
+        trainer = make_trainer(model, args, shapes["train"])
+        trainer.train()
+        first_ce[target] = next(entry["router_ce"] for entry in trainer.state.log_history if "router_ce" in entry)
+        routers[target] = {n: p.detach().clone() for n, p in model.named_parameters() if n in before}
+        assert any(not torch.equal(p, before[n]) for n, p in routers[target].items())
+    assert first_ce["soft"] != pytest.approx(first_ce["hard"], rel=1e-4)
+    assert any(not torch.equal(routers["soft"][n], routers["hard"][n]) for n in routers["hard"])
 
 
 def test_jtlat_step1_balance_term(tmp_path, moe_model, shapes):
@@ -545,12 +637,13 @@ class _StopAt(TrainerCallback):
             control.should_training_stop = True
 
 
-def test_interrupted_jtlat_run_resumes_to_identical_weights(tmp_path, moe_model, shapes):
+@pytest.mark.parametrize("update", ["summed", "sequential"])
+def test_interrupted_jtlat_run_resumes_to_identical_weights(tmp_path, moe_model, shapes, update):
     train = shapes["train"].select(range(24))  # 3 steps per epoch: the resume point is mid-epoch
 
     def run(output_dir, stop_at=None, resume=None):
         args = make_args(tmp_path, output_dir=str(output_dir), max_steps=6, save_strategy="steps", save_steps=2,
-                         adv_steps=1, data_seed=0)  # fmt: skip
+                         adv_steps=1, data_seed=0, jtlat_update=update)  # fmt: skip
         model = moe_model(seed=1 if resume else 0)  # a resumed run must not depend on the fresh initialisation
         callbacks = [_StopAt(stop_at)] if stop_at else []
         trainer = JTLATTrainer(model=model, args=args, train_dataset=train, callbacks=callbacks)

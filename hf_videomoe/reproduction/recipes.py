@@ -61,6 +61,7 @@ ABLATIONS = {
     "no-router-step": ("without step 1 (router)", {"jtlat_steps": ["expert", "model"]}, {}),
     "no-expert-step": ("without step 2 (experts)", {"jtlat_steps": ["router", "model"]}, {}),
     "no-model-step": ("without step 3 (model)", {"jtlat_steps": ["router", "expert"]}, {}),
+    "sequential-update": ("the paper's three sequential updates per batch", {"jtlat_update": "sequential"}, {}),
 }
 
 

@@ -180,6 +180,7 @@ ABLATION_CLAIMS = {
     "no-aux": "the load-balancing loss helps robustness",
     "no-guidance": "guidance (γ1) in the training attacks helps",
     "balance-switch": "the sharp step-1 balance term helps robustness (vs the Switch loss)",
+    "sequential-update": "one summed update per batch beats the paper's three sequential updates",
 }
 
 

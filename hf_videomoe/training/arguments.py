@@ -25,6 +25,7 @@ MOE_ONLY_METHODS = tuple(name for name, method in METHODS.items() if method.requ
 # The three J-TLAT steps, in the order they run inside a training step.
 JTLAT_STEPS = ("router", "expert", "model")
 JTLAT_ROUTER_BALANCES = ("switch", "sharp")
+JTLAT_UPDATES = ("summed", "sequential")
 _JTLAT_STEP_ALIASES = {"1": "router", "2": "expert", "3": "model", "experts": "expert", "routers": "router"}
 NORMS = ("linf", "l2")
 # Robust-evaluation metric names (without the `eval_` prefix) that `metric_for_best_model` may select.
@@ -120,6 +121,12 @@ class AdversarialTrainingArguments(TrainingArguments):
         jtlat_steps (`list[str]`, *optional*, defaults to `["router", "expert", "model"]`):
             Which J-TLAT steps run on every batch (`"router"`/`"1"`, `"expert"`/`"2"`, `"model"`/`"3"`); they
             always run in that order.
+        jtlat_update (`str`, *optional*, defaults to `"summed"`):
+            How J-TLAT's steps update the weights: `"summed"`, every step's gradient from the weights at the start of
+            the training step and one optimizer step for their sum; or `"sequential"`, the paper's three updates in
+            a row, each step's attack, clean targets and expert choice seeing the weights the previous steps left
+            (the optimizer steps once per J-TLAT step, the scheduler once per training step; one process, no
+            gradient accumulation). See docs/METHOD.md, "One optimizer step, not three".
         jtlat_router_target (`str`, *optional*, defaults to `"hard"`):
             Target of J-TLAT step 1's routing-consistency cross-entropy: `"hard"`, the clean top-1 expert of each
             routing unit (the paper's `r(x)`), or `"soft"`, the clean router probabilities (a KL-style consistency
@@ -226,6 +233,11 @@ class AdversarialTrainingArguments(TrainingArguments):
         metadata={"help": "J-TLAT steps to run on every batch: router, expert, model (or 1, 2, 3)."},
     )
     jtlat_top_k: int = field(default=2, metadata={"help": "Experts trained per clip in J-TLAT step 2."})
+    jtlat_update: str = field(
+        default="summed",
+        metadata={"help": "J-TLAT update: summed (one optimizer step for the three steps' gradients) or sequential "
+                          "(the paper's three updates in a row).", "choices": list(JTLAT_UPDATES)},
+    )
     jtlat_router_target: str = field(
         default="hard",
         metadata={"help": "Target of J-TLAT step 1's consistency CE: hard (clean top-1) or soft (clean probabilities).",
@@ -295,6 +307,8 @@ class AdversarialTrainingArguments(TrainingArguments):
                 f"jtlat_router_balance must be one of {list(JTLAT_ROUTER_BALANCES)}, got {self.jtlat_router_balance!r}."
             )
         _check_range("jtlat_router_balance_temperature", self.jtlat_router_balance_temperature, 0.0, low_inclusive=False)
+        if self.jtlat_update not in JTLAT_UPDATES:
+            raise ValueError(f"jtlat_update must be one of {list(JTLAT_UPDATES)}, got {self.jtlat_update!r}.")
         if self.jtlat_router_target not in ("hard", "soft"):
             raise ValueError(f"jtlat_router_target must be 'hard' or 'soft', got {self.jtlat_router_target!r}.")
         if self.jtlat_router_attack not in ("tlga-r", "tla-r", "pgd-r"):
@@ -352,7 +366,7 @@ class AdversarialTrainingArguments(TrainingArguments):
             "adv_method", "adv_eps", "adv_steps", "adv_step_size", "adv_norm", "adv_attack", "lipschitz_weight",
             "expert_lipschitz_weight", "router_lipschitz_weight", "lipschitz_detach_clean",
             "guidance_weight", "router_weight", "temporal_momentum", "temporal_step", "trades_beta",
-            "jtlat_router_attack", "jtlat_expert_attack", "jtlat_model_attack", "jtlat_reuse_adversarial", "jtlat_steps", "jtlat_top_k", "jtlat_router_target", "jtlat_router_balance_weight",
+            "jtlat_router_attack", "jtlat_expert_attack", "jtlat_model_attack", "jtlat_reuse_adversarial", "jtlat_steps", "jtlat_top_k", "jtlat_update", "jtlat_router_target", "jtlat_router_balance_weight",
             "jtlat_router_balance", "jtlat_router_balance_temperature",
             "advmoe_router_attack", "eval_attacks", "eval_attack_eps", "eval_attack_steps", "eval_max_samples",
         )  # fmt: skip

@@ -22,6 +22,14 @@ from .phases import PhaseLoss, TrainingPhase
 from .trainer import AdversarialTrainer
 
 
+#: Optimizers with which `jtlat_update="sequential"` is exact: per-parameter state, parameters without a gradient
+#: skipped (so an early update moves its own parameter group only).
+SEQUENTIAL_UPDATE_OPTIMIZERS = ("adamw_torch", "adamw_torch_fused", "sgd", "adagrad", "rmsprop", "adafactor")
+SEQUENTIAL_UPDATE_OPTIMIZER_CLASSES = (
+    torch.optim.Adam, torch.optim.AdamW, torch.optim.SGD, torch.optim.Adagrad, torch.optim.RMSprop,
+)
+
+
 class JTLATTrainer(AdversarialTrainer):
     r"""[`AdversarialTrainer`] running the paper's J-TLAT: three steps on every batch, each on its own parameter group.
 
@@ -39,11 +47,12 @@ class JTLATTrainer(AdversarialTrainer):
 
     Each λ is its own argument (``router_lipschitz_weight``, ``expert_lipschitz_weight``, ``lipschitz_weight``).
 
-    All three steps use the weights at the start of the optimizer step: each back-propagates into its own group
-    (``requires_grad`` toggling), gradients add up in ``.grad``, and one optimizer step applies the sum. This keeps
-    Trainer's optimizer, scheduler, clipping and gradient-accumulation semantics; a router step therefore never moves
-    an expert, and an expert step never moves a router (see ``docs/METHOD_training.md`` for the comparison with three
-    sequential updates). ``jtlat_steps`` selects the steps, ``jtlat_reuse_adversarial=True`` generates a single
+    By default (``jtlat_update="summed"``) all three steps use the weights at the start of the optimizer step: each
+    back-propagates into its own group (``requires_grad`` toggling), gradients add up in ``.grad``, and one optimizer
+    step applies the sum. This keeps Trainer's optimizer, scheduler, clipping and gradient-accumulation semantics; a
+    router step therefore never moves an expert, and an expert step never moves a router. ``jtlat_update="sequential"``
+    runs the paper's three updates in a row instead (see [`apply_sequential_update`] and docs/METHOD.md, "One
+    optimizer step, not three"). ``jtlat_steps`` selects the steps, ``jtlat_reuse_adversarial=True`` generates a single
     adversarial batch (with ``jtlat_model_attack``) for all of them, and then (top-1 routing) steps 1 and 3 share one
     forward / backward pass (see [`fuses_router_and_model_steps`]).
 
@@ -77,6 +86,38 @@ class JTLATTrainer(AdversarialTrainer):
         num_experts = self.accelerator.unwrap_model(self.model).config.num_experts
         if self.args.jtlat_top_k > num_experts:
             raise ValueError(f"jtlat_top_k={self.args.jtlat_top_k} exceeds the model's {num_experts} experts.")
+        if self.args.jtlat_update == "sequential":
+            # Three optimizer steps per training step are only well defined on one full batch seen by one process:
+            # with accumulation the early steps would update on one micro-batch, and DDP would have to synchronise
+            # each step's gradient of a parameter subset on its own.
+            if self.args.gradient_accumulation_steps != 1:
+                raise ValueError(
+                    "jtlat_update='sequential' needs gradient_accumulation_steps=1, got "
+                    f"{self.args.gradient_accumulation_steps}; use jtlat_update='summed' to accumulate."
+                )
+            if self.accelerator.num_processes != 1:
+                raise ValueError(
+                    f"jtlat_update='sequential' runs on one process, got {self.accelerator.num_processes}; use "
+                    "jtlat_update='summed' (the default) for distributed training."
+                )
+            # The early updates must move only their own group: true of optimizers whose state is per parameter and
+            # which skip a parameter without a gradient; not of schedule-free or layer-wise optimizers (state or
+            # update tied to the whole group / the backward pass) or of LOMO (no `step`).
+            if self.optimizer is not None or self.optimizer_cls_and_kwargs is not None:
+                cls = type(self.optimizer) if self.optimizer is not None else self.optimizer_cls_and_kwargs[0]
+                if not issubclass(cls, SEQUENTIAL_UPDATE_OPTIMIZER_CLASSES):
+                    names = [c.__name__ for c in SEQUENTIAL_UPDATE_OPTIMIZER_CLASSES]
+                    raise ValueError(
+                        f"jtlat_update='sequential' supports the custom optimizers {names}, got {cls.__name__}; use "
+                        "jtlat_update='summed'."
+                    )
+            else:
+                optim = getattr(self.args.optim, "value", self.args.optim)
+                if optim not in SEQUENTIAL_UPDATE_OPTIMIZERS:
+                    raise ValueError(
+                        f"jtlat_update='sequential' supports optim in {list(SEQUENTIAL_UPDATE_OPTIMIZERS)}, got "
+                        f"{optim!r}; use jtlat_update='summed' for other optimizers."
+                    )
 
     def training_phases(self) -> list[TrainingPhase]:
         args = self.args
@@ -104,7 +145,12 @@ class JTLATTrainer(AdversarialTrainer):
         """
         args = self.args
         top_1 = getattr(self.accelerator.unwrap_model(self.model).config, "num_experts_per_tok", 1) == 1
-        return args.jtlat_reuse_adversarial and top_1 and {"router", "model"} <= set(args.jtlat_steps)
+        return (
+            args.jtlat_reuse_adversarial
+            and args.jtlat_update == "summed"
+            and top_1
+            and {"router", "model"} <= set(args.jtlat_steps)
+        )
 
     # ------------------------------------------------------------------------------------------------------------------
     # Step 1 and step 3: one forward pass each
@@ -166,7 +212,8 @@ class JTLATTrainer(AdversarialTrainer):
                 self.model_forward(model, torch.cat([x, x_adv]))
                 clean_rl = router_logits_of(slice(None, step.batch_size))
                 adv_rl = router_logits_of(slice(step.batch_size, None))
-        # Step 2 picks each clip's experts from these (pre-update) adversarial router probabilities.
+        # Step 2 picks each clip's experts from these adversarial router probabilities (before step 1's update unless
+        # the update is sequential, which drops them: see `apply_sequential_update`).
         step.adv_router_logits[phase.attack] = tuple(r.detach() for r in adv_rl)
         return self._router_objective(clean_rl, adv_rl, x, x_adv)
 
@@ -194,9 +241,47 @@ class JTLATTrainer(AdversarialTrainer):
     # ------------------------------------------------------------------------------------------------------------------
 
     def train_phase(self, model: nn.Module, phase: TrainingPhase, final: bool) -> torch.Tensor:
-        if phase.name != "expert":
-            return super().train_phase(model, phase, final)
-        return self.train_expert_step(model, phase, final)
+        if phase.name == "expert":
+            loss = self.train_expert_step(model, phase, final)
+        else:
+            loss = super().train_phase(model, phase, final)
+        if self.args.jtlat_update == "sequential" and not final:
+            self.apply_sequential_update(phase)
+        return loss
+
+    def apply_sequential_update(self, phase: TrainingPhase) -> None:
+        """``jtlat_update="sequential"``: apply ``phase``'s gradient now, so the next J-TLAT step sees the updated
+        weights (the last step's gradient is left to Trainer's own optimizer step).
+
+        Only ``phase``'s parameter group holds a gradient here (the others did not require one during its backward
+        pass), and the supported optimizers skip parameters without a gradient, so the update moves that group
+        alone. The group's gradient is clipped to ``max_grad_norm`` as Trainer clips (its norm is logged as
+        ``grad_norm_router`` / ``grad_norm_expert``); the learning-rate scheduler is not stepped (it counts training
+        steps). What later phases of the step would reuse is dropped where it depends on the weights: the clean
+        outputs (Lipschitz targets), the adversarial router logits (step 2's expert choice) and, once no later step
+        is step 2 (which trains on step 1's ``x_r``, as in the paper), the adversarial examples. If a later step
+        raises (NaN guard), the weights and optimizer state already hold this update.
+        """
+        group = self.parameter_groups.parameters(phase.parameters)
+        group_ids = {id(p) for p in group}
+        for param in self.model.parameters():
+            if id(param) in group_ids or param.grad is None:
+                continue
+            if param.grad.any():  # gradient accumulation and several processes are refused: this cannot happen
+                raise RuntimeError(f"{phase.label}: a parameter outside its group holds a gradient before its update.")
+            param.grad = None  # a zero gradient would still move the parameter (momentum, weight decay)
+        if any(param.grad is not None for param in group):
+            if self.args.max_grad_norm:
+                norm = self.accelerator.clip_grad_norm_(group, self.args.max_grad_norm)
+                self._accumulate(f"grad_norm_{phase.name}", norm)
+            self.optimizer.step()
+            for param in group:
+                param.grad = None
+        step = self.step_state
+        step.clean = None
+        step.adv_router_logits.clear()
+        if phase.name == "expert" or "expert" not in self.args.jtlat_steps:
+            step.adversarial.clear()
 
     def expert_selection(self, model: nn.Module, phase: TrainingPhase) -> tuple[torch.Tensor, torch.Tensor]:
         """Each clip's experts for step 2 and their weights: the ``jtlat_top_k`` largest clip-level router

@@ -81,8 +81,9 @@ class AdversarialTrainer(RobustReportingMixin, Trainer):
         TypeError: ``args`` are plain `TrainingArguments`.
         ValueError: before training, for an unknown or unsupported method, AdvMoE / J-TLAT on a dense model, a dataset
             without labels, a custom ``compute_loss_func``, FSDP / DeepSpeed, or attacks that need an MoE model.
-        FloatingPointError: during training, when a loss component is NaN / infinite (no update is applied and no
-            checkpoint is written; the message names the component and the last good checkpoint).
+        FloatingPointError: during training, when a loss component is NaN / infinite (no update is applied, except
+            those of earlier J-TLAT steps under ``jtlat_update="sequential"``, and no checkpoint is written; the
+            message names the component and the last good checkpoint).
     """
 
     default_adv_method: ClassVar[str] = "pgd-at"
