@@ -216,7 +216,10 @@ def test_reproduction_resumes_from_its_tracked_cache(tmp_path, run_script):
                         "advmoe", "--attack-table-seeds", "0", "--skip-ablations", cwd=tmp_path)
     assert status.returncode == 0 and "| 0 | 6 / 6 |" in status.stdout, status.stdout + status.stderr
     status = run_script(script, "--quick", "--output-dir", str(clone), "--status", cwd=tmp_path)
-    assert "| 0 | 6 / 22 |" in status.stdout and "defense dense-at" in status.stdout, status.stdout
+    from hf_videomoe.reproduction import ABLATIONS
+
+    full_plan = 9 + len(ABLATIONS)  # 6 defense rows, table (a) at 3 budgets, one job per ablation
+    assert f"| 0 | 6 / {full_plan} |" in status.stdout and "defense dense-at" in status.stdout, status.stdout
 
     # A retrained checkpoint with other weights than recorded (as on another kind of machine, had its weights not been
     # kept) stops the run, saves nothing, and stops it again on the next try; so does a recorded checkpoint without a
