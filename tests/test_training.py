@@ -112,7 +112,8 @@ def state_dict_copy(model):
 
 
 def changed_parameters(before, model, atol=0.0):
-    after = model.state_dict()
+    """Names whose value differs between ``before`` and ``model`` (a module or a state dict)."""
+    after = model if isinstance(model, dict) else model.state_dict()
     return {name for name, value in after.items() if not torch.allclose(before[name], value, atol=atol, rtol=0)}
 
 
@@ -373,10 +374,6 @@ class _PhaseStarts(JTLATTrainer):
         return super().train_phase(model, phase, final)
 
 
-def _changed_between(before, after):
-    return {name for name, value in after.items() if not torch.equal(before[name], value)}
-
-
 def _train_recording_phase_starts(tmp_path, model, shapes, **overrides):
     args = make_args(tmp_path, max_steps=1, **overrides)
     trainer = _PhaseStarts(model=model, args=args, train_dataset=shapes["train"])
@@ -398,12 +395,12 @@ def test_jtlat_sequential_update_runs_each_step_on_the_weights_the_previous_one_
                                                 weight_decay=0.01)  # fmt: skip
         at_router, at_expert, at_model = trainer.starts
         if update == "summed":
-            assert not _changed_between(at_router["weights"], at_expert["weights"])
-            assert not _changed_between(at_router["weights"], at_model["weights"])
+            assert not changed_parameters(at_router["weights"], at_expert["weights"])
+            assert not changed_parameters(at_router["weights"], at_model["weights"])
             assert at_expert["clean_cached"] and at_expert["router_logits_cached"]
         else:
-            assert _changed_between(at_router["weights"], at_expert["weights"]) == router
-            assert _changed_between(at_expert["weights"], at_model["weights"]) == experts
+            assert changed_parameters(at_router["weights"], at_expert["weights"]) == router
+            assert changed_parameters(at_expert["weights"], at_model["weights"]) == experts
             assert not (at_expert["clean_cached"] or at_expert["router_logits_cached"] or at_model["clean_cached"])
             assert at_expert["examples_cached"] == {"tlga-r"}  # step 2 trains on step 1's x_r, as in the paper
             # two updates per step (their own and step 3's) for routers and experts, one for the rest
@@ -412,7 +409,7 @@ def test_jtlat_sequential_update_runs_each_step_on_the_weights_the_previous_one_
             assert {"grad_norm_router", "grad_norm_expert"} <= set(trainer.state.log_history[0])
         finals[update] = trainer.starts[-1]["weights"]
         assert trainer.training_recipe()["jtlat_update"] == update
-    assert _changed_between(finals["summed"], finals["sequential"])
+    assert changed_parameters(finals["summed"], finals["sequential"])
 
 
 def test_jtlat_sequential_update_clips_each_step_and_regenerates_reused_examples(tmp_path, moe_model, shapes):

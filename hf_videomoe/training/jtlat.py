@@ -262,10 +262,10 @@ class JTLATTrainer(AdversarialTrainer):
         is step 2 (which trains on step 1's ``x_r``, as in the paper), the adversarial examples. If a later step
         raises (NaN guard), the weights and optimizer state already hold this update.
         """
-        group = self.parameter_groups.parameters(phase.parameters)
-        group_ids = {id(p) for p in group}
+        groups = self.parameter_groups
+        group = groups.parameters(phase.parameters)
         for param in self.model.parameters():
-            if id(param) in group_ids or param.grad is None:
+            if param.grad is None or groups.selects(phase.parameters, param):
                 continue
             if param.grad.any():  # gradient accumulation and several processes are refused: this cannot happen
                 raise RuntimeError(f"{phase.label}: a parameter outside its group holds a gradient before its update.")
