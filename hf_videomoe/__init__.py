@@ -5,14 +5,21 @@ Importing the package registers ``videomae_moe`` and ``timesformer_moe`` with tr
 classes and never need ``trust_remote_code``.
 """
 
-from transformers import AutoConfig, AutoModel, AutoModelForVideoClassification
+# HF_VIDEOMOE_REPRODUCIBLE=1 must pin torch's, MKL's and numpy's code paths before they load (hf_videomoe.reproducibility).
+from .reproducibility import apply_environment_switch, apply_torch_pins
 
-from .models.timesformer_moe import (
+apply_environment_switch()
+
+from transformers import AutoConfig, AutoModel, AutoModelForVideoClassification  # noqa: E402
+
+from .models.timesformer_moe import (  # noqa: E402
     TimesformerMoeConfig,
     TimesformerMoeForVideoClassification,
     TimesformerMoeModel,
 )
-from .models.videomae_moe import VideoMAEMoeConfig, VideoMAEMoeForVideoClassification, VideoMAEMoeModel
+from .models.videomae_moe import VideoMAEMoeConfig, VideoMAEMoeForVideoClassification, VideoMAEMoeModel  # noqa: E402
+
+apply_torch_pins()
 
 __version__ = "0.1.0"
 

@@ -51,8 +51,11 @@ VARIANTS = [
     ("J-TLGA as published (published step, one λ, λ through the denominator)", "j-tlga", PAPER_JOINT),
     ("J-TLGA as published, λ = 0", "j-tlga", {**PAPER_JOINT, "lipschitz_weight": 0.0, "router_lipschitz_weight": 0.0}),
     ("J-TLGA as published, uniform step", "j-tlga", {**PAPER_JOINT, "temporal_step": "uniform"}),
-    ("J-TLGA as published, uniform step, γ2 = 0", "j-tlga", {**PAPER_JOINT, "temporal_step": "uniform",
-                                                            "router_weight": 0.0}),
+    (
+        "J-TLGA as published, uniform step, γ2 = 0",
+        "j-tlga",
+        {**PAPER_JOINT, "temporal_step": "uniform", "router_weight": 0.0},
+    ),
     ("J-TLGA as published, fixed denominator", "j-tlga", {**PAPER_JOINT, "lipschitz_denominator": "fixed"}),
     ("J-TLGA as published, normalized step", "j-tlga", {**PAPER_JOINT, "temporal_step": "normalized"}),
     ("J-TLGA as published, λ_R of its own", "j-tlga", {**PAPER}),
@@ -62,9 +65,12 @@ VARIANTS = [
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", type=Path, default=REPO_ROOT / "outputs" / "reproduce" / "seed0" / "moe-at" / "model")
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--model", type=Path, default=REPO_ROOT / "outputs" / "reproduce" / "seed0" / "moe-at" / "model"
+    )
     parser.add_argument("--eps", type=float, nargs="+", default=[4.0, 8.0], help="budgets in /255 units")
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--num-samples", type=int, default=256, help="first test clips of the reproduction's data")
@@ -83,8 +89,13 @@ def main(argv=None) -> int:
     settings_path = parents[2] / "settings.json" if len(parents) > 2 else None
     if settings_path is not None and settings_path.exists():
         data.update({key: json.loads(settings_path.read_text())[key] for key in data})
-    test = make_moving_shapes(data["num_videos"], num_frames=config.num_frames, image_size=config.image_size,
-                              seed=data["data_seed"], difficulty=data["difficulty"])["test"]
+    test = make_moving_shapes(
+        data["num_videos"],
+        num_frames=config.num_frames,
+        image_size=config.image_size,
+        seed=data["data_seed"],
+        difficulty=data["difficulty"],
+    )["test"]
     columns = test.select(range(min(args.num_samples, len(test)))).with_format("torch")[:]
     x, y = columns["pixel_values"].float(), columns["labels"].long()
 
@@ -99,8 +110,9 @@ def main(argv=None) -> int:
             attack = build_attack(name, eps=eps / 255, steps=args.steps, seed=0, **kwargs)
             rows.setdefault(label, []).append((clean & correct(attack.perturb(model, x, y))).float().mean().item())
             print(f"ε={eps:g}/255  {label:75s} {100 * rows[label][-1]:5.1f} %", flush=True)
-    command = "python scripts/attack_components.py" + ("" if argv is None and len(sys.argv) == 1
-                                                        else " " + " ".join(sys.argv[1:] if argv is None else argv))
+    command = "python scripts/attack_components.py" + (
+        "" if argv is None and len(sys.argv) == 1 else " " + " ".join(sys.argv[1:] if argv is None else argv)
+    )
     lines = [
         "# Attack components: what makes the paper's attacks weaker or stronger than PGD",
         "",

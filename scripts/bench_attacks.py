@@ -31,7 +31,6 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import torch  # noqa: E402
 
-
 from hf_videomoe import (  # noqa: E402
     TimesformerMoeConfig,
     TimesformerMoeForVideoClassification,
@@ -45,8 +44,18 @@ TARGETS = {"pgd": 1.10, "j-tlga": 1.20}
 
 
 def benchmark_models(num_frames: int, image_size: int):
-    common = dict(image_size=image_size, patch_size=8, num_frames=num_frames, hidden_size=128, num_hidden_layers=4,
-                  num_attention_heads=4, intermediate_size=256, num_labels=8, num_experts=4, num_experts_per_tok=1)
+    common = dict(
+        image_size=image_size,
+        patch_size=8,
+        num_frames=num_frames,
+        hidden_size=128,
+        num_hidden_layers=4,
+        num_attention_heads=4,
+        intermediate_size=256,
+        num_labels=8,
+        num_experts=4,
+        num_experts_per_tok=1,
+    )
     torch.manual_seed(0)
     yield "VideoMAE-MoE", VideoMAEMoeForVideoClassification(VideoMAEMoeConfig(tubelet_size=2, **common))
     torch.manual_seed(0)
@@ -93,8 +102,12 @@ def main(argv=None) -> int:
     parser.add_argument("--num-frames", type=int, default=8)
     parser.add_argument("--image-size", type=int, default=32)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--threads", type=int, default=None,
-                        help="intra-op CPU threads (default: torch's); 1 gives stable numbers on a busy shared CPU")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="intra-op CPU threads (default: torch's); 1 gives stable numbers on a busy shared CPU",
+    )
     parser.add_argument("--output", default=str(Path(__file__).resolve().parents[1] / "docs" / "bench_attacks.md"))
     args = parser.parse_args(argv)
     device = torch.device(args.device)
@@ -124,8 +137,10 @@ def main(argv=None) -> int:
             target = TARGETS.get(name)
             verdict = "-" if target is None else (f"<= {target:.2f}x: " + ("yes" if ratio <= target else "NO"))
             rows.append((model_name, name, bare_ms, step_ms, ratio, verdict))
-            print(f"{model_name:16s} {name:7s} bare {bare_ms:8.2f} ms  step {step_ms:8.2f} ms  {ratio:5.2f}x  "
-                  f"{verdict}", flush=True)
+            print(
+                f"{model_name:16s} {name:7s} bare {bare_ms:8.2f} ms  step {step_ms:8.2f} ms  {ratio:5.2f}x  {verdict}",
+                flush=True,
+            )
 
     command = "python scripts/bench_attacks.py " + " ".join(argv if argv is not None else sys.argv[1:])
     lines = [
@@ -136,12 +151,15 @@ def main(argv=None) -> int:
         f"Setup: batch {args.batch_size}, {args.num_frames} frames of {args.image_size}x{args.image_size}, patch 8, "
         f"hidden 128, 4 layers, 4 experts (top-1, token routing), {args.steps} steps per attack call, medians over "
         f"{args.repeats} interleaved repeats. Device: {device.type}"
-        + (f" ({torch.cuda.get_device_name(device)})" if device.type == "cuda" else
-           f" ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)")
+        + (
+            f" ({torch.cuda.get_device_name(device)})"
+            if device.type == "cuda"
+            else f" ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
+        )
         + f"; torch {torch.__version__}.",
         "",
-        "\"Bare\" is one forward + backward w.r.t. the input with frozen parameters (what an attack step needs); "
-        "\"step\" is a whole attack call divided by its number of steps, so it includes the once-per-call work (input "
+        '"Bare" is one forward + backward w.r.t. the input with frozen parameters (what an attack step needs); '
+        '"step" is a whole attack call divided by its number of steps, so it includes the once-per-call work (input '
         "checks, the clean forward for clean outputs / router logits, the evaluation forward of the last iterate).",
         "",
         "| model | attack | bare fwd+bwd (ms) | attack step (ms) | ratio | target |",
@@ -150,10 +168,13 @@ def main(argv=None) -> int:
     for model_name, name, bare_ms, step_ms, ratio, verdict in rows:
         lines.append(f"| {model_name} | {name} | {bare_ms:.2f} | {step_ms:.2f} | {ratio:.2f}x | {verdict} |")
     if device.type == "cpu":
-        lines += ["", "CPU timings on a shared machine are noisy (other jobs compete for the cores): compare ratios, "
-                      "not absolute times, and rerun for stable numbers. On an oversubscribed CPU pass `--threads 1`: "
-                      "with several intra-op threads, OpenMP synchronisation slows the small ops of these models down "
-                      "by up to two orders of magnitude and swamps the comparison."]
+        lines += [
+            "",
+            "CPU timings on a shared machine are noisy (other jobs compete for the cores): compare ratios, "
+            "not absolute times, and rerun for stable numbers. On an oversubscribed CPU pass `--threads 1`: "
+            "with several intra-op threads, OpenMP synchronisation slows the small ops of these models down "
+            "by up to two orders of magnitude and swamps the comparison.",
+        ]
     text = "\n".join(lines) + "\n"
     print()
     print(text)

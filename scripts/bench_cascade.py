@@ -35,8 +35,9 @@ from hf_videomoe.reproduction.recipes import DEFENSE_ATTACKS  # noqa: E402
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--model", type=Path, default=REPO_ROOT / "outputs" / "demo" / "pgd-at")
     parser.add_argument("--eps", type=float, default=4.0, help="budget in /255 units")
     parser.add_argument("--steps", type=int, default=10, help="steps of the gradient attacks")
@@ -49,12 +50,21 @@ def main(argv=None) -> int:
     hf_logging.set_verbosity_error()
     model = AutoModelForVideoClassification.from_pretrained(args.model).eval()
     config = model.config
-    test = make_moving_shapes(2400, num_frames=config.num_frames, image_size=config.image_size, seed=0,
-                              difficulty="easy")["test"]
+    test = make_moving_shapes(
+        2400, num_frames=config.num_frames, image_size=config.image_size, seed=0, difficulty="easy"
+    )["test"]
     data = test.select(range(min(args.num_samples, len(test))))
     attacks = list(DEFENSE_ATTACKS)
-    common = dict(attacks=attacks, eps=args.eps / 255, steps=args.steps, seed=0, batch_size=args.batch_size,
-                  return_per_sample=True, compute_cost=False, progress=False)
+    common = dict(
+        attacks=attacks,
+        eps=args.eps / 255,
+        steps=args.steps,
+        seed=0,
+        batch_size=args.batch_size,
+        return_per_sample=True,
+        compute_cost=False,
+        progress=False,
+    )
     reports, seconds, attacked = {}, {}, {a: 0 for a in attacks}
 
     def count(info):
@@ -63,16 +73,18 @@ def main(argv=None) -> int:
 
     for mode in ("full", "cascade"):
         start = time.perf_counter()
-        reports[mode] = evaluate_robustness(model, data, mode=mode, callback=count if mode == "cascade" else None,
-                                            **common)
+        reports[mode] = evaluate_robustness(
+            model, data, mode=mode, callback=count if mode == "cascade" else None, **common
+        )
         seconds[mode] = time.perf_counter() - start
         print(f"{mode}: {seconds[mode]:.1f} s, worst case {100 * reports[mode].worst_case_accuracy:.1f} %", flush=True)
     full, cascade = reports["full"], reports["cascade"]
     identical = full.per_sample["worst_case_correct"] == cascade.per_sample["worst_case_correct"]
     speedup = seconds["full"] / seconds["cascade"]
     model_name = args.model.relative_to(REPO_ROOT) if args.model.is_relative_to(REPO_ROOT) else args.model
-    command = "python scripts/bench_cascade.py" + ("" if argv is None and len(sys.argv) == 1
-                                                   else " " + " ".join(sys.argv[1:] if argv is None else argv))
+    command = "python scripts/bench_cascade.py" + (
+        "" if argv is None and len(sys.argv) == 1 else " " + " ".join(sys.argv[1:] if argv is None else argv)
+    )
     lines = [
         "# Cascade vs full evaluation",
         "",
@@ -86,8 +98,10 @@ def main(argv=None) -> int:
         "|---|---:|---:|---:|",
     ]
     for attack in attacks:
-        lines.append(f"| {attack} | {100 * full.robust_accuracy[attack]:.1f} % | "
-                     f"{100 * cascade.robust_accuracy[attack]:.1f} % | {attacked[attack]} of {full.num_samples} |")
+        lines.append(
+            f"| {attack} | {100 * full.robust_accuracy[attack]:.1f} % | "
+            f"{100 * cascade.robust_accuracy[attack]:.1f} % | {attacked[attack]} of {full.num_samples} |"
+        )
     lines += [
         f"| **worst case** | **{100 * full.worst_case_accuracy:.1f} %** | **{100 * cascade.worst_case_accuracy:.1f} %** | |",
         "",

@@ -64,7 +64,7 @@ def time_gates(config, pixels, repeats: int, warmup: int) -> dict[str, dict[str,
 
     times = {gate: {"forward": [], "train": []} for gate in GATES}
     for round_index in range(warmup + repeats):
-        order = GATES[round_index % len(GATES):] + GATES[: round_index % len(GATES)]
+        order = GATES[round_index % len(GATES) :] + GATES[: round_index % len(GATES)]
         for gate in order:
             for kind, fn in (("forward", forward), ("train", train_step)):
                 start = time.perf_counter()
@@ -89,15 +89,29 @@ def parse_args(argv=None):
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--repeats", type=int, default=9, help="timed forwards per variant (median reported)")
     parser.add_argument("--warmup", type=int, default=2)
-    parser.add_argument("--implementations", default="eager,grouped_mm,batched_mm",
-                        help="comma-separated experts kernels to time for the MoE model")
-    parser.add_argument("--no-batched-mm", action="store_true",
-                        help="skip batched_mm (it gathers one weight matrix per token: ~1 GB per layer here)")
-    parser.add_argument("--batched-mm-repeats", type=int, default=1,
-                        help="timed forwards for batched_mm, which is ~100x slower on CPU (no warmup)")
-    parser.add_argument("--threads", type=int, default=1,
-                        help="torch intra-op threads (0: torch's default). 1 by default: on a shared machine every "
-                             "multi-threaded op waits for its slowest thread, so other jobs dominate the timings")
+    parser.add_argument(
+        "--implementations",
+        default="eager,grouped_mm,batched_mm",
+        help="comma-separated experts kernels to time for the MoE model",
+    )
+    parser.add_argument(
+        "--no-batched-mm",
+        action="store_true",
+        help="skip batched_mm (it gathers one weight matrix per token: ~1 GB per layer here)",
+    )
+    parser.add_argument(
+        "--batched-mm-repeats",
+        type=int,
+        default=1,
+        help="timed forwards for batched_mm, which is ~100x slower on CPU (no warmup)",
+    )
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="torch intra-op threads (0: torch's default). 1 by default: on a shared machine every "
+        "multi-threaded op waits for its slowest thread, so other jobs dominate the timings",
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--output", default=os.path.join("docs", "bench_moe.md"))
     return parser.parse_args(argv)
@@ -115,10 +129,18 @@ def main(argv=None):
         torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
     config = VideoMAEMoeConfig(
-        image_size=args.image_size, patch_size=args.patch_size, num_frames=args.num_frames,
-        tubelet_size=args.tubelet_size, hidden_size=args.hidden_size, num_hidden_layers=args.num_layers,
-        num_attention_heads=args.num_heads, intermediate_size=args.intermediate_size, num_labels=8,
-        num_experts=args.num_experts, num_experts_per_tok=args.top_k, router_granularity="token",
+        image_size=args.image_size,
+        patch_size=args.patch_size,
+        num_frames=args.num_frames,
+        tubelet_size=args.tubelet_size,
+        hidden_size=args.hidden_size,
+        num_hidden_layers=args.num_layers,
+        num_attention_heads=args.num_heads,
+        intermediate_size=args.intermediate_size,
+        num_labels=8,
+        num_experts=args.num_experts,
+        num_experts_per_tok=args.top_k,
+        router_granularity="token",
     )
     moe = VideoMAEMoeForVideoClassification(config).eval()
     default_impl = moe.config._experts_implementation
@@ -139,7 +161,10 @@ def main(argv=None):
 
         return run
 
-    variants = {"narrow": lambda: narrow(normalize(pixels, config)), "matched": lambda: matched(normalize(pixels, config))}
+    variants = {
+        "narrow": lambda: narrow(normalize(pixels, config)),
+        "matched": lambda: matched(normalize(pixels, config)),
+    }
     for impl in implementations:
         if impl != "batched_mm":
             variants[f"moe:{impl}"] = run_moe(impl)
@@ -192,13 +217,23 @@ def main(argv=None):
             label = f"dense, parameter-matched (intermediate {config.intermediate_size * args.num_experts})"
         else:
             impl = name.split(":")[1]
-            label = f"MoE {args.num_experts} experts top-{args.top_k}, `{impl}`" + (" (default)" if impl == default_impl else "")
+            label = f"MoE {args.num_experts} experts top-{args.top_k}, `{impl}`" + (
+                " (default)" if impl == default_impl else ""
+            )
         ms = median_ms[name]
-        rows.append(dict(
-            name=name, label=label, gflops=cost.flops / 1e9, active=cost.active_parameters,
-            total=cost.total_parameters, ms=ms, runs=len(times[name]),
-            vs_narrow=ratio(name, "narrow"), vs_matched=ratio(name, "matched"),
-        ))
+        rows.append(
+            dict(
+                name=name,
+                label=label,
+                gflops=cost.flops / 1e9,
+                active=cost.active_parameters,
+                total=cost.total_parameters,
+                ms=ms,
+                runs=len(times[name]),
+                vs_narrow=ratio(name, "narrow"),
+                vs_matched=ratio(name, "matched"),
+            )
+        )
 
     def verdict(ok):
         return "PASS" if ok else "FAIL"
@@ -207,7 +242,11 @@ def main(argv=None):
     lines = []
     lines.append("# MoE vs dense: FLOPs, active parameters and CPU forward time\n")
     lines.append("Generated by `scripts/bench_moe.py`. Command:\n")
-    lines.append("```\n" + " ".join(["python", "scripts/bench_moe.py", *(argv if argv is not None else sys.argv[1:])]) + "\n```\n")
+    lines.append(
+        "```\n"
+        + " ".join(["python", "scripts/bench_moe.py", *(argv if argv is not None else sys.argv[1:])])
+        + "\n```\n"
+    )
     lines.append(
         f"Machine: {platform.machine()} CPU, {torch.get_num_threads()} torch threads, torch {torch.__version__}, "
         f"Python {platform.python_version()}; the machine is shared with other jobs, so times are medians of "
@@ -221,7 +260,9 @@ def main(argv=None):
         f"{args.num_heads} heads, intermediate {args.intermediate_size}; MoE: {args.num_experts} experts, "
         f"top-{args.top_k}, token routing, every layer MoE. Forward at batch {args.batch_size}, eval, no grad.\n"
     )
-    lines.append("| model | GFLOPs / clip | active params | total params | median forward (ms) | runs | × narrow dense | × matched dense |")
+    lines.append(
+        "| model | GFLOPs / clip | active params | total params | median forward (ms) | runs | × narrow dense | × matched dense |"
+    )
     lines.append("|---|---:|---:|---:|---:|---:|---:|---:|")
     for row in rows:
         lines.append(
@@ -232,29 +273,41 @@ def main(argv=None):
     lines.append("## Targets\n")
     lines.append("| target | value | result |")
     lines.append("|---|---:|---|")
-    lines.append(f"| MoE FLOPs ≤ {FLOPS_TARGET:.0%} of the parameter-matched dense model | {flops_ratio:.1%} | "
-                 f"{verdict(flops_ratio <= FLOPS_TARGET)} |")
+    lines.append(
+        f"| MoE FLOPs ≤ {FLOPS_TARGET:.0%} of the parameter-matched dense model | {flops_ratio:.1%} | "
+        f"{verdict(flops_ratio <= FLOPS_TARGET)} |"
+    )
     for row in rows:
         if not row["name"].startswith("moe:"):
             continue
         impl = row["name"].split(":")[1]
         tag = f"`{impl}`" + (" (default)" if impl == default_impl else "")
-        lines.append(f"| MoE {tag} time ≤ {NARROW_TIME_TARGET}× one-expert dense | {row['vs_narrow']:.2f}× | "
-                     f"{verdict(row['vs_narrow'] <= NARROW_TIME_TARGET)} |")
-        lines.append(f"| MoE {tag} time ≤ {MATCHED_TIME_TARGET}× parameter-matched dense | {row['vs_matched']:.2f}× | "
-                     f"{verdict(row['vs_matched'] <= MATCHED_TIME_TARGET)} |")
+        lines.append(
+            f"| MoE {tag} time ≤ {NARROW_TIME_TARGET}× one-expert dense | {row['vs_narrow']:.2f}× | "
+            f"{verdict(row['vs_narrow'] <= NARROW_TIME_TARGET)} |"
+        )
+        lines.append(
+            f"| MoE {tag} time ≤ {MATCHED_TIME_TARGET}× parameter-matched dense | {row['vs_matched']:.2f}× | "
+            f"{verdict(row['vs_matched'] <= MATCHED_TIME_TARGET)} |"
+        )
     default_row = next(row for row in rows if row["name"] == f"moe:{default_impl}")
-    all_pass = (flops_ratio <= FLOPS_TARGET and default_row["vs_narrow"] <= NARROW_TIME_TARGET
-                and default_row["vs_matched"] <= MATCHED_TIME_TARGET)
+    all_pass = (
+        flops_ratio <= FLOPS_TARGET
+        and default_row["vs_narrow"] <= NARROW_TIME_TARGET
+        and default_row["vs_matched"] <= MATCHED_TIME_TARGET
+    )
     gate_ratios = {}
     for gate in GATES:
         for kind in ("forward", "train"):
             gate_ratios[gate, kind] = statistics.median(
-                a / b for a, b in zip(gate_times[gate][kind], gate_times["renormalize"][kind]))
+                a / b for a, b in zip(gate_times[gate][kind], gate_times["renormalize"][kind])
+            )
     default_gate = config.router_gate
-    lines.append(f"| `{default_gate}` gate (default) forward time ≤ {GATE_TIME_TARGET:.2f}× `renormalize` | "
-                 f"{gate_ratios[default_gate, 'forward']:.3f}× | "
-                 f"{verdict(gate_ratios[default_gate, 'forward'] <= GATE_TIME_TARGET)} |")
+    lines.append(
+        f"| `{default_gate}` gate (default) forward time ≤ {GATE_TIME_TARGET:.2f}× `renormalize` | "
+        f"{gate_ratios[default_gate, 'forward']:.3f}× | "
+        f"{verdict(gate_ratios[default_gate, 'forward'] <= GATE_TIME_TARGET)} |"
+    )
     all_pass = all_pass and gate_ratios[default_gate, "forward"] <= GATE_TIME_TARGET
     lines.append("")
     lines.append(f"**Default kernel (`{default_impl}`): {'all targets PASS' if all_pass else 'some targets FAIL'}.**\n")

@@ -47,14 +47,30 @@ def parse_args(argv=None):
     parser.add_argument("--models", default="videomae,timesformer")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"))
-    parser.add_argument("--experts-implementation", default=None,
-                        help="experts kernel (default: eager on CPU, grouped_mm on CUDA; on CUDA both are timed)")
+    parser.add_argument(
+        "--experts-implementation",
+        default=None,
+        help="experts kernel (default: eager on CPU, grouped_mm on CUDA; on CUDA both are timed)",
+    )
     parser.add_argument("--batch-size", type=int, default=1)
     parser.add_argument("--repeats", type=int, default=3, help="timed runs of the training-side measurements")
-    parser.add_argument("--forward-repeats", type=int, default=7,
-                        help="interleaved dense / MoE forward pairs (cheap; the ratio is noisy on a shared CPU)")
+    parser.add_argument(
+        "--forward-repeats",
+        type=int,
+        default=7,
+        help="interleaved dense / MoE forward pairs (cheap; the ratio is noisy on a shared CPU)",
+    )
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     parser.add_argument("--quick", action="store_true", help="32 px, 2 layers: a smoke run, not a measurement")
+    parser.add_argument(
+        "--granularity", default="token", choices=("token", "frame", "clip", "model"), help=argparse.SUPPRESS
+    )  # passed to the workers by --step-ratio
+    parser.add_argument(
+        "--step-ratio",
+        action="store_true",
+        help="only the PGD-AT and J-TLAT steps, with token and with model-level routing, written to "
+        "docs/bench_scale_steps.md (J-TLAT's cost at matched attack steps at real size)",
+    )
     parser.add_argument("--output", default=None)
     parser.add_argument("--worker", default=None, help=argparse.SUPPRESS)  # "model:measurement:kernel"
     return parser.parse_args(argv)
@@ -65,8 +81,14 @@ def dense_config(name: str, quick: bool):
     ``quick``. `scripts/gpu_check.py` builds its models from the same configs."""
     kwargs = dict(num_labels=101)
     if quick:
-        kwargs.update(image_size=32, num_hidden_layers=2, hidden_size=64, intermediate_size=128, num_attention_heads=2,
-                      num_frames=4)
+        kwargs.update(
+            image_size=32,
+            num_hidden_layers=2,
+            hidden_size=64,
+            intermediate_size=128,
+            num_attention_heads=2,
+            num_frames=4,
+        )
     return MODELS[name].dense_model_class.config_class(**kwargs)
 
 
@@ -74,7 +96,9 @@ def build(name: str, args, kernel: str | None):
     moe_cls = MODELS[name]
     torch.manual_seed(0)
     dense = moe_cls.dense_model_class(dense_config(name, args.quick))
-    moe = moe_cls.from_dense(dense, num_experts=4, num_experts_per_tok=1, expert_init="drop_upcycling")
+    moe = moe_cls.from_dense(
+        dense, num_experts=4, num_experts_per_tok=1, expert_init="drop_upcycling", router_granularity=args.granularity
+    )
     dtype = getattr(torch, args.dtype)
     dense = dense.to(args.device, dtype)
     moe = moe.to(args.device, dtype)
@@ -133,9 +157,18 @@ def trainer_step_seconds(moe, method: str, args) -> list[float]:
 
     # A base-size J-TLAT step takes minutes on a CPU: one warm-up step, then `repeats` timed ones in the same run.
     training_args = AdversarialTrainingArguments(
-        output_dir="/tmp/bench_scale", adv_method=method, adv_eps=4 / 255, adv_steps=2, max_steps=1 + args.repeats,
-        per_device_train_batch_size=args.batch_size, report_to=[], save_strategy="no", logging_strategy="no",
-        disable_tqdm=True, use_cpu=args.device == "cpu", bf16=args.dtype == "bfloat16" and args.device != "cpu",
+        output_dir="/tmp/bench_scale",
+        adv_method=method,
+        adv_eps=4 / 255,
+        adv_steps=2,
+        max_steps=1 + args.repeats,
+        per_device_train_batch_size=args.batch_size,
+        report_to=[],
+        save_strategy="no",
+        logging_strategy="no",
+        disable_tqdm=True,
+        use_cpu=args.device == "cpu",
+        bf16=args.dtype == "bfloat16" and args.device != "cpu",
     )
     trainer_cls = JTLATTrainer if method == "j-tlat" else AdversarialTrainer
     trainer = trainer_cls(model=moe, args=training_args, train_dataset=data, callbacks=[StepTimes()])
@@ -155,9 +188,13 @@ def worker(args) -> dict:
     result: dict = {"model_mb": before}
     if measurement == "cost":
         moe_cost, dense_cost = count_cost(moe.float().cpu()), count_cost(dense.float().cpu())
-        result.update(moe_gflops=moe_cost.flops / 1e9, dense_gflops=dense_cost.flops / 1e9,
-                      active=moe_cost.active_parameters, total=moe_cost.total_parameters,
-                      dense_params=dense_cost.total_parameters)
+        result.update(
+            moe_gflops=moe_cost.flops / 1e9,
+            dense_gflops=dense_cost.flops / 1e9,
+            active=moe_cost.active_parameters,
+            total=moe_cost.total_parameters,
+            dense_params=dense_cost.total_parameters,
+        )
     elif measurement == "forward":
         dense.eval(), moe.eval()
         mean = torch.tensor(moe.config.image_mean, device=args.device).view(1, 1, -1, 1, 1)
@@ -197,9 +234,26 @@ def worker(args) -> dict:
 
 
 def run_worker(args, spec: str) -> dict:
-    command = [sys.executable, __file__, "--worker", spec, "--device", args.device, "--dtype", args.dtype,
-               "--batch-size", str(args.batch_size), "--repeats", str(args.repeats), "--threads", str(args.threads),
-               "--forward-repeats", str(args.forward_repeats)]
+    command = [
+        sys.executable,
+        __file__,
+        "--worker",
+        spec,
+        "--device",
+        args.device,
+        "--dtype",
+        args.dtype,
+        "--batch-size",
+        str(args.batch_size),
+        "--repeats",
+        str(args.repeats),
+        "--threads",
+        str(args.threads),
+        "--forward-repeats",
+        str(args.forward_repeats),
+        "--granularity",
+        args.granularity,
+    ]
     if args.quick:
         command.append("--quick")
     print(f"  {spec} ...", flush=True)
@@ -220,8 +274,14 @@ def main(argv=None):
     if args.worker:
         print(json.dumps(worker(args)))
         return
+    if args.step_ratio:
+        return step_ratio(args)
     cuda = args.device.startswith("cuda")
-    kernels = [args.experts_implementation] if args.experts_implementation else (["grouped_mm", "eager"] if cuda else ["eager"])
+    kernels = (
+        [args.experts_implementation]
+        if args.experts_implementation
+        else (["grouped_mm", "eager"] if cuda else ["eager"])
+    )
     results: dict = {}
     for name in [m for m in args.models.split(",") if m]:
         if name not in MODELS:
@@ -231,12 +291,45 @@ def main(argv=None):
         for kernel in kernels:
             results[name][kernel] = {m: run_worker(args, f"{name}:{m}:{kernel}") for m in MEASUREMENTS if m != "cost"}
     text = report(args, kernels, results)
-    output = args.output or os.path.join("docs", "bench_scale.md" if not cuda else f"bench_scale_{args.device.split(':')[0]}.md")
+    output = args.output or os.path.join(
+        "docs", "bench_scale.md" if not cuda else f"bench_scale_{args.device.split(':')[0]}.md"
+    )
     os.makedirs(os.path.dirname(os.path.abspath(output)), exist_ok=True)
     with open(output, "w", encoding="utf-8") as f:
         f.write(text)
     print(text)
     print(f"Wrote {output}")
+
+
+def step_ratio(args) -> None:
+    """PGD-AT and J-TLAT optimizer steps of VideoMAE-base-MoE with token and with model-level routing."""
+    kernel = args.experts_implementation or "eager"
+    rows = []
+    for granularity in ("token", "model"):
+        args.granularity = granularity
+        pgd = median(run_worker(args, f"videomae:pgd_at_step:{kernel}")["seconds"])
+        jtlat = median(run_worker(args, f"videomae:jtlat_step:{kernel}")["seconds"])
+        rows.append(f"| {granularity} | {pgd:.2f} | {jtlat:.2f} | {jtlat / pgd:.2f} |")
+    command = " ".join(["python", "scripts/bench_scale.py", *sys.argv[1:]])
+    text = (
+        "\n".join(
+            [
+                "# J-TLAT vs PGD-AT at real size\n",
+                f"Generated by `{command}`. {platform.machine()} CPU, {torch.get_num_threads()} threads, torch "
+                f"{torch.__version__}, {args.dtype}, batch {args.batch_size}, `{kernel}` experts, medians of {args.repeats} "
+                "optimizer steps after one warm-up, each measurement in its own process. VideoMAE-base (16 frames, 224 px) "
+                "upcycled to 4 experts, top-1; both methods with 2-step attacks at ε = 4/255 (matched attack steps).\n",
+                "| routing | PGD-AT step (s) | J-TLAT step (s) | J-TLAT × PGD-AT |",
+                "|---|---:|---:|---:|",
+                *rows,
+            ]
+        )
+        + "\n"
+    )
+    output = args.output or os.path.join("docs", "bench_scale_steps.md")
+    with open(output, "w", encoding="utf-8") as f:
+        f.write(text)
+    print(text)
 
 
 def report(args, kernels, results) -> str:
@@ -274,11 +367,21 @@ def report(args, kernels, results) -> str:
                 f"{memory_ckpt / memory:.2f} | {median(r['attack_step']['seconds']):.2f} | "
                 f"{median(r['pgd_at_step']['seconds']):.2f} | {median(r['jtlat_step']['seconds']):.2f} |"
             )
-            verdicts.append((f"{name} `{kernel}`: training-step memory with checkpointing ≤ "
-                             f"{CHECKPOINT_MEMORY_TARGET}× without", memory_ckpt / memory, memory_ckpt / memory <= CHECKPOINT_MEMORY_TARGET))
+            verdicts.append(
+                (
+                    f"{name} `{kernel}`: training-step memory with checkpointing ≤ {CHECKPOINT_MEMORY_TARGET}× without",
+                    memory_ckpt / memory,
+                    memory_ckpt / memory <= CHECKPOINT_MEMORY_TARGET,
+                )
+            )
             if not cuda:
-                verdicts.append((f"{name}: MoE forward ≤ {FORWARD_TARGET}× dense (top-1)", forward_ratio,
-                                 forward_ratio <= FORWARD_TARGET))
+                verdicts.append(
+                    (
+                        f"{name}: MoE forward ≤ {FORWARD_TARGET}× dense (top-1)",
+                        forward_ratio,
+                        forward_ratio <= FORWARD_TARGET,
+                    )
+                )
     lines += ["", "| target | value | result |", "|---|---:|---|"]
     lines += [f"| {label} | {value:.2f} | {'PASS' if ok else 'FAIL'} |" for label, value, ok in verdicts]
     lines += [

@@ -40,8 +40,9 @@ from hf_videomoe.data import make_moving_shapes  # noqa: E402
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--model", type=Path, default=REPO_ROOT / "outputs" / "demo" / "moe")
     parser.add_argument("--eps", type=float, default=4.0, help="budget in /255 units (the demo's training budget)")
     parser.add_argument("--steps", type=int, default=2, help="steps of the training attacks (the demo's)")
@@ -55,8 +56,9 @@ def main(argv=None) -> int:
     torch.manual_seed(0)
     model = AutoModelForVideoClassification.from_pretrained(args.model).eval()
     config = model.config
-    train = make_moving_shapes(2400, num_frames=config.num_frames, image_size=config.image_size, seed=0,
-                               difficulty="easy")["train"]
+    train = make_moving_shapes(
+        2400, num_frames=config.num_frames, image_size=config.image_size, seed=0, difficulty="easy"
+    )["train"]
     columns = train.select(range(min(args.num_samples, len(train)))).with_format("torch")[:]
     x, y = columns["pixel_values"].float(), columns["labels"].long()
     settings = {"eps": args.eps / 255, "steps": args.steps, "seed": 0, "selection": "objective"}
@@ -74,15 +76,22 @@ def main(argv=None) -> int:
         clean_expert = expert_ctx.clean_expert_logits.float()
         adv_expert = expert_objective(model, x_router, expert_ctx).logits.float()
     terms = {
-        "router (step 1: TLGA-R examples)": (router_consistency_ce(router_rl, clean_rl),
-                                             router_lipschitz_ratio(clean_rl, router_rl, x, x_router)),
-        "expert (step 2: TLGA-R examples, clean top-1 path)": (ce_loss(adv_expert, y),
-                                                               lipschitz_ratio(clean_expert, adv_expert, x, x_router)),
-        "model (step 3: J-TLGA examples)": (ce_loss(model_logits, y),
-                                            lipschitz_ratio(clean_logits.float(), model_logits, x, x_model)),
+        "router (step 1: TLGA-R examples)": (
+            router_consistency_ce(router_rl, clean_rl),
+            router_lipschitz_ratio(clean_rl, router_rl, x, x_router),
+        ),
+        "expert (step 2: TLGA-R examples, clean top-1 path)": (
+            ce_loss(adv_expert, y),
+            lipschitz_ratio(clean_expert, adv_expert, x, x_router),
+        ),
+        "model (step 3: J-TLGA examples)": (
+            ce_loss(model_logits, y),
+            lipschitz_ratio(clean_logits.float(), model_logits, x, x_model),
+        ),
     }
-    command = "python scripts/calibrate_lipschitz.py" + ("" if argv is None and len(sys.argv) == 1
-                                                         else " " + " ".join(sys.argv[1:] if argv is None else argv))
+    command = "python scripts/calibrate_lipschitz.py" + (
+        "" if argv is None and len(sys.argv) == 1 else " " + " ".join(sys.argv[1:] if argv is None else argv)
+    )
     model_name = args.model.relative_to(REPO_ROOT) if args.model.is_relative_to(REPO_ROOT) else args.model
     lines = [
         "# Lipschitz weights calibrated as a fraction of their cross-entropy",
@@ -92,8 +101,7 @@ def main(argv=None) -> int:
         f"Model: `{model_name}`; {len(y)} MovingShapes training clips; J-TLAT's training attacks with λ = 0, "
         f"{args.steps} steps at ε = {args.eps:g}/255. Each λ = {args.fraction:g} × median CE / median L_Lip.",
         "",
-        "| term | CE (median) | L_Lip (median) | L_Lip (mean) | λ for λ·L_Lip = "
-        f"{args.fraction:g}·CE |",
+        f"| term | CE (median) | L_Lip (median) | L_Lip (mean) | λ for λ·L_Lip = {args.fraction:g}·CE |",
         "|---|---:|---:|---:|---:|",
     ]
     for label, (ce, lip) in terms.items():

@@ -59,10 +59,19 @@ class PermuteFrames:
 def build_model(args, seed: int) -> VideoMAEMoeForVideoClassification:
     torch.manual_seed(seed)
     config = VideoMAEMoeConfig(
-        image_size=args.image_size, patch_size=8, num_frames=args.num_frames, tubelet_size=2,
-        hidden_size=args.hidden_size, num_hidden_layers=args.num_layers, num_attention_heads=4,
-        intermediate_size=4 * args.hidden_size, num_labels=8,
-        num_experts=4, num_experts_per_tok=1, image_mean=[0.5] * 3, image_std=[0.25] * 3,
+        image_size=args.image_size,
+        patch_size=8,
+        num_frames=args.num_frames,
+        tubelet_size=2,
+        hidden_size=args.hidden_size,
+        num_hidden_layers=args.num_layers,
+        num_attention_heads=4,
+        intermediate_size=4 * args.hidden_size,
+        num_labels=8,
+        num_experts=4,
+        num_experts_per_tok=1,
+        image_mean=[0.5] * 3,
+        image_std=[0.25] * 3,
     )
     return VideoMAEMoeForVideoClassification(config)
 
@@ -86,13 +95,29 @@ def within_pair_accuracy(predictions: torch.Tensor, labels: torch.Tensor) -> flo
 
 def train(model, data, collator, args, output_dir: Path) -> float:
     training_args = TrainingArguments(
-        output_dir=str(output_dir), num_train_epochs=args.max_epochs, per_device_train_batch_size=32,
-        learning_rate=args.learning_rate, weight_decay=0.05, warmup_steps=20, lr_scheduler_type="cosine", save_strategy="no",
-        eval_strategy="no", logging_steps=50, report_to=[], seed=args.seed, use_cpu=True, disable_tqdm=True,
+        output_dir=str(output_dir),
+        num_train_epochs=args.max_epochs,
+        per_device_train_batch_size=32,
+        learning_rate=args.learning_rate,
+        weight_decay=0.05,
+        warmup_steps=20,
+        lr_scheduler_type="cosine",
+        save_strategy="no",
+        eval_strategy="no",
+        logging_steps=50,
+        report_to=[],
+        seed=args.seed,
+        use_cpu=True,
+        disable_tqdm=True,
     )
     start = time.perf_counter()
-    Trainer(model=model, args=training_args, train_dataset=data["train"], data_collator=collator,
-            callbacks=[WallClockBudget(args.budget_seconds)]).train()
+    Trainer(
+        model=model,
+        args=training_args,
+        train_dataset=data["train"],
+        data_collator=collator,
+        callbacks=[WallClockBudget(args.budget_seconds)],
+    ).train()
     return time.perf_counter() - start
 
 
@@ -113,8 +138,13 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
 
-    data = make_moving_shapes(args.num_videos, num_frames=args.num_frames, image_size=args.image_size,
-                              seed=args.seed, difficulty=args.difficulty)
+    data = make_moving_shapes(
+        args.num_videos,
+        num_frames=args.num_frames,
+        image_size=args.image_size,
+        seed=args.seed,
+        difficulty=args.difficulty,
+    )
     collator = VideoCollator()
     test = data["test"]
     scratch = Path("outputs/check_benchmark")
@@ -132,8 +162,8 @@ def main() -> None:
     blind_predictions, _ = predict(blind, test, PermuteFrames(collator, args.seed + 1))
 
     result = {
-        "command": "python scripts/check_benchmark.py " + " ".join(
-            f"--{k.replace('_', '-')} {v}" for k, v in vars(args).items() if k != "output"),
+        "command": "python scripts/check_benchmark.py "
+        + " ".join(f"--{k.replace('_', '-')} {v}" for k, v in vars(args).items() if k != "output"),
         "threads": torch.get_num_threads(),
         "train_clips": len(data["train"]),
         "test_clips": len(test),
@@ -156,8 +186,10 @@ def main() -> None:
 
 
 def _reverse_frames(batch):
-    return {"pixel_values": [torch.as_tensor(clip).flip(0) for clip in batch["pixel_values"]],
-            "labels": batch["labels"]}
+    return {
+        "pixel_values": [torch.as_tensor(clip).flip(0) for clip in batch["pixel_values"]],
+        "labels": batch["labels"],
+    }
 
 
 if __name__ == "__main__":

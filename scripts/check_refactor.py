@@ -48,8 +48,11 @@ def run(tree: Path, args: list[str], log: Path) -> None:
 def outputs(tree: Path, out: Path, demo_settings: dict) -> dict:
     """The numbers of both quick modes run in ``tree``, keyed by file."""
     run(tree, ["-c", DEMO, str(out / "demo"), json.dumps(demo_settings)], out / "demo.log")
-    run(tree, [str(tree / "scripts" / "reproduce_paper.py"), "--quick", "--threads", "1", "--output-dir",
-               str(out / "repro")], out / "repro.log")
+    run(
+        tree,
+        [str(tree / "scripts" / "reproduce_paper.py"), "--quick", "--threads", "1", "--output-dir", str(out / "repro")],
+        out / "repro.log",
+    )
     found = {"demo/summary.json": json.loads((out / "demo" / "summary.json").read_text())["results"]}
     for path in sorted((out / "repro").rglob("*.json")):
         found[str(path.relative_to(out))] = json.loads(path.read_text())
@@ -81,8 +84,12 @@ def main(argv=None) -> int:
     with tempfile.TemporaryDirectory(prefix="check_refactor_") as tmp:
         tmp = Path(tmp)
         reference_tree = tmp / "reference"
-        subprocess.run(["git", "worktree", "add", "--detach", str(reference_tree), args.reference], cwd=ROOT,
-                       check=True, capture_output=True)
+        subprocess.run(
+            ["git", "worktree", "add", "--detach", str(reference_tree), args.reference],
+            cwd=ROOT,
+            check=True,
+            capture_output=True,
+        )
         try:
             (tmp / "ref_out").mkdir()
             (tmp / "cur_out").mkdir()

@@ -43,8 +43,11 @@ def scan(root: Path, package: str = "hf_videomoe"):
         tree = ast.parse(path.read_text(), filename=str(path))
         is_package = path.name == "__init__.py"
         type_checking_only = {
-            id(child) for node in ast.walk(tree) if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test)
-            for stmt in node.body for child in ast.walk(stmt)
+            id(child)
+            for node in ast.walk(tree)
+            if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test)
+            for stmt in node.body
+            for child in ast.walk(stmt)
         }
         for node in ast.walk(tree):
             if id(node) in type_checking_only:  # annotations only: never imported at run time
@@ -70,6 +73,7 @@ def scan(root: Path, package: str = "hf_videomoe"):
 
 def import_cycles(imports: dict[str, set[str]]) -> list[list[str]]:
     """Cycles between modules, ignoring edges into a package's own ``__init__`` (re-exports)."""
+
     def parent_packages(name: str) -> set[str]:
         parts = name.split(".")
         return {".".join(parts[:i]) for i in range(1, len(parts))}
@@ -108,7 +112,9 @@ def import_cycles(imports: dict[str, set[str]]) -> list[list[str]]:
 def check(root: Path) -> dict:
     modules, imports, private = scan(root)
     long_modules = {
-        str(path.relative_to(root)): n for path in modules.values() if (n := len(path.read_text().splitlines())) > MAX_LINES
+        str(path.relative_to(root)): n
+        for path in modules.values()
+        if (n := len(path.read_text().splitlines())) > MAX_LINES
     }
     return {"import_cycles": import_cycles(imports), "long_modules": long_modules, "private_imports": private}
 
@@ -119,11 +125,14 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     result = check(Path(args.root))
     failed = False
-    for key, title in (("import_cycles", "import loops"), ("long_modules", f"modules over {MAX_LINES} lines"),
-                       ("private_imports", "underscore names imported from another module")):
+    for key, title in (
+        ("import_cycles", "import loops"),
+        ("long_modules", f"modules over {MAX_LINES} lines"),
+        ("private_imports", "underscore names imported from another module"),
+    ):
         items = result[key]
         print(f"{title}: {len(items)}")
-        for item in (items.items() if isinstance(items, dict) else items):
+        for item in items.items() if isinstance(items, dict) else items:
             print(f"  {item}")
         failed |= bool(items)
     return 1 if failed else 0

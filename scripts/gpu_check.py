@@ -24,6 +24,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import torch  # noqa: E402
 from bench_scale import MODELS, dense_config  # noqa: E402  (this folder: the same models as the scale benchmark)
+
 from hf_videomoe.attacks import build_attack  # noqa: E402
 
 LABELS = {"videomae": "VideoMAE-base", "timesformer": "TimeSformer-base"}
@@ -81,7 +82,9 @@ def main(argv=None) -> int:
         with torch.no_grad():
             out = moe(x)
             reference = dense(((x - mean) / std).to(dtype)).logits
-        check(f"{name}: router logits float32 in a bf16 model", all(r.dtype == torch.float32 for r in out.router_logits))
+        check(
+            f"{name}: router logits float32 in a bf16 model", all(r.dtype == torch.float32 for r in out.router_logits)
+        )
         diff = (out.logits.float() - reference.float()).abs().max().item()
         check(f"{name}: upcycling exact in bf16 (MoE vs dense logits)", diff <= 0.05, f"max |Δ| = {diff:.4f}")
 
@@ -90,24 +93,30 @@ def main(argv=None) -> int:
             moe.set_experts_implementation(kernel)
             with torch.no_grad():
                 moe(x)  # warm-up
-                timings.append((name, f"forward ({kernel}), batch {args.batch_size}",
-                                seconds(lambda: moe(x), args.device)))
+                label = f"forward ({kernel}), batch {args.batch_size}"
+                timings.append((name, label, seconds(lambda: moe(x), args.device)))  # noqa: F821 (called before the del)
                 kernel_logits[kernel] = moe(x).logits.float()
         diff = (kernel_logits["eager"] - kernel_logits["grouped_mm"]).abs().max().item()
         agree = (kernel_logits["eager"].argmax(-1) == kernel_logits["grouped_mm"].argmax(-1)).float().mean().item()
-        check(f"{name}: grouped_mm equals eager", diff <= 0.05 and agree == 1.0,
-              f"max |Δ logits| = {diff:.4f}, same prediction on {100 * agree:.0f} % of clips")
+        check(
+            f"{name}: grouped_mm equals eager",
+            diff <= 0.05 and agree == 1.0,
+            f"max |Δ logits| = {diff:.4f}, same prediction on {100 * agree:.0f} % of clips",
+        )
         moe.set_experts_implementation("grouped_mm" if args.device.startswith("cuda") else "eager")
 
         batch = {"pixel_values": x, "labels": labels}
         for attack_name in ATTACKS:
             attack = build_attack(attack_name, eps=4 / 255, steps=args.attack_steps, seed=0)
             holder = {}
-            elapsed = seconds(lambda: holder.update(adv=attack(moe, batch)["pixel_values"]), args.device)
+            elapsed = seconds(lambda: holder.update(adv=attack(moe, batch)["pixel_values"]), args.device)  # noqa: F821
             adv = holder["adv"]
             inside = (adv - x).abs().max().item() <= 4 / 255 + 1e-3 and adv.min() >= 0 and adv.max() <= 1
-            check(f"{name}: {attack_name} in bf16 stays in the ε-ball and [0, 1]",
-                  inside and torch.isfinite(adv).all().item(), f"{elapsed:.2f} s for {args.attack_steps} steps")
+            check(
+                f"{name}: {attack_name} in bf16 stays in the ε-ball and [0, 1]",
+                inside and torch.isfinite(adv).all().item(),
+                f"{elapsed:.2f} s for {args.attack_steps} steps",
+            )
             timings.append((name, f"{attack_name}, {args.attack_steps} steps, batch {args.batch_size}", elapsed))
 
         check(f"{name}: J-TLAT steps in bf16 with checkpointing", *jtlat_steps(moe, x, labels, args, timings, name))
@@ -128,13 +137,25 @@ def jtlat_steps(moe, x, labels, args, timings, name) -> tuple[bool, str]:
 
     data = Dataset.from_dict({"pixel_values": x.float().cpu().numpy(), "labels": labels.cpu().tolist()})
     training_args = AdversarialTrainingArguments(
-        output_dir="/tmp/gpu_check_jtlat", adv_method="j-tlat", adv_eps=4 / 255, adv_steps=2, max_steps=3,
-        per_device_train_batch_size=args.batch_size, bf16=args.device.startswith("cuda"), gradient_checkpointing=True,
-        report_to=[], save_strategy="no", logging_steps=1, disable_tqdm=True, use_cpu=args.device == "cpu",
+        output_dir="/tmp/gpu_check_jtlat",
+        adv_method="j-tlat",
+        adv_eps=4 / 255,
+        adv_steps=2,
+        max_steps=3,
+        per_device_train_batch_size=args.batch_size,
+        bf16=args.device.startswith("cuda"),
+        gradient_checkpointing=True,
+        report_to=[],
+        save_strategy="no",
+        logging_steps=1,
+        disable_tqdm=True,
+        use_cpu=args.device == "cpu",
     )
     trainer = JTLATTrainer(model=moe.float().train(), args=training_args, train_dataset=data.with_format("torch"))
     elapsed = seconds(trainer.train, args.device)
-    timings.append((name, f"J-TLAT, 3 optimizer steps, batch {args.batch_size} (bf16 autocast, checkpointing)", elapsed))
+    timings.append(
+        (name, f"J-TLAT, 3 optimizer steps, batch {args.batch_size} (bf16 autocast, checkpointing)", elapsed)
+    )
     losses = [entry["loss"] for entry in trainer.state.log_history if "loss" in entry]
     finite = bool(losses) and all(torch.isfinite(torch.tensor(loss)) for loss in losses)
     moe.to(torch.bfloat16).eval()

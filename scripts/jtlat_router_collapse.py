@@ -29,32 +29,67 @@ from hf_videomoe.training import JTLATTrainer  # noqa: E402
 
 VARIANTS = {
     "paper": ("paper's step 1 (no balance term)", {"jtlat_router_balance_weight": 0.0}),
-    "balance-0.1": ("Switch balance, weight 0.1", {"jtlat_router_balance": "switch", "jtlat_router_balance_weight": 0.1}),
-    "balance-1.0": ("Switch balance, weight 1.0", {"jtlat_router_balance": "switch", "jtlat_router_balance_weight": 1.0}),
-    "soft": ("soft target, Switch balance 0.1",
-             {"jtlat_router_target": "soft", "jtlat_router_balance": "switch", "jtlat_router_balance_weight": 0.1}),
-    "sharp-1.0": ("sharp balance (τ = 0.1), weight 1.0 (default)",
-                  {"jtlat_router_balance": "sharp", "jtlat_router_balance_weight": 1.0}),
+    "balance-0.1": (
+        "Switch balance, weight 0.1",
+        {"jtlat_router_balance": "switch", "jtlat_router_balance_weight": 0.1},
+    ),
+    "balance-1.0": (
+        "Switch balance, weight 1.0",
+        {"jtlat_router_balance": "switch", "jtlat_router_balance_weight": 1.0},
+    ),
+    "soft": (
+        "soft target, Switch balance 0.1",
+        {"jtlat_router_target": "soft", "jtlat_router_balance": "switch", "jtlat_router_balance_weight": 0.1},
+    ),
+    "sharp-1.0": (
+        "sharp balance (τ = 0.1), weight 1.0 (default)",
+        {"jtlat_router_balance": "sharp", "jtlat_router_balance_weight": 1.0},
+    ),
 }
 
 
 def run_variant(name: str, overrides: dict, upcycled: Path, output_dir: Path, seed: int) -> dict:
     settings = DemoSettings()
-    data = make_moving_shapes(settings.num_videos, num_frames=settings.num_frames, image_size=settings.image_size,
-                              seed=seed, difficulty=settings.difficulty)
+    data = make_moving_shapes(
+        settings.num_videos,
+        num_frames=settings.num_frames,
+        image_size=settings.image_size,
+        seed=seed,
+        difficulty=settings.difficulty,
+    )
     model = VideoMAEMoeForVideoClassification.from_pretrained(upcycled)
-    args = settings.training_arguments(output_dir / name, settings.adv_epochs, settings.adv_learning_rate, seed,
-                               adv_method="j-tlat", adv_eps=settings.eps, adv_steps=settings.adv_steps, **overrides)
+    args = settings.training_arguments(
+        output_dir / name,
+        settings.adv_epochs,
+        settings.adv_learning_rate,
+        seed,
+        adv_method="j-tlat",
+        adv_eps=settings.eps,
+        adv_steps=settings.adv_steps,
+        **overrides,
+    )
     start = time.perf_counter()
     JTLATTrainer(model=model, args=args, train_dataset=data["train"], data_collator=VideoCollator()).train()
     seconds = time.perf_counter() - start
     eval_set = data["test"].select(range(min(settings.eval_samples, len(data["test"]))))
-    report = evaluate_robustness(model.eval(), eval_set, attacks=list(DEMO_ATTACKS), eps=settings.eps,
-                                 steps=settings.eval_steps, seed=seed, batch_size=settings.batch_size)
-    return {"variant": name, "train_seconds": seconds, "clean": report.clean_accuracy, **report.robust_accuracy,
-            "worst_case": report.worst_case_accuracy,
-            "busiest_expert_share": [max(layer) for layer in report.expert_usage["clean"]],
-            "routing_change_tlga_r": report.routing_change.get("tlga-r")}
+    report = evaluate_robustness(
+        model.eval(),
+        eval_set,
+        attacks=list(DEMO_ATTACKS),
+        eps=settings.eps,
+        steps=settings.eval_steps,
+        seed=seed,
+        batch_size=settings.batch_size,
+    )
+    return {
+        "variant": name,
+        "train_seconds": seconds,
+        "clean": report.clean_accuracy,
+        **report.robust_accuracy,
+        "worst_case": report.worst_case_accuracy,
+        "busiest_expert_share": [max(layer) for layer in report.expert_usage["clean"]],
+        "routing_change_tlga_r": report.routing_change.get("tlga-r"),
+    }
 
 
 def main(argv=None) -> int:
@@ -92,9 +127,11 @@ def main(argv=None) -> int:
     ]
     for label, r in rows:
         share = " / ".join(f"{s:.2f}" for s in r["busiest_expert_share"])
-        lines.append(f"| {label} | {100 * r['clean']:.1f} | {100 * r['pgd']:.1f} | {100 * r['tlga-r']:.1f} | "
-                     f"{100 * r['j-tlga']:.1f} | {100 * r['worst_case']:.1f} | {share} | "
-                     f"{r['routing_change_tlga_r']:.2f} | {r['train_seconds']:.0f} |")
+        lines.append(
+            f"| {label} | {100 * r['clean']:.1f} | {100 * r['pgd']:.1f} | {100 * r['tlga-r']:.1f} | "
+            f"{100 * r['j-tlga']:.1f} | {100 * r['worst_case']:.1f} | {share} | "
+            f"{r['routing_change_tlga_r']:.2f} | {r['train_seconds']:.0f} |"
+        )
     text = "\n".join(lines) + "\n"
     args.results_file.write_text(text)
     print(text)

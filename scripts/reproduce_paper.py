@@ -24,10 +24,12 @@ Usage::
 Every finished unit of work (dense checkpoint, upcycled checkpoint, each (seed, method) training run and each
 evaluation) is saved under ``--output-dir``; a rerun with the same settings skips what is done, so an interrupted run
 resumes where it stopped. The full run's default folder, ``results/reproduction2[-timesformer]``, keeps its JSON
-results and the weights later units need under version control (its .gitignore says which), so the run resumes on a
-fresh clone on any machine too: finished units are read from their JSON, kept checkpoints are loaded, and the others
-are retrained and checked against their recorded weight fingerprint (which only the same kind of machine
-reproduces). The tables are printed as Markdown and written to ``--results-file``.
+results and compressed per-clip reports under version control (its .gitignore says which), no weights, so the run
+resumes on a fresh clone too: finished units are read from their JSON, checkpoints on disk are loaded, and the others
+are retrained and checked against their recorded weight fingerprint. ``--reproducible`` (the default; it restarts the
+process with torch's, MKL's, oneDNN's and numpy's code paths pinned, one thread and deterministic algorithms, see
+``hf_videomoe.reproducibility``) makes that fingerprint the same on any x86-64 CPU; runs recorded without it
+reproduce only on the same kind of machine. The tables are printed as Markdown and written to ``--results-file``.
 """
 
 from __future__ import annotations
@@ -45,6 +47,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 import torch  # noqa: E402
 from transformers.utils import logging as hf_logging  # noqa: E402
 
+from hf_videomoe.reproducibility import enable_reproducible_mode  # noqa: E402
 from hf_videomoe.reproduction import (  # noqa: E402
     ABLATIONS,
     DEFENSES,
@@ -64,58 +67,112 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("--quick", action="store_true", help="tiny sizes, 1 seed, a couple of minutes (smoke test)")
     p.add_argument("--seeds", type=int, nargs="+", default=None, help="seeds of table (b) (default 0-4; quick: 0)")
-    p.add_argument("--ablation-seeds", type=int, nargs="+", default=None,
-                   help="seeds of the ablations (default: every seed of table (b))")
-    p.add_argument("--attack-table-seeds", type=int, nargs="*", default=None,
-                   help="seeds of table (a) at its extra ε (default: all seeds of table (b); none: give the flag alone). "
-                        "Table (a) at the training ε is MoE AT's own evaluation and always runs with it")
-    p.add_argument("--defenses", nargs="+", choices=list(DEFENSES), default=None,
-                   help="rows of table (b) to run, in this order (default: all). The primary comparison first: "
-                        "--defenses moe-at j-tlat moe-at-matched")
+    p.add_argument(
+        "--ablation-seeds",
+        type=int,
+        nargs="+",
+        default=None,
+        help="seeds of the ablations (default: every seed of table (b))",
+    )
+    p.add_argument(
+        "--attack-table-seeds",
+        type=int,
+        nargs="*",
+        default=None,
+        help="seeds of table (a) at its extra ε (default: all seeds of table (b); none: give the flag alone). "
+        "Table (a) at the training ε is MoE AT's own evaluation and always runs with it",
+    )
+    p.add_argument(
+        "--defenses",
+        nargs="+",
+        choices=list(DEFENSES),
+        default=None,
+        help="rows of table (b) to run, in this order (default: all). The primary comparison first: "
+        "--defenses moe-at j-tlat moe-at-matched",
+    )
     which_ablations = p.add_mutually_exclusive_group()
-    which_ablations.add_argument("--ablations", nargs="+", choices=list(ABLATIONS), default=None,
-                                 help="J-TLAT ablations to run, in this order, each on every ablation seed before the "
-                                      "next (default: all)")
+    which_ablations.add_argument(
+        "--ablations",
+        nargs="+",
+        choices=list(ABLATIONS),
+        default=None,
+        help="J-TLAT ablations to run, in this order, each on every ablation seed before the next (default: all)",
+    )
     which_ablations.add_argument("--skip-ablations", action="store_true", help="do not run the J-TLAT ablations")
     p.add_argument("--model-type", choices=["videomae", "timesformer"], default="videomae")
-    p.add_argument("--output-dir", type=Path, default=None,
-                   help="cache of checkpoints and JSON results (default results/reproduction2[-timesformer]; "
-                        "quick: outputs/reproduce-quick[-timesformer])")
-    p.add_argument("--results-file", type=Path, default=None,
-                   help="Markdown results (default docs/RESULTS_reproduction2[-timesformer].md, not the first "
-                        "reproduction's docs/RESULTS_reproduction.md; with --output-dir or --quick: "
-                        "<output-dir>/RESULTS.md)")
-    p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
-    p.add_argument("--status", action="store_true",
-                   help="print which jobs of this plan are done and the compute they recorded, then exit (runs nothing)")
-    p.add_argument("--train-eps", type=float, default=None,
-                   help="training ε in /255 units (default 4); also the ε of table (b) and the ablations")
-    p.add_argument("--eval-eps", type=float, nargs="+", default=None,
-                   help="extra ε of table (a) in /255 units (default 8 14); the training ε always comes first")
+    p.add_argument(
+        "--output-dir",
+        type=Path,
+        default=None,
+        help="cache of checkpoints and JSON results (default results/reproduction2[-timesformer]; "
+        "quick: outputs/reproduce-quick[-timesformer])",
+    )
+    p.add_argument(
+        "--results-file",
+        type=Path,
+        default=None,
+        help="Markdown results (default docs/RESULTS_reproduction2[-timesformer].md, not the first "
+        "reproduction's docs/RESULTS_reproduction.md; with --output-dir or --quick: "
+        "<output-dir>/RESULTS.md)",
+    )
+    p.add_argument(
+        "--threads", type=int, default=None, help="torch threads (default: torch's choice; --reproducible uses one)"
+    )
+    p.add_argument(
+        "--reproducible",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="pin the numeric code paths so training gives the same weights on any x86-64 CPU (restarts "
+        "the process; slower; default on)",
+    )
+    p.add_argument(
+        "--status",
+        action="store_true",
+        help="print which jobs of this plan are done and the compute they recorded, then exit (runs nothing)",
+    )
+    p.add_argument(
+        "--train-eps",
+        type=float,
+        default=None,
+        help="training ε in /255 units (default 4); also the ε of table (b) and the ablations",
+    )
+    p.add_argument(
+        "--eval-eps",
+        type=float,
+        nargs="+",
+        default=None,
+        help="extra ε of table (a) in /255 units (default 8 14); the training ε always comes first",
+    )
     return p.parse_args(argv)
 
 
 def status_markdown(progress: list[dict]) -> str:
     lines = ["| seed | jobs done | compute recorded (h) | not done yet |", "|---:|---:|---:|---|"]
     for row in progress:
-        missing = ", ".join(row["missing"][:4]) + (f", … ({len(row['missing'])} in all)" if len(row["missing"]) > 4
-                                                   else "")
-        lines.append(f"| {row['seed']} | {row['done']} / {row['planned']} | {row['seconds'] / 3600:.2f} | "
-                     f"{missing or '–'} |")
+        missing = ", ".join(row["missing"][:4]) + (
+            f", … ({len(row['missing'])} in all)" if len(row["missing"]) > 4 else ""
+        )
+        lines.append(
+            f"| {row['seed']} | {row['done']} / {row['planned']} | {row['seconds'] / 3600:.2f} | {missing or '–'} |"
+        )
     return "\n".join(lines)
 
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    command = "python scripts/reproduce_paper.py" + (" " + " ".join(map(shlex.quote, sys.argv[1:])) if argv is None
-                                                      else " " + " ".join(map(shlex.quote, argv)))
+    # First: may restart the process with the pinned environment (hf_videomoe.reproducibility).
+    reproducibility = enable_reproducible_mode(args.reproducible)
+    command = "python scripts/reproduce_paper.py" + (
+        " " + " ".join(map(shlex.quote, sys.argv[1:])) if argv is None else " " + " ".join(map(shlex.quote, argv))
+    )
     command = command.rstrip()
     hf_logging.set_verbosity_error()
-    if args.threads:
+    if args.threads and not reproducibility["enabled"]:
         torch.set_num_threads(args.threads)
     overrides = {"model_type": args.model_type}
     if args.train_eps is not None:
@@ -130,45 +187,87 @@ def main(argv=None) -> int:
     attack_table_seeds = args.attack_table_seeds if args.attack_table_seeds is not None else list(seeds)
     unknown = sorted(set(attack_table_seeds) - set(seeds))
     if unknown:
-        raise SystemExit(f"--attack-table-seeds {unknown} are not among --seeds {seeds} (table (a) uses table (b)'s "
-                         "MoE AT models).")
+        raise SystemExit(
+            f"--attack-table-seeds {unknown} are not among --seeds {seeds} (table (a) uses table (b)'s MoE AT models)."
+        )
     suffix = ("-quick" if args.quick else "") + ("-timesformer" if args.model_type == "timesformer" else "")
-    # The full run's cache is the tracked results/ folder (JSON and the weights later units need): it resumes
+    # The full run's cache is the tracked results/ folder (JSON results and compressed reports): it resumes
     # across machines and sessions.
-    output_dir = args.output_dir or (REPO_ROOT / "outputs" / f"reproduce{suffix}" if args.quick
-                                     else REPO_ROOT / "results" / f"reproduction2{suffix}")
+    output_dir = args.output_dir or (
+        REPO_ROOT / "outputs" / f"reproduce{suffix}" if args.quick else REPO_ROOT / "results" / f"reproduction2{suffix}"
+    )
     # A run on another cache (a part of the protocol, a trial) must not overwrite the full run's tracked results page.
-    results_file = args.results_file or (output_dir / "RESULTS.md" if args.quick or args.output_dir
-                                         else REPO_ROOT / "docs" / f"RESULTS_reproduction2{suffix}.md")
+    results_file = args.results_file or (
+        output_dir / "RESULTS.md"
+        if args.quick or args.output_dir
+        else REPO_ROOT / "docs" / f"RESULTS_reproduction2{suffix}.md"
+    )
 
     if args.status:
         if not (output_dir / "settings.json").exists():
             raise SystemExit(f"no reproduction results in {output_dir}")
-        repro = Reproduction(settings, output_dir, seeds, ablation_seeds, attack_table_seeds, args.skip_ablations,
-                             defenses=args.defenses, ablations=args.ablations)
+        repro = Reproduction(
+            settings,
+            output_dir,
+            seeds,
+            ablation_seeds,
+            attack_table_seeds,
+            args.skip_ablations,
+            defenses=args.defenses,
+            ablations=args.ablations,
+        )
         print(status_markdown(repro.progress()))
         return 0
 
     start = time.perf_counter()
-    log(f"output dir {output_dir}; seeds {seeds}; table (a) seeds {attack_table_seeds}; ablation seeds "
-        f"{[] if args.skip_ablations else ablation_seeds}; {machine_description()}")
-    repro = Reproduction(settings, output_dir, seeds, ablation_seeds, attack_table_seeds, args.skip_ablations,
-                         defenses=args.defenses, ablations=args.ablations)
+    log(
+        f"output dir {output_dir}; seeds {seeds}; table (a) seeds {attack_table_seeds}; ablation seeds "
+        f"{[] if args.skip_ablations else ablation_seeds}; {machine_description()}; reproducible mode "
+        f"{'on' if reproducibility['enabled'] else 'off'}"
+    )
+    repro = Reproduction(
+        settings,
+        output_dir,
+        seeds,
+        ablation_seeds,
+        attack_table_seeds,
+        args.skip_ablations,
+        defenses=args.defenses,
+        ablations=args.ablations,
+    )
     repro.run()
     wall = time.perf_counter() - start
 
     results = repro.collect()
     ab_seeds = [] if args.skip_ablations else ablation_seeds
     holds = what_holds(results, settings, ab_seeds)
-    write_json(output_dir / "results.json", {
-        "settings": settings.to_dict(), "seeds": seeds, "ablation_seeds": ab_seeds,
-        "attack_table_seeds": attack_table_seeds, "wall_seconds": wall, "command": command,
-        "results": {k: {str(kk): vv for kk, vv in v.items()} for k, v in results.items()},
-    })
-    text = write_results(results_file, settings, results, command=command, wall_seconds=wall,
-                         compute_seconds=compute_seconds(output_dir), seeds=seeds, ablation_seeds=ab_seeds,
-                         attack_table_seeds=attack_table_seeds, holds=holds, dense_clean=results["dense_clean"],
-                         software=software_of_results(output_dir))
+    write_json(
+        output_dir / "results.json",
+        {
+            "settings": settings.to_dict(),
+            "seeds": seeds,
+            "ablation_seeds": ab_seeds,
+            "attack_table_seeds": attack_table_seeds,
+            "wall_seconds": wall,
+            "command": command,
+            "reproducibility": reproducibility,
+            "results": {k: {str(kk): vv for kk, vv in v.items()} for k, v in results.items()},
+        },
+    )
+    text = write_results(
+        results_file,
+        settings,
+        results,
+        command=command,
+        wall_seconds=wall,
+        compute_seconds=compute_seconds(output_dir),
+        seeds=seeds,
+        ablation_seeds=ab_seeds,
+        attack_table_seeds=attack_table_seeds,
+        holds=holds,
+        dense_clean=results["dense_clean"],
+        software=software_of_results(output_dir),
+    )
     print()
     print(text.split("## Protocol", 1)[0].strip())
     print()

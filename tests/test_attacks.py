@@ -36,8 +36,22 @@ from hf_videomoe.attacks import (  # noqa: E402
 from hf_videomoe.attacks import objectives as O  # noqa: E402
 from hf_videomoe.moe import force_experts, moe_blocks, selected_experts  # noqa: E402
 
-CONTRACT_NAMES = ["fgsm", "pgd", "apgd-ce", "apgd-dlr", "apgd-t", "square", "tt", "pgd-r", "tla-r", "tlga-r", "tla-e",
-                  "tla-m", "j-tla", "j-tlga"]
+CONTRACT_NAMES = [
+    "fgsm",
+    "pgd",
+    "apgd-ce",
+    "apgd-dlr",
+    "apgd-t",
+    "square",
+    "tt",
+    "pgd-r",
+    "tla-r",
+    "tlga-r",
+    "tla-e",
+    "tla-m",
+    "j-tla",
+    "j-tlga",
+]
 ROUTER_ONLY = ["pgd-r", "tla-r", "tlga-r"]
 EPS = 8 / 255
 
@@ -48,8 +62,18 @@ EPS = 8 / 255
 
 
 def tiny_config(num_labels: int = 8, **kwargs) -> VideoMAEMoeConfig:
-    defaults = dict(image_size=16, patch_size=8, num_frames=4, tubelet_size=2, hidden_size=32, num_hidden_layers=2,
-                    num_attention_heads=2, intermediate_size=64, num_labels=num_labels, num_experts=4)
+    defaults = dict(
+        image_size=16,
+        patch_size=8,
+        num_frames=4,
+        tubelet_size=2,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+        num_labels=num_labels,
+        num_experts=4,
+    )
     defaults.update(kwargs)
     return VideoMAEMoeConfig(**defaults)
 
@@ -81,7 +105,7 @@ def make_motion(n: int, seed: int, frames: int = 4, size: int = 16):
         for f in range(frames):
             pos = a + speed * f if c in (1, 3) else a + span - speed * f
             row, col = (b, pos) if c < 2 else (pos, b)
-            x[i, f, :, row:row + side, col:col + side] += 0.15
+            x[i, f, :, row : row + side, col : col + side] += 0.15
     return x.clamp(0, 1), labels
 
 
@@ -178,8 +202,9 @@ def test_attributes_and_settings(name):
 
 
 def test_paper_weights_enter_the_objective():
-    attack = build_attack("j-tlga", lipschitz_weight=0.5, router_lipschitz_weight=0.25, guidance_weight=2.0,
-                          router_weight=3.0)
+    attack = build_attack(
+        "j-tlga", lipschitz_weight=0.5, router_lipschitz_weight=0.25, guidance_weight=2.0, router_weight=3.0
+    )
     objective = attack.build_objective()
     assert objective.lipschitz_weight == 0.5
     assert objective.router_ce_weight == 3.0
@@ -286,7 +311,7 @@ def test_batch_equals_samples_one_by_one(name, model, batch):
     attack = build_attack(name, **fast_kwargs(name))
     x, y = batch["pixel_values"], batch["labels"]
     whole = attack.perturb(model, x, y)
-    alone = torch.cat([attack.perturb(model, x[i:i + 1], y[i:i + 1]) for i in range(x.shape[0])])
+    alone = torch.cat([attack.perturb(model, x[i : i + 1], y[i : i + 1]) for i in range(x.shape[0])])
     reordered = attack.perturb(model, x.flip(0), y.flip(0)).flip(0)
     for other in (alone, reordered):
         mismatch = ((whole - other).abs() > 1e-5).float().mean().item()
@@ -332,8 +357,10 @@ def test_temporal_step_rules():
 
 def test_temporal_rules_change_the_attack(model, batch):
     x, y = batch["pixel_values"], batch["labels"]
-    results = {rule: build_attack("tla-m", steps=3, temporal_step=rule).perturb(model, x, y)
-               for rule in ("published", "uniform", "inverse", "normalized")}
+    results = {
+        rule: build_attack("tla-m", steps=3, temporal_step=rule).perturb(model, x, y)
+        for rule in ("published", "uniform", "inverse", "normalized")
+    }
     assert not torch.equal(results["published"], results["uniform"])
     assert not torch.equal(results["inverse"], results["uniform"])
     assert not torch.equal(results["normalized"], results["published"])
@@ -346,8 +373,16 @@ def test_normalized_step_moves_as_far_as_the_uniform_one(model, batch):
     eps = 8 / 255
     energy = {}
     for rule in ("uniform", "published", "normalized"):
-        attack = build_attack("tla-m", eps=eps, steps=1, step_size=eps / 2, random_start=False, temporal_step=rule,
-                              selection="last", lipschitz_weight=0.0)
+        attack = build_attack(
+            "tla-m",
+            eps=eps,
+            steps=1,
+            step_size=eps / 2,
+            random_start=False,
+            temporal_step=rule,
+            selection="last",
+            lipschitz_weight=0.0,
+        )
         delta = attack.perturb(model, x, y) - x
         energy[rule] = delta.abs().mean(dim=(2, 3, 4))  # (batch, frames): the frame's step, away from the box
     assert (energy["published"].mean(dim=1) < 0.9 * energy["uniform"].mean(dim=1)).all()
@@ -411,8 +446,9 @@ def test_selection_last_returns_final_iterate(model, batch):
 def test_targeted_mode(trained):
     model, x, y = trained
     targets = (y + 1) % 4
-    adv = build_attack("pgd", eps=0.25, steps=5, targeted=True)(model, {"pixel_values": x, "labels": y,
-                                                                       "target_labels": targets})["pixel_values"]
+    adv = build_attack("pgd", eps=0.25, steps=5, targeted=True)(
+        model, {"pixel_values": x, "labels": y, "target_labels": targets}
+    )["pixel_values"]
     with torch.no_grad():
         hit = (model(adv).logits.argmax(-1) == targets).float().mean().item()
     assert hit >= 0.9
@@ -536,8 +572,10 @@ def test_routing_change_zero_at_eps_zero_and_rises(trained):
     same = build_attack("pgd-r", eps=0.0).perturb(model, x)
     result = routing_change(model, x, same)
     assert result["overall"] == 0.0 and result["per_layer"] == [0.0, 0.0]
-    changes = [routing_change(model, x, build_attack("pgd-r", eps=e, steps=5).perturb(model, x))["overall"]
-               for e in (1 / 255, 4 / 255, 16 / 255)]
+    changes = [
+        routing_change(model, x, build_attack("pgd-r", eps=e, steps=5).perturb(model, x))["overall"]
+        for e in (1 / 255, 4 / 255, 16 / 255)
+    ]
     assert changes[0] < changes[1] < changes[2]
 
 
@@ -626,8 +664,9 @@ def test_objective_matches_the_paper_formula(model, batch):
     the public building blocks; λ_F and λ_R differ, so each must weigh its own ratio (and both ratios must count)."""
     x, y = batch["pixel_values"], batch["labels"]
     lam, lam_router, g1, g2 = 2.0, 20.0, 0.7, 1.3  # large: the ratios of an untrained model are ~0.01
-    objective = build_attack("j-tlga", lipschitz_weight=lam, router_lipschitz_weight=lam_router, guidance_weight=g1,
-                             router_weight=g2).build_objective()
+    objective = build_attack(
+        "j-tlga", lipschitz_weight=lam, router_lipschitz_weight=lam_router, guidance_weight=g1, router_weight=g2
+    ).build_objective()
     adv = (x + 0.02 * torch.randn(x.shape, generator=torch.Generator().manual_seed(0))).clamp(0, 1)
     with torch.no_grad():
         ctx = objective.prepare(model, x, y)
@@ -635,8 +674,11 @@ def test_objective_matches_the_paper_formula(model, batch):
         clean, attacked = model(x), model(adv)
     model_ratio = O.lipschitz_ratio(clean.logits, attacked.logits, x, adv)
     router_ratio = O.router_lipschitz_ratio(clean.router_logits, attacked.router_logits, x, adv)
-    router = (O.router_consistency_ce(attacked.router_logits, clean.router_logits) + lam_router * router_ratio
-              - g1 * O.guidance_ce(attacked.router_logits, O.weakest_expert(clean.router_logits)))
+    router = (
+        O.router_consistency_ce(attacked.router_logits, clean.router_logits)
+        + lam_router * router_ratio
+        - g1 * O.guidance_ce(attacked.router_logits, O.weakest_expert(clean.router_logits))
+    )
     expected = O.ce_loss(attacked.logits, y) + lam * model_ratio + g2 * router
     assert torch.allclose(value, expected, rtol=1e-4, atol=1e-5)
     # Both weighted ratios are far above the tolerance, and so is what swapping the two λs would change: leaving a
@@ -654,8 +696,9 @@ def test_fixed_lipschitz_denominator_keeps_the_value_and_drops_its_gradient(mode
     adv = (x + 0.02 * torch.randn(x.shape, generator=torch.Generator().manual_seed(0))).clamp(0, 1)
     values, grads = {}, {}
     for mode in ("gradient", "fixed"):
-        objective = build_attack("j-tlga", lipschitz_weight=lam, router_lipschitz_weight=lam,
-                                 lipschitz_denominator=mode).build_objective()
+        objective = build_attack(
+            "j-tlga", lipschitz_weight=lam, router_lipschitz_weight=lam, lipschitz_denominator=mode
+        ).build_objective()
         assert objective.lipschitz_denominator == mode
         with torch.no_grad():
             ctx = objective.prepare(model, x, y)
@@ -667,9 +710,9 @@ def test_fixed_lipschitz_denominator_keeps_the_value_and_drops_its_gradient(mode
     # The difference is exactly the gradient of the denominator term, λ·R·(-1/D)·∂D, for both Lipschitz ratios.
     with torch.no_grad():
         clean, attacked = model(x), model(adv)
-        numerator = (O.per_sample_mse(clean.logits, attacked.logits)
-                     + O.router_lipschitz_ratio(clean.router_logits, attacked.router_logits, x, adv)
-                     * O.per_sample_mse(x, adv))
+        numerator = O.per_sample_mse(clean.logits, attacked.logits) + O.router_lipschitz_ratio(
+            clean.router_logits, attacked.router_logits, x, adv
+        ) * O.per_sample_mse(x, adv)
     point = adv.clone().requires_grad_(True)
     denominator_term = lam * numerator / (O.per_sample_mse(x, point) + O.LIPSCHITZ_EPS)
     (expected,) = torch.autograd.grad(denominator_term.sum(), point)
@@ -740,8 +783,17 @@ def dense_classifier():
     from transformers import VideoMAEConfig, VideoMAEForVideoClassification
 
     torch.manual_seed(0)
-    config = VideoMAEConfig(image_size=16, patch_size=8, num_frames=4, tubelet_size=2, hidden_size=32,
-                            num_hidden_layers=2, num_attention_heads=2, intermediate_size=64, num_labels=8)
+    config = VideoMAEConfig(
+        image_size=16,
+        patch_size=8,
+        num_frames=4,
+        tubelet_size=2,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+        num_labels=8,
+    )
     return VideoMAEForVideoClassification(config).eval()
 
 
@@ -753,8 +805,10 @@ def test_dense_models(name, batch):
         adv = attack.perturb(dense, batch["pixel_values"], batch["labels"])
         assert_in_threat_model(adv, batch["pixel_values"], EPS, "linf")
     else:
-        with pytest.raises(ValueError, match="Attacks that apply to dense models: fgsm, pgd, apgd-ce, apgd-dlr, "
-                                             "apgd-t, square, tt, tla-m"):
+        with pytest.raises(
+            ValueError,
+            match="Attacks that apply to dense models: fgsm, pgd, apgd-ce, apgd-dlr, apgd-t, square, tt, tla-m",
+        ):
             attack.perturb(dense, batch["pixel_values"], batch["labels"])
 
 
@@ -772,9 +826,19 @@ def test_dense_model_on_normalised_inputs_with_bounds_none(batch):
 def test_granularities_and_timesformer(name, granularity, batch):
     x, y = batch["pixel_values"], batch["labels"]
     torch.manual_seed(0)
-    timesformer = TimesformerMoeForVideoClassification(TimesformerMoeConfig(
-        image_size=16, patch_size=8, num_frames=4, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-        intermediate_size=64, num_labels=8, router_granularity=granularity)).eval()
+    timesformer = TimesformerMoeForVideoClassification(
+        TimesformerMoeConfig(
+            image_size=16,
+            patch_size=8,
+            num_frames=4,
+            hidden_size=32,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            intermediate_size=64,
+            num_labels=8,
+            router_granularity=granularity,
+        )
+    ).eval()
     videomae = tiny_model(router_granularity=granularity)
     for model in (timesformer, videomae):
         adv = build_attack(name, steps=2).perturb(model, x, y)

@@ -44,7 +44,7 @@ def test_class_pairs():
     assert all(paired_class(paired_class(c)) == c for c in range(8))
     assert paired_class(torch.tensor(4)) == 5 and paired_class(np.int64(7)) == 6
     for bad in (-1, 8, 1.0, True):
-        with pytest.raises(ValueError):
+        with pytest.raises(ValueError, match=r"`label` must be an integer in \[0, 8\)"):
             paired_class(bad)
 
 
@@ -117,7 +117,7 @@ def test_moving_shapes_any_frame_count_and_size(num_frames, image_size, difficul
     ],
 )
 def test_moving_shapes_rejects_bad_arguments(kwargs):
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match=f"`{next(iter(kwargs))}`"):
         make_moving_shapes(16, **kwargs)
 
 
@@ -391,8 +391,14 @@ def test_truncated_video_is_sampled_from_the_frames_that_exist(tmp_path):
 
 def test_sample_frame_indices():
     np.testing.assert_array_equal(sample_frame_indices(5, 5), np.arange(5))
-    np.testing.assert_array_equal(sample_frame_indices(100, 3), [0, 50, 99])
+    np.testing.assert_array_equal(sample_frame_indices(100, 3), [0, 33, 66])
     np.testing.assert_array_equal(sample_frame_indices(3, 6), [0, 0, 1, 1, 2, 2])
+    # Uniform sampling picks the frames transformers' video processor picks (its default_sample_indices_fn).
+    from transformers.video_utils import VideoMetadata, default_sample_indices_fn
+
+    for available, wanted in ((16, 16), (100, 16), (301, 16), (17, 8), (250, 3)):
+        reference = default_sample_indices_fn(VideoMetadata(total_num_frames=available, fps=25.0), num_frames=wanted)
+        np.testing.assert_array_equal(sample_frame_indices(available, wanted), reference)
     np.testing.assert_array_equal(sample_frame_indices(12, 4, "segment"), [1, 4, 7, 10])
     for sampling in ("random", "segment"):
         for available, wanted in ((50, 8), (5, 8)):
@@ -402,9 +408,9 @@ def test_sample_frame_indices():
             assert len(first) == wanted and (np.diff(first) >= 0).all()
             assert first.min() >= 0 and first.max() < available
     assert len(set(sample_frame_indices(50, 8, "random", np.random.default_rng(0)).tolist())) == 8
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="Cannot sample frames from a video with 0 frames"):
         sample_frame_indices(0, 4)
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="`sampling` must be one of"):
         sample_frame_indices(4, 4, "dense")
 
 
@@ -494,8 +500,14 @@ def test_trainer_batches_both_dataset_kinds(tmp_path):
 
     def train(train_dataset, data_collator=None, **kwargs):
         args = TrainingArguments(
-            output_dir=str(tmp_path / "out"), max_steps=2, per_device_train_batch_size=4, use_cpu=True,
-            report_to=[], save_strategy="no", disable_tqdm=True, **kwargs,
+            output_dir=str(tmp_path / "out"),
+            max_steps=2,
+            per_device_train_batch_size=4,
+            use_cpu=True,
+            report_to=[],
+            save_strategy="no",
+            disable_tqdm=True,
+            **kwargs,
         )
         model = _MeanColourClassifier()
         return Trainer(model, args, train_dataset=train_dataset, data_collator=data_collator).train().global_step

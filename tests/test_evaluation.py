@@ -25,8 +25,8 @@ from hf_videomoe.evaluation import (  # noqa: E402
     evaluate_robustness,
     format_eps,
 )
-from hf_videomoe.evaluation.runner import BatchEvaluator  # noqa: E402
 from hf_videomoe.evaluation.flags import compute_flags  # noqa: E402
+from hf_videomoe.evaluation.runner import BatchEvaluator  # noqa: E402
 from hf_videomoe.moe import moe_blocks  # noqa: E402
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -50,8 +50,18 @@ MAIN_KWARGS = dict(
 
 
 def tiny_config(**overrides):
-    kwargs = dict(image_size=16, patch_size=8, num_frames=4, tubelet_size=2, hidden_size=32, num_hidden_layers=2,
-                  num_attention_heads=2, intermediate_size=64, num_labels=8, num_experts=4)
+    kwargs = dict(
+        image_size=16,
+        patch_size=8,
+        num_frames=4,
+        tubelet_size=2,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+        num_labels=8,
+        num_experts=4,
+    )
     kwargs.update(overrides)
     return VideoMAEMoeConfig(**kwargs)
 
@@ -184,8 +194,15 @@ def test_probability_outputs_are_flagged(model, data):
         def forward(self, pixel_values, **kwargs):
             return SimpleNamespace(logits=self.inner(pixel_values=pixel_values).logits.softmax(-1))
 
-    kwargs = dict(attacks=["pgd"], steps=1, batch_size=8, compute_cost=False, check_gradients=False, progress=False,
-                  diagnostics=False)
+    kwargs = dict(
+        attacks=["pgd"],
+        steps=1,
+        batch_size=8,
+        compute_cost=False,
+        check_gradients=False,
+        progress=False,
+        diagnostics=False,
+    )
     flagged = evaluate_robustness(Probabilities(model), data, **kwargs)
     assert "probability_outputs" in flagged.flag_names and flagged.checks["logit_outputs"] == "flagged"
     plain = evaluate_robustness(model, data, **kwargs)
@@ -198,8 +215,16 @@ def test_routing_stats_match_attack_diagnostics(model, data):
     x = torch.stack([d["pixel_values"] for d in data])
     y = torch.tensor([d["labels"] for d in data])
     attack = build_attack("pgd", eps=EPS, steps=2, seed=0)
-    single = evaluate_robustness(model, data, attacks=[attack], batch_size=8, check_determinism=False,
-                                 check_gradients=False, compute_cost=False, progress=False)
+    single = evaluate_robustness(
+        model,
+        data,
+        attacks=[attack],
+        batch_size=8,
+        check_determinism=False,
+        check_gradients=False,
+        compute_cost=False,
+        progress=False,
+    )
     adv = attack.perturb(model, x, y)
     expected = diagnostics.routing_change(model, x, adv)
     assert math.isclose(single.routing_change["pgd"], expected["overall"], rel_tol=1e-6)
@@ -274,8 +299,14 @@ class NoisyLogits(nn.Module):
 def test_flags_fire_on_gradient_masking_model(model, data):
     masked = ZeroGradient(model).eval()
     report = evaluate_robustness(
-        masked, data, attacks={"pgd": None, "square": {"steps": 30}}, eps=8 / 255, steps=2, batch_size=4,
-        compute_cost=False, progress=False,
+        masked,
+        data,
+        attacks={"pgd": None, "square": {"steps": 30}},
+        eps=8 / 255,
+        steps=2,
+        batch_size=4,
+        compute_cost=False,
+        progress=False,
     )
     names = report.flag_names
     assert "zero_gradients" in names and "gradient_masking" in names
@@ -290,8 +321,15 @@ def test_flags_fire_on_gradient_masking_model(model, data):
 
 def test_non_deterministic_forward_flag(model, data):
     report = evaluate_robustness(
-        NoisyLogits(model), data, attacks=["fgsm"], eps=EPS, batch_size=8, check_gradients=False, diagnostics=False,
-        compute_cost=False, progress=False,
+        NoisyLogits(model),
+        data,
+        attacks=["fgsm"],
+        eps=EPS,
+        batch_size=8,
+        check_gradients=False,
+        diagnostics=False,
+        compute_cost=False,
+        progress=False,
     )
     assert report.flag_names == ["non_deterministic_forward"]
     assert report.flags[0].evidence["max_abs_logit_diff"] > 1e-4
@@ -304,8 +342,15 @@ def test_router_collapse_flag_on_a_collapsed_moe(data):
         for block in moe_blocks(collapsed):
             block.router.weight.zero_()
     report = evaluate_robustness(
-        collapsed, data, attacks=["fgsm"], eps=EPS, batch_size=8, check_gradients=False, check_determinism=False,
-        compute_cost=False, progress=False,
+        collapsed,
+        data,
+        attacks=["fgsm"],
+        eps=EPS,
+        batch_size=8,
+        check_gradients=False,
+        check_determinism=False,
+        compute_cost=False,
+        progress=False,
     )
     assert "router_collapse" in report.flag_names, report.checks
     flag = next(f for f in report.flags if f.name == "router_collapse")
@@ -335,8 +380,17 @@ class WeakerWithEps:
 
 def test_eps_monotonicity_flag_with_stand_in_attack(model, data):
     report = evaluate_robustness(
-        model, data, attacks=[WeakerWithEps()], eps=EPS, eps_sweep=[8 / 255], batch_size=8, check_gradients=False,
-        check_determinism=False, diagnostics=False, compute_cost=False, progress=False,
+        model,
+        data,
+        attacks=[WeakerWithEps()],
+        eps=EPS,
+        eps_sweep=[8 / 255],
+        batch_size=8,
+        check_gradients=False,
+        check_determinism=False,
+        diagnostics=False,
+        compute_cost=False,
+        progress=False,
     )
     assert report.eps_sweep["weird"][8 / 255] > report.eps_sweep["weird"][EPS]
     assert report.flag_names == ["non_monotonic_eps"]
@@ -344,8 +398,15 @@ def test_eps_monotonicity_flag_with_stand_in_attack(model, data):
 
 
 def relevance(learned, random, se):
-    return {"learned": learned, "random": random, "forced": [learned] * 4, "learned_minus_random": learned - random,
-            "learned_minus_random_se": se, "forced_spread": 0.0, "num_samples": 256}
+    return {
+        "learned": learned,
+        "random": random,
+        "forced": [learned] * 4,
+        "learned_minus_random": learned - random,
+        "learned_minus_random_se": se,
+        "forced_spread": 0.0,
+        "num_samples": 256,
+    }
 
 
 @pytest.mark.parametrize(
@@ -360,8 +421,16 @@ def relevance(learned, random, se):
 )
 def test_routing_relevance_flags(learned, random, se, expected):
     flags, checks = compute_flags(
-        robust_accuracy={"pgd": 0.3}, white_box=["pgd"], black_box=[], eps_sweep={}, sweep_requested=False,
-        steps_check={}, steps_requested=False, determinism=None, gradients=None, thresholds=FlagThresholds(),
+        robust_accuracy={"pgd": 0.3},
+        white_box=["pgd"],
+        black_box=[],
+        eps_sweep={},
+        sweep_requested=False,
+        steps_check={},
+        steps_requested=False,
+        determinism=None,
+        gradients=None,
+        thresholds=FlagThresholds(),
         routing_relevance=relevance(learned, random, se),
     )
     assert [f.name for f in flags] == ([expected] if expected else [])
@@ -369,13 +438,21 @@ def test_routing_relevance_flags(learned, random, se, expected):
 
 
 def test_compute_flags_thresholds():
-    base = dict(white_box=["pgd"], black_box=["square"], sweep_requested=True, steps_requested=True,
-                determinism={"max_abs_diff": 0.0, "prediction_changed_fraction": 0.0},
-                gradients={"bad_fraction": 0.0, "num_samples": 8, "median_norm": 1.0}, thresholds=FlagThresholds())
+    base = dict(
+        white_box=["pgd"],
+        black_box=["square"],
+        sweep_requested=True,
+        steps_requested=True,
+        determinism={"max_abs_diff": 0.0, "prediction_changed_fraction": 0.0},
+        gradients={"bad_fraction": 0.0, "num_samples": 8, "median_norm": 1.0},
+        thresholds=FlagThresholds(),
+    )
     flags, checks = compute_flags(
         robust_accuracy={"pgd": 0.30, "square": 0.28},
         eps_sweep={"pgd": {1 / 255: 0.5, 2 / 255: 0.3, 4 / 255: 0.1}},
-        steps_check={"pgd": {"steps": 10, "doubled_steps": 20, "num_samples": 8, "accuracy": 0.3, "doubled_accuracy": 0.3}},
+        steps_check={
+            "pgd": {"steps": 10, "doubled_steps": 20, "num_samples": 8, "accuracy": 0.3, "doubled_accuracy": 0.3}
+        },
         expert_usage=[[0.25, 0.25, 0.3, 0.2], [0.9, 0.05, 0.05, 0.0]],
         routing_relevance=relevance(learned=0.8, random=0.5, se=0.05),
         probability_outputs=False,
@@ -385,23 +462,44 @@ def test_compute_flags_thresholds():
     flags, checks = compute_flags(
         robust_accuracy={"pgd": 0.30, "square": 0.10},
         eps_sweep={"pgd": {1 / 255: 0.2, 2 / 255: 0.3}},
-        steps_check={"pgd": {"steps": 10, "doubled_steps": 20, "num_samples": 8, "accuracy": 0.2, "doubled_accuracy": 0.4}},
-        **{**base, "determinism": {"max_abs_diff": 0.5, "prediction_changed_fraction": 0.25},
-           "gradients": {"bad_fraction": 0.5, "num_samples": 8, "median_norm": 0.0}},
+        steps_check={
+            "pgd": {"steps": 10, "doubled_steps": 20, "num_samples": 8, "accuracy": 0.2, "doubled_accuracy": 0.4}
+        },
+        **{
+            **base,
+            "determinism": {"max_abs_diff": 0.5, "prediction_changed_fraction": 0.25},
+            "gradients": {"bad_fraction": 0.5, "num_samples": 8, "median_norm": 0.0},
+        },
         expert_usage=[[0.25, 0.25, 0.3, 0.2], [0.96, 0.04, 0.0, 0.0]],
         routing_relevance=relevance(learned=0.25, random=0.39, se=0.03),
         probability_outputs=True,
     )
     assert [f.name for f in flags] == [
-        "gradient_masking", "non_monotonic_eps", "non_monotonic_steps", "non_deterministic_forward", "zero_gradients",
-        "router_collapse", "routing_worse_than_random", "probability_outputs",
+        "gradient_masking",
+        "non_monotonic_eps",
+        "non_monotonic_steps",
+        "non_deterministic_forward",
+        "zero_gradients",
+        "router_collapse",
+        "routing_worse_than_random",
+        "probability_outputs",
     ]
     assert flags[-3].evidence["busiest_expert_share"] == {"1": 0.96}  # MoE layer index -> share
     assert all(isinstance(f, ReliabilityFlag) and f.message and f.evidence for f in flags)
     assert set(checks.values()) == {"flagged"}
-    _, checks = compute_flags(robust_accuracy={"pgd": 0.3}, eps_sweep={}, steps_check={}, **{
-        **base, "black_box": [], "sweep_requested": False, "steps_requested": False, "determinism": None,
-        "gradients": None})
+    _, checks = compute_flags(
+        robust_accuracy={"pgd": 0.3},
+        eps_sweep={},
+        steps_check={},
+        **{
+            **base,
+            "black_box": [],
+            "sweep_requested": False,
+            "steps_requested": False,
+            "determinism": None,
+            "gradients": None,
+        },
+    )
     assert all(status.startswith("skipped") for status in checks.values())
 
 
@@ -481,8 +579,16 @@ def test_datasetdict_rejected():
 def test_dataset_forms_give_the_same_report(model, data):
     import datasets
 
-    kwargs = dict(attacks=["fgsm"], eps=EPS, batch_size=3, check_gradients=False, check_determinism=False,
-                  compute_cost=False, progress=False, return_per_sample=True)
+    kwargs = dict(
+        attacks=["fgsm"],
+        eps=EPS,
+        batch_size=3,
+        check_gradients=False,
+        check_determinism=False,
+        compute_cost=False,
+        progress=False,
+        return_per_sample=True,
+    )
     reference = evaluate_robustness(model, data, **kwargs)
     columns = {"pixel_values": [d["pixel_values"].numpy() for d in data], "labels": [d["labels"] for d in data]}
     hf = datasets.Dataset.from_dict(columns)
@@ -505,7 +611,7 @@ def test_resume_after_interruption_gives_identical_report(model, data, report, t
     def stop_after_first_batch(progress):
         raise Interrupted(f"simulated interruption after batch {progress['batch_index']}")
 
-    with pytest.raises(Interrupted):
+    with pytest.raises(Interrupted, match="simulated interruption after batch 0"):
         evaluate_robustness(model, data, state_dir=state, callback=stop_after_first_batch, **MAIN_KWARGS)
     assert sorted(p.name for p in (state / "batches").iterdir()) == ["batch_0000000.json"]
     json.loads((state / "batches" / "batch_0000000.json").read_text())  # plain JSON state
@@ -561,10 +667,18 @@ out2 = load_robust_accuracy_metric().compute(predictions=[[1, 1, 1], [2, 2, 0], 
                                              attack_names=["a", "b"])
 print(json.dumps({{"report": out, "toy": out2}}))
 """
-    env = dict(os.environ, HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", HF_EVALUATE_OFFLINE="1", OMP_NUM_THREADS="1",
-               HF_HOME=str(tmp_path / "hf_home"), PYTHONPATH=str(REPO_ROOT))
-    proc = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=120,
-                          cwd=tmp_path)
+    env = dict(
+        os.environ,
+        HF_HUB_OFFLINE="1",
+        HF_DATASETS_OFFLINE="1",
+        HF_EVALUATE_OFFLINE="1",
+        OMP_NUM_THREADS="1",
+        HF_HOME=str(tmp_path / "hf_home"),
+        PYTHONPATH=str(REPO_ROOT),
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=120, cwd=tmp_path
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     result = json.loads(proc.stdout.strip().splitlines()[-1])
     assert result["report"]["robust_accuracy"] == report.worst_case_accuracy
@@ -580,8 +694,15 @@ print(json.dumps({{"report": out, "toy": out2}}))
 # ----------------------------------------------------------------------------------------------------------------------
 # Sharding under Accelerate (torchrun, 2 CPU processes)
 
-SHARD_KWARGS = dict(attacks={"fgsm": None, "pgd": None}, eps=2 / 255, steps=2, batch_size=2, eps_sweep=[4 / 255],
-                    return_per_sample=True, progress=False)
+SHARD_KWARGS = dict(
+    attacks={"fgsm": None, "pgd": None},
+    eps=2 / 255,
+    steps=2,
+    batch_size=2,
+    eps_sweep=[4 / 255],
+    return_per_sample=True,
+    progress=False,
+)
 
 SHARD_SCRIPT = """
 import json, os, sys
@@ -609,16 +730,24 @@ def test_sharded_evaluation_equals_single_process(model, data, tmp_path):
     from safetensors.torch import save_file
 
     model.save_pretrained(tmp_path / "model")
-    save_file({"pixel_values": torch.stack([d["pixel_values"] for d in data]).contiguous(),
-               "labels": torch.tensor([d["labels"] for d in data])}, str(tmp_path / "data.safetensors"))
+    save_file(
+        {
+            "pixel_values": torch.stack([d["pixel_values"] for d in data]).contiguous(),
+            "labels": torch.tensor([d["labels"] for d in data]),
+        },
+        str(tmp_path / "data.safetensors"),
+    )
     script = tmp_path / "shard_eval.py"
     script.write_text(SHARD_SCRIPT.replace("**KWARGS", "**" + repr(SHARD_KWARGS)))
-    env = dict(os.environ, ACCELERATE_USE_CPU="1", OMP_NUM_THREADS="1", PYTHONPATH=str(REPO_ROOT),
-               HF_HUB_OFFLINE="1")
+    env = dict(os.environ, ACCELERATE_USE_CPU="1", OMP_NUM_THREADS="1", PYTHONPATH=str(REPO_ROOT), HF_HUB_OFFLINE="1")
     torchrun = shutil.which("torchrun", path=str(Path(sys.executable).parent)) or "torchrun"
     proc = subprocess.run(
         [torchrun, "--standalone", "--nproc_per_node", "2", str(script), str(tmp_path)],
-        env=env, capture_output=True, text=True, timeout=240, cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=240,
+        cwd=tmp_path,
     )
     assert proc.returncode == 0, proc.stderr[-4000:]
     assert "rank 0 evaluated batches [0, 2]" in proc.stdout and "rank 1 evaluated batches [1, 3]" in proc.stdout
@@ -635,12 +764,22 @@ def test_timesformer_moe_cost_against_dense():
     from hf_videomoe import TimesformerMoeConfig, TimesformerMoeForVideoClassification
 
     torch.manual_seed(0)
-    config = TimesformerMoeConfig(image_size=16, patch_size=8, num_frames=4, hidden_size=32, num_hidden_layers=2,
-                                  num_attention_heads=2, intermediate_size=64, num_labels=8, num_experts=4)
+    config = TimesformerMoeConfig(
+        image_size=16,
+        patch_size=8,
+        num_frames=4,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+        num_labels=8,
+        num_experts=4,
+    )
     tsf = TimesformerMoeForVideoClassification(config).eval()
     data = [{"pixel_values": torch.rand(4, 3, 16, 16), "labels": i} for i in range(2)]
-    report = evaluate_robustness(tsf, data, attacks=["fgsm"], batch_size=2, check_determinism=False,
-                                 check_gradients=False, progress=False)
+    report = evaluate_robustness(
+        tsf, data, attacks=["fgsm"], batch_size=2, check_determinism=False, check_gradients=False, progress=False
+    )
     assert report.model_type == "timesformer_moe" and report.input_shape == [4, 3, 16, 16]
     assert report.flops > 0 and report.dense_flops > 0 and report.dense_parameters < report.total_parameters
     assert set(report.routing_change) == {"fgsm"}
@@ -650,8 +789,13 @@ def test_timesformer_moe_cost_against_dense():
 # Cascade mode and the AutoAttack preset
 
 
-CASCADE_ATTACKS = {"fgsm": {"name": "fgsm"}, "pgd": {"name": "pgd", "steps": 3}, "apgd-t": {"name": "apgd-t", "steps": 3},
-                   "square": {"name": "square", "steps": 30}, "j-tlga": {"name": "j-tlga", "steps": 3}}
+CASCADE_ATTACKS = {
+    "fgsm": {"name": "fgsm"},
+    "pgd": {"name": "pgd", "steps": 3},
+    "apgd-t": {"name": "apgd-t", "steps": 3},
+    "square": {"name": "square", "steps": 30},
+    "j-tlga": {"name": "j-tlga", "steps": 3},
+}
 # Small enough that some clips survive every attack (at 2/255 none does on this model), so the full and cascade modes
 # must agree on clips that fall and on clips that stand.
 CASCADE_EPS = 1 / 255
@@ -660,13 +804,26 @@ CASCADE_EPS = 1 / 255
 def test_cascade_mode_gives_the_full_worst_case_for_less_work(model, data):
     """Each attack runs only on the clips still standing: the same worst case, per clip, as running every attack on
     every clip; the per-attack accuracies are cumulative and never rise; fewer clips are attacked."""
-    common = dict(attacks=CASCADE_ATTACKS, eps=CASCADE_EPS, seed=0, batch_size=4, return_per_sample=True,
-                  progress=False, compute_cost=False, check_gradients=False, check_determinism=False)
+    common = dict(
+        attacks=CASCADE_ATTACKS,
+        eps=CASCADE_EPS,
+        seed=0,
+        batch_size=4,
+        return_per_sample=True,
+        progress=False,
+        compute_cost=False,
+        check_gradients=False,
+        check_determinism=False,
+    )
     full = evaluate_robustness(model, data, **common)
     attacked = []
-    cascade = evaluate_robustness(model, data, mode="cascade", **common,
-                                  callback=lambda info: attacked.append(
-                                      {a: e["attacked"] for a, e in info["record"]["attacks"].items()}))
+    cascade = evaluate_robustness(
+        model,
+        data,
+        mode="cascade",
+        **common,
+        callback=lambda info: attacked.append({a: e["attacked"] for a, e in info["record"]["attacks"].items()}),
+    )
     assert full.mode == "full" and cascade.mode == "cascade"
     assert 0 < full.worst_case_accuracy < full.clean_accuracy  # some clips fall, some stand: the match means something
     assert cascade.worst_case_accuracy == full.worst_case_accuracy
@@ -674,7 +831,9 @@ def test_cascade_mode_gives_the_full_worst_case_for_less_work(model, data):
     assert cascade.clean_accuracy == full.clean_accuracy
     cumulative = [cascade.robust_accuracy[a] for a in CASCADE_ATTACKS]
     assert cumulative == sorted(cumulative, reverse=True) and cumulative[-1] == cascade.worst_case_accuracy
-    assert cascade.robust_accuracy["fgsm"] == full.robust_accuracy["fgsm"]  # the first attack sees every clean-correct clip
+    assert (
+        cascade.robust_accuracy["fgsm"] == full.robust_accuracy["fgsm"]
+    )  # the first attack sees every clean-correct clip
     total_attacked = sum(sum(batch.values()) for batch in attacked)
     assert total_attacked < len(CASCADE_ATTACKS) * NUM_SAMPLES * full.clean_accuracy
     # a clip an attack did not run on has prediction -1 for it
@@ -692,9 +851,17 @@ def test_cascade_mode_refuses_what_it_cannot_compute(model, data):
     with pytest.raises(ValueError, match="check_steps in mode='cascade'.*exact_attacks"):
         evaluate_robustness(model, data, attacks=["pgd"], mode="cascade", check_steps=True, progress=False)
     # by default the steps check takes the first multi-step attack that runs on every sample, not a cascaded one
-    report = evaluate_robustness(model, data, attacks={"pgd": {"name": "pgd", "steps": 2}, "apgd-ce": {"steps": 2}},
-                                 mode="cascade", exact_attacks=["apgd-ce"], check_steps=True, check_steps_samples=4,
-                                 progress=False, compute_cost=False)
+    report = evaluate_robustness(
+        model,
+        data,
+        attacks={"pgd": {"name": "pgd", "steps": 2}, "apgd-ce": {"steps": 2}},
+        mode="cascade",
+        exact_attacks=["apgd-ce"],
+        check_steps=True,
+        check_steps_samples=4,
+        progress=False,
+        compute_cost=False,
+    )
     assert set(report.steps_check) == {"apgd-ce"}
     with pytest.raises(ValueError, match="exact_attacks only applies"):
         evaluate_robustness(model, data, attacks=["pgd"], exact_attacks=["pgd"], progress=False)
@@ -705,13 +872,29 @@ def test_cascade_mode_refuses_what_it_cannot_compute(model, data):
 def test_cascade_with_exact_attacks(model, data):
     """Exact attacks run on every clip with their own accuracy, diagnostics and steps check; the cascade starts from
     the clips they leave standing; the worst case is still the full mode's."""
-    common = dict(attacks=CASCADE_ATTACKS, eps=CASCADE_EPS, seed=0, batch_size=4, return_per_sample=True,
-                  progress=False, compute_cost=False, check_gradients=False, check_determinism=False)
+    common = dict(
+        attacks=CASCADE_ATTACKS,
+        eps=CASCADE_EPS,
+        seed=0,
+        batch_size=4,
+        return_per_sample=True,
+        progress=False,
+        compute_cost=False,
+        check_gradients=False,
+        check_determinism=False,
+    )
     full = evaluate_robustness(model, data, **common)
     attacked = []
-    hybrid = evaluate_robustness(model, data, mode="cascade", exact_attacks=["pgd", "j-tlga"], check_steps=True,
-                                 check_steps_samples=4, **common,
-                                 callback=lambda info: attacked.append(info["record"]["attacks"]["square"]["attacked"]))
+    hybrid = evaluate_robustness(
+        model,
+        data,
+        mode="cascade",
+        exact_attacks=["pgd", "j-tlga"],
+        check_steps=True,
+        check_steps_samples=4,
+        **common,
+        callback=lambda info: attacked.append(info["record"]["attacks"]["square"]["attacked"]),
+    )
     assert 0 < full.worst_case_accuracy < full.robust_accuracy["pgd"]  # the cascade after PGD has clips to break
     assert hybrid.per_sample["worst_case_correct"] == full.per_sample["worst_case_correct"]
     for exact in ("pgd", "j-tlga"):
@@ -721,8 +904,12 @@ def test_cascade_with_exact_attacks(model, data):
     assert hybrid.is_cumulative("fgsm") and "fgsm" not in hybrid.routing_change
     assert set(hybrid.steps_check) == {"pgd"}
     # FGSM, the first cascaded attack, starts from the clips robust to both exact attacks
-    both = [p == l and q == l for p, q, l in zip(full.per_sample["predictions"]["pgd"],
-                                                  full.per_sample["predictions"]["j-tlga"], full.per_sample["label"])]
+    both = [
+        p == l and q == l
+        for p, q, l in zip(
+            full.per_sample["predictions"]["pgd"], full.per_sample["predictions"]["j-tlga"], full.per_sample["label"]
+        )
+    ]
     clean = [p == l for p, l in zip(full.per_sample["clean_prediction"], full.per_sample["label"])]
     assert hybrid.robust_accuracy["fgsm"] <= sum(a and c for a, c in zip(both, clean)) / NUM_SAMPLES
     assert "after FGSM" in hybrid.accuracy_table() and "after PGD" not in hybrid.accuracy_table()

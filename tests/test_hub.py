@@ -50,9 +50,18 @@ def single_thread():
 @pytest.fixture(scope="module")
 def model():
     torch.manual_seed(0)
-    config = VideoMAEMoeConfig(image_size=16, patch_size=8, num_frames=4, tubelet_size=2, hidden_size=32,
-                               num_hidden_layers=2, num_attention_heads=2, intermediate_size=64, num_labels=8,
-                               num_experts=4)
+    config = VideoMAEMoeConfig(
+        image_size=16,
+        patch_size=8,
+        num_frames=4,
+        tubelet_size=2,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+        num_labels=8,
+        num_experts=4,
+    )
     return VideoMAEMoeForVideoClassification(config).eval()
 
 
@@ -67,8 +76,17 @@ def report(model, inputs):
         labels = model(pixel_values=inputs).logits.argmax(-1)
     labels[:2] = (labels[:2] + 1) % 8
     data = [{"pixel_values": x, "labels": int(y)} for x, y in zip(inputs, labels)]
-    return evaluate_robustness(model, data, attacks={"fgsm": None, "pgd": None, "square": {"steps": 10}}, eps=EPS,
-                               steps=2, batch_size=8, eps_sweep=[4 / 255], dataset_name="MovingShapes", progress=False)
+    return evaluate_robustness(
+        model,
+        data,
+        attacks={"fgsm": None, "pgd": None, "square": {"steps": 10}},
+        eps=EPS,
+        steps=2,
+        batch_size=8,
+        eps_sweep=[4 / 255],
+        dataset_name="MovingShapes",
+        progress=False,
+    )
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -79,8 +97,15 @@ def report(model, inputs):
 def card_dir(report, tmp_path_factory):
     folder = tmp_path_factory.mktemp("card")
     plots = report.plot(folder / "plots")
-    card = build_model_card(report, model_name="robust-tiny", repo_id=REPO_OK, training_recipe=RECIPE, plots=plots,
-                            plots_relative_to=folder, dataset_kwargs=DATASET_KWARGS)
+    card = build_model_card(
+        report,
+        model_name="robust-tiny",
+        repo_id=REPO_OK,
+        training_recipe=RECIPE,
+        plots=plots,
+        plots_relative_to=folder,
+        dataset_kwargs=DATASET_KWARGS,
+    )
     card.save(folder / "README.md")
     return folder
 
@@ -105,7 +130,9 @@ def test_card_metrics_round_trip(report, card_dir):
 def test_card_metadata_and_body(report, card_dir):
     loaded = ModelCard.load(card_dir / "README.md")
     assert set(CARD_TAGS) <= set(loaded.data.tags)
-    assert {"video-classification", "mixture-of-experts", "adversarial-robustness", "hf_videomoe"} <= set(loaded.data.tags)
+    assert {"video-classification", "mixture-of-experts", "adversarial-robustness", "hf_videomoe"} <= set(
+        loaded.data.tags
+    )
     assert loaded.data.library_name == "transformers" and loaded.data.pipeline_tag == "video-classification"
     body = loaded.text
     first = [line for line in body.splitlines() if line.strip()][:2]
@@ -146,7 +173,7 @@ def test_metrics_from_card_without_robustness_metrics_fails():
 def test_invalid_repo_id_fails_before_any_work(model, report, tmp_path):
     local = tmp_path / "never"
     for bad in ("bad//id", "a/b/c", "-dash-/x", "x" * 200):
-        with pytest.raises(ValueError):
+        with pytest.raises(ValueError, match="Repo id must"):
             push_robust_checkpoint(model, bad, report, local_dir=local)
     assert not local.exists()
 
@@ -155,12 +182,12 @@ def test_loopback_server_failure_injection():
     with LoopbackHubServer() as server:
         server.create_repo("user/x")
         server.fail("info", status=503, repo_id="user/x", times=1)
-        with pytest.raises(urllib.error.HTTPError) as err:
+        with pytest.raises(urllib.error.HTTPError, match="HTTP Error 503") as err:
             urllib.request.urlopen(f"{server.url}/api/models/user/x", timeout=10)
         assert err.value.code == 503
         info = json.loads(urllib.request.urlopen(f"{server.url}/api/models/user/x", timeout=10).read())
         assert info["id"] == "user/x" and [s["rfilename"] for s in info["siblings"]] == [".gitattributes"]
-        with pytest.raises(urllib.error.HTTPError) as err:
+        with pytest.raises(urllib.error.HTTPError, match="HTTP Error 404") as err:
             urllib.request.urlopen(f"{server.url}/api/models/user/missing", timeout=10)
         assert err.value.code == 404 and err.value.headers["X-Error-Code"] == "RepoNotFound"
 
@@ -229,11 +256,12 @@ def _hub_env(server, home):
 
 
 def _run(script, args, env, cwd):
-    proc = subprocess.run([sys.executable, "-c", script, *args], env=env, capture_output=True, text=True,
-                          timeout=240, cwd=cwd)
+    proc = subprocess.run(
+        [sys.executable, "-c", script, *args], env=env, capture_output=True, text=True, timeout=240, cwd=cwd
+    )
     assert proc.returncode == 0, proc.stderr[-4000:]
     line = next(line for line in proc.stdout.splitlines() if line.startswith("RESULTS "))
-    return json.loads(line[len("RESULTS "):])
+    return json.loads(line[len("RESULTS ") :])
 
 
 @pytest.fixture(scope="module")
@@ -250,8 +278,11 @@ def pushed(hub, model, inputs, report, tmp_path_factory):
     model.save_pretrained(work / "model")
     report.save(work / "report.json")
     save_file({"pixel_values": inputs.contiguous()}, str(work / "inputs.safetensors"))
-    script = (PUSH_SCRIPT.replace("REPOS", repr([REPO_OK, REPO_500, REPO_DROP]))
-              .replace("RECIPE", repr(RECIPE)).replace("DATASET_KWARGS", repr(DATASET_KWARGS)))
+    script = (
+        PUSH_SCRIPT.replace("REPOS", repr([REPO_OK, REPO_500, REPO_DROP]))
+        .replace("RECIPE", repr(RECIPE))
+        .replace("DATASET_KWARGS", repr(DATASET_KWARGS))
+    )
     results = _run(script, [str(work)], _hub_env(hub, work / "hf_home_push"), work)
     return work, results
 
@@ -264,8 +295,16 @@ def test_push_uploads_everything_in_one_commit(pushed, hub, report):
     assert len(commits) == 2 and commits[-1]["oid"] == ok["oid"]  # repo creation + ONE upload commit
     files = hub.files(REPO_OK)
     local = work / "local" / "robust-tiny"
-    expected = {"config.json", "model.safetensors", "README.md", "report.json", "robustness_report.md",
-                "plots/eps_sweep.png", "plots/expert_usage.png", "plots/perturbation_energy.png"}
+    expected = {
+        "config.json",
+        "model.safetensors",
+        "README.md",
+        "report.json",
+        "robustness_report.md",
+        "plots/eps_sweep.png",
+        "plots/expert_usage.png",
+        "plots/perturbation_energy.png",
+    }
     assert expected <= set(files)
     for name in expected:
         assert files[name] == (local / name).read_bytes()
@@ -311,13 +350,23 @@ def test_card_image_links_resolve_wherever_the_card_is_written(tmp_path):
     from hf_videomoe.evaluation import RobustnessReport
     from hf_videomoe.hub import build_model_card
 
-    report = RobustnessReport(clean_accuracy=0.9, robust_accuracy={"pgd": 0.5}, worst_case_accuracy=0.5, num_samples=8,
-                              eps=4 / 255, attacks=["pgd"], eps_sweep={"pgd": {1 / 255: 0.8, 4 / 255: 0.5}})
+    report = RobustnessReport(
+        clean_accuracy=0.9,
+        robust_accuracy={"pgd": 0.5},
+        worst_case_accuracy=0.5,
+        num_samples=8,
+        eps=4 / 255,
+        attacks=["pgd"],
+        eps_sweep={"pgd": {1 / 255: 0.8, 4 / 255: 0.5}},
+    )
     plots = report.plot(tmp_path / "reports" / "plots")
     assert plots
     card = build_model_card(report, model_name="m", plots=plots)
-    for target in (tmp_path / "reports" / "README.md", tmp_path / "elsewhere" / "deep" / "README.md",
-                   tmp_path / "reports" / "plots" / "README.md"):
+    for target in (
+        tmp_path / "reports" / "README.md",
+        tmp_path / "elsewhere" / "deep" / "README.md",
+        tmp_path / "reports" / "plots" / "README.md",
+    ):
         target.parent.mkdir(parents=True, exist_ok=True)
         card.save(target)
         links = re.findall(r"!\[[^\]]*\]\(([^)]+)\)", target.read_text())
@@ -333,8 +382,17 @@ def test_cascade_report_card_says_so(model, inputs, tmp_path):
     with torch.no_grad():
         labels = model(pixel_values=inputs).logits.argmax(-1)
     data = [{"pixel_values": x, "labels": int(y)} for x, y in zip(inputs, labels)]
-    report = evaluate_robustness(model, data, attacks=["fgsm", "pgd"], eps=EPS, steps=2, batch_size=8,
-                                 dataset_name="MovingShapes", progress=False, mode="cascade")
+    report = evaluate_robustness(
+        model,
+        data,
+        attacks=["fgsm", "pgd"],
+        eps=EPS,
+        steps=2,
+        batch_size=8,
+        dataset_name="MovingShapes",
+        progress=False,
+        mode="cascade",
+    )
     card = build_model_card(report, model_name="cascade-tiny", dataset_kwargs=DATASET_KWARGS)
     card.save(tmp_path / "README.md")
     loaded = ModelCard.load(tmp_path / "README.md")

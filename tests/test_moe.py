@@ -12,12 +12,12 @@ from hf_videomoe.evaluation import CostReport, count_cost, count_parameters, den
 from hf_videomoe.moe import (
     force_experts,
     load_balancing_loss,
-    sharpened_balance_loss,
     moe_blocks,
     naive_experts_forward,
     record_routing,
     router_parameters,
     router_z_loss,
+    sharpened_balance_loss,
 )
 
 MOE_CLASSES = {"videomae": VideoMAEMoeForVideoClassification, "timesformer": TimesformerMoeForVideoClassification}
@@ -75,8 +75,9 @@ def test_experts_kernel_matches_naive_loop(tiny_videomae_config, implementation,
     cases = {
         "random": torch.rand(num_tokens, num_experts).argsort(dim=-1)[:, :top_k],
         # experts 2 and 3 receive no token: empty groups must be skipped without breaking the others
-        "unbalanced": torch.stack([torch.zeros(num_tokens, dtype=torch.long), torch.ones(num_tokens, dtype=torch.long)],
-                                  dim=-1)[:, :top_k],
+        "unbalanced": torch.stack(
+            [torch.zeros(num_tokens, dtype=torch.long), torch.ones(num_tokens, dtype=torch.long)], dim=-1
+        )[:, :top_k],
     }
     for name, index in cases.items():
         states = torch.randn(num_tokens, experts.hidden_dim)
@@ -89,8 +90,12 @@ def test_experts_kernel_matches_naive_loop(tiny_videomae_config, implementation,
             experts.zero_grad()
             out = fn(h, w)
             out.backward(grad_out)
-            results.append((out.detach(), h.grad, w.grad, experts.up_proj.grad.clone(), experts.down_proj_bias.grad.clone()))
-        for got, want, what in zip(results[0], results[1], ("output", "input grad", "weight grad", "up grad", "bias grad")):
+            results.append(
+                (out.detach(), h.grad, w.grad, experts.up_proj.grad.clone(), experts.down_proj_bias.grad.clone())
+            )
+        for got, want, what in zip(
+            results[0], results[1], ("output", "input grad", "weight grad", "up grad", "bias grad")
+        ):
             torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5, msg=f"{implementation}/{name}: {what}")
 
 
@@ -173,8 +178,14 @@ def test_router_receives_gradients(kind, make_config, top_k):
 @pytest.mark.parametrize("gate", ["straight_through", "switch"])
 def test_task_loss_alone_reaches_every_router_at_top1(kind, make_config, gate, granularity):
     """With every auxiliary loss off, the cross-entropy of a top-1 model gives every router a non-zero gradient."""
-    model = build(kind, make_config, router_gate=gate, router_granularity=granularity, router_aux_loss_coef=0.0,
-                  router_z_loss_coef=0.0).train()
+    model = build(
+        kind,
+        make_config,
+        router_gate=gate,
+        router_granularity=granularity,
+        router_aux_loss_coef=0.0,
+        router_z_loss_coef=0.0,
+    ).train()
     out = model(clip(), labels=torch.tensor([0, 5]))
     assert out.aux_loss == 0
     grads = _router_grads(model, out.loss)
@@ -194,8 +205,10 @@ def test_renormalize_gate_starves_the_router_at_top1(kind, make_config):
 @pytest.mark.parametrize("top_k", [1, 2])
 def test_gates_share_their_forward_value(kind, make_config, top_k):
     """Every gate has the same forward value, bit for bit: only the router's gradient differs."""
-    logits = [build(kind, make_config, seed=3, router_gate=gate, num_experts_per_tok=top_k)(clip()).logits
-              for gate in ("straight_through", "switch", "renormalize")]
+    logits = [
+        build(kind, make_config, seed=3, router_gate=gate, num_experts_per_tok=top_k)(clip()).logits
+        for gate in ("straight_through", "switch", "renormalize")
+    ]
     torch.testing.assert_close(logits[0], logits[1], rtol=0, atol=0)
     torch.testing.assert_close(logits[0], logits[2], rtol=0, atol=0)
 
@@ -477,5 +490,5 @@ def test_dense_equivalent_config(tiny_videomae_config, tiny_timesformer_config):
     assert dense_equivalent_config(moe, intermediate_size=100).intermediate_size == 100
     with pytest.raises(ValueError, match="match"):
         dense_equivalent_config(moe, match="flops")
-    with pytest.raises(TypeError):
+    with pytest.raises(TypeError, match="expects a VideoMAE or TimeSformer config, got object"):
         dense_equivalent_config(object())

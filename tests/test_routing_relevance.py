@@ -29,9 +29,18 @@ def single_thread():
 
 def tiny_dense(seed=0):
     torch.manual_seed(seed)
-    return VideoMAEForVideoClassification(VideoMAEConfig(
-        image_size=16, patch_size=8, num_frames=4, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-        intermediate_size=64, num_labels=8)).eval()
+    return VideoMAEForVideoClassification(
+        VideoMAEConfig(
+            image_size=16,
+            patch_size=8,
+            num_frames=4,
+            hidden_size=32,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            intermediate_size=64,
+            num_labels=8,
+        )
+    ).eval()
 
 
 def clips(n=48, seed=1):
@@ -47,8 +56,17 @@ def model_with_a_bad_router(seed=0):
     """Model-level routing built so that the router always picks expert 0, expert 0 differs from experts 1-3 (which
     are identical), and the labels are the predictions of path 1: learned routing is *worse* than random routing."""
     torch.manual_seed(seed)
-    config = VideoMAEMoeConfig(image_size=16, patch_size=8, num_frames=4, hidden_size=32, num_hidden_layers=2,
-                               num_attention_heads=2, intermediate_size=64, num_labels=8, router_granularity="model")
+    config = VideoMAEMoeConfig(
+        image_size=16,
+        patch_size=8,
+        num_frames=4,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+        num_labels=8,
+        router_granularity="model",
+    )
     model = VideoMAEMoeForVideoClassification(config).eval()
     with torch.no_grad():
         for block in moe_blocks(model):
@@ -158,8 +176,10 @@ def test_drop_upcycling_reinitialises_a_different_fraction_per_expert():
         changed = (experts.up_proj[e] != up_dense).any(dim=1)
         assert int(changed.sum()) == 16  # 25 % of 64 neurons
         unchanged_cols = ~changed
-        torch.testing.assert_close(experts.down_proj[e][:, unchanged_cols],
-                                   dense.videomae.encoder.layer[0].output.dense.weight[:, unchanged_cols])
+        torch.testing.assert_close(
+            experts.down_proj[e][:, unchanged_cols],
+            dense.videomae.encoder.layer[0].output.dense.weight[:, unchanged_cols],
+        )
         changed_sets.append(tuple(changed.nonzero().flatten().tolist()))
     assert len(set(changed_sets)) == 4
     again = VideoMAEMoeForVideoClassification.from_dense(dense, expert_init="drop_upcycling", expert_init_ratio=0.25)
@@ -173,8 +193,9 @@ def test_drop_upcycling_reinitialises_a_different_fraction_per_expert():
 @pytest.mark.parametrize("granularity", ["token", "model"])
 def test_copy_upcycling_is_exact_under_every_gate(gate, granularity):
     dense = tiny_dense()
-    moe = VideoMAEMoeForVideoClassification.from_dense(dense, router_gate=gate, router_granularity=granularity,
-                                                       image_mean=[0.0] * 3, image_std=[1.0] * 3)
+    moe = VideoMAEMoeForVideoClassification.from_dense(
+        dense, router_gate=gate, router_granularity=granularity, image_mean=[0.0] * 3, image_std=[1.0] * 3
+    )
     x = clips(8)
     torch.testing.assert_close(moe(pixel_values=x).logits, dense(pixel_values=x).logits, rtol=0, atol=0)
 
@@ -195,8 +216,16 @@ def test_noise_and_bad_expert_init_values():
 def test_evaluator_reports_relevance_and_flags():
     model, x, labels = model_with_a_bad_router()
     data = [{"pixel_values": x[i], "labels": int(labels[i])} for i in range(16)]
-    kwargs = dict(attacks=["pgd", "tlga-r"], eps=4 / 255, steps=2, batch_size=8, check_gradients=False,
-                  check_determinism=False, compute_cost=False, progress=False)
+    kwargs = dict(
+        attacks=["pgd", "tlga-r"],
+        eps=4 / 255,
+        steps=2,
+        batch_size=8,
+        check_gradients=False,
+        check_determinism=False,
+        compute_cost=False,
+        progress=False,
+    )
     report = evaluate_robustness(model, data, **kwargs)
     relevance = report.routing_relevance
     assert relevance["learned"] == report.clean_accuracy
@@ -225,8 +254,17 @@ def test_expert_targets_are_the_model_level_path():
     from hf_videomoe.moe import clip_router_probabilities
 
     torch.manual_seed(0)
-    config = VideoMAEMoeConfig(image_size=16, patch_size=8, num_frames=4, hidden_size=32, num_hidden_layers=2,
-                               num_attention_heads=2, intermediate_size=64, num_labels=8, router_granularity="model")
+    config = VideoMAEMoeConfig(
+        image_size=16,
+        patch_size=8,
+        num_frames=4,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+        num_labels=8,
+        router_granularity="model",
+    )
     model = VideoMAEMoeForVideoClassification(config).eval()
     with torch.no_grad():
         moe_blocks(model)[0].router.weight.mul_(50)  # decisive, input-dependent routing
@@ -260,8 +298,9 @@ def test_spherical_kmeans_recovers_separated_directions():
 
 def test_cluster_routers_separates_two_kinds_of_clip():
     dense = tiny_dense()
-    moe = VideoMAEMoeForVideoClassification.from_dense(dense, num_experts=2, num_experts_per_tok=1,
-                                                       router_granularity="model").train()
+    moe = VideoMAEMoeForVideoClassification.from_dense(
+        dense, num_experts=2, num_experts_per_tok=1, router_granularity="model"
+    ).train()
     generator = torch.Generator().manual_seed(0)
     red, blue = torch.full((16, 4, 3, 16, 16), 0.1), torch.full((16, 4, 3, 16, 16), 0.1)
     red[:, :, 0], blue[:, :, 2] = 0.9, 0.9
@@ -269,16 +308,18 @@ def test_cluster_routers_separates_two_kinds_of_clip():
     experts_before = [p.detach().clone() for n, p in moe.named_parameters() if "router" not in n]
     fractions = cluster_routers(moe, calibration, seed=0)
     assert moe.training  # mode restored
-    assert all(torch.equal(a, b) for a, b in zip(experts_before, [p for n, p in moe.named_parameters()
-                                                                    if "router" not in n]))
+    assert all(
+        torch.equal(a, b) for a, b in zip(experts_before, [p for n, p in moe.named_parameters() if "router" not in n])
+    )
     assert fractions == [[0.5, 0.5]]
     with record_routing(moe.eval()) as decisions:
         moe(pixel_values=calibration)
     chosen = decisions[0][0].top_k_index.reshape(-1)
     assert chosen[:16].unique().numel() == 1 and chosen[16:].unique().numel() == 1 and chosen[0] != chosen[16]
     # same seed, same routers
-    again = VideoMAEMoeForVideoClassification.from_dense(dense, num_experts=2, num_experts_per_tok=1,
-                                                         router_granularity="model")
+    again = VideoMAEMoeForVideoClassification.from_dense(
+        dense, num_experts=2, num_experts_per_tok=1, router_granularity="model"
+    )
     cluster_routers(again, calibration, seed=0)
     assert torch.equal(moe_blocks(again)[0].router.weight, moe_blocks(moe)[0].router.weight)
 
@@ -292,8 +333,10 @@ def test_cluster_routers_sets_every_router_and_checks_input():
     with pytest.raises(ValueError, match="num_clips, num_frames"):
         cluster_routers(moe, clips(2)[0])
     with pytest.raises(ValueError, match="at least num_experts"):
-        cluster_routers(VideoMAEMoeForVideoClassification.from_dense(tiny_dense(), num_experts=4,
-                                                                     router_granularity="model"), clips(2))
+        cluster_routers(
+            VideoMAEMoeForVideoClassification.from_dense(tiny_dense(), num_experts=4, router_granularity="model"),
+            clips(2),
+        )
     with pytest.raises(ValueError, match="logit_scale"):
         cluster_routers(moe, clips(8), logit_scale=0.0)
     with pytest.raises(ValueError, match="MoE model"):
@@ -301,9 +344,10 @@ def test_cluster_routers_sets_every_router_and_checks_input():
     with pytest.raises(ValueError, match="batch_size"):
         cluster_routers(moe, clips(8), batch_size=0)
     with pytest.raises(ValueError, match="nearly"):  # identical clips: no clusters to find
-        cluster_routers(VideoMAEMoeForVideoClassification.from_dense(tiny_dense(), num_experts=4,
-                                                                     router_granularity="model"),
-                        clips(1).expand(8, -1, -1, -1, -1).clone())
+        cluster_routers(
+            VideoMAEMoeForVideoClassification.from_dense(tiny_dense(), num_experts=4, router_granularity="model"),
+            clips(1).expand(8, -1, -1, -1, -1).clone(),
+        )
     single = VideoMAEMoeForVideoClassification.from_dense(tiny_dense(), num_experts=1)
     weights = [block.router.weight.detach().clone() for block in moe_blocks(single)]
     assert cluster_routers(single, clips(4)) == [[1.0], [1.0]]

@@ -73,7 +73,8 @@ def routing_relevance_script(load_script):
 @pytest.fixture
 def round_15_verdicts(routing_relevance_script):
     return lambda rows: routing_relevance_script.timesformer_verdicts(
-        rows, routing_relevance_script.TIMESFORMER_ROUNDS[15])
+        rows, routing_relevance_script.TIMESFORMER_ROUNDS[15]
+    )
 
 
 MIXTURE_30 = "timesformer: model-level clustered mixture 30 ep, lr 0.001, balance 0.005"
@@ -81,18 +82,32 @@ MIXTURE_60 = "timesformer: model-level clustered mixture 60 ep, lr 0.001, balanc
 
 
 def round_15_row(label, dense_epochs, seed, clean, learned_minus_random, se=0.01, shares=(0.25,) * 4, epochs=30):
-    return {"label": label, "dense": {"epochs": dense_epochs, "seed": seed}, "epochs": epochs, "seed": seed,
-            "path_share": shares, "after": {"learned": clean, "random": clean - learned_minus_random,
-                                            "learned_minus_random": learned_minus_random,
-                                            "learned_minus_random_se": se}}
+    return {
+        "label": label,
+        "dense": {"epochs": dense_epochs, "seed": seed},
+        "epochs": epochs,
+        "seed": seed,
+        "path_share": shares,
+        "after": {
+            "learned": clean,
+            "random": clean - learned_minus_random,
+            "learned_minus_random": learned_minus_random,
+            "learned_minus_random_se": se,
+        },
+    }
 
 
 def every_other_recipe_fails(*run):
     """Seed-0 rows that fail for every round-15 recipe but those in ``run`` ((label, dense epochs) pairs)."""
-    labels = [MIXTURE_30, MIXTURE_60, "timesformer: model-level clustered mixture 30 ep, lr 0.002, balance 0.005",
-              "timesformer: model-level clustered mixture 60 ep, lr 0.0005, balance 0.005"]
-    return [round_15_row(label, dense, 0, 0.5, 0.0) for label in labels for dense in (20, 40)
-            if (label, dense) not in run]
+    labels = [
+        MIXTURE_30,
+        MIXTURE_60,
+        "timesformer: model-level clustered mixture 30 ep, lr 0.002, balance 0.005",
+        "timesformer: model-level clustered mixture 60 ep, lr 0.0005, balance 0.005",
+    ]
+    return [
+        round_15_row(label, dense, 0, 0.5, 0.0) for label in labels for dense in (20, 40) if (label, dense) not in run
+    ]
 
 
 def test_round_15_rule_thresholds_are_inclusive(round_15_verdicts):
@@ -123,23 +138,33 @@ def test_round_15_rule_chooses_only_when_every_recipe_is_decided(round_15_verdic
         assert chosen is None and "passes so far; seed 2 to run" in [s["verdict"] for s in summaries]
     else:  # MIXTURE_60 after 40 dense epochs (costlier) is 5 points or 1 point better on average
         gain = 0.05 if case == "best" else 0.01  # the standard error over seeds of the winner's mean: ~1.2 points
-        costly = [round_15_row(MIXTURE_60, 40, seed, clean + gain, 0.10, epochs=60)
-                  for seed, clean in zip((0, 1, 2), (0.78, 0.80, 0.82))]
+        costly = [
+            round_15_row(MIXTURE_60, 40, seed, clean + gain, 0.10, epochs=60)
+            for seed, clean in zip((0, 1, 2), (0.78, 0.80, 0.82))
+        ]
         _, chosen = round_15_verdicts(strong + costly + every_other_recipe_fails((MIXTURE_30, 20), (MIXTURE_60, 40)))
         assert (chosen["label"], chosen["dense_epochs"]) == ((MIXTURE_60, 40) if case == "best" else (MIXTURE_30, 20))
 
 
-@pytest.mark.parametrize("problem, message", [
-    ("duplicate", "two rows for"), ("seed_3", "the rounds run seeds"), ("dense_seed", "on the dense phase of seed 0"),
-    ("dense_epochs", "is not one of this round's recipes"), ("no_path_share", "no path_share"),
-])
+@pytest.mark.parametrize(
+    "problem, message",
+    [
+        ("duplicate", "two rows for"),
+        ("seed_3", "the rounds run seeds"),
+        ("dense_seed", "on the dense phase of seed 0"),
+        ("dense_epochs", "is not one of this round's recipes"),
+        ("no_path_share", "no path_share"),
+    ],
+)
 def test_round_15_rule_refuses_rows_it_cannot_judge(round_15_verdicts, problem, message):
     row = round_15_row(MIXTURE_30, 20, 1, 0.8, 0.1)
-    rows = {"duplicate": [row, {**row, "path": "elsewhere.json"}],
-            "seed_3": [round_15_row(MIXTURE_30, 20, 3, 0.8, 0.1)],
-            "dense_seed": [{**row, "dense": {"epochs": 20, "seed": 0}}],
-            "dense_epochs": [round_15_row(MIXTURE_30, 30, 1, 0.8, 0.1)],
-            "no_path_share": [{key: value for key, value in row.items() if key != "path_share"}]}[problem]
+    rows = {
+        "duplicate": [row, {**row, "path": "elsewhere.json"}],
+        "seed_3": [round_15_row(MIXTURE_30, 20, 3, 0.8, 0.1)],
+        "dense_seed": [{**row, "dense": {"epochs": 20, "seed": 0}}],
+        "dense_epochs": [round_15_row(MIXTURE_30, 30, 1, 0.8, 0.1)],
+        "no_path_share": [{key: value for key, value in row.items() if key != "path_share"}],
+    }[problem]
     with pytest.raises(ValueError, match=message):
         round_15_verdicts(rows)
 

@@ -32,10 +32,12 @@ def grads(model, pixel_values, labels):
 
 
 @pytest.mark.parametrize("granularity", ["token", "model"])
-def test_checkpointing_gives_the_same_gradients(kind, tiny_videomae_config, tiny_timesformer_config, granularity,
-                                                monkeypatch):
-    model = build(kind, tiny_videomae_config, tiny_timesformer_config, router_granularity=granularity,
-                  router_jitter_noise=0.1)  # jitter: the recompute must replay the same random draw
+def test_checkpointing_gives_the_same_gradients(
+    kind, tiny_videomae_config, tiny_timesformer_config, granularity, monkeypatch
+):
+    model = build(
+        kind, tiny_videomae_config, tiny_timesformer_config, router_granularity=granularity, router_jitter_noise=0.1
+    )  # jitter: the recompute must replay the same random draw
     x, y = clip(), torch.tensor([1, 2])
     torch.manual_seed(5)
     reference = grads(model, x, y)
@@ -69,9 +71,18 @@ def test_trainer_gradient_checkpointing_argument(tmp_path, tiny_videomae_config,
 
     model = build("videomae", tiny_videomae_config, tiny_timesformer_config)
     data = make_moving_shapes(16, num_frames=4, image_size=16, seed=0, test_size=4)
-    args = AdversarialTrainingArguments(output_dir=str(tmp_path), adv_method="pgd-at", adv_eps=4 / 255, adv_steps=1,
-                                        max_steps=2, per_device_train_batch_size=4, gradient_checkpointing=True,
-                                        report_to=[], use_cpu=True, save_strategy="no")
+    args = AdversarialTrainingArguments(
+        output_dir=str(tmp_path),
+        adv_method="pgd-at",
+        adv_eps=4 / 255,
+        adv_steps=1,
+        max_steps=2,
+        per_device_train_batch_size=4,
+        gradient_checkpointing=True,
+        report_to=[],
+        use_cpu=True,
+        save_strategy="no",
+    )
     AdversarialTrainer(model=model, args=args, train_dataset=data["train"]).train()
     assert model.is_activation_checkpointing
 
@@ -86,8 +97,13 @@ def dense_checkpoint_with_processor(path, tiny_videomae_config):
     torch.manual_seed(0)
     dense = VideoMAEForVideoClassification(tiny_videomae_config(dense=True))
     dense.save_pretrained(path)
-    VideoMAEImageProcessorPil(size={"shortest_edge": 20}, crop_size={"height": 16, "width": 16}, resample=3,
-                              image_mean=[0.4, 0.5, 0.6], image_std=[0.2, 0.3, 0.4]).save_pretrained(path)
+    VideoMAEImageProcessorPil(
+        size={"shortest_edge": 20},
+        crop_size={"height": 16, "width": 16},
+        resample=3,
+        image_mean=[0.4, 0.5, 0.6],
+        image_std=[0.2, 0.3, 0.4],
+    ).save_pretrained(path)
     return dense
 
 
@@ -109,7 +125,9 @@ def test_from_dense_carries_the_processor(tmp_path, tiny_videomae_config):
     VideoMAEMoeForVideoClassification.from_pretrained(tmp_path / "moe").save_pretrained(tmp_path / "again")
     assert AutoImageProcessor.from_pretrained(tmp_path / "again").size == {"shortest_edge": 20}
     # Given explicitly, image_mean / image_std win over the processor's.
-    explicit = VideoMAEMoeForVideoClassification.from_dense(tmp_path / "dense", image_mean=[0.0] * 3, image_std=[1.0] * 3)
+    explicit = VideoMAEMoeForVideoClassification.from_dense(
+        tmp_path / "dense", image_mean=[0.0] * 3, image_std=[1.0] * 3
+    )
     assert explicit.config.image_mean == [0.0] * 3
 
 
@@ -144,9 +162,18 @@ def test_trainer_checkpoints_carry_a_processor(tmp_path, tiny_videomae_config, t
 
     model = build("videomae", tiny_videomae_config, tiny_timesformer_config)
     data = make_moving_shapes(16, num_frames=4, image_size=16, seed=0, test_size=4)
-    args = AdversarialTrainingArguments(output_dir=str(tmp_path), adv_method="pgd-at", adv_eps=4 / 255, adv_steps=1,
-                                        max_steps=1, per_device_train_batch_size=4, report_to=[], use_cpu=True,
-                                        save_strategy="steps", save_steps=1)
+    args = AdversarialTrainingArguments(
+        output_dir=str(tmp_path),
+        adv_method="pgd-at",
+        adv_eps=4 / 255,
+        adv_steps=1,
+        max_steps=1,
+        per_device_train_batch_size=4,
+        report_to=[],
+        use_cpu=True,
+        save_strategy="steps",
+        save_steps=1,
+    )
     trainer = AdversarialTrainer(model=model, args=args, train_dataset=data["train"])
     trainer.train()
     trainer.save_model(str(tmp_path / "final"))

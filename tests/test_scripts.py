@@ -15,17 +15,34 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 
 def test_reproduction_and_attack_components_quick(tmp_path, run_script):
     out = tmp_path / "repro"
-    result = run_script(str(REPO_ROOT / "scripts" / "reproduce_paper.py"), "--quick", "--threads", "1",
-                        "--output-dir", str(out), cwd=tmp_path)
+    result = run_script(
+        str(REPO_ROOT / "scripts" / "reproduce_paper.py"),
+        "--quick",
+        "--threads",
+        "1",
+        "--output-dir",
+        str(out),
+        cwd=tmp_path,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     text = (out / "RESULTS.md").read_text()
     for section in ("## (a) Attack strength", "## (b) Defenses", "## Ablations (J-TLAT)", "## What holds"):
         assert section in text
     # Every defense and every ablation produced a row (and the new balance ablation is among them).
-    for label in ("Dense AT (PGD-AT)", "MoE AT (PGD-AT)", "AdvMoE-style", "| TLAT |", "| J-TLAT |",
-                  "MoE AT, compute-matched to J-TLAT", "step-1 balance: Switch loss instead of the sharp one",
-                  "no guidance", "without step 1 (router)", "step 2 on TLA-E examples", "one λ",
-                  "the paper's three sequential updates per batch"):
+    for label in (
+        "Dense AT (PGD-AT)",
+        "MoE AT (PGD-AT)",
+        "AdvMoE-style",
+        "| TLAT |",
+        "| J-TLAT |",
+        "MoE AT, compute-matched to J-TLAT",
+        "step-1 balance: Switch loss instead of the sharp one",
+        "no guidance",
+        "without step 1 (router)",
+        "step 2 on TLA-E examples",
+        "one λ",
+        "the paper's three sequential updates per batch",
+    ):
         assert label in text, label
     # The verdicts rest on the protocol's paired tests.
     assert "one-sided sign test p =" in text and "McNemar per seed" in text
@@ -35,6 +52,7 @@ def test_reproduction_and_attack_components_quick(tmp_path, run_script):
     assert "(primary endpoint)" in text
     # The page names the library versions the cached evaluations recorded (a resumed run may mix them).
     import transformers
+
     software = text.split("**Software recorded by the evaluations cached in the output folder:**")[1].split("\n")[0]
     assert f"transformers {transformers.__version__}: " in software
     # Table (a)'s frozen-routing controls come at every ε it was run at, not only the training ε, with their rows.
@@ -48,15 +66,33 @@ def test_reproduction_and_attack_components_quick(tmp_path, run_script):
     assert config["router_aux_loss_coef"] == Settings().router_aux_loss_coef
     assert f"load-balancing aux loss coefficient {Settings().router_aux_loss_coef:g} (the config default is" in text
     # A second run finds everything cached and rewrites the same tables.
-    again = run_script(str(REPO_ROOT / "scripts" / "reproduce_paper.py"), "--quick", "--threads", "1",
-                       "--output-dir", str(out), cwd=tmp_path)
+    again = run_script(
+        str(REPO_ROOT / "scripts" / "reproduce_paper.py"),
+        "--quick",
+        "--threads",
+        "1",
+        "--output-dir",
+        str(out),
+        cwd=tmp_path,
+    )
     assert again.returncode == 0, again.stderr[-3000:]
     assert (out / "RESULTS.md").read_text().split("## Protocol")[1] == text.split("## Protocol")[1]
 
     table = tmp_path / "components.md"
-    result = run_script(str(REPO_ROOT / "scripts" / "attack_components.py"), "--model",
-                        str(out / "seed0" / "moe-at" / "model"), "--eps", "8", "--steps", "2", "--num-samples", "8",
-                        "--output", str(table), cwd=tmp_path)
+    result = run_script(
+        str(REPO_ROOT / "scripts" / "attack_components.py"),
+        "--model",
+        str(out / "seed0" / "moe-at" / "model"),
+        "--eps",
+        "8",
+        "--steps",
+        "2",
+        "--num-samples",
+        "8",
+        "--output",
+        str(table),
+        cwd=tmp_path,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     rows = [line for line in table.read_text().splitlines() if line.startswith("| ") and "variant" not in line]
     assert len(rows) == 20
@@ -71,8 +107,9 @@ def test_reproduction_and_attack_components_quick(tmp_path, run_script):
 def test_gpu_check_code_paths_on_cpu(tmp_path, run_script):
     """The GPU check's code paths (bf16 models, kernels, attacks, J-TLAT with checkpointing) at toy size on CPU."""
     report = tmp_path / "gpu_check.md"
-    result = run_script(str(REPO_ROOT / "scripts" / "gpu_check.py"), "--device", "cpu", "--quick", "--output",
-                        str(report), cwd=tmp_path)
+    result = run_script(
+        str(REPO_ROOT / "scripts" / "gpu_check.py"), "--device", "cpu", "--quick", "--output", str(report), cwd=tmp_path
+    )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     text = report.read_text()
     assert "FAIL" not in text and text.count("| PASS |") == 16
@@ -111,36 +148,72 @@ def test_structure_check_finds_violations(tmp_path, load_script):
 def test_calibration_and_cascade_benchmark_quick(tmp_path, run_script):
     """scripts/calibrate_lipschitz.py and scripts/bench_cascade.py on the quick reproduction's models."""
     out = tmp_path / "repro"
-    result = run_script(str(REPO_ROOT / "scripts" / "reproduce_paper.py"), "--quick", "--threads", "1",
-                        "--skip-ablations", "--output-dir", str(out), cwd=tmp_path)
+    result = run_script(
+        str(REPO_ROOT / "scripts" / "reproduce_paper.py"),
+        "--quick",
+        "--threads",
+        "1",
+        "--skip-ablations",
+        "--output-dir",
+        str(out),
+        cwd=tmp_path,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     calibration = tmp_path / "calibration.md"
-    result = run_script(str(REPO_ROOT / "scripts" / "calibrate_lipschitz.py"), "--model",
-                        str(out / "seed0" / "moe-upcycled"), "--num-samples", "8", "--output", str(calibration),
-                        cwd=tmp_path)
+    result = run_script(
+        str(REPO_ROOT / "scripts" / "calibrate_lipschitz.py"),
+        "--model",
+        str(out / "seed0" / "moe-upcycled"),
+        "--num-samples",
+        "8",
+        "--output",
+        str(calibration),
+        cwd=tmp_path,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     rows = [line for line in calibration.read_text().splitlines() if line.startswith("| ") and "term" not in line]
     assert [row.split(" | ")[0][2:].split(" ")[0] for row in rows] == ["router", "expert", "model"]
     bench = tmp_path / "cascade.md"
-    result = run_script(str(REPO_ROOT / "scripts" / "bench_cascade.py"), "--model",
-                        str(out / "seed0" / "moe-at" / "model"), "--num-samples", "8", "--steps", "1",
-                        "--output", str(bench), cwd=tmp_path)
+    result = run_script(
+        str(REPO_ROOT / "scripts" / "bench_cascade.py"),
+        "--model",
+        str(out / "seed0" / "moe-at" / "model"),
+        "--num-samples",
+        "8",
+        "--steps",
+        "1",
+        "--output",
+        str(bench),
+        cwd=tmp_path,
+    )
     assert result.returncode == 0, result.stderr[-3000:] + result.stdout[-2000:]
     assert "Worst case identical clip by clip: **yes**" in bench.read_text()
 
 
 def test_reproduction_resumes_from_its_tracked_cache(tmp_path, run_script):
-    """The run's cache under version control (results/reproduction2/.gitignore) keeps the JSON results and the weights
-    that later units start from or evaluate again: a fresh clone resumes from it, retraining the other checkpoints and
-    refusing weights other than the recorded ones."""
+    """The run's cache under version control (results/reproduction2/.gitignore) keeps the JSON results and compressed
+    reports, no weights: a fresh clone resumes from it, retraining (in reproducible mode, the default) the checkpoints
+    it needs to their recorded fingerprints and refusing weights other than the recorded ones."""
     import shutil
 
-    from hf_videomoe.reproduction.recipes import CACHE_GITIGNORE, EVALUATING_GITIGNORE
+    from hf_videomoe.reproduction.recipes import CACHE_GITIGNORE
 
     script = str(REPO_ROOT / "scripts" / "reproduce_paper.py")
     out = tmp_path / "run"
-    result = run_script(script, "--quick", "--threads", "1", "--output-dir", str(out), "--defenses", "moe-at", "j-tlat",
-                        "--attack-table-seeds", "--skip-ablations", cwd=tmp_path)
+    result = run_script(
+        script,
+        "--quick",
+        "--threads",
+        "1",
+        "--output-dir",
+        str(out),
+        "--defenses",
+        "moe-at",
+        "j-tlat",
+        "--attack-table-seeds",
+        "--skip-ablations",
+        cwd=tmp_path,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     seed_dir = out / "seed0"
     # Only the rows asked for ran; table (a) at the training ε is MoE AT's own evaluation and is collected with it.
@@ -159,27 +232,29 @@ def test_reproduction_resumes_from_its_tracked_cache(tmp_path, run_script):
     # No finished evaluation leaves its row's weights marked for keeping.
     assert not list(seed_dir.glob("*/model/.gitignore"))
 
-    # What git keeps of that folder (an evaluation still running leaves per-batch state and keeps its row's weights).
+    # What git keeps of that folder (an evaluation still running leaves per-batch state; weights are never kept).
     running = seed_dir / "advmoe" / "report-eps4-state"
     (running / "batches").mkdir(parents=True)
     (running / "settings.json").write_text("{}")
     (running / "batches" / "batch_0000000.json").write_text("{}")
     (running.parent / "model").mkdir()
     (running.parent / "model" / "model.safetensors").write_bytes(b"")
-    (running.parent / "model" / ".gitignore").write_text(EVALUATING_GITIGNORE)
     git = ["git", "-c", "core.excludesFile=/dev/null", "-C", str(out)]
     subprocess.run(["git", "init", "-q", str(out)], check=True)
     subprocess.run([*git, "add", "-A"], check=True)
     kept = subprocess.run([*git, "ls-files"], check=True, capture_output=True, text=True).stdout.split()
-    weights = {"seed0/dense-clean/model.safetensors", "seed0/moe-upcycled/model.safetensors",
-               "seed0/moe-at/model/model.safetensors", "seed0/advmoe/model/model.safetensors"}
-    assert all(name.endswith(".json") or name.endswith(".gitignore") or name in weights for name in kept), kept
-    for name in ("seed0/moe-at/result.json", "seed0/dense-clean/train.json", "seed0/moe-at/attacks-eps4.json",
-                 "seed0/moe-at/attack-table-eps4.json", "seed0/j-tlat/report-eps4.json",
-                 "seed0/advmoe/report-eps4-state/batches/batch_0000000.json", "seed0/moe-at/model/config.json",
-                 *weights):
+    assert all(name.endswith((".json", ".json.gz", ".gitignore")) for name in kept), kept
+    for name in (
+        "seed0/moe-at/result.json",
+        "seed0/dense-clean/train.json",
+        "seed0/moe-at/attacks-eps4.json.gz",
+        "seed0/moe-at/attack-table-eps4.json",
+        "seed0/j-tlat/report-eps4.json.gz",
+        "seed0/moe-at/attacks-eps4.seconds.json",
+        "seed0/advmoe/report-eps4-state/batches/batch_0000000.json",
+    ):
         assert name in kept, name
-    assert "seed0/j-tlat/model/model.safetensors" not in kept and not any("trainer" in name for name in kept)
+    assert not any(name.endswith(".safetensors") or "trainer" in name or "/model/" in name for name in kept), kept
     shutil.rmtree(running.parent)
     kept = [name for name in kept if not name.startswith("seed0/advmoe/")]
 
@@ -195,9 +270,23 @@ def test_reproduction_resumes_from_its_tracked_cache(tmp_path, run_script):
     # J-TLAT as if the machine had gone after its training, before its evaluation finished.
     jtlat_result = json.loads((clone / "seed0" / "j-tlat" / "result.json").read_text())
     (clone / "seed0" / "j-tlat" / "result.json").unlink()
-    (clone / "seed0" / "j-tlat" / "report-eps4.json").unlink()
-    result = run_script(script, "--quick", "--threads", "1", "--output-dir", str(clone), "--defenses", "moe-at",
-                        "j-tlat", "advmoe", "--attack-table-seeds", "0", "--skip-ablations", cwd=tmp_path)
+    (clone / "seed0" / "j-tlat" / "report-eps4.json.gz").unlink()
+    result = run_script(
+        script,
+        "--quick",
+        "--threads",
+        "1",
+        "--output-dir",
+        str(clone),
+        "--defenses",
+        "moe-at",
+        "j-tlat",
+        "advmoe",
+        "--attack-table-seeds",
+        "0",
+        "--skip-ablations",
+        cwd=tmp_path,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     # Finished rows are read, not rerun; J-TLAT, the new row and table (a) at the other ε start from retrained
     # checkpoints that match the recorded weights, and J-TLAT's evaluation gives the same result as the first time.
@@ -205,15 +294,28 @@ def test_reproduction_resumes_from_its_tracked_cache(tmp_path, run_script):
     assert "table (a) attacks on MoE AT at ε=4/255" not in result.stdout
     assert (clone / "seed0" / "advmoe" / "result.json").exists()
     assert (clone / "seed0" / "moe-at" / "attack-table-eps8.json").exists()
-    assert "j-tlat/model: retrained, same weights as recorded" in result.stdout
-    for checkpoint in ("dense-clean", "moe-upcycled", "moe-at/model"):  # their weights came with the clone
-        assert f"{checkpoint}: retrained" not in result.stdout, checkpoint
+    for checkpoint in ("dense-clean", "moe-upcycled", "moe-at/model", "j-tlat/model"):  # no weights came with the clone
+        assert f"{checkpoint}: retrained, same weights as recorded" in result.stdout, checkpoint
     rerun = json.loads((clone / "seed0" / "j-tlat" / "result.json").read_text())
     assert {k: v for k, v in rerun.items() if k != "eval_seconds"} == {
-        k: v for k, v in jtlat_result.items() if k != "eval_seconds"}
+        k: v for k, v in jtlat_result.items() if k != "eval_seconds"
+    }
     # --status reads the same files: every job of that plan is done; the full protocol's plan is not.
-    status = run_script(script, "--quick", "--output-dir", str(clone), "--status", "--defenses", "moe-at", "j-tlat",
-                        "advmoe", "--attack-table-seeds", "0", "--skip-ablations", cwd=tmp_path)
+    status = run_script(
+        script,
+        "--quick",
+        "--output-dir",
+        str(clone),
+        "--status",
+        "--defenses",
+        "moe-at",
+        "j-tlat",
+        "advmoe",
+        "--attack-table-seeds",
+        "0",
+        "--skip-ablations",
+        cwd=tmp_path,
+    )
     assert status.returncode == 0 and "| 0 | 6 / 6 |" in status.stdout, status.stdout + status.stderr
     status = run_script(script, "--quick", "--output-dir", str(clone), "--status", cwd=tmp_path)
     from hf_videomoe.reproduction import ABLATIONS
@@ -224,60 +326,64 @@ def test_reproduction_resumes_from_its_tracked_cache(tmp_path, run_script):
     # A retrained checkpoint with other weights than recorded (as on another kind of machine, had its weights not been
     # kept) stops the run, saves nothing, and stops it again on the next try; so does a recorded checkpoint without a
     # fingerprint (its retrained weights cannot be checked).
-    for name, edit in (("tampered", lambda info: {**info, "weights_fingerprint": "0" * 64}),
-                       ("unchecked", lambda info: {k: v for k, v in info.items() if k != "weights_fingerprint"})):
+    for name, edit in (
+        ("tampered", lambda info: {**info, "weights_fingerprint": "0" * 64}),
+        ("unchecked", lambda info: {k: v for k, v in info.items() if k != "weights_fingerprint"}),
+    ):
         clone = fresh_clone(name)
-        (clone / "seed0" / "moe-upcycled" / "model.safetensors").unlink()
+        (clone / "seed0" / "moe-upcycled" / "model.safetensors").unlink(missing_ok=True)
         info_path = clone / "seed0" / "moe-upcycled" / "train.json"
         info_path.write_text(json.dumps(edit(json.loads(info_path.read_text()))))
         for _ in range(2):
-            result = run_script(script, "--quick", "--threads", "1", "--output-dir", str(clone), "--defenses",
-                                "advmoe", "--attack-table-seeds", "--skip-ablations", cwd=tmp_path)
+            result = run_script(
+                script,
+                "--quick",
+                "--threads",
+                "1",
+                "--output-dir",
+                str(clone),
+                "--defenses",
+                "advmoe",
+                "--attack-table-seeds",
+                "--skip-ablations",
+                cwd=tmp_path,
+            )
             assert result.returncode != 0
-            assert ("came out with other weights than those recorded" if name == "tampered"
-                    else "records no weight fingerprint") in result.stderr, result.stderr[-2000:]
+            assert (
+                "came out with other weights than those recorded"
+                if name == "tampered"
+                else "records no weight fingerprint"
+            ) in result.stderr, result.stderr[-2000:]
             assert not (clone / "seed0" / "moe-upcycled" / "model.safetensors").exists()
 
 
-def test_a_row_keeps_its_weights_in_the_cache_while_its_evaluation_runs(tmp_path, monkeypatch):
-    """Training is reproducible only on the same kind of machine: a row whose evaluation is cut short must keep its
-    weights in the tracked cache, and stop keeping them once its report is written."""
+def test_a_finished_evaluation_keeps_its_report_compressed(tmp_path, monkeypatch):
+    """The cache keeps each evaluation's per-clip report gzip-compressed (``report-eps4.json.gz``), and table (a)'s run
+    is read back from that form (or from the plain form older caches hold)."""
+    import gzip
+
     import torch
 
     from hf_videomoe.reproduction import runner
-    from hf_videomoe.reproduction.recipes import EVALUATING_GITIGNORE
 
-    reproduction = runner.Reproduction(Settings.quick(), tmp_path / "run", seeds=[0], ablation_seeds=[],
-                                       attack_table_seeds=[], skip_ablations=True)
-    model_dir = tmp_path / "run" / "seed0" / "tlat" / "model"
-    model_dir.mkdir(parents=True)
-    seen = []
+    reproduction = runner.Reproduction(
+        Settings.quick(), tmp_path / "run", seeds=[0], ablation_seeds=[], attack_table_seeds=[], skip_ablations=True
+    )
+    row = tmp_path / "run" / "seed0" / "tlat"
+    (row / "model").mkdir(parents=True)
 
     class Report:
         def save(self, path):
-            path.write_text("{}")
+            path.write_text('{"clean_accuracy": 0.5}')
 
-    def evaluation(*args, **kwargs):
-        gitignore = model_dir / ".gitignore"
-        seen.append(gitignore.read_text() if gitignore.exists() else None)
-        if len(seen) == 1:
-            raise KeyboardInterrupt  # the machine goes away mid-evaluation
-        return Report()
-
-    monkeypatch.setattr(runner, "evaluate_robustness", evaluation)
-    report_path = model_dir.parent / "report-eps4.json"
-    with pytest.raises(KeyboardInterrupt):
-        reproduction.evaluate(torch.nn.Linear(1, 1), ["pgd"], 4 / 255, report_path)
-    assert (model_dir / ".gitignore").read_text() == EVALUATING_GITIGNORE
-    reproduction.evaluate(torch.nn.Linear(1, 1), ["pgd"], 4 / 255, report_path)
-    assert seen == [EVALUATING_GITIGNORE] * 2 and report_path.exists()
-    assert not (model_dir / ".gitignore").exists()
-
-    # MoE AT's weights are always kept by the cache's own ignore file: its folder gets no second one.
-    model_dir = tmp_path / "run" / "seed0" / "moe-at" / "model"
-    model_dir.mkdir(parents=True)
-    reproduction.evaluate(torch.nn.Linear(1, 1), ["pgd"], 4 / 255, model_dir.parent / "attacks-eps4.json")
-    assert seen[-1] is None and not (model_dir / ".gitignore").exists()
+    monkeypatch.setattr(runner, "evaluate_robustness", lambda *args, **kwargs: Report())
+    reproduction.evaluate(torch.nn.Linear(1, 1), ["pgd"], 4 / 255, row / "report-eps4.json")
+    assert not (row / "report-eps4.json").exists() and not (row / "model" / ".gitignore").exists()
+    assert json.loads(gzip.decompress((row / "report-eps4.json.gz").read_bytes())) == {"clean_accuracy": 0.5}
+    assert runner.read_json(row / "report-eps4.json.gz") == {"clean_accuracy": 0.5}
+    assert runner.cached_report(row / "report-eps4.json") == row / "report-eps4.json.gz"
+    (row / "report-eps4.json.gz").rename(row / "report-eps4.json")
+    assert runner.cached_report(row / "report-eps4.json") == row / "report-eps4.json"
 
 
 def test_compute_matched_row_needs_only_the_training_records(tmp_path, monkeypatch):
@@ -285,8 +391,9 @@ def test_compute_matched_row_needs_only_the_training_records(tmp_path, monkeypat
     evaluations still run in another process: it must not evaluate them."""
     from hf_videomoe.reproduction import runner
 
-    reproduction = runner.Reproduction(Settings.quick(), tmp_path / "run", seeds=[0], ablation_seeds=[],
-                                       attack_table_seeds=[], skip_ablations=True)
+    reproduction = runner.Reproduction(
+        Settings.quick(), tmp_path / "run", seeds=[0], ablation_seeds=[], attack_table_seeds=[], skip_ablations=True
+    )
     for name, record in (("j-tlat", {"seconds": 30.0}), ("moe-at", {"seconds_per_epoch": 4.0})):
         (tmp_path / "run" / "seed0" / name).mkdir(parents=True)
         (tmp_path / "run" / "seed0" / name / "train.json").write_text(json.dumps(record))
@@ -297,20 +404,21 @@ def test_compute_matched_row_needs_only_the_training_records(tmp_path, monkeypat
 
     def trained_model(seed, run_name, method, start, arg_overrides, config_overrides, epochs=None):
         trained.append((run_name, epochs))
-        raise Stop
+        raise Stop("trained_model was called")
 
     def evaluate(*args, **kwargs):
         raise AssertionError("J-TLAT or MoE AT was evaluated")
 
     monkeypatch.setattr(reproduction, "trained_model", trained_model)
     monkeypatch.setattr(reproduction, "evaluate", evaluate)
-    with pytest.raises(Stop):
+    with pytest.raises(Stop, match="trained_model was called"):
         reproduction.defense(0, "moe-at-matched")
     assert trained == [("moe-at-matched", 7.5)]
 
 
 def test_kept_weights_load_only_with_their_recorded_fingerprint(tmp_path):
-    """Weights now travel in the tracked cache: a checkpoint whose tensors are not the recorded ones must not load."""
+    """Weights on disk (a local run, or checked out of an older commit): a checkpoint whose tensors are not the recorded
+    ones must not load."""
     import torch
 
     from hf_videomoe.reproduction.checkpoints import load_checkpoint, save_checkpoint
@@ -346,8 +454,9 @@ def test_dense_timesformer_starts_able_to_see_frame_order():
         assert not torch.allclose(model(pixel_values=clip).logits, model(pixel_values=reversed_clip).logits, atol=1e-4)
         plain = TimesformerForVideoClassification(model.config).eval()
         assert torch.count_nonzero(plain.timesformer.embeddings.time_embeddings) == 0
-        torch.testing.assert_close(plain(pixel_values=clip).logits, plain(pixel_values=reversed_clip).logits,
-                                   atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(
+            plain(pixel_values=clip).logits, plain(pixel_values=reversed_clip).logits, atol=1e-5, rtol=1e-5
+        )
 
 
 def test_defense_figure_draws_one_line_per_seed(tmp_path, monkeypatch):
@@ -358,8 +467,10 @@ def test_defense_figure_draws_one_line_per_seed(tmp_path, monkeypatch):
     settings = Settings.quick()
     assert plot_defenses_per_seed({"defenses": {}}, settings, tmp_path / "none.png") is None
     assert not (tmp_path / "none.png").exists()
-    rows = {"moe-at": {0: {"clean": 0.8, "worst_case": 0.3}, 1: {"clean": 0.9, "worst_case": 0.2}},
-            "j-tlat": {0: {"clean": 0.7, "worst_case": 0.25}, 1: {"clean": 0.85, "worst_case": 0.1}}}
+    rows = {
+        "moe-at": {0: {"clean": 0.8, "worst_case": 0.3}, 1: {"clean": 0.9, "worst_case": 0.2}},
+        "j-tlat": {0: {"clean": 0.7, "worst_case": 0.25}, 1: {"clean": 0.85, "worst_case": 0.1}},
+    }
     closed = []  # keep the figure open to read its lines back
     monkeypatch.setattr(plots._pyplot(), "close", closed.append)
     path = plot_defenses_per_seed({"defenses": rows}, settings, tmp_path / "figure.png")
@@ -381,8 +492,9 @@ def test_results_page_counts_the_library_versions_of_its_evaluations(tmp_path):
         name = "attacks-eps4.json" if row.endswith("moe-at") else "report-eps4.json"
         (tmp_path / row / name).write_text(json.dumps({"versions": {"torch": "2.13.0", "transformers": version}}))
     (tmp_path / "seed0" / "moe-at" / "attacks-eps4.seconds.json").write_text(json.dumps({"seconds": 1.0}))
-    assert software_of_results(tmp_path) == ("torch 2.13.0, transformers 5.24.0: 1 evaluation; "
-                                             "torch 2.13.0, transformers 5.25.0: 2 evaluations")
+    assert software_of_results(tmp_path) == (
+        "torch 2.13.0, transformers 5.24.0: 1 evaluation; torch 2.13.0, transformers 5.25.0: 2 evaluations"
+    )
 
 
 def test_every_ablation_has_a_generated_verdict():
@@ -399,8 +511,16 @@ def test_ablations_run_in_the_order_given_each_on_every_seed_before_the_next(tmp
     from hf_videomoe.reproduction import ABLATIONS, Reproduction
 
     def plan(**kwargs):
-        reproduction = Reproduction(Settings.quick(), tmp_path / "run", seeds=[0, 1], ablation_seeds=[0, 1],
-                                    attack_table_seeds=[], skip_ablations=False, defenses=["j-tlat"], **kwargs)
+        reproduction = Reproduction(
+            Settings.quick(),
+            tmp_path / "run",
+            seeds=[0, 1],
+            ablation_seeds=[0, 1],
+            attack_table_seeds=[],
+            skip_ablations=False,
+            defenses=["j-tlat"],
+            **kwargs,
+        )
         return [(seed, what) for kind, seed, what in reproduction.plan() if kind == "ablation"]
 
     expected = [(0, "no-model-step"), (1, "no-model-step"), (0, "no-router-step"), (1, "no-router-step")]
@@ -414,6 +534,6 @@ def test_ablations_run_in_the_order_given_each_on_every_seed_before_the_next(tmp
     script = load_script("reproduce_paper")
     assert script.parse_args(["--ablations", "no-aux", "no-guidance"]).ablations == ["no-aux", "no-guidance"]
     for argv in (["--ablations", "no-such-step"], ["--ablations", "no-aux", "--skip-ablations"]):
-        with pytest.raises(SystemExit):
+        with pytest.raises(SystemExit, match="^2$"):
             script.parse_args(argv)
     assert "not allowed with argument" in capsys.readouterr().err

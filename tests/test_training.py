@@ -31,14 +31,37 @@ METHODS = ("none", "pgd-at", "trades", "tlat", "advmoe", "j-tlat")
 # Loss components each method logs (next to Trainer's `loss`).
 LOGGED = {
     "none": {"loss_model", "clean_ce", "aux_loss", "expert_usage_entropy"},
-    "pgd-at": {"loss_model", "adv_ce", "aux_loss", "expert_usage_entropy", "routing_change", "adv_accuracy",
-               "clean_accuracy", "fgsm_accuracy"},
+    "pgd-at": {
+        "loss_model",
+        "adv_ce",
+        "aux_loss",
+        "expert_usage_entropy",
+        "routing_change",
+        "adv_accuracy",
+        "clean_accuracy",
+        "fgsm_accuracy",
+    },
     "trades": {"loss_model", "clean_ce", "trades_kl", "adv_ce", "aux_loss", "routing_change"},
     "tlat": {"loss_model", "adv_ce", "lipschitz_model", "clean_ce", "aux_loss", "routing_change"},
     "advmoe": {"loss_router", "loss_expert", "adv_ce", "aux_loss", "routing_change"},
-    "j-tlat": {"loss_router", "router_ce", "lipschitz_router", "router_balance", "loss_expert", "expert_ce", "lipschitz_expert",
-               "loss_model", "adv_ce", "lipschitz_model", "clean_ce", "aux_loss", "expert_usage_entropy",
-               "routing_change", "clean_accuracy", "adv_accuracy"},
+    "j-tlat": {
+        "loss_router",
+        "router_ce",
+        "lipschitz_router",
+        "router_balance",
+        "loss_expert",
+        "expert_ce",
+        "lipschitz_expert",
+        "loss_model",
+        "adv_ce",
+        "lipschitz_model",
+        "clean_ce",
+        "aux_loss",
+        "expert_usage_entropy",
+        "routing_change",
+        "clean_accuracy",
+        "adv_accuracy",
+    },
 }
 
 
@@ -417,8 +440,16 @@ def test_jtlat_sequential_update_clips_each_step_and_regenerates_reused_examples
     gradient); with one adversarial batch for all steps, step 3 attacks the updated weights anew."""
     model = moe_model()
     router = _names(named_router_parameters(model))
-    trainer = _train_recording_phase_starts(tmp_path, model, shapes, jtlat_update="sequential", optim="sgd",
-                                            learning_rate=1.0, max_grad_norm=1e-3, jtlat_reuse_adversarial=True)
+    trainer = _train_recording_phase_starts(
+        tmp_path,
+        model,
+        shapes,
+        jtlat_update="sequential",
+        optim="sgd",
+        learning_rate=1.0,
+        max_grad_norm=1e-3,
+        jtlat_reuse_adversarial=True,
+    )
     at_router, at_expert, at_model = trainer.starts
     step_norm = torch.stack([(at_expert["weights"][n] - at_router["weights"][n]).norm() for n in router]).norm()
     assert step_norm.item() == pytest.approx(1e-3, rel=1e-3)
@@ -543,8 +574,14 @@ def test_jtlat_step1_balance_term(tmp_path, moe_model, shapes):
     collapsed): the Switch loss and the sharpened one are different terms on the same (seeded) step."""
     logged = {}
     for balance in ("switch", "sharp"):
-        args = make_args(tmp_path / balance, adv_method="j-tlat", jtlat_router_balance=balance, jtlat_steps=["router"],
-                         max_steps=1, logging_steps=1)
+        args = make_args(
+            tmp_path / balance,
+            adv_method="j-tlat",
+            jtlat_router_balance=balance,
+            jtlat_steps=["router"],
+            max_steps=1,
+            logging_steps=1,
+        )
         trainer = make_trainer(moe_model(), args, shapes["train"])
         trainer.train()
         assert trainer.training_recipe()["jtlat_router_balance"] == balance
@@ -656,7 +693,7 @@ def test_interrupted_jtlat_run_resumes_to_identical_weights(tmp_path, moe_model,
     expected, actual = full.model.state_dict(), resumed.model.state_dict()
     for name in expected:
         torch.testing.assert_close(actual[name], expected[name], atol=1e-6, rtol=0, msg=name)
-    state = lambda t: next(cb for cb in t.callback_handler.callbacks if isinstance(cb, AdversarialTrainingCallback))
+    state = lambda t: next(cb for cb in t.callback_handler.callbacks if isinstance(cb, AdversarialTrainingCallback))  # noqa: E731
     assert state(resumed).phase_updates == state(full).phase_updates == {"router": 6, "expert": 6, "model": 6}
 
 
@@ -703,11 +740,14 @@ def test_gradient_accumulation_matches_a_full_batch(tmp_path, moe_model, shapes,
         torch.testing.assert_close(finals[1][name], finals[0][name], atol=1e-6, rtol=1e-5, msg=name)
 
 
-@pytest.mark.parametrize("step, own, others", [
-    ("router", "router_lipschitz_weight", ("lipschitz_weight", "expert_lipschitz_weight")),
-    ("expert", "expert_lipschitz_weight", ("lipschitz_weight", "router_lipschitz_weight")),
-    ("model", "lipschitz_weight", ("expert_lipschitz_weight", "router_lipschitz_weight")),
-])
+@pytest.mark.parametrize(
+    "step, own, others",
+    [
+        ("router", "router_lipschitz_weight", ("lipschitz_weight", "expert_lipschitz_weight")),
+        ("expert", "expert_lipschitz_weight", ("lipschitz_weight", "router_lipschitz_weight")),
+        ("model", "lipschitz_weight", ("expert_lipschitz_weight", "router_lipschitz_weight")),
+    ],
+)
 def test_jtlat_each_lipschitz_weight_reaches_its_own_step(tmp_path, moe_model, shapes, step, own, others):
     """λ_R weighs step 1's router ratio, λ_E step 2's expert ratio, λ_F step 3's model ratio, and no other step's.
     The training attacks are PGD (no λ in them), so only the loss can tell the settings apart."""
@@ -718,8 +758,9 @@ def test_jtlat_each_lipschitz_weight_reaches_its_own_step(tmp_path, moe_model, s
 
     def first_loss(**weights):
         runs.append(weights)
-        args = make_args(tmp_path / str(len(runs)), adv_method="j-tlat", jtlat_steps=[step], max_steps=1,
-                         **attack, **weights)
+        args = make_args(
+            tmp_path / str(len(runs)), adv_method="j-tlat", jtlat_steps=[step], max_steps=1, **attack, **weights
+        )
         trainer = make_trainer(moe_model(), args, shapes["train"])
         trainer.train()
         return next(entry[loss_key] for entry in trainer.state.log_history if loss_key in entry)
@@ -730,11 +771,14 @@ def test_jtlat_each_lipschitz_weight_reaches_its_own_step(tmp_path, moe_model, s
 
 
 def test_training_attacks_get_the_lambda_of_their_component(tmp_path, moe_model, shapes):
-    args = make_args(tmp_path, adv_method="j-tlat", lipschitz_weight=0.1, expert_lipschitz_weight=0.2,
-                     router_lipschitz_weight=0.3)
+    args = make_args(
+        tmp_path, adv_method="j-tlat", lipschitz_weight=0.1, expert_lipschitz_weight=0.2, router_lipschitz_weight=0.3
+    )
     trainer = make_trainer(moe_model(), args, shapes["train"])
-    kwargs = {name: trainer.attack_kwargs(name, eps=0.01, steps=1, step_size=None)
-              for name in ("tlga-r", "tla-e", "tla-m", "j-tlga", "pgd")}
+    kwargs = {
+        name: trainer.attack_kwargs(name, eps=0.01, steps=1, step_size=None)
+        for name in ("tlga-r", "tla-e", "tla-m", "j-tlga", "pgd")
+    }
     assert kwargs["tlga-r"]["lipschitz_weight"] == 0.3
     assert kwargs["tla-e"]["lipschitz_weight"] == 0.2
     assert kwargs["tla-m"]["lipschitz_weight"] == 0.1
@@ -748,8 +792,14 @@ def test_jtlat_expert_step_on_tla_e_examples(tmp_path, moe_model, shapes):
     the expert λ; by default it reuses step 1's router-attack examples."""
     default = make_trainer(moe_model(), make_args(tmp_path / "default", adv_method="j-tlat"), shapes["train"])
     assert [p.attack for p in default.training_phases()] == ["tlga-r", "tlga-r", "j-tlga"]
-    args = make_args(tmp_path / "tla-e", adv_method="j-tlat", jtlat_expert_attack="tla-e", jtlat_steps=["expert"],
-                     max_steps=1, expert_lipschitz_weight=0.5)
+    args = make_args(
+        tmp_path / "tla-e",
+        adv_method="j-tlat",
+        jtlat_expert_attack="tla-e",
+        jtlat_steps=["expert"],
+        max_steps=1,
+        expert_lipschitz_weight=0.5,
+    )
     model = moe_model()
     experts_before = {n: p.detach().clone() for n, p in named_expert_parameters(model)}
     trainer = make_trainer(model, args, shapes["train"])

@@ -17,7 +17,7 @@ import pytest
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
-SCRIPT = r'''
+SCRIPT = r"""
 import hashlib, json, os, sys
 import torch
 
@@ -71,7 +71,7 @@ if torch.distributed.is_initialized():
 sys.stdout.flush()
 sys.stderr.flush()
 os._exit(0)
-'''
+"""
 
 
 def _torchrun() -> str:

@@ -16,14 +16,14 @@ Lipschitz estimate, expert usage) in [`hf_videomoe.attacks.diagnostics`].
 """
 
 from . import diagnostics, objectives
-from .diagnostics import expert_usage, router_lipschitz, routing_change
 from .apgd import APGD, APGDCE, APGDDLR, APGDT
 from .base import Attack, BestIterate
+from .diagnostics import expert_usage, router_lipschitz, routing_change
 from .gradient import GradientAttack
-from .model_guard import NormalizedModel, attack_mode
+from .model_guard import NormalizedModel, attack_mode, pixel_space_model, processor_normalization
 from .moe_attacks import (
-    DEFAULT_GUIDANCE_WEIGHT,
     DEFAULT_EXPERT_LIPSCHITZ_WEIGHT,
+    DEFAULT_GUIDANCE_WEIGHT,
     DEFAULT_LIPSCHITZ_WEIGHT,
     DEFAULT_ROUTER_LIPSCHITZ_WEIGHT,
     DEFAULT_ROUTER_WEIGHT,
@@ -36,8 +36,8 @@ from .moe_attacks import (
     TLGAR,
 )
 from .objectives import Objective
-from .registry import ATTACKS, DENSE_ATTACKS, MOE_ATTACKS, build_attack, resolve_attack_name
 from .pgd import FGSM, PGD
+from .registry import ATTACKS, DENSE_ATTACKS, MOE_ATTACKS, build_attack, resolve_attack_name, split_attacks_for_model
 from .square import Square
 from .temporal_translation import TT
 from .threat_model import DEFAULT_EPS, NORMS, TEMPORAL_STEPS, project, random_start, sample_seeds, temporal_step_sizes
@@ -75,6 +75,8 @@ __all__ = [
     "TLAR",
     "TLGAR",
     "attack_mode",
+    "pixel_space_model",
+    "processor_normalization",
     "build_attack",
     "diagnostics",
     "expert_usage",
@@ -82,6 +84,7 @@ __all__ = [
     "project",
     "random_start",
     "resolve_attack_name",
+    "split_attacks_for_model",
     "router_lipschitz",
     "routing_change",
     "sample_seeds",

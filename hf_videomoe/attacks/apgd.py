@@ -7,8 +7,10 @@ from typing import Any
 
 import torch
 
-from .base import Attack, BestIterate, deactivate_fooled
-from .objectives import CLASSIFICATION_LOSSES, ce_loss, dlr_loss, dlr_targeted_loss, model_outputs
+from .base import Attack
+from .best_iterate import BestIterate, deactivate_fooled
+from .model_guard import model_outputs
+from .objectives import CLASSIFICATION_LOSSES, ce_loss, dlr_loss, dlr_targeted_loss
 from .threat_model import l2_norm, per_sample_random, per_sample_view, project, sample_seeds
 from .validation import check_choice, check_int, check_real
 

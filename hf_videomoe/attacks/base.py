@@ -1,5 +1,5 @@
 """[`Attack`], the base class of every attack (validation, ``__call__`` / ``perturb`` / ``as_transform`` /
-``settings``), and [`BestIterate`], the per-sample best-iterate tracking the attacks share."""
+``settings``)."""
 
 from __future__ import annotations
 
@@ -14,65 +14,14 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from ..moe import is_moe_model
-from .model_guard import attack_mode, unwrap_model
+from .best_iterate import SELECTIONS, BestIterate
+from .model_guard import attack_mode, model_outputs, unwrap_model
 from .names import DENSE_ATTACKS
-from .objectives import model_outputs
 from .sample_budgets import perturb_per_sample_eps
-from .threat_model import DEFAULT_EPS, NORMS, PIXEL_RANGE_TOLERANCE, per_sample_view
+from .threat_model import DEFAULT_EPS, NORMS, PIXEL_RANGE_TOLERANCE
 from .validation import as_tensor, check_choice, check_int, check_real
 
-SELECTIONS = ("misclassification", "objective", "last")
-
 __all__ = ["Attack", "BestIterate", "SELECTIONS"]
-
-
-class BestIterate:
-    """Per-sample best iterate across steps and restarts.
-
-    Selection rules:
-
-    - ``"misclassification"``: a sample once fooled stays fooled — the *first* fooling iterate is kept; among
-      iterates that do not fool, the one with the highest objective.
-    - ``"objective"``: the iterate with the highest objective (for attacks whose goal is not misclassification).
-    - ``"last"``: the latest iterate offered (plain PGD semantics, what adversarial training usually wants).
-
-    Initialised with the clean input, so a sample for which every evaluated iterate failed (NaN objective) comes back
-    unchanged.
-    """
-
-    def __init__(self, x: torch.Tensor, selection: str):
-        if selection not in SELECTIONS:
-            raise ValueError(f"Unknown selection {selection!r}; expected one of {SELECTIONS}.")
-        self.selection = selection
-        self.x = x.detach().clone()
-        self.value = torch.full((x.shape[0],), float("-inf"), device=x.device)
-        self.fooled = torch.zeros(x.shape[0], dtype=torch.bool, device=x.device)
-
-    def update(
-        self, index: torch.Tensor | None, x_adv: torch.Tensor, value: torch.Tensor, fooled: torch.Tensor | None
-    ) -> None:
-        """Offer iterate ``x_adv`` (objective ``value``, success flags ``fooled``) for samples ``index`` (None: all)."""
-        value = value.detach().float()
-        best_value = self.value if index is None else self.value[index]
-        if self.selection == "last":
-            better = torch.ones_like(value, dtype=torch.bool)
-            fooled = torch.zeros_like(better) if fooled is None else fooled
-        elif self.selection == "objective" or fooled is None:
-            better = value > best_value
-            fooled = torch.zeros_like(better) if fooled is None else fooled
-        else:
-            was_fooled = self.fooled if index is None else self.fooled[index]
-            better = (~was_fooled) & (fooled | (value > best_value))
-        # `fooled` ends up describing the kept iterate (with "misclassification" a fooled sample is never replaced).
-        if index is None:
-            self.x = torch.where(per_sample_view(better, self.x), x_adv.detach(), self.x)
-            self.value = torch.where(better, value, self.value)
-            self.fooled = torch.where(better, fooled, self.fooled)
-        else:
-            chosen = index[better]
-            self.x[chosen] = x_adv.detach()[better]
-            self.value[chosen] = value[better]
-            self.fooled[chosen] = fooled[better]
 
 
 _SHAPE_AND_EXAMPLE = """
@@ -159,8 +108,9 @@ class Attack:
     ):
         self.norm = check_choice("norm", norm, NORMS)
         if self.norm not in self.supported_norms:
-            raise ValueError(f"{self.name} supports norm {' / '.join(map(repr, self.supported_norms))} only, got "
-                             f"{norm!r}.")
+            raise ValueError(
+                f"{self.name} supports norm {' / '.join(map(repr, self.supported_norms))} only, got {norm!r}."
+            )
         self.eps = check_real("eps", DEFAULT_EPS[self.norm] if eps is None else eps, minimum=0.0)
         self.steps = check_int("steps", self.default_steps if steps is None else steps, 0)
         self._step_size = check_real("step_size", step_size, minimum=0.0, allow_none=True, strict_min=True)
@@ -250,8 +200,10 @@ class Attack:
     def __call__(self, model: nn.Module, batch: Mapping[str, Any]) -> dict[str, Any]:
         """Attack a batch dict (``pixel_values``, ``labels``, optionally ``target_labels``); return a new dict."""
         if not isinstance(batch, Mapping):
-            raise TypeError(f"{self.name} expects a batch mapping with 'pixel_values' and 'labels', got "
-                            f"{type(batch).__name__}; use `attack.perturb(model, pixel_values, labels)` for tensors.")
+            raise TypeError(
+                f"{self.name} expects a batch mapping with 'pixel_values' and 'labels', got "
+                f"{type(batch).__name__}; use `attack.perturb(model, pixel_values, labels)` for tensors."
+            )
         if "pixel_values" not in batch:
             raise ValueError(f"The batch has no 'pixel_values' (keys: {sorted(batch)}).")
         adv = self.perturb(model, batch["pixel_values"], batch.get("labels"), target_labels=batch.get("target_labels"))
@@ -287,8 +239,9 @@ class Attack:
                 rounded values (8/255 in float32 is not the float 8/255), so pass float64 to match a scalar exactly.
         """
         if eps is not None:
-            return perturb_per_sample_eps(self, model, pixel_values, labels, eps, target_labels=target_labels,
-                                          clean_outputs=clean_outputs)
+            return perturb_per_sample_eps(
+                self, model, pixel_values, labels, eps, target_labels=target_labels, clean_outputs=clean_outputs
+            )
         if not isinstance(model, nn.Module):
             raise TypeError(f"{self.name} expects a torch.nn.Module, got {type(model).__name__}.")
         model = unwrap_model(model)
@@ -339,6 +292,7 @@ class Attack:
         pixel_key: str = "pixel_values",
         label_key: str = "labels",
         output_device: str | torch.device = "cpu",
+        dataset=None,
     ) -> Callable[[dict], dict]:
         """A function for ``datasets.Dataset.with_transform`` / ``set_transform`` that attacks each batch on the fly.
 
@@ -347,12 +301,28 @@ class Attack:
         device, attacks it and returns the batch with ``pixel_values`` replaced by a list of adversarial ``(frames,
         channels, height, width)`` tensors on ``output_device`` (one per row, as ``datasets`` expects). Other columns
         are passed through; a ``label`` column is used when there is no ``labels`` column.
+
+        ``dataset``: a dataset whose own transform makes ``pixel_values`` (e.g. the video decoding of
+        `load_video_folder` or `decode_video_dataset`). ``with_transform`` replaces a dataset's transform, so pass
+        the dataset here and the attack runs after its transform::
+
+            adversarial = videos.with_transform(attack.as_transform(model, dataset=videos))
         """
         attack = self
+        fmt = getattr(dataset, "format", None) or {}
+        decode = fmt.get("format_kwargs", {}).get("transform") if fmt.get("type") == "custom" else None
 
         def transform(batch: dict) -> dict:
+            if decode is not None:
+                batch = decode(batch)
             if pixel_key not in batch:
-                raise ValueError(f"The batch has no {pixel_key!r} column (columns: {sorted(batch)}).")
+                hint = (
+                    " The rows hold videos: pass the dataset, `with_transform(attack.as_transform(model, "
+                    "dataset=dataset))`, so the attack runs after its decoding."
+                    if "video" in batch and decode is None
+                    else ""
+                )
+                raise ValueError(f"The batch has no {pixel_key!r} column (columns: {sorted(batch)}).{hint}")
             pixels = as_tensor(batch[pixel_key], pixel_key)
             if pixels.dtype not in (torch.float32, torch.float16, torch.bfloat16):
                 pixels = pixels.float()  # python-formatted rows come back as float64; integer frames are rejected below
@@ -360,8 +330,12 @@ class Attack:
             labels = as_tensor(batch[key], key) if key is not None else None
             targets = as_tensor(batch["target_labels"], "target_labels") if "target_labels" in batch else None
             device = _model_device(unwrap_model(model), pixels.device)
-            adv = attack.perturb(model, pixels.to(device), None if labels is None else labels.to(device),
-                                 target_labels=None if targets is None else targets.to(device))
+            adv = attack.perturb(
+                model,
+                pixels.to(device),
+                None if labels is None else labels.to(device),
+                target_labels=None if targets is None else targets.to(device),
+            )
             out = dict(batch)
             out[pixel_key] = list(adv.to(output_device).unbind(0))
             return out
@@ -381,14 +355,20 @@ class Attack:
 
     def _check_pixel_values(self, pixel_values) -> torch.Tensor:
         if not isinstance(pixel_values, torch.Tensor):
-            raise TypeError(f"`pixel_values` must be a torch.Tensor (batch, frames, channels, height, width), got "
-                            f"{type(pixel_values).__name__}.")
+            raise TypeError(
+                f"`pixel_values` must be a torch.Tensor (batch, frames, channels, height, width), got "
+                f"{type(pixel_values).__name__}."
+            )
         if not pixel_values.is_floating_point():
-            raise TypeError(f"`pixel_values` must be a float tensor in [0, 1], got dtype {pixel_values.dtype} "
-                            "(divide uint8 frames by 255).")
+            raise TypeError(
+                f"`pixel_values` must be a float tensor in [0, 1], got dtype {pixel_values.dtype} "
+                "(divide uint8 frames by 255)."
+            )
         if pixel_values.ndim != 5:
-            raise ValueError(f"`pixel_values` must have rank 5, (batch, frames, channels, height, width); got shape "
-                             f"{tuple(pixel_values.shape)}.")
+            raise ValueError(
+                f"`pixel_values` must have rank 5, (batch, frames, channels, height, width); got shape "
+                f"{tuple(pixel_values.shape)}."
+            )
         if pixel_values.numel():
             finite = torch.isfinite(pixel_values).all()
             if not finite:
@@ -413,8 +393,9 @@ class Attack:
         if labels.is_floating_point() or labels.is_complex() or labels.dtype == torch.bool:
             raise TypeError(f"`{name}` must hold integer class indices, got dtype {labels.dtype}.")
         if labels.ndim != 1 or labels.shape[0] != x.shape[0]:
-            raise ValueError(f"`{name}` must have shape ({x.shape[0]},) to match `pixel_values`, got "
-                             f"{tuple(labels.shape)}.")
+            raise ValueError(
+                f"`{name}` must have shape ({x.shape[0]},) to match `pixel_values`, got {tuple(labels.shape)}."
+            )
         num_labels = getattr(getattr(model, "config", None), "num_labels", None)
         if labels.numel():
             low, high = int(labels.min()), int(labels.max())
@@ -470,15 +451,8 @@ def _check_clean_outputs(clean_outputs, x: torch.Tensor):
         raise TypeError("`clean_outputs` must be a `(logits, router_logits)` pair.")
     logits, router_logits = clean_outputs
     if not isinstance(logits, torch.Tensor) or logits.ndim != 2 or logits.shape[0] != x.shape[0]:
-        raise ValueError(f"`clean_outputs` logits must be a (batch={x.shape[0]}, num_labels) tensor, got "
-                         f"{getattr(logits, 'shape', type(logits).__name__)}.")
+        raise ValueError(
+            f"`clean_outputs` logits must be a (batch={x.shape[0]}, num_labels) tensor, got "
+            f"{getattr(logits, 'shape', type(logits).__name__)}."
+        )
     return logits.detach(), None if router_logits is None else tuple(r.detach() for r in router_logits)
-
-
-def deactivate_fooled(active: torch.Tensor, index: torch.Tensor | None, fooled: torch.Tensor) -> torch.Tensor:
-    """Early stopping: ``active`` with the samples just fooled switched off (``index``: the rows ``fooled`` describes,
-    ``None`` for all)."""
-    if index is None:
-        return active & ~fooled
-    active[index[fooled]] = False
-    return active

@@ -6,9 +6,18 @@ from typing import Any, ClassVar
 
 import torch
 
-from .base import SELECTIONS, Attack, BestIterate, deactivate_fooled
+from .base import Attack
+from .best_iterate import SELECTIONS, BestIterate, deactivate_fooled
 from .objectives import Objective, ObjectiveContext
-from .threat_model import TEMPORAL_STEPS, l2_norm, per_sample_view, project, random_start, sample_seeds, temporal_step_sizes
+from .threat_model import (
+    TEMPORAL_STEPS,
+    l2_norm,
+    per_sample_view,
+    project,
+    random_start,
+    sample_seeds,
+    temporal_step_sizes,
+)
 from .validation import check_choice, check_real
 
 __all__ = ["GradientAttack"]
@@ -54,11 +63,15 @@ class GradientAttack(Attack):
         )
         objective = self.build_objective()  # validates weights early
         if self.early_stop and not (objective.requires_labels or self.targeted):
-            raise ValueError(f"early_stop stops samples once they are misclassified, but {self.name!r} has no "
-                             "classification loss (it maximises a routing objective); leave early_stop off.")
+            raise ValueError(
+                f"early_stop stops samples once they are misclassified, but {self.name!r} has no "
+                "classification loss (it maximises a routing objective); leave early_stop off."
+            )
         if self.selection == "misclassification" and not objective.requires_labels and not self.targeted:
-            raise ValueError(f"{self.name!r} has no classification loss, so it cannot select iterates by "
-                             "misclassification; use selection='objective'.")
+            raise ValueError(
+                f"{self.name!r} has no classification loss, so it cannot select iterates by "
+                "misclassification; use selection='objective'."
+            )
 
     def build_objective(self) -> Objective:
         """The objective this attack maximises."""
@@ -142,8 +155,9 @@ class GradientAttack(Attack):
                 direction = grad.sign()
             else:
                 direction = grad / per_sample_view(l2_norm(grad).clamp_min(1e-12), grad)
-            new_delta = project(delta_sub + per_sample_view(alpha, grad) * direction, x_sub, self.eps, self.norm,
-                                self.bounds)
+            new_delta = project(
+                delta_sub + per_sample_view(alpha, grad) * direction, x_sub, self.eps, self.norm, self.bounds
+            )
             if index is None:
                 delta, accumulated = new_delta, acc_sub
             else:

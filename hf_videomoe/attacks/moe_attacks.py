@@ -29,8 +29,8 @@ from __future__ import annotations
 from typing import Any, ClassVar
 
 from .gradient import GradientAttack
-from .validation import check_choice, check_real
 from .objectives import CLASSIFICATION_LOSSES, LIPSCHITZ_DENOMINATORS, Objective
+from .validation import check_choice, check_real
 
 # λ per component, each set so that λ·L_Lip is a quarter of the cross-entropy next to it (median over training clips)
 # on the demo's mixture before adversarial training, with J-TLAT's 2-step training attacks at 4/255
@@ -93,13 +93,17 @@ class _LipschitzAttack(GradientAttack):
         if lipschitz_weight is None:
             lipschitz_weight = self.default_lipschitz_weight
         self.lipschitz_weight = check_real("lipschitz_weight", lipschitz_weight, minimum=0.0)
-        self.lipschitz_denominator = check_choice("lipschitz_denominator", lipschitz_denominator,
-                                                   LIPSCHITZ_DENOMINATORS)
+        self.lipschitz_denominator = check_choice(
+            "lipschitz_denominator", lipschitz_denominator, LIPSCHITZ_DENOMINATORS
+        )
         super().__init__(**kwargs)
 
     def _extra_settings(self) -> dict[str, Any]:
-        return {"lipschitz_weight": self.lipschitz_weight, "lipschitz_denominator": self.lipschitz_denominator,
-                **super()._extra_settings()}
+        return {
+            "lipschitz_weight": self.lipschitz_weight,
+            "lipschitz_denominator": self.lipschitz_denominator,
+            **super()._extra_settings(),
+        }
 
 
 class _RouterAttack(GradientAttack):
@@ -138,8 +142,12 @@ class TLAR(_LipschitzAttack, _RouterAttack):
     default_lipschitz_weight = DEFAULT_ROUTER_LIPSCHITZ_WEIGHT
 
     def build_objective(self) -> Objective:
-        return Objective(loss=None, router_ce_weight=1.0, router_lipschitz_weight=self.lipschitz_weight,
-                         lipschitz_denominator=self.lipschitz_denominator)
+        return Objective(
+            loss=None,
+            router_ce_weight=1.0,
+            router_lipschitz_weight=self.lipschitz_weight,
+            lipschitz_denominator=self.lipschitz_denominator,
+        )
 
 
 class TLGAR(_Guided, TLAR):
@@ -184,8 +192,12 @@ class TLAM(_LipschitzAttack):
         super().__init__(**kwargs)
 
     def build_objective(self) -> Objective:
-        return Objective(loss=self.loss, lipschitz_weight=self.lipschitz_weight, targeted=self.targeted,
-                         lipschitz_denominator=self.lipschitz_denominator)
+        return Objective(
+            loss=self.loss,
+            lipschitz_weight=self.lipschitz_weight,
+            targeted=self.targeted,
+            lipschitz_denominator=self.lipschitz_denominator,
+        )
 
     def _extra_settings(self) -> dict[str, Any]:
         return {"loss": self.loss, **super()._extra_settings()}
@@ -206,8 +218,13 @@ class TLAE(TLAM):
     default_lipschitz_weight = DEFAULT_EXPERT_LIPSCHITZ_WEIGHT
 
     def build_objective(self) -> Objective:
-        return Objective(loss=self.loss, lipschitz_weight=self.lipschitz_weight, component="expert",
-                         targeted=self.targeted, lipschitz_denominator=self.lipschitz_denominator)
+        return Objective(
+            loss=self.loss,
+            lipschitz_weight=self.lipschitz_weight,
+            component="expert",
+            targeted=self.targeted,
+            lipschitz_denominator=self.lipschitz_denominator,
+        )
 
 
 class JTLA(TLAM):
@@ -224,8 +241,9 @@ class JTLA(TLAM):
     name = "j-tla"
     requires_moe = True
 
-    def __init__(self, *, router_weight: float = DEFAULT_ROUTER_WEIGHT, router_lipschitz_weight: float | None = None,
-                 **kwargs):
+    def __init__(
+        self, *, router_weight: float = DEFAULT_ROUTER_WEIGHT, router_lipschitz_weight: float | None = None, **kwargs
+    ):
         self.router_weight = check_real("router_weight", router_weight, minimum=0.0)
         if router_lipschitz_weight is None:
             router_lipschitz_weight = DEFAULT_ROUTER_LIPSCHITZ_WEIGHT
@@ -248,8 +266,11 @@ class JTLA(TLAM):
         )
 
     def _extra_settings(self) -> dict[str, Any]:
-        return {"router_weight": self.router_weight, "router_lipschitz_weight": self.router_lipschitz_weight,
-                **super()._extra_settings()}
+        return {
+            "router_weight": self.router_weight,
+            "router_lipschitz_weight": self.router_lipschitz_weight,
+            **super()._extra_settings(),
+        }
 
 
 class JTLGA(_Guided, JTLA):

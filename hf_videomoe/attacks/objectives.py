@@ -25,7 +25,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..moe import clip_router_probabilities, force_experts, is_moe_model, router_probabilities
+from ..moe import clip_router_probabilities, force_experts, is_moe_model, router_logits_only, router_probabilities
+from .model_guard import model_outputs
 
 LIPSCHITZ_EPS = 1e-12
 """Guard added to the denominator MSE(x, x + delta) of every Lipschitz ratio (delta = 0 gives 0, not NaN)."""
@@ -69,8 +70,10 @@ def ce_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
 
 def _check_dlr_classes(logits: torch.Tensor, needed: int, what: str) -> None:
     if logits.shape[-1] < needed:
-        raise ValueError(f"{what} needs at least {needed} classes (it uses the {needed}-th largest logit), "
-                         f"got logits with {logits.shape[-1]} classes. Use the CE loss instead.")
+        raise ValueError(
+            f"{what} needs at least {needed} classes (it uses the {needed}-th largest logit), "
+            f"got logits with {logits.shape[-1]} classes. Use the CE loss instead."
+        )
 
 
 def dlr_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -84,7 +87,7 @@ def dlr_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     z = logits.float()
     sorted_z, _ = z.sort(dim=-1, descending=True)
     z_y = z.gather(-1, labels.long()[:, None]).squeeze(-1)
-    is_top = (sorted_z[:, 0] == z_y)
+    is_top = sorted_z[:, 0] == z_y
     other_max = torch.where(is_top, sorted_z[:, 1], sorted_z[:, 0])
     return -(z_y - other_max) / (sorted_z[:, 0] - sorted_z[:, 2] + LIPSCHITZ_EPS)
 
@@ -140,8 +143,10 @@ def lipschitz_ratio(
 
 def _check_router_logits(router_logits, what: str) -> tuple[torch.Tensor, ...]:
     if router_logits is None or len(router_logits) == 0:
-        raise ValueError(f"{what} needs router logits (one tensor per MoE layer); the model returned none. "
-                         "Router objectives only apply to Mixture-of-Experts models.")
+        raise ValueError(
+            f"{what} needs router logits (one tensor per MoE layer); the model returned none. "
+            "Router objectives only apply to Mixture-of-Experts models."
+        )
     return tuple(router_logits)
 
 
@@ -215,41 +220,14 @@ def dominant_expert(clean_router_logits: Sequence[torch.Tensor]) -> torch.Tensor
     return clip_router_probabilities(_check_router_logits(clean_router_logits, "dominant_expert")).argmax(dim=-1)
 
 
-# ----------------------------------------------------------------------------------------------------------------------
-# Model outputs
-# ----------------------------------------------------------------------------------------------------------------------
-
-
-def model_outputs(model: nn.Module, pixel_values: torch.Tensor, router: bool = False, moe: bool | None = None):
-    """Run ``model`` on ``pixel_values`` and return ``(logits, router_logits)``.
-
-    Works for the MoE classifiers of this library (``router_logits`` is a tuple, one tensor per MoE layer), for
-    transformers classifiers (``router_logits`` is ``None``) and for plain modules returning a logits tensor.
-    ``router=True`` asks an MoE model for its router logits even when ``config.output_router_logits`` is off
-    (``moe``: whether the model is an MoE model, if the caller already knows; looked up otherwise).
-    """
-    if router and (is_moe_model(model) if moe is None else moe):
-        out = model(pixel_values, output_router_logits=True)
-    else:
-        out = model(pixel_values)
-    if isinstance(out, torch.Tensor):
-        return out, None
-    if isinstance(out, dict) or hasattr(out, "logits"):
-        logits = out["logits"] if isinstance(out, dict) else out.logits
-        router_logits = out.get("router_logits") if isinstance(out, dict) else getattr(out, "router_logits", None)
-        return logits, router_logits
-    if isinstance(out, (tuple, list)):
-        return out[0], None
-    raise TypeError(f"Cannot read logits from a model output of type {type(out).__name__}; return a tensor or an "
-                    "object with a `logits` attribute.")
-
-
 def _stack_layers(router_logits: Sequence[torch.Tensor]) -> torch.Tensor:
     """Stack per-layer router logits into ``(batch, layers, units, experts)`` float32 (all MoE layers of a model share
     the routing granularity, hence the number of units)."""
     if len({tuple(r.shape) for r in router_logits}) != 1:
-        raise ValueError("Router objectives need the same number of routing units in every MoE layer, got shapes "
-                         f"{[tuple(r.shape) for r in router_logits]}.")
+        raise ValueError(
+            "Router objectives need the same number of routing units in every MoE layer, got shapes "
+            f"{[tuple(r.shape) for r in router_logits]}."
+        )
     return torch.stack([r.float() for r in router_logits], dim=1)
 
 
@@ -357,6 +335,12 @@ class Objective:
         return bool(self.router_ce_weight or self.router_lipschitz_weight or self.guidance_weight)
 
     @property
+    def routers_only(self) -> bool:
+        """Whether only router logits are read (no classification loss, no Lipschitz term on the model's logits):
+        then a pass stops after the last router (see `hf_videomoe.moe.router_logits_only`) and returns no logits."""
+        return self.loss is None and not self.lipschitz_weight and self.component == "model"
+
+    @property
     def requires_moe(self) -> bool:
         """Whether the objective only makes sense on a Mixture-of-Experts model."""
         return self.uses_router or self.component == "expert"
@@ -378,8 +362,10 @@ class Objective:
         the clean top-1 expert and E_i's clean logits for the expert component, the guidance target.
         ``clean_outputs``: the model's ``(logits, router_logits)`` on ``x`` if already computed (skips that forward)."""
         ctx = ObjectiveContext(x=x, labels=labels, target_labels=target_labels, moe=is_moe_model(model))
-        needs_clean_model = self.uses_router or self.component == "expert" or (
-            self.component == "model" and self.lipschitz_weight != 0.0
+        needs_clean_model = (
+            self.uses_router
+            or self.component == "expert"
+            or (self.component == "model" and self.lipschitz_weight != 0.0)
         )
         if not needs_clean_model:
             return ctx
@@ -435,10 +421,14 @@ class Objective:
         if self.component == "expert":
             logits, router_logits = self._expert_forward(model, adv_x, ctx.expert)
             clean_logits = ctx.clean_expert_logits
+        elif self.routers_only and ctx.moe:
+            # Nothing after the last router is read: the forward (and its backward) stop there, same values.
+            logits, clean_logits = None, None
+            router_logits = router_logits_only(model, lambda: model(adv_x, output_router_logits=True))
         else:
             logits, router_logits = model_outputs(model, adv_x, router=self.uses_router, moe=ctx.moe)
             clean_logits = ctx.clean_logits
-        value = logits.new_zeros(adv_x.shape[0], dtype=torch.float32)
+        value = adv_x.new_zeros(adv_x.shape[0], dtype=torch.float32)
         if self.loss == "ce":
             if self.targeted:
                 value = value - ce_loss(logits, ctx.target_labels)

@@ -29,8 +29,15 @@ class FGSM(GradientAttack):
     name = "fgsm"
     default_selection = "last"
 
-    def __init__(self, *, loss: str = "ce", random_start: bool = False, steps: int | None = None,
-                 step_size: float | None = None, **kwargs):
+    def __init__(
+        self,
+        *,
+        loss: str = "ce",
+        random_start: bool = False,
+        steps: int | None = None,
+        step_size: float | None = None,
+        **kwargs,
+    ):
         self.loss = check_choice("loss", loss, CLASSIFICATION_LOSSES)
         if steps is not None:
             check_int("steps", steps, 0)

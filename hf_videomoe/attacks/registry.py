@@ -6,8 +6,8 @@ import difflib
 
 from .apgd import APGDCE, APGDDLR, APGDT
 from .base import Attack
-from .names import DENSE_ATTACKS, MOE_ATTACKS
 from .moe_attacks import JTLA, JTLGA, PGDR, TLAE, TLAM, TLAR, TLGAR
+from .names import DENSE_ATTACKS, MOE_ATTACKS
 from .pgd import FGSM, PGD
 from .square import Square
 from .temporal_translation import TT
@@ -18,7 +18,7 @@ ATTACKS: dict[str, type[Attack]] = {
 """Every named attack, in a stable order: standard attacks first, then the paper's component attacks."""
 
 
-__all__ = ["ATTACKS", "DENSE_ATTACKS", "MOE_ATTACKS", "build_attack", "resolve_attack_name"]
+__all__ = ["ATTACKS", "DENSE_ATTACKS", "MOE_ATTACKS", "build_attack", "resolve_attack_name", "split_attacks_for_model"]
 
 
 def resolve_attack_name(name: str) -> str:
@@ -62,7 +62,28 @@ def build_attack(name: str, *, strict: bool = True, **kwargs) -> Attack:
     unknown = [k for k in kwargs if k not in accepted]
     if unknown:
         if strict:
-            raise TypeError(f"{cls.name!r} does not take {', '.join(map(repr, unknown))}. It accepts: "
-                            f"{', '.join(accepted)}. (Pass strict=False to drop unsupported settings.)")
+            raise TypeError(
+                f"{cls.name!r} does not take {', '.join(map(repr, unknown))}. It accepts: "
+                f"{', '.join(accepted)}. (Pass strict=False to drop unsupported settings.)"
+            )
         kwargs = {k: v for k, v in kwargs.items() if k in accepted}
     return cls(**kwargs)
+
+
+def split_attacks_for_model(names, model_or_moe) -> tuple[list[str], list[str]]:
+    """``(kept, dropped)``: the attack ``names`` that apply to a model, and the MoE-only ones dropped because it has no
+    MoE layer. ``model_or_moe`` is the model or a bool (whether it is an MoE model); names are resolved (unknown
+    ones raise `ValueError`) and anything that is not a name (a dict, an `Attack`) is kept."""
+    if isinstance(model_or_moe, bool):
+        moe = model_or_moe
+    else:
+        from ..moe import is_moe_model
+
+        moe = is_moe_model(model_or_moe)
+    kept, dropped = [], []
+    for name in names:
+        if isinstance(name, str) and not moe and ATTACKS[resolve_attack_name(name)].requires_moe:
+            dropped.append(name)
+        else:
+            kept.append(name)
+    return kept, dropped

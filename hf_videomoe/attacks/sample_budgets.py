@@ -22,8 +22,9 @@ def _budgets(eps, batch: int) -> list[float]:
         elif eps.dim() == 1 and eps.shape[0] == batch:
             values = [float(v) for v in eps.detach().cpu().tolist()]
         else:
-            raise ValueError(f"A per-clip eps must have shape ({batch},) for a batch of {batch} clips, got "
-                             f"{tuple(eps.shape)}.")
+            raise ValueError(
+                f"A per-clip eps must have shape ({batch},) for a batch of {batch} clips, got {tuple(eps.shape)}."
+            )
     elif isinstance(eps, (int, float)) and not isinstance(eps, bool):
         values = [float(eps)] * batch
     elif isinstance(eps, Sequence) and not isinstance(eps, str):
@@ -47,15 +48,17 @@ def _rows_of(clean_outputs, rows: torch.Tensor):
     return logits[pick], (None if router_logits is None else tuple(r[rows.to(r.device)] for r in router_logits))
 
 
-def perturb_per_sample_eps(attack, model, pixel_values: torch.Tensor, labels, eps, *, target_labels=None,
-                           clean_outputs=None):
+def perturb_per_sample_eps(
+    attack, model, pixel_values: torch.Tensor, labels, eps, *, target_labels=None, clean_outputs=None
+):
     """``attack.perturb`` with budget ``eps[b]`` for clip ``b``: clips are grouped by budget and each group is attacked
     by a copy of ``attack`` with that ``eps`` (which validates it). The library's attacks draw every random number
     per clip from the clip itself, so a clip's example does not depend on the group it lands in: a vector filled with
     one value gives exactly the scalar attack's result."""
     if not isinstance(pixel_values, torch.Tensor) or pixel_values.dim() < 1:
-        raise TypeError(f"{attack.name} expects pixel_values as a (batch, ...) tensor, got "
-                        f"{type(pixel_values).__name__}.")
+        raise TypeError(
+            f"{attack.name} expects pixel_values as a (batch, ...) tensor, got {type(pixel_values).__name__}."
+        )
     batch = pixel_values.shape[0]
     budgets = _budgets(eps, batch)
     labels = None if labels is None else torch.as_tensor(labels)
@@ -68,7 +71,8 @@ def perturb_per_sample_eps(attack, model, pixel_values: torch.Tensor, labels, ep
         variant._check_budget()
         pick = rows.to(pixel_values.device)
         out[pick] = variant.perturb(
-            model, pixel_values[pick],
+            model,
+            pixel_values[pick],
             None if labels is None else labels[rows.to(labels.device)],
             target_labels=None if target_labels is None else target_labels[rows.to(target_labels.device)],
             clean_outputs=_rows_of(clean_outputs, rows),

@@ -9,7 +9,8 @@ from typing import Any
 import torch
 
 from .base import Attack, BestIterate
-from .objectives import ce_loss, margin_loss, model_outputs
+from .model_guard import model_outputs
+from .objectives import ce_loss, margin_loss
 from .threat_model import per_sample_random, per_sample_view, project, sample_seeds
 from .validation import check_choice, check_real
 
@@ -108,10 +109,11 @@ class Square(Attack):
         # row, column and frame and `_SQUARE_CANDIDATES` colour vectors (the reference resamples the colours until the
         # window changes; taking the first candidate that changes it is the same rule with a bounded number of draws).
         per_query = 3 + _SQUARE_CANDIDATES * channels
-        draws = per_sample_random("rand", xs, [seeds[i] for i in index.tolist()],
-                                   shape=(channels * width + self.steps * per_query,))
+        draws = per_sample_random(
+            "rand", xs, [seeds[i] for i in index.tolist()], shape=(channels * width + self.steps * per_query,)
+        )
         stripes = torch.where(draws[:, : channels * width] < 0.5, -eps, eps).reshape(b, 1, channels, 1, width)
-        table = draws[:, channels * width:].reshape(b, self.steps, per_query)
+        table = draws[:, channels * width :].reshape(b, self.steps, per_query)
 
         x_best = self._clip(xs + stripes, xs)
         margin, loss, fooled = self._margin_and_loss(model, x_best, ys, ts)
@@ -135,15 +137,16 @@ class Square(Attack):
                 frame_mask = frame_ids[None] == vf[:, None]
             else:
                 frame_mask = torch.ones(todo.numel(), frames, dtype=torch.bool, device=x.device)
-            mask = (frame_mask[:, :, None, None, None] & row_mask[:, None, None, :, None]
-                    & col_mask[:, None, None, None, :])
+            mask = (
+                frame_mask[:, :, None, None, None] & row_mask[:, None, None, :, None] & col_mask[:, None, None, None, :]
+            )
 
             x_cur, best_cur = xs[todo], x_best[todo]
             delta_cur = best_cur - x_cur
             proposal = best_cur
             chosen = torch.zeros(todo.numel(), dtype=torch.bool, device=x.device)
             for c in range(_SQUARE_CANDIDATES):
-                colours = u[:, 3 + c * channels: 3 + (c + 1) * channels]
+                colours = u[:, 3 + c * channels : 3 + (c + 1) * channels]
                 colours = torch.where(colours < 0.5, -eps, eps).reshape(-1, 1, channels, 1, 1)
                 candidate = self._clip(x_cur + torch.where(mask, colours, delta_cur), x_cur)
                 changes = ((candidate - best_cur).abs() > 1e-7).reshape(todo.numel(), -1).any(dim=1)

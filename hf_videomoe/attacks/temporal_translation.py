@@ -52,8 +52,15 @@ class TT(GradientAttack):
 
     name = "tt"
 
-    def __init__(self, *, max_shift: int | None = None, kernel: str = "gaussian", loss: str = "ce",
-                 random_start: bool = False, **kwargs):
+    def __init__(
+        self,
+        *,
+        max_shift: int | None = None,
+        kernel: str = "gaussian",
+        loss: str = "ce",
+        random_start: bool = False,
+        **kwargs,
+    ):
         self.max_shift = None if max_shift is None else check_int("max_shift", max_shift, 0)
         self.kernel = check_choice("kernel", kernel, TT_KERNELS)
         self.loss = check_choice("loss", loss, CLASSIFICATION_LOSSES)

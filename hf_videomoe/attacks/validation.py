@@ -12,8 +12,15 @@ import torch
 __all__ = ["as_tensor", "check_choice", "check_int", "check_real"]
 
 
-def check_real(name: str, value, *, minimum: float | None = None, maximum: float | None = None,
-                allow_none: bool = False, strict_min: bool = False) -> float | None:
+def check_real(
+    name: str,
+    value,
+    *,
+    minimum: float | None = None,
+    maximum: float | None = None,
+    allow_none: bool = False,
+    strict_min: bool = False,
+) -> float | None:
     if value is None and allow_none:
         return None
     if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(float(value)):

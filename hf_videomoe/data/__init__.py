@@ -4,8 +4,9 @@ All datasets yield ``pixel_values`` as float32 ``(frames, channels=3, height, wi
 ``labels`` as class ids of a `datasets.ClassLabel`.
 """
 
+from .cache import PREPROCESSING_VERSION, cache_decoded_videos
 from .collator import VideoCollator, to_unit_float
-from .sources import stack_pixel_values
+from .decode import LABEL_COLUMNS, VideoDecodeTransform, decode_settings, decode_video_dataset
 from .moving_shapes import (
     DIFFICULTY_LEVELS,
     MOVING_SHAPES_CLASSES,
@@ -13,8 +14,10 @@ from .moving_shapes import (
     make_moving_shapes,
     paired_class,
 )
-from .video_folder import LAYOUTS, VideoDecodeTransform, load_video_folder, write_video_folder
+from .sources import stack_pixel_values
+from .video_folder import LAYOUTS, load_video_folder, write_video_folder
 from .video_io import (
+    RESAMPLE_MODES,
     SAMPLING_MODES,
     VIDEO_EXTENSIONS,
     VideoDecodeError,
@@ -25,18 +28,23 @@ from .video_io import (
     write_video,
 )
 
-
 __all__ = [
     "DIFFICULTY_LEVELS",
+    "LABEL_COLUMNS",
     "LAYOUTS",
+    "RESAMPLE_MODES",
     "MOVING_SHAPES_CLASSES",
     "MOVING_SHAPES_SHAPES",
+    "PREPROCESSING_VERSION",
     "SAMPLING_MODES",
     "VIDEO_EXTENSIONS",
     "VideoCollator",
     "stack_pixel_values",
     "VideoDecodeError",
     "VideoDecodeTransform",
+    "cache_decoded_videos",
+    "decode_settings",
+    "decode_video_dataset",
     "load_video_folder",
     "make_moving_shapes",
     "paired_class",

@@ -8,9 +8,13 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 import torch
 
+from .decode import LABEL_COLUMNS
+
 
 def to_unit_float(pixels: torch.Tensor | np.ndarray) -> torch.Tensor | np.ndarray:
-    """Convert pixels to float32 in ``[0, 1]``: uint8 values are divided by 255, floats are only cast.
+    """Convert pixels to float32 in ``[0, 1]``: 8-bit values (uint8, or integers in ``[0, 255]`` as `datasets` returns
+    uint8 frames through its python format) are divided by 255 as transformers' processors rescale them; floats are
+    only cast.
 
     Args:
         pixels (`torch.Tensor` or `np.ndarray`): Any shape.
@@ -19,11 +23,22 @@ def to_unit_float(pixels: torch.Tensor | np.ndarray) -> torch.Tensor | np.ndarra
         The same container type (tensor or array), float32.
     """
     if isinstance(pixels, torch.Tensor):
-        return pixels.float().div_(255.0) if pixels.dtype == torch.uint8 else pixels.float()
+        if pixels.is_floating_point():
+            return pixels.float()
+        _check_8bit(pixels.min().item() if pixels.numel() else 0, pixels.max().item() if pixels.numel() else 0)
+        return pixels.float().div_(255.0)
     pixels = np.asarray(pixels)
-    if pixels.dtype == np.uint8:
-        return pixels.astype(np.float32) / np.float32(255.0)
-    return pixels.astype(np.float32, copy=False)
+    if pixels.dtype.kind == "f":
+        return pixels.astype(np.float32, copy=False)
+    if pixels.dtype.kind not in "iu":
+        raise TypeError(f"pixel_values must be numbers, got dtype {pixels.dtype}.")
+    _check_8bit(pixels.min() if pixels.size else 0, pixels.max() if pixels.size else 0)
+    return pixels.astype(np.float32) / np.float32(255.0)
+
+
+def _check_8bit(low, high) -> None:
+    if low < 0 or high > 255:
+        raise ValueError(f"Integer pixel_values must be 8-bit frames in [0, 255], got values in [{low}, {high}].")
 
 
 def _as_tensor(value: Any) -> torch.Tensor:
@@ -44,8 +59,8 @@ class VideoCollator:
     """Stack video examples into a batch; usable as `Trainer(data_collator=VideoCollator())`.
 
     Each example is a mapping with ``pixel_values`` of shape ``(frames, channels, height, width)`` (tensor, numpy
-    array or nested lists; float in ``[0, 1]`` or uint8) and optionally ``labels`` (int or scalar tensor). The
-    batch has ``pixel_values`` as float32 ``(batch, frames, channels, height, width)`` in ``[0, 1]`` and
+    array or nested lists; float in ``[0, 1]``, or 8-bit integers scaled by 1/255) and optionally ``labels`` or
+    ``label`` (an int). The batch has ``pixel_values`` as float32 ``(batch, frames, channels, height, width)`` in ``[0, 1]`` and
     ``labels`` as int64 ``(batch,)``; other keys are dropped.
 
     For datasets that decode frames in a transform (e.g. [`load_video_folder`], whose raw column is ``video``),
@@ -97,7 +112,7 @@ class VideoCollator:
             raise ValueError(f"Expected clips of shape ({shown}) (frames, channels, height, width), got {reference}.")
 
         pixel_values = to_unit_float(torch.stack(clips))
-        if clips[0].dtype != torch.uint8 and pixel_values.numel():
+        if clips[0].is_floating_point() and pixel_values.numel():
             low, high = pixel_values.min().item(), pixel_values.max().item()
             if low < 0.0 or high > 1.0:
                 raise ValueError(
@@ -106,11 +121,12 @@ class VideoCollator:
                 )
         batch = {"pixel_values": pixel_values}
 
-        has_labels = ["labels" in example and example["labels"] is not None for example in features]
-        if any(has_labels):
-            if not all(has_labels):
-                raise ValueError("Some examples have 'labels' and others do not.")
+        label_keys = [next((k for k in LABEL_COLUMNS if example.get(k) is not None), None) for example in features]
+        if any(label_keys):
+            if not all(label_keys):
+                raise ValueError("Some examples have 'labels' (or 'label') and others do not.")
             batch["labels"] = torch.tensor(
-                [_label(example["labels"], index) for index, example in enumerate(features)], dtype=torch.long
+                [_label(example[key], index) for index, (example, key) in enumerate(zip(features, label_keys))],
+                dtype=torch.long,
             )
         return batch

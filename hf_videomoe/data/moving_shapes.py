@@ -25,7 +25,6 @@ from datasets import Array4D, ClassLabel, Dataset, DatasetDict, DatasetInfo, Fea
 from datasets.fingerprint import Hasher
 from datasets.table import InMemoryTable
 
-
 MOVING_SHAPES_CLASSES: tuple[str, ...] = (
     "move_left",
     "move_right",

@@ -17,7 +17,17 @@ from typing import Any
 import numpy as np
 import torch
 
-__all__ = ["Batch", "DataSource", "make_source", "sample_shape", "stack_pixel_values", "to_label_tensor", "to_pixel_tensor"]
+from .collator import to_unit_float
+
+__all__ = [
+    "Batch",
+    "DataSource",
+    "make_source",
+    "sample_shape",
+    "stack_pixel_values",
+    "to_label_tensor",
+    "to_pixel_tensor",
+]
 
 _LABEL_KEYS = ("labels", "label")
 
@@ -54,7 +64,8 @@ def _check_sample(sample: Any) -> None:
 
 
 def to_pixel_tensor(value: Any) -> torch.Tensor:
-    """Stack pixel values (tensor, numpy array, nested lists, or a list of those) into a float tensor."""
+    """Stack pixel values (tensor, numpy array, nested lists, or a list of those) into a float tensor; uint8 frames are
+    scaled by 1/255."""
     if isinstance(value, torch.Tensor):
         tensor = value
     elif isinstance(value, np.ndarray):
@@ -64,9 +75,9 @@ def to_pixel_tensor(value: Any) -> torch.Tensor:
     else:
         tensor = torch.as_tensor(np.asarray(value))
     if not tensor.is_floating_point():
-        raise ValueError(
-            f"pixel_values must be float in [0, 1], got dtype {tensor.dtype}; divide integer frames by 255 first."
-        )
+        if tensor.dtype == torch.bool or tensor.is_complex():
+            raise ValueError(f"pixel_values must be float in [0, 1] or 8-bit frames, got dtype {tensor.dtype}.")
+        return to_unit_float(tensor)  # 8-bit frames scaled by 1/255, as the collator and transformers' processors do
     if tensor.dtype == torch.float64:
         tensor = tensor.float()
     return tensor
@@ -244,7 +255,10 @@ class IterableSource(DataSource):
 
     def fingerprint(self) -> dict[str, Any]:
         first = to_pixel_tensor(self.first_sample()["pixel_values"]).float().contiguous()
-        return {"num_samples": self.num_samples, "first_sample_sha256": hashlib.sha256(first.numpy().tobytes()).hexdigest()}
+        return {
+            "num_samples": self.num_samples,
+            "first_sample_sha256": hashlib.sha256(first.numpy().tobytes()).hexdigest(),
+        }
 
 
 def _first_of(item: Mapping) -> Mapping:
@@ -274,9 +288,7 @@ def make_source(dataset: Any, max_samples: int | None = None) -> DataSource:
         import datasets
 
         if isinstance(dataset, datasets.DatasetDict):
-            raise TypeError(
-                f"Got a DatasetDict with splits {list(dataset)}; pass one split, e.g. dataset['test']."
-            )
+            raise TypeError(f"Got a DatasetDict with splits {list(dataset)}; pass one split, e.g. dataset['test'].")
     except ImportError:  # pragma: no cover
         pass
     if isinstance(dataset, Mapping):
@@ -292,12 +304,19 @@ def make_source(dataset: Any, max_samples: int | None = None) -> DataSource:
         if len(dataset) == 0:
             raise ValueError("The evaluation dataset is empty.")
         source: DataSource = IndexedSource(dataset, max_samples)
-        if _is_hf_dataset(dataset):
+        if _is_hf_dataset(dataset) and (dataset.format or {}).get("type") != "custom":
             names = set(dataset.column_names)
             if "pixel_values" not in names:
-                raise ValueError(f"The evaluation dataset has no 'pixel_values' column (columns: {sorted(names)}).")
+                hint = (
+                    " Decode its videos first: `hf_videomoe.data.decode_video_dataset(dataset, num_frames, image_size)`."
+                    if "video" in names
+                    else ""
+                )
+                raise ValueError(
+                    f"The evaluation dataset has no 'pixel_values' column (columns: {sorted(names)}).{hint}"
+                )
             _label_key({n: None for n in names})
-        else:
+        else:  # plain rows, or a dataset whose transform (e.g. a video decoder) makes pixel_values on access
             _check_sample(source.first_sample())
         return source
     if isinstance(dataset, Sequence) or isinstance(dataset, Iterable):

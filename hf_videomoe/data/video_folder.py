@@ -8,24 +8,14 @@ from __future__ import annotations
 
 import os
 import warnings
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal, Sequence
 
 import numpy as np
-import torch
 from datasets import ClassLabel, Dataset, DatasetDict, Features, Value
 
-from .video_io import (
-    SAMPLING_MODES,
-    VIDEO_EXTENSIONS,
-    SamplingMode,
-    VideoDecodeError,
-    probe_video,
-    read_video,
-    write_video,
-)
-
+from .decode import VideoDecodeTransform
+from .video_io import SAMPLING_MODES, VIDEO_EXTENSIONS, SamplingMode, VideoDecodeError, probe_video, write_video
 
 LAYOUTS: tuple[str, ...] = ("folders", "ucf101", "hmdb51")
 """Folder layouts understood by [`load_video_folder`]."""
@@ -180,96 +170,6 @@ def _drop_undecodable(samples: list[tuple[Path, str]], strict: bool, split: str)
     return kept
 
 
-@dataclass
-class VideoDecodeTransform:
-    """Transform for `datasets.Dataset.set_transform` that turns a ``video`` path column into ``pixel_values``.
-
-    Output per example: ``pixel_values`` (float32 ``(num_frames, 3, image_size, image_size)`` in ``[0, 1]``) and
-    ``labels`` (`int`). A video that fails to decode raises `ValueError` when `strict`; otherwise a warning is
-    emitted and the next decodable video of the dataset (in dataset order, wrapping around) is returned with its
-    own label, so one bad file never stops an epoch.
-
-    Random sampling in the training split uses a generator seeded with `seed` (and, inside DataLoader workers,
-    with the worker's seed, so that workers and epochs draw different frames). Evaluation splits are
-    deterministic: `"random"` sampling seeds a generator per video.
-    """
-
-    videos: list[str]
-    labels: list[int]
-    num_frames: int
-    image_size: int
-    sampling: SamplingMode = "uniform"
-    train: bool = False
-    strict: bool = False
-    seed: int = 0
-    _positions: dict[str, int] = field(init=False, repr=False)
-    _undecodable: set[str] = field(init=False, repr=False, default_factory=set)
-    _rng: np.random.Generator | None = field(init=False, repr=False, default=None)
-    _rng_key: int | None = field(init=False, repr=False, default=None)
-
-    def __post_init__(self):
-        self._positions = {video: position for position, video in enumerate(self.videos)}
-
-    def _generator(self, position: int) -> np.random.Generator:
-        if not self.train:
-            return np.random.default_rng([self.seed, position])
-        worker = torch.utils.data.get_worker_info()
-        key = None if worker is None else worker.seed
-        if self._rng is None or key != self._rng_key:
-            entropy = [self.seed] if worker is None else [self.seed, worker.seed % 2**32]
-            self._rng, self._rng_key = np.random.default_rng(entropy), key
-        return self._rng
-
-    def _decode(self, video: str, position: int) -> torch.Tensor:
-        return read_video(
-            video, self.num_frames, self.image_size, self.sampling, rng=self._generator(position), train=self.train
-        )
-
-    def _skip(self, video: str, error: Exception) -> None:
-        self._undecodable.add(video)
-        warnings.warn(
-            f"Could not decode {video} ({error}); substituting the next decodable video "
-            f"({len(self._undecodable)} of {len(self.videos)} videos skipped so far)."
-        )
-
-    def _load(self, video: str, label: int) -> tuple[torch.Tensor, int]:
-        position = self._positions.get(video, 0)
-        if video not in self._undecodable:
-            try:
-                return self._decode(video, position), label
-            except VideoDecodeError as error:
-                if self.strict:
-                    raise ValueError(f"Could not decode video {video}: {error}") from error
-                self._skip(video, error)
-        for step in range(1, len(self.videos)):
-            candidate = (position + step) % len(self.videos)
-            substitute = self.videos[candidate]
-            if substitute in self._undecodable:
-                continue
-            try:
-                return self._decode(substitute, candidate), self.labels[candidate]
-            except VideoDecodeError as error:
-                self._skip(substitute, error)
-        raise ValueError(f"No video of this dataset could be decoded (last tried: {video}).")
-
-    def __call__(self, batch: dict[str, list]) -> dict[str, list]:
-        if "video" not in batch:
-            raise KeyError(
-                "The 'video' column is missing, so frames cannot be decoded. If this dataset goes through "
-                "`transformers.Trainer`, pass `TrainingArguments(remove_unused_columns=False)`."
-            )
-        labels = batch.get("labels", [None] * len(batch["video"]))
-        pixel_values, out_labels = [], []
-        for video, label in zip(batch["video"], labels):
-            clip, label = self._load(video, label)
-            pixel_values.append(clip)
-            out_labels.append(label)
-        output = {"pixel_values": pixel_values}
-        if "labels" in batch:
-            output["labels"] = out_labels
-        return output
-
-
 def load_video_folder(
     path: str | os.PathLike,
     num_frames: int,
@@ -283,14 +183,17 @@ def load_video_folder(
     strict: bool = False,
     verify: bool = True,
     seed: int = 0,
+    shortest_edge: int | None = None,
+    resample: str = "bilinear",
 ) -> Dataset | DatasetDict:
     """Load a video classification dataset from a local folder.
 
     The returned datasets hold a ``video`` column (file paths) and ``labels`` (`ClassLabel`); a transform set with
     `Dataset.set_transform` decodes frames with PyAV on access, so ``dataset[i]`` gives ``pixel_values``
-    (float32 ``(num_frames, 3, image_size, image_size)`` in ``[0, 1]``) and ``labels``. Frames are centre-cropped to
-    a square and resized with bilinear antialiased interpolation. Videos shorter than `num_frames` are padded by
-    repeating frames (see [`sample_frame_indices`]).
+    (float32 ``(num_frames, 3, image_size, image_size)`` in ``[0, 1]``) and ``labels``. Frames are sampled, resized,
+    cropped and rescaled exactly as transformers' video processor does with the processor config saved with our
+    checkpoints (see [`read_video`]), so a model evaluated here sees what ``pipeline("video-classification")`` feeds
+    it. Videos shorter than `num_frames` are padded by repeating frames (see [`sample_frame_indices`]).
 
     Because ``video`` is not a model input, `transformers.Trainer` needs
     `TrainingArguments(remove_unused_columns=False)` to keep it for the transform.
@@ -331,6 +234,9 @@ def load_video_folder(
         verify (`bool`, *optional*, defaults to `True`): Probe every video at load time (open it and decode its
             first frame). Disable for very large datasets; decoding failures are then only handled on access.
         seed (`int`, *optional*, defaults to 0): Seed of the random frame sampling.
+        shortest_edge (`int`, *optional*), resample (`str`, *optional*, defaults to `"bilinear"`): The resize before
+            the central crop (see [`resize_frames`]); for a checkpoint, pass
+            ``**hf_videomoe.data.decode_settings(AutoImageProcessor.from_pretrained(path))``.
 
     Returns:
         `datasets.Dataset` if `split` is given, else `datasets.DatasetDict`.
@@ -380,7 +286,16 @@ def load_video_folder(
         dataset = Dataset.from_dict({"video": videos, "labels": labels}, features=features, split=split_name)
         dataset.set_transform(
             VideoDecodeTransform(
-                videos, labels, num_frames, image_size, sampling, train=split_name == "train", strict=strict, seed=seed
+                num_frames,
+                image_size,
+                sampling,
+                train=split_name == "train",
+                strict=strict,
+                seed=seed,
+                shortest_edge=shortest_edge,
+                resample=resample,
+                videos=videos,
+                labels=labels,
             )
         )
         datasets[split_name] = dataset

@@ -27,7 +27,21 @@ def aggregate(records: list[dict[str, Any]], specs: list[AttackSpec], options: E
         preds = [p for r in records for p in r["attacks"][spec.label]["pred"]]
         robust_per_sample[spec.label] = [c and p == l for c, p, l in zip(clean, preds, labels)]
     out["robust_accuracy"] = {a: sum(v) / n for a, v in robust_per_sample.items()}
-    worst = [all(v[i] for v in robust_per_sample.values()) for i in range(n)]
+    # The worst case per budget (norm, ε): a clip counts only if it resists every attack of that budget.
+    budgets = options.budgets or {"all": {"attacks": [s.label for s in specs]}}
+    worst_by_budget = {
+        key: [all(robust_per_sample[a][i] for a in budget["attacks"]) for i in range(n)]
+        for key, budget in budgets.items()
+    }
+    out["worst_case_by_budget"] = (
+        {
+            key: {**budget, "attacks": list(budget["attacks"]), "accuracy": sum(worst_by_budget[key]) / n}
+            for key, budget in budgets.items()
+        }
+        if options.budgets
+        else {}
+    )
+    worst = worst_by_budget[options.headline_budget if options.budgets else "all"]
     out["worst_case_accuracy"] = sum(worst) / n
 
     # Perturbation energy per frame.
@@ -40,7 +54,12 @@ def aggregate(records: list[dict[str, Any]], specs: list[AttackSpec], options: E
         out["perturbation_energy"][spec.label] = [v / n for v in total]
 
     # Routing diagnostics.
-    out["routing_change"], out["routing_change_per_layer"], out["router_lipschitz"], out["expert_usage"] = {}, {}, {}, {}
+    out["routing_change"], out["routing_change_per_layer"], out["router_lipschitz"], out["expert_usage"] = (
+        {},
+        {},
+        {},
+        {},
+    )
     if records and "clean_usage" in records[0]:
 
         def usage(key_fn):
@@ -56,7 +75,9 @@ def aggregate(records: list[dict[str, Any]], specs: list[AttackSpec], options: E
                 continue
             per_sample = [row for r in records for row in r["attacks"][spec.label]["routing_change"]]
             num_layers = len(per_sample[0]) if per_sample else 0
-            out["routing_change_per_layer"][spec.label] = [mean_of([row[i] for row in per_sample]) for i in range(num_layers)]
+            out["routing_change_per_layer"][spec.label] = [
+                mean_of([row[i] for row in per_sample]) for i in range(num_layers)
+            ]
             out["routing_change"][spec.label] = mean_of([mean_of(row) for row in per_sample])
             lips = [v for r in records for v in r["attacks"][spec.label]["router_lipschitz"] if v is not None]
             out["router_lipschitz"][spec.label] = mean_of(lips) if lips else 0.0
@@ -155,7 +176,8 @@ def aggregate(records: list[dict[str, Any]], specs: list[AttackSpec], options: E
         }
         if out["routing_change"]:
             per_sample["routing_change"] = {
-                a: [mean_of(row) for r in records for row in r["attacks"][a]["routing_change"]] for a in out["routing_change"]
+                a: [mean_of(row) for r in records for row in r["attacks"][a]["routing_change"]]
+                for a in out["routing_change"]
             }
             per_sample["router_lipschitz"] = {
                 a: [v for r in records for v in r["attacks"][a]["router_lipschitz"]] for a in out["router_lipschitz"]

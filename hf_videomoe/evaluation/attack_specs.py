@@ -6,6 +6,7 @@ from __future__ import annotations
 import copy
 import json
 import math
+import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -18,6 +19,8 @@ __all__ = [
     "ATTACK_PRESETS",
     "AttackSpec",
     "attacks_module",
+    "budget_key",
+    "budget_plan",
     "check_eps",
     "expand_presets",
     "json_default",
@@ -68,6 +71,49 @@ class AttackSpec:
 def spec_eps(spec: AttackSpec) -> float | None:
     value = (spec.kwargs or {}).get("eps", getattr(spec.attack, "eps", None))
     return None if value is None else float(value)
+
+
+def budget_key(norm: str, eps: float) -> str:
+    """``"linf:0.03137254901960784"``: the key of one perturbation budget in ``worst_case_by_budget``."""
+    return f"{norm}:{float(eps)!r}"
+
+
+def budget_plan(specs: list[AttackSpec], eps: float, norm: str, mode: str) -> tuple[dict[str, dict[str, Any]], str]:
+    """The attacks grouped by the budget (norm, ε) each one actually ran at, and the key of the headline budget (the
+    shared ``eps`` / ``norm`` when some attack used it). A worst case is only ever taken within one budget: cascade
+    mode, which has a single worst case over every attack, refuses attacks with different budgets."""
+    budgets: dict[str, dict[str, Any]] = {}
+    for spec in specs:
+        own_eps = spec_eps(spec)
+        own_norm = str(spec.settings().get("norm") or getattr(spec.attack, "norm", None) or norm)
+        if own_eps is None:  # an attack that does not state its budget is taken to use the shared one
+            own_eps, own_norm = eps, norm
+        key = next(
+            (k for k, b in budgets.items() if b["norm"] == own_norm and math.isclose(b["eps"], own_eps, rel_tol=1e-9)),
+            None,
+        )
+        if key is None:
+            key = budget_key(own_norm, own_eps)
+            budgets[key] = {"norm": own_norm, "eps": float(own_eps), "attacks": []}
+        budgets[key]["attacks"].append(spec.label)
+    shared = next(
+        (k for k, b in budgets.items() if b["norm"] == norm and math.isclose(b["eps"], eps, rel_tol=1e-9)), None
+    )
+    if len(budgets) > 1 and mode == "cascade":
+        found = "; ".join(f"{b['norm']} ε={b['eps']:.6g}: {b['attacks']}" for b in budgets.values())
+        raise ValueError(
+            f"attacks must share one budget in mode='cascade' (its worst case spans every attack), got "
+            f"{found}; use mode='full' to get a worst case per budget."
+        )
+    if shared is None:
+        headline = next(iter(budgets))
+        warnings.warn(
+            f"eps={eps!r} ({norm}) is used by no attack: every attack sets its own budget, so the report's "
+            f"headline budget is {budgets[headline]['norm']} ε={budgets[headline]['eps']!r}.",
+            stacklevel=3,
+        )
+        return budgets, headline
+    return budgets, shared
 
 
 def json_default(value):
@@ -141,8 +187,7 @@ def resolve_attacks(
     """Turn the ``attacks`` argument into specs (preset names such as ``"autoattack"`` expanded); every error (unknown
     name or option, duplicate label, MoE attack on a dense model) is raised here, before any data is touched."""
     if attacks is None:
-        registry = attacks_module().ATTACKS
-        attacks = [a for a in DEFAULT_ATTACKS if moe or not registry[a].requires_moe]
+        attacks = attacks_module().split_attacks_for_model(list(DEFAULT_ATTACKS), moe)[0]  # the CLI drops the same
     if isinstance(attacks, str) or is_attack_instance(attacks):
         attacks = [attacks]
     if isinstance(attacks, Mapping):
@@ -183,8 +228,9 @@ def resolve_attacks(
             used_extra |= {k for k in extra if k in accepted}
             kwargs = {k: v for k, v in {**base, **options}.items() if v is not None and k in accepted}
             attack = module.build_attack(name, **kwargs)
-            specs.append(AttackSpec(label=(label or name).strip(), attack=attack, name=name, kwargs=kwargs,
-                                     white_box=True))
+            specs.append(
+                AttackSpec(label=(label or name).strip(), attack=attack, name=name, kwargs=kwargs, white_box=True)
+            )
         elif is_attack_instance(item):
             name = str(getattr(item, "name", type(item).__name__)).lower()
             if getattr(item, "requires_moe", False) and not moe:

@@ -24,13 +24,15 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import warnings
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode, sdpa_flop_count
 
-from ..moe import moe_blocks
+from ..moe import is_moe_model, moe_blocks
 
 __all__ = ["CostReport", "count_cost", "count_parameters", "dense_equivalent_config"]
 
@@ -223,7 +225,9 @@ def dense_equivalent_config(config, match: str = "active", **overrides):
         if isinstance(config, dense_cls):
             break
     else:
-        raise TypeError(f"dense_equivalent_config expects a VideoMAE or TimeSformer config, got {type(config).__name__}.")
+        raise TypeError(
+            f"dense_equivalent_config expects a VideoMAE or TimeSformer config, got {type(config).__name__}."
+        )
     values = config.to_dict()
     for key in ("model_type", "architectures", "transformers_version", "_name_or_path", *_MOE_CONFIG_FIELDS):
         values.pop(key, None)
@@ -240,3 +244,49 @@ def dense_equivalent_config(config, match: str = "active", **overrides):
             object.__setattr__(dense_config, "drop_path_rate", drop_path_rate)
         return dense_config
     return dense_cls(**values)
+
+
+def dense_counterpart(config):
+    """A dense classifier of the config's shape with the MoE's active width (for the FLOPs comparison)."""
+    from transformers import (
+        TimesformerConfig,
+        TimesformerForVideoClassification,
+        VideoMAEConfig,
+        VideoMAEForVideoClassification,
+    )
+
+    dense_config = dense_equivalent_config(config, match="active")
+    model_cls = VideoMAEForVideoClassification if isinstance(dense_config, VideoMAEConfig) else None
+    if isinstance(dense_config, TimesformerConfig):
+        model_cls = TimesformerForVideoClassification
+    return model_cls(dense_config)
+
+
+def evaluation_cost(model: nn.Module) -> dict[str, Any]:
+    """The report's cost fields: FLOPs and parameters of ``model`` and of its dense counterpart (warnings, no error,
+    when a count fails)."""
+    out: dict[str, Any] = {}
+    try:
+        cost = count_cost(model)
+        out.update(
+            flops=int(cost.flops),
+            active_parameters=int(cost.active_parameters),
+            total_parameters=int(cost.total_parameters),
+        )
+    except Exception as err:
+        warnings.warn(f"Could not count the cost of {type(model).__name__}: {err}", stacklevel=3)
+        return out
+    config = getattr(model, "config", None)
+    if config is None:
+        return out
+    if not is_moe_model(model):
+        out.update(dense_flops=out["flops"], dense_parameters=out["total_parameters"])
+        return out
+    try:
+        dense = dense_counterpart(config)
+        dense_cost = count_cost(dense)
+        out.update(dense_flops=int(dense_cost.flops), dense_parameters=int(dense_cost.total_parameters))
+        del dense
+    except Exception as err:
+        warnings.warn(f"Could not count the cost of the dense model of the same shape: {err}", stacklevel=3)
+    return out

@@ -132,8 +132,12 @@ def compute_flags(
                 for large in eps_sorted[i + 1 :]:
                     if curve[large] - curve[small] > thresholds.tolerance:
                         rising.setdefault(attack, []).append(
-                            {"eps": _round(small), "accuracy": _round(curve[small]), "larger_eps": _round(large),
-                             "larger_eps_accuracy": _round(curve[large])}
+                            {
+                                "eps": _round(small),
+                                "accuracy": _round(curve[small]),
+                                "larger_eps": _round(large),
+                                "larger_eps_accuracy": _round(curve[large]),
+                            }
                         )
         if rising:
             flags.append(
@@ -159,8 +163,13 @@ def compute_flags(
         checks["steps_monotonicity"] = "skipped: no multi-step white-box attack"
     else:
         rising = {
-            a: {"steps": info["steps"], "accuracy": _round(info["accuracy"]), "doubled_steps": info["doubled_steps"],
-                "doubled_accuracy": _round(info["doubled_accuracy"]), "num_samples": info["num_samples"]}
+            a: {
+                "steps": info["steps"],
+                "accuracy": _round(info["accuracy"]),
+                "doubled_steps": info["doubled_steps"],
+                "doubled_accuracy": _round(info["doubled_accuracy"]),
+                "num_samples": info["num_samples"],
+            }
             for a, info in steps_check.items()
             if info["doubled_accuracy"] - info["accuracy"] > thresholds.tolerance
         }
@@ -236,7 +245,8 @@ def compute_flags(
         checks["router_collapse"] = "skipped: no expert usage (dense model, or diagnostics=False)"
     else:
         collapsed = {
-            str(layer): _round(max(shares)) for layer, shares in enumerate(expert_usage)
+            str(layer): _round(max(shares))
+            for layer, shares in enumerate(expert_usage)
             if shares and max(shares) > thresholds.collapse_share
         }
         if collapsed:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from fractions import Fraction
 
 
@@ -23,3 +24,10 @@ def format_eps(eps: float | None, norm: str = "linf") -> str:
 def norm_symbol(norm: str) -> str:
     """``L∞`` / ``L2`` for display."""
     return {"linf": "L∞", "l2": "L2"}.get(norm, norm)
+
+
+def format_percent(value: float | None, digits: int = 1) -> str:
+    """An accuracy in [0, 1] as ``"12.5 %"``; ``"–"`` for a missing or NaN value."""
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "–"
+    return f"{100 * value:.{digits}f} %"

@@ -55,5 +55,4 @@ def sign_test(differences: Sequence[float], alternative: str = "two-sided") -> d
     """
     positive = sum(d > 0 for d in differences)
     negative = sum(d < 0 for d in differences)
-    return {"positive": positive, "negative": negative,
-            "p_value": _p_value(positive, positive + negative, alternative)}
+    return {"positive": positive, "negative": negative, "p_value": _p_value(positive, positive + negative, alternative)}

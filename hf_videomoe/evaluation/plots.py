@@ -48,13 +48,19 @@ def plot_eps_sweep(report: "RobustnessReport", path: str | os.PathLike, dpi: int
     with saved_figure(path, dpi, figsize=(6, 4)) as (_, ax):
         for attack, curve in report.eps_sweep.items():
             eps = sorted(curve)
-            ax.plot([e * 255 if report.norm == "linf" else e for e in eps], [100 * curve[e] for e in eps],
-                    marker="o", label=attack)
+            ax.plot(
+                [e * 255 if report.norm == "linf" else e for e in eps],
+                [100 * curve[e] for e in eps],
+                marker="o",
+                label=attack,
+            )
         ax.axhline(100 * report.clean_accuracy, color="gray", linestyle="--", label="clean")
         ax.set_xlabel(f"ε ({'×1/255, ' if report.norm == 'linf' else ''}{norm_symbol(report.norm)})")
         ax.set_ylabel("robust accuracy (%)")
         ax.set_ylim(-2, 102)
-        ax.set_title(f"Robust accuracy vs ε ({report.num_samples} samples, main ε={format_eps(report.eps, report.norm)})")
+        ax.set_title(
+            f"Robust accuracy vs ε ({report.num_samples} samples, main ε={format_eps(report.eps, report.norm)})"
+        )
         ax.grid(alpha=0.3)
         ax.legend(fontsize="small")
     return Path(path)
@@ -72,8 +78,10 @@ def plot_expert_usage(report: "RobustnessReport", path: str | os.PathLike, dpi: 
     cols = min(num_layers, 4)
     rows = (num_layers + cols - 1) // cols
     width = 0.8 / len(groups)
-    with saved_figure(path, dpi, rows, cols, figsize=(3.2 * cols + 1, 2.8 * rows), squeeze=False,
-                      sharey=True) as (fig, axes):
+    with saved_figure(path, dpi, rows, cols, figsize=(3.2 * cols + 1, 2.8 * rows), squeeze=False, sharey=True) as (
+        fig,
+        axes,
+    ):
         for layer in range(rows * cols):
             ax = axes[layer // cols][layer % cols]
             if layer >= num_layers:

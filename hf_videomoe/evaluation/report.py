@@ -11,11 +11,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .formatting import format_eps, norm_symbol
+from .formatting import format_eps, format_percent, norm_symbol
+from .report_checks import REPORT_FORMAT_VERSION, migrate_report_dict, validate_report, worst_case_budget
 
 __all__ = ["ReliabilityFlag", "RobustnessReport", "format_eps", "atomic_write_text"]
-
-REPORT_FORMAT_VERSION = 2  # 2: `mode` (cascade reports carry cumulative robust accuracies)
 
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> None:
@@ -35,10 +34,7 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> None:
         raise
 
 
-def _percent(value: float | None, digits: int = 1) -> str:
-    if value is None or (isinstance(value, float) and math.isnan(value)):
-        return "–"
-    return f"{100 * value:.{digits}f} %"
+_percent = format_percent
 
 
 def _number(value: float | None, digits: int = 3) -> str:
@@ -67,6 +63,16 @@ class ReliabilityFlag:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "ReliabilityFlag":
+        if (
+            not isinstance(data, dict)
+            or not isinstance(data.get("name"), str)
+            or not isinstance(data.get("message"), str)
+            or not isinstance(data.get("evidence") or {}, dict)
+        ):
+            raise ValueError(
+                f"a reliability flag must be an object with string 'name' and 'message' (and a dict "
+                f"'evidence'), got {data!r}"
+            )
         return cls(name=data["name"], message=data["message"], evidence=dict(data.get("evidence") or {}))
 
 
@@ -91,7 +97,7 @@ class RobustnessReport:
         dense_flops: the same for the dense model of the same shape (same config without MoE).
         active_parameters / total_parameters: parameters used per routing unit / stored.
         dense_parameters: parameters of that dense model.
-        eps, norm: the perturbation budget shared by the attacks built by name (``"linf"`` or ``"l2"``).
+        eps, norm: the budget of ``worst_case_accuracy`` (``"linf"`` or ``"l2"``): the shared one of the attacks.
         input_shape: one clip's shape ``[frames, channels, height, width]``.
         steps: the shared step count (``None`` if each attack used its own default).
         seed: the base seed (each batch reseeds the global RNG with ``seed + batch_index``).
@@ -129,6 +135,12 @@ class RobustnessReport:
             the perturbation energy counts the samples an attack did not run on as 0).
         exact_attacks: in cascade mode, the attacks that ran on every sample first (their accuracies are their own;
             the cascade's are cumulative over them too).
+        worst_case_by_budget: budget key (``"linf:0.0313..."``) → ``{"norm", "eps", "attacks", "accuracy"}``: the worst
+            case over the attacks that ran at that budget. ``worst_case_accuracy`` is the entry at ``norm`` / ``eps``;
+            attacks at other budgets never count towards it. Empty in reports older than format version 3.
+
+    Construction and [`load`] validate the report (types, accuracies in [0, 1], worst case <= robust <= clean, one
+    budget per worst case) and raise a one-line `ValueError` / `TypeError` naming the field otherwise.
     """
 
     clean_accuracy: float
@@ -167,6 +179,20 @@ class RobustnessReport:
     per_sample: dict[str, Any] | None = None
     mode: str = "full"
     exact_attacks: list[str] = field(default_factory=list)
+    worst_case_by_budget: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    def validate(self) -> None:
+        """Raise a one-line `ValueError` / `TypeError` naming the field unless the report is self-consistent (also
+        run on construction and load, and before a model card is built, so an edited report is caught)."""
+        validate_report(self)
+
+    @property
+    def worst_case_attacks(self) -> list[str]:
+        """The attacks the headline ``worst_case_accuracy`` spans (those that ran at ``norm`` / ``eps``)."""
+        return list(worst_case_budget(self)["attacks"])
 
     # -- derived ------------------------------------------------------------------------------------------------------
     @property
@@ -206,7 +232,9 @@ class RobustnessReport:
         """A JSON-compatible dict (ε keys of ``eps_sweep`` become their ``repr`` strings; parsing restores floats)."""
         data = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
         data["flags"] = [flag.to_dict() for flag in self.flags]
-        data["eps_sweep"] = {atk: {repr(float(e)): acc for e, acc in curve.items()} for atk, curve in self.eps_sweep.items()}
+        data["eps_sweep"] = {
+            atk: {repr(float(e)): acc for e, acc in curve.items()} for atk, curve in self.eps_sweep.items()
+        }
         data["format_version"] = REPORT_FORMAT_VERSION
         return json.loads(json.dumps(data, allow_nan=True))  # deep copy + proves it serialises
 
@@ -215,17 +243,25 @@ class RobustnessReport:
         """Inverse of [`to_dict`]; unknown keys (from newer versions) are ignored."""
         if not isinstance(data, dict):
             raise TypeError(f"a report is a JSON object, got {type(data).__name__}")
-        data = dict(data)
-        data.pop("format_version", None)
-        missing = [name for name in ("clean_accuracy", "robust_accuracy", "worst_case_accuracy", "num_samples", "eps")
-                   if name not in data]
+        data = migrate_report_dict(data)
+        missing = [
+            name
+            for name in ("clean_accuracy", "robust_accuracy", "worst_case_accuracy", "num_samples", "eps")
+            if name not in data
+        ]
         if missing:
             raise KeyError(f"missing {missing}")
         names = {f.name for f in dataclasses.fields(cls)}
         kwargs = {k: v for k, v in data.items() if k in names}
+        if not isinstance(kwargs.get("flags") or [], list) or not isinstance(kwargs.get("eps_sweep") or {}, dict):
+            raise TypeError(
+                f"flags must be a list and eps_sweep a dict, got {kwargs.get('flags')!r} and "
+                f"{kwargs.get('eps_sweep')!r}"
+            )
         kwargs["flags"] = [ReliabilityFlag.from_dict(flag) for flag in kwargs.get("flags") or []]
         kwargs["eps_sweep"] = {
-            atk: {float(e): acc for e, acc in curve.items()} for atk, curve in (kwargs.get("eps_sweep") or {}).items()
+            atk: {float(e): acc for e, acc in dict(curve).items()}
+            for atk, curve in (kwargs.get("eps_sweep") or {}).items()
         }
         return cls(**kwargs)
 
@@ -255,9 +291,10 @@ class RobustnessReport:
     # -- Markdown -----------------------------------------------------------------------------------------------------
     def headline(self) -> str:
         """One sentence with the worst-case number, the attacks and the budget."""
+        attacks = self.worst_case_attacks
         return (
             f"**Worst-case robust accuracy: {_percent(self.worst_case_accuracy)}** "
-            f"(a sample counts only if it resists all {len(self.attacks)} attacks: {', '.join(self.attacks)}; "
+            f"(a sample counts only if it resists all {len(attacks)} attacks: {', '.join(attacks)}; "
             f"{norm_symbol(self.norm)} ε = {format_eps(self.eps, self.norm)}, {self.num_samples} samples). "
             f"Clean accuracy: {_percent(self.clean_accuracy)}."
         )
@@ -289,7 +326,11 @@ class RobustnessReport:
                 f" | {settings.get('seed', '–')} |"
             )
             rows.append(row)
-        rows.append(f"| **Worst case (all attacks)** | **{_percent(self.worst_case_accuracy)}** |{pad} | | |")
+        if len(self.worst_case_by_budget) <= 1:
+            rows.append(f"| **Worst case (all attacks)** | **{_percent(self.worst_case_accuracy)}** |{pad} | | |")
+        for entry in self.worst_case_by_budget.values() if len(self.worst_case_by_budget) > 1 else ():
+            label = f"{norm_symbol(entry['norm'])} ε={format_eps(entry['eps'], entry['norm'])}: {', '.join(entry['attacks'])}"
+            rows.append(f"| **Worst case ({label})** | **{_percent(entry['accuracy'])}** |{pad} | | |")
         return "\n".join(rows)
 
     def sweep_table(self) -> str:
@@ -324,36 +365,9 @@ class RobustnessReport:
 
     def routing_table(self) -> str:
         """Markdown: clean accuracy with learned, random and forced routing, then the frozen-routing controls."""
-        relevance = self.routing_relevance
-        if not relevance:
-            return ""
-        rows = ["| Routing | Clean accuracy |", "|---|---:|", f"| learned (the model's own) | {_percent(relevance['learned'])} |",
-                f"| random expert for every routing unit | {_percent(relevance['random'])} |"]
-        for expert, value in enumerate(relevance["forced"]):
-            rows.append(f"| forced to expert {expert} | {_percent(value)} |")
-        diff, se = relevance["learned_minus_random"], relevance["learned_minus_random_se"]
-        text = "\n".join(rows) + (
-            f"\n\nLearned − random: {100 * diff:+.1f} ± {100 * se:.1f} points (paired over {relevance['num_samples']} clips,"
-            f" ± one standard error); best − worst forced path: {100 * relevance['forced_spread']:.1f} points"
-        )
-        if "forced_disagreement" in relevance:  # reports written before these two fields lack them
-            text += (f"; two forced paths disagree on {_percent(relevance['forced_disagreement'])} of the clips and "
-                     f"some path is right on {_percent(relevance['forced_oracle'])}")
-        text += "."
-        if self.frozen_routing:
-            rows = ["| Attack | Robust accuracy | Adversarial clip, clean routing | Clean clip, adversarial routing |",
-                    "|---|---:|---:|---:|"]
-            for attack, controls in self.frozen_routing.items():
-                rows.append(
-                    f"| {attack} | {_percent(self.robust_accuracy.get(attack))} | "
-                    f"{_percent(controls.get('adv_input_clean_routing'))} | {_percent(controls.get('clean_input_adv_routing'))} |"
-                )
-            text += (
-                "\n\nFrozen-routing controls: how much of each attack's damage goes through routing. Holding the routing "
-                "at the clean decisions leaves only the damage that does not; replaying the adversarial routing on "
-                "the clean clip shows the damage routing alone does.\n\n" + "\n".join(rows)
-            )
-        return text
+        from .report_markdown import routing_table
+
+        return routing_table(self)
 
     def flags_markdown(self) -> str:
         """Bullet list of reliability flags (or a line saying none was raised) and the checks that ran."""

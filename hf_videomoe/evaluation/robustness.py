@@ -13,6 +13,8 @@ How the numbers are defined
   to ``a`` (cumulative), and the worst case is the same as in full mode for less work — for attacks that draw their
   randomness per sample from the sample itself, as every attack of this library does, on kernels whose results do not
   depend on the batch size (CPU here; GPU kernels may differ in the last bits).
+* A worst case spans only attacks run at one **budget** (norm, ε; an attack's own settings may differ from ``eps``):
+  ``worst_case_accuracy`` is the one at the report's ``eps`` / ``norm``, ``worst_case_by_budget`` has one per budget.
 * **Routing change** is 1 − IoU of the selected-expert sets (top-k per routing unit), clean vs adversarial, averaged
   over units, then samples; per MoE layer and over all layers. **Lips-R** is MSE(R(x), R(x+δ)) / MSE(x, x+δ) on router
   probabilities (all MoE layers and units), averaged over samples. Both are computed per sample from the router logits
@@ -46,63 +48,21 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from ..data.sources import DataSource, make_source, sample_shape
+from ..attacks import pixel_space_model
+from ..data.decode import decode_for_model
+from ..data.sources import make_source, sample_shape
 from ..moe import is_moe_model
 from .aggregation import aggregate
-from .attack_specs import DEFAULT_ATTACKS, check_eps, json_default, resolve_attacks
+from .attack_specs import DEFAULT_ATTACKS, budget_plan, check_eps, json_default, resolve_attacks
+from .cost import evaluation_cost
 from .distributed import resolve_distributed
 from .flags import FlagThresholds, compute_flags
+from .input_checks import check_labels, check_model_input
 from .report import RobustnessReport
 from .runner import BatchEvaluator, EvaluationOptions
-from .state import StateStore, model_fingerprint
+from .state import StateStore, expected_batches, model_fingerprint
 
 __all__ = ["DEFAULT_ATTACKS", "evaluate_robustness"]
-
-
-# ----------------------------------------------------------------------------------------------------------------------
-# Validation
-
-
-def _config_value(config, name):
-    value = getattr(config, name, None)
-    if isinstance(value, (list, tuple)):
-        value = value[0]
-    return value
-
-
-def _check_model_input(model: nn.Module, source: DataSource) -> None:
-    config = getattr(model, "config", None)
-    first = source.first_sample()
-    shape = sample_shape(first)
-    if len(shape) != 4:
-        raise ValueError(
-            f"Each sample's pixel_values must be (frames, channels, height, width), got shape {shape}."
-        )
-    if config is None:
-        return
-    frames, channels, size = (_config_value(config, k) for k in ("num_frames", "num_channels", "image_size"))
-    if None in (frames, channels, size):
-        return
-    expected = (frames, channels, size, size)
-    if tuple(shape) != expected:
-        raise ValueError(
-            f"Model/data mismatch: the dataset's pixel_values have shape (frames, channels, height, width) = {shape}, "
-            f"but {type(model).__name__} expects {expected} (config.num_frames={frames}, num_channels={channels}, "
-            f"image_size={size}). Resample / resize the clips (e.g. make_moving_shapes(num_frames={frames}, "
-            f"image_size={size})) or evaluate a model built for this data."
-        )
-
-
-def _check_labels(labels: Sequence[int] | torch.Tensor, num_labels: int | None) -> None:
-    if num_labels is None:
-        return
-    values = labels.tolist() if isinstance(labels, torch.Tensor) else list(labels)
-    bad = [v for v in values if not 0 <= int(v) < num_labels]
-    if bad:
-        raise ValueError(
-            f"Labels must be class indices in [0, {num_labels}) for this model (config.num_labels={num_labels}), "
-            f"found {sorted(set(bad))[:10]}."
-        )
 
 
 class _Excluding:
@@ -115,55 +75,16 @@ class _Excluding:
         return index not in self.excluded
 
 
-# ----------------------------------------------------------------------------------------------------------------------
-# Cost
-
-
-def _dense_counterpart(config):
-    from transformers import TimesformerConfig, TimesformerForVideoClassification, VideoMAEConfig, VideoMAEForVideoClassification
-
-    from .cost import dense_equivalent_config
-
-    dense_config = dense_equivalent_config(config, match="active")
-    model_cls = VideoMAEForVideoClassification if isinstance(dense_config, VideoMAEConfig) else None
-    if isinstance(dense_config, TimesformerConfig):
-        model_cls = TimesformerForVideoClassification
-    return model_cls(dense_config)
-
-
-def _compute_cost(model: nn.Module) -> dict[str, Any]:
-    from .cost import count_cost
-
-    out: dict[str, Any] = {}
-    try:
-        cost = count_cost(model)
-        out.update(flops=int(cost.flops), active_parameters=int(cost.active_parameters),
-                   total_parameters=int(cost.total_parameters))
-    except Exception as err:
-        warnings.warn(f"Could not count the cost of {type(model).__name__}: {err}", stacklevel=3)
-        return out
-    config = getattr(model, "config", None)
-    if config is None:
-        return out
-    if not is_moe_model(model):
-        out.update(dense_flops=out["flops"], dense_parameters=out["total_parameters"])
-        return out
-    try:
-        dense = _dense_counterpart(config)
-        dense_cost = count_cost(dense)
-        out.update(dense_flops=int(dense_cost.flops), dense_parameters=int(dense_cost.total_parameters))
-        del dense
-    except Exception as err:
-        warnings.warn(f"Could not count the cost of the dense model of the same shape: {err}", stacklevel=3)
-    return out
-
-
 def _versions() -> dict[str, str]:
     import transformers
 
     from .. import __version__
 
-    return {"hf_videomoe": __version__, "torch": torch.__version__.split("+")[0], "transformers": transformers.__version__}
+    return {
+        "hf_videomoe": __version__,
+        "torch": torch.__version__.split("+")[0],
+        "transformers": transformers.__version__,
+    }
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -262,11 +183,14 @@ def evaluate_robustness(
     if mode not in ("full", "cascade"):
         raise ValueError(f"mode must be 'full' or 'cascade', got {mode!r}.")
     if mode == "cascade" and eps_sweep is not None:
-        raise ValueError("mode='cascade' runs each attack only on the samples still standing, so it has no "
-                         "per-attack accuracy to sweep over ε; use mode='full' for eps_sweep.")
+        raise ValueError(
+            "mode='cascade' runs each attack only on the samples still standing, so it has no "
+            "per-attack accuracy to sweep over ε; use mode='full' for eps_sweep."
+        )
     if exact_attacks is not None and mode != "cascade":
-        raise ValueError("exact_attacks only applies to mode='cascade' (in full mode every attack runs on every "
-                         "sample).")
+        raise ValueError(
+            "exact_attacks only applies to mode='cascade' (in full mode every attack runs on every sample)."
+        )
     eps = check_eps(eps, norm, "eps")
     if eps_sweep is not None:
         eps_sweep = list(eps_sweep)
@@ -283,17 +207,28 @@ def evaluate_robustness(
         thresholds = FlagThresholds(**thresholds)
 
     # 2. Data: type, emptiness, labels, shape vs model config.
-    source = make_source(dataset, max_samples)
-    _check_model_input(model, source)
+    # A dense checkpoint whose processor normalises (a Hub VideoMAE, local or in the Hub cache) takes [0, 1] pixels
+    # through that normalisation.
+    pixel_model = pixel_space_model(model, getattr(model, "name_or_path", None) or None)
+    if pixel_model is not model:
+        warnings.warn(
+            f"{type(model).__name__} from {model.name_or_path}: its processor normalises, so the evaluation "
+            "feeds it [0, 1] pixels normalised as the processor does (hf_videomoe.attacks.NormalizedModel)."
+        )
+        model = pixel_model
+    source = make_source(decode_for_model(dataset, model), max_samples)
+    check_model_input(model, source)
     num_labels = getattr(getattr(model, "config", None), "num_labels", None)
     labels_fn = getattr(source, "labels", None)
+    all_labels = None
     if labels_fn is not None and (all_labels := labels_fn()) is not None:
-        _check_labels(all_labels, num_labels)
+        check_labels(all_labels, num_labels)
 
     # 3. Attacks.
     moe = is_moe_model(model)
     shared = {"eps": eps, "norm": norm, "steps": steps, "step_size": step_size, "seed": seed}
     specs = resolve_attacks(attacks, shared=shared, extra=dict(attack_kwargs or {}), moe=moe)
+    budgets, headline_budget = budget_plan(specs, eps, norm, mode)  # a worst case per budget each attack ran at
     labels = [s.label for s in specs]
     exact_attacks = list(exact_attacks or [])
     unknown = [a for a in exact_attacks if a not in labels]
@@ -308,7 +243,9 @@ def evaluate_robustness(
             raise ValueError(f"sweep_attacks {unknown} are not among the evaluated attacks {labels}.")
     steps_check: dict[str, int] = {}
     if check_steps:
-        multi_step = [s for s in specs if s.white_box and int(s.settings().get("steps", getattr(s.attack, "steps", 1)) or 1) > 1]
+        multi_step = [
+            s for s in specs if s.white_box and int(s.settings().get("steps", getattr(s.attack, "steps", 1)) or 1) > 1
+        ]
         if check_steps_attacks == "all":
             chosen = multi_step
         elif check_steps_attacks is None:
@@ -324,9 +261,11 @@ def evaluate_robustness(
                 chosen = [s for s in multi_step if s.label in exact_attacks][:1] or chosen
             cascaded = [s.label for s in chosen if s.label not in exact_attacks]
             if cascaded:
-                raise ValueError(f"check_steps in mode='cascade' needs attacks that run on every sample, but {cascaded} "
-                                 "run only on the samples still standing; list them in exact_attacks or use "
-                                 "mode='full'.")
+                raise ValueError(
+                    f"check_steps in mode='cascade' needs attacks that run on every sample, but {cascaded} "
+                    "run only on the samples still standing; list them in exact_attacks or use "
+                    "mode='full'."
+                )
         for spec in chosen:
             base_steps = int(spec.settings().get("steps", getattr(spec.attack, "steps", 1)) or 1)
             steps_check[spec.label] = 2 * base_steps
@@ -349,6 +288,8 @@ def evaluate_robustness(
         return_per_sample=bool(return_per_sample),
         cascade=mode == "cascade",
         exact_attacks=tuple(exact_attacks),
+        budgets=budgets,
+        headline_budget=headline_budget,
     )
     dist = resolve_distributed(accelerator)
 
@@ -379,25 +320,31 @@ def evaluate_robustness(
         store = StateStore(state_dir, settings, dist)
 
     # 5. Cost (cheap: one forward of each model).
-    cost = _compute_cost(model) if compute_cost else {}
+    cost = evaluation_cost(model) if compute_cost else {}
 
     # 6. The loop.
     evaluator = BatchEvaluator(model, specs, options)
-    done = store.done(dist.rank, dist.world) if store is not None else set()
+    expected = expected_batches(source.num_samples, batch_size, all_labels)
+    done = store.done(dist.rank, dist.world, expected) if store is not None else set()
     total_batches = None if source.num_samples is None else -(-source.num_samples // batch_size)
     my_total = None if total_batches is None else len(range(dist.rank, total_batches, dist.world))
     records: list[dict[str, Any]] = []
     was_training = model.training
     model.eval()
-    bar = tqdm(total=my_total, desc="Robustness evaluation", unit="batch", disable=not progress or not dist.is_main,
-               dynamic_ncols=True)
+    bar = tqdm(
+        total=my_total,
+        desc="Robustness evaluation",
+        unit="batch",
+        disable=not progress or not dist.is_main,
+        dynamic_ncols=True,
+    )
     try:
-        wanted = _Excluding(done) if done else None  # finished batches are not even loaded
+        # Finished batches are not even loaded when their labels were cross-checked without loading (`done`).
+        wanted = _Excluding(done) if done and all_labels is not None else None
         for batch in source.batches(batch_size, wanted, dist.world, dist.rank):
-            if batch.index in done:
-                record = store.load(batch.index)
-            else:
-                _check_labels(batch.labels, num_labels)
+            record = store.load(batch.index, batch) if batch.index in done else None
+            if record is None:
+                check_labels(batch.labels, num_labels)
                 record = evaluator.run_batch(batch)
                 if store is not None:
                     store.save(record)
@@ -420,8 +367,9 @@ def evaluate_robustness(
     # 7. Flags and report.
     flags, checks = compute_flags(
         robust_accuracy=agg["robust_accuracy"],
-        white_box=[s.label for s in specs if s.white_box],
-        black_box=[s.label for s in specs if not s.white_box],
+        # Attacks are compared only at one budget (the headline's): a stronger attack at a larger ε is no masking.
+        white_box=[s.label for s in specs if s.white_box and s.label in budgets[headline_budget]["attacks"]],
+        black_box=[s.label for s in specs if not s.white_box and s.label in budgets[headline_budget]["attacks"]],
         eps_sweep=agg["eps_sweep"],
         sweep_requested=bool(eps_sweep),
         steps_check=agg["steps_check"],
@@ -439,9 +387,10 @@ def evaluate_robustness(
         clean_accuracy=agg["clean_accuracy"],
         robust_accuracy=agg["robust_accuracy"],
         worst_case_accuracy=agg["worst_case_accuracy"],
+        worst_case_by_budget=agg["worst_case_by_budget"],
         num_samples=agg["num_samples"],
-        eps=eps,
-        norm=norm,
+        eps=budgets[headline_budget]["eps"],
+        norm=budgets[headline_budget]["norm"],
         input_shape=[int(v) for v in sample_shape(source.first_sample())],
         steps=steps,
         seed=int(seed),
@@ -449,7 +398,8 @@ def evaluate_robustness(
         attack_settings={s.label: s.settings() for s in specs},
         attack_arguments={
             s.label: json.loads(json.dumps({"name": s.name, **s.kwargs}, default=json_default))
-            if s.kwargs is not None else {"instance": type(s.attack).__name__}
+            if s.kwargs is not None
+            else {"instance": type(s.attack).__name__}
             for s in specs
         },
         routing_change=agg["routing_change"],

@@ -49,6 +49,36 @@ def accepts_kwarg(module: nn.Module, name: str) -> bool:
     return name in params or any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
 
 
+def first_non_finite_parameter(model: nn.Module) -> str | None:
+    """Name of the first parameter or buffer holding NaN / inf (``None`` if all are finite)."""
+    for name, tensor in (*model.named_parameters(), *model.named_buffers()):
+        if tensor.is_floating_point() and not bool(torch.isfinite(tensor.detach()).all()):
+            return name
+    return None
+
+
+def check_finite_logits(model: nn.Module, logits: torch.Tensor, indices: list[int]) -> None:
+    """No accuracy from the argmax of NaN: non-finite clean logits stop the evaluation, naming the model and the first
+    parameter holding NaN / inf."""
+    finite = torch.isfinite(logits).all(dim=-1).cpu()
+    if bool(finite.all()):
+        return
+    bad = [index for index, ok in zip(indices, finite.tolist()) if not ok]
+    config = getattr(model, "config", None)
+    where = getattr(config, "_name_or_path", "") or ""
+    name = type(model).__name__ + (f" ({where})" if where else "")
+    parameter = first_non_finite_parameter(model)
+    cause = (
+        f"its parameter {parameter!r} holds NaN / inf (a corrupt or diverged checkpoint)"
+        if parameter
+        else "every parameter is finite, so the forward pass overflows"
+    )
+    raise ValueError(
+        f"model {name} returned non-finite logits (NaN / inf) on clean inputs (dataset indices {bad[:5]}); expected "
+        f"finite logits: {cause}. No accuracy is computed from NaN."
+    )
+
+
 @dataclass(frozen=True)
 class EvaluationOptions:
     """What every batch computes besides its clean and adversarial predictions (built by `evaluate_robustness`)."""
@@ -68,6 +98,10 @@ class EvaluationOptions:
     cascade: bool = False
     #: In cascade mode, attacks that still run on every clip (with all their diagnostics) before the cascade starts.
     exact_attacks: tuple[str, ...] = ()
+    #: budget key → ``{"norm", "eps", "attacks"}`` (`budget_plan`): a worst case is taken per budget, never across two.
+    budgets: dict[str, dict[str, Any]] | None = None
+    #: the key of the headline budget (``worst_case_accuracy``).
+    headline_budget: str | None = None
 
 
 class BatchEvaluator:
@@ -84,7 +118,9 @@ class BatchEvaluator:
         blocks = moe_blocks(model) if self.moe else []
         self.top_ks = [int(getattr(b, "top_k", 1)) for b in blocks]
         self.num_experts = [int(getattr(b, "num_experts", 0)) for b in blocks]
-        self.forward_kwargs = {"output_router_logits": True} if self.moe and accepts_kwarg(model, "output_router_logits") else {}
+        self.forward_kwargs = (
+            {"output_router_logits": True} if self.moe and accepts_kwarg(model, "output_router_logits") else {}
+        )
 
     # -- model calls ----------------------------------------------------------------------------------------------
     def forward(self, pixel_values):
@@ -154,7 +190,7 @@ class BatchEvaluator:
         diagnostics and frozen-routing controls."""
         adv = self.attack(spec.attack, x, y, batch_index, spec.label)
         adv_logits, adv_rl, adv_routing = self.recorded_forward(adv)
-        delta = (adv.float() - x.float())
+        delta = adv.float() - x.float()
         entry: dict[str, Any] = {
             "pred": adv_logits.argmax(-1).tolist(),
             "energy_sum": delta.pow(2).sum(dim=(2, 3, 4)).double().sum(dim=0).tolist(),
@@ -195,6 +231,7 @@ class BatchEvaluator:
         k = batch.index
         record: dict[str, Any] = {"batch": k, "indices": batch.indices, "labels": batch.labels.tolist()}
         logits, clean_rl, clean_routing = self.recorded_forward(x)
+        check_finite_logits(self.model, logits, batch.indices)
         record["clean_pred"] = logits.argmax(-1).tolist()
         record["probability_like"] = looks_like_probabilities(logits)
         if o.check_determinism:

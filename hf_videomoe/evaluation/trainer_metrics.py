@@ -78,4 +78,3 @@ def robust_accuracy_inputs(report: "RobustnessReport") -> dict[str, Any]:
         for i, clean in enumerate(per_sample["clean_prediction"])
     ]
     return {"predictions": rows, "references": list(per_sample["label"]), "attack_names": attacks}
-

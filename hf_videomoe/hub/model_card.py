@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import shlex
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -14,6 +13,8 @@ from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
 from ..evaluation.formatting import format_eps, norm_symbol
 from ..evaluation.report import RobustnessReport
+from .card_snippets import reproduce_section, usage_section
+from .checkpoint_files import is_hub_id
 
 __all__ = ["CARD_TAGS", "build_model_card", "metrics_from_model_card", "report_metrics"]
 
@@ -58,7 +59,8 @@ def markdown_text(value: Any) -> str:
 
 def _check_metrics(report: RobustnessReport) -> None:
     """Refuse to publish an accuracy that is not a finite number in [0, 1] (a card would show "-300.0 %" or write
-    ``.nan`` into its model-index)."""
+    ``.nan`` into its model-index), nor one from a report that fails its own validation (an edited report.json)."""
+    report.validate()
     metrics = {"clean_accuracy": report.clean_accuracy, "worst_case_accuracy": report.worst_case_accuracy}
     metrics.update({f"robust_accuracy[{attack!r}]": value for attack, value in report.robust_accuracy.items()})
     for attack in report.attacks:
@@ -83,11 +85,20 @@ def _dataset_type(dataset_name: str) -> str:
 def report_metrics(report: RobustnessReport) -> dict[str, Any]:
     """The metrics a robustness card publishes, in the structure [`metrics_from_model_card`] returns:
     ``{"clean_accuracy": float, "worst_case_accuracy": float, "robust_accuracy": {attack: float}}``."""
-    return {
+    out = {
         "clean_accuracy": report.clean_accuracy,
         "worst_case_accuracy": report.worst_case_accuracy,
         "robust_accuracy": dict(report.robust_accuracy),
     }
+    others = _other_budgets(report)
+    if others:  # attacks at other budgets than the headline: a worst case per budget, key "worst-case@<norm>:<eps>"
+        out["worst_case_by_budget"] = {f"{WORST_CASE_CONFIG}@{key}": entry["accuracy"] for key, entry in others.items()}
+    return out
+
+
+def _other_budgets(report: RobustnessReport) -> dict[str, dict[str, Any]]:
+    headline = report.worst_case_attacks
+    return {k: e for k, e in report.worst_case_by_budget.items() if list(e["attacks"]) != headline}
 
 
 def _eval_results(report: RobustnessReport, dataset_name: str, dataset_type: str, dataset_split: str | None):
@@ -104,10 +115,10 @@ def _eval_results(report: RobustnessReport, dataset_name: str, dataset_type: str
         EvalResult(
             **common,
             metric_value=float(report.worst_case_accuracy),
-            metric_name=f"Worst-case robust accuracy ({len(report.attacks)} attacks, {eps_label})",
+            metric_name=f"Worst-case robust accuracy ({len(report.worst_case_attacks)} attacks, {eps_label})",
             metric_config=WORST_CASE_CONFIG,
             metric_args={
-                "attacks": list(report.attacks),
+                "attacks": report.worst_case_attacks,
                 "norm": report.norm,
                 "eps": float(report.eps),
                 "num_samples": int(report.num_samples),
@@ -138,8 +149,32 @@ def _eval_results(report: RobustnessReport, dataset_name: str, dataset_type: str
         if report.is_cumulative(attack):  # accuracy after this attack and every earlier one, not under it alone
             args["mode"] = "cascade"
             name = f"Robust accuracy after {report.attack_label(attack)} (cascade: with every earlier attack)"
-        results.append(EvalResult(**common, metric_value=float(report.robust_accuracy[attack]), metric_name=name,
-                                  metric_config=attack, metric_args=args))
+        results.append(
+            EvalResult(
+                **common,
+                metric_value=float(report.robust_accuracy[attack]),
+                metric_name=name,
+                metric_config=attack,
+                metric_args=args,
+            )
+        )
+    for key, entry in _other_budgets(report).items():  # never one worst case across two budgets
+        label = f"{norm_symbol(entry['norm'])} ε={format_eps(entry['eps'], entry['norm'])}"
+        results.append(
+            EvalResult(
+                **common,
+                metric_value=float(entry["accuracy"]),
+                metric_config=f"{WORST_CASE_CONFIG}@{key}",
+                metric_name=f"Worst-case robust accuracy ({len(entry['attacks'])} attacks, {label})",
+                metric_args={
+                    "attacks": list(entry["attacks"]),
+                    "norm": entry["norm"],
+                    "eps": float(entry["eps"]),
+                    "num_samples": int(report.num_samples),
+                    "seed": report.seed,
+                },
+            )
+        )
     return results
 
 
@@ -164,134 +199,13 @@ def metrics_from_model_card(card: ModelCard | str | os.PathLike) -> dict[str, An
             out["clean_accuracy"] = result.metric_value
         elif result.metric_config == WORST_CASE_CONFIG:
             out["worst_case_accuracy"] = result.metric_value
+        elif str(result.metric_config).startswith(f"{WORST_CASE_CONFIG}@"):
+            out.setdefault("worst_case_by_budget", {})[result.metric_config] = result.metric_value
         elif result.metric_config:
             out["robust_accuracy"][result.metric_config] = result.metric_value
     if out["clean_accuracy"] is None and out["worst_case_accuracy"] is None and not out["robust_accuracy"]:
         raise ValueError("The model card has no hf_videomoe robustness metrics in its model-index.")
     return out
-
-
-def _is_moving_shapes(dataset_name: str) -> bool:
-    return dataset_name.lower().replace("-", "").replace("_", "").replace(" ", "") == "movingshapes"
-
-
-def _moving_shapes_kwargs(report: RobustnessReport, dataset_kwargs: Mapping[str, Any] | None) -> dict[str, Any]:
-    """``make_moving_shapes`` arguments: the given ones, with frames / size filled in from the evaluated clips."""
-    kwargs = dict(dataset_kwargs or {})
-    if report.input_shape:
-        kwargs.setdefault("num_frames", report.input_shape[0])
-        kwargs.setdefault("image_size", report.input_shape[-1])
-    return kwargs
-
-
-def _cli_command(report: RobustnessReport, repo_id: str | None, dataset_name: str, dataset_kwargs) -> tuple[str, bool]:
-    """The ``hf-videomoe evaluate`` command and whether it reproduces every attack setting exactly."""
-    lines = []
-    model_dir = "checkpoint" if repo_id else "path/to/checkpoint"
-    if repo_id:
-        lines.append(f"hf download {repo_id} --local-dir {model_dir}")
-    names = [report.attack_arguments.get(a, {}).get("name", a) for a in report.attacks]
-    cmd = [f"hf-videomoe evaluate --model {model_dir}", f"--attacks {','.join(names)}",
-           f"--eps {report.eps!r} --norm {report.norm}"]
-    cli_steps = report.steps if report.steps is not None else 10
-    cmd.append(f"--steps {cli_steps}")
-    cmd.append(f"--seed {report.seed} --batch-size {report.batch_size or 8} --num-samples {report.num_samples}")
-    if report.eps_sweep:
-        values = sorted({e for curve in report.eps_sweep.values() for e in curve})
-        cmd.append("--eps-sweep " + ",".join(f"{e * 255:g}" for e in values))
-    if report.mode != "full":
-        cmd.append(f"--mode {report.mode}" + (f" --exact-attacks {','.join(report.exact_attacks)}"
-                                              if report.exact_attacks else ""))
-    if _is_moving_shapes(dataset_name):
-        kw = _moving_shapes_kwargs(report, dataset_kwargs)
-        cmd.append("--dataset moving-shapes")
-        for key, flag in (("num_videos", "--num-videos"), ("num_frames", "--num-frames"),
-                          ("image_size", "--image-size"), ("seed", "--data-seed"), ("difficulty", "--difficulty")):
-            if key in kw:
-                cmd.append(f"{flag} {kw[key]}")
-    else:
-        cmd.append(f"--dataset {shlex.quote(' '.join(str(dataset_name).split()))}")
-    lines.append(" \\\n    ".join(cmd))
-    # The CLI gives every gradient attack the shared eps / steps / seed and Square its default budget.
-    shared = {"eps": report.eps, "norm": report.norm, "seed": report.seed}
-    exact = not report.steps_check and list(report.eps_sweep) in ([], list(report.attacks))
-    exact = exact and len(names) == len(set(names)) and all(
-        args.get("name") == label
-        and all(args.get(k) == v for k, v in shared.items())
-        and (args.get("steps") == cli_steps if label != "square" else "steps" not in args)
-        and set(args) <= {"name", "eps", "norm", "seed", "steps"}
-        for label, args in report.attack_arguments.items()
-    )
-    return "\n".join(lines), exact
-
-
-def _reproduce_section(
-    report: RobustnessReport,
-    repo_id: str | None,
-    dataset_name: str,
-    dataset_kwargs: Mapping[str, Any] | None,
-    reproduce_command: str | None,
-) -> str:
-    model_ref = repo_id or "path/to/checkpoint"
-    exact = True
-    if reproduce_command is None:
-        reproduce_command, exact = _cli_command(report, repo_id, dataset_name, dataset_kwargs)
-
-    by_name = report.attack_arguments and all("name" in a for a in report.attack_arguments.values())
-    if by_name:
-        entries = "".join(f"        {label!r}: {args!r},\n" for label, args in report.attack_arguments.items())
-        attacks_arg = "{\n" + entries + "    }"
-    else:
-        attacks_arg = repr(list(report.attacks))
-    kwargs = [f"attacks={attacks_arg}", f"eps={report.eps!r}", f"norm={report.norm!r}"]
-    if report.steps is not None:
-        kwargs.append(f"steps={report.steps}")
-    kwargs += [f"seed={report.seed}", f"batch_size={report.batch_size or 8}"]
-    if report.mode != "full":
-        kwargs.append(f"mode={report.mode!r}" + (f", exact_attacks={report.exact_attacks!r}"
-                                                 if report.exact_attacks else ""))
-    if report.eps_sweep:
-        values = sorted({e for curve in report.eps_sweep.values() for e in curve})
-        kwargs.append(f"eps_sweep={values!r}")
-        swept = list(report.eps_sweep)
-        if swept != list(report.attacks):
-            kwargs.append(f"sweep_attacks={swept!r}")
-    if report.steps_check:
-        samples = max(info["num_samples"] for info in report.steps_check.values())
-        kwargs.append(f"check_steps=True, check_steps_attacks={list(report.steps_check)!r}")
-        kwargs.append(f"check_steps_samples={samples}")
-    if _is_moving_shapes(dataset_name):
-        data_args = ", ".join(f"{k}={v!r}" for k, v in _moving_shapes_kwargs(report, dataset_kwargs).items())
-        data_line = f"dataset = make_moving_shapes({data_args})[\"test\"]"
-        data_import = "from hf_videomoe.data import make_moving_shapes\n"
-    else:
-        one_line = " ".join(str(dataset_name).split()).replace("`", "'")  # cannot close the code block
-        data_line = f"dataset = ...  # the {one_line} test split: columns pixel_values (T, C, H, W in [0, 1]), labels"
-        data_import = ""
-    snippet = (
-        "import hf_videomoe  # registers the MoE model classes\n"
-        f"{data_import}"
-        "from hf_videomoe.evaluation import evaluate_robustness\n"
-        "from transformers import AutoModelForVideoClassification\n\n"
-        f"model = AutoModelForVideoClassification.from_pretrained({model_ref!r})\n"
-        f"{data_line}\n"
-        f"dataset = dataset.select(range({report.num_samples}))\n"
-        f"report = evaluate_robustness(\n    model,\n    dataset,\n    " + ",\n    ".join(kwargs) + ",\n)\n"
-        "print(report.to_markdown())"
-    )
-    note = "" if exact else (
-        "The command line applies `--eps`, `--steps` and `--seed` to every gradient attack (and its default query "
-        "budget to Square); some attacks here used other settings, which the Python version reproduces exactly.\n\n"
-    )
-    settings = json.dumps(report.attack_settings, indent=2, sort_keys=True)
-    return (
-        "## How to reproduce these numbers\n\n"
-        f"```bash\n{reproduce_command}\n```\n\n"
-        f"{note}"
-        f"In Python (exact settings):\n\n```python\n{snippet}\n```\n\n"
-        "Full attack settings (seeds, steps, step sizes) as recorded by the evaluator:\n\n"
-        f"<details><summary>attack settings</summary>\n\n```json\n{settings}\n```\n\n</details>"
-    )
 
 
 def _recipe_section(training_recipe: Mapping[str, Any] | None) -> str:
@@ -380,6 +294,7 @@ def build_model_card(
     tags: Sequence[str] | None = None,
     description: str | None = None,
     reproduce_command: str | None = None,
+    model_path: str | os.PathLike | None = None,
 ) -> ModelCard:
     """Build a Hub model card for a robust video classifier from its [`RobustnessReport`].
 
@@ -392,12 +307,14 @@ def build_model_card(
     Args:
         report: the evaluation to publish.
         model_name: the model's name (the ``model-index`` name and the card title); defaults to ``repo_id``'s name.
-        base_model: the Hub id of the checkpoint this model was fine-tuned / upcycled from, if any.
+        base_model: the Hub id of the checkpoint this model was fine-tuned / upcycled from, if any (a local path is
+            left out of the metadata: the Hub links ``base_model`` to a repo).
         dataset_name: pretty dataset name (defaults to ``report.dataset_name`` or ``"MovingShapes"``).
         dataset_type: dataset identifier in ``model-index`` (defaults to a slug of ``dataset_name``).
         dataset_split: the evaluated split.
         dataset_kwargs: ``make_moving_shapes`` arguments (``num_videos``, ``num_frames``, ``image_size``, ``seed``,
-            ``difficulty``) used in the reproduction command.
+            ``difficulty``) used in the reproduction command; for a video folder, ``path`` and the
+            ``load_video_folder`` arguments (``num_frames``, ``image_size``, ``layout``, ...).
         training_recipe: training settings to list (method, epochs, ε, λ, γ, learning rate, wall-clock...).
         plots: name → PNG path, e.g. from ``report.plot(folder)``; linked relative to ``plots_relative_to`` (the
             folder the README will live in), else relative to wherever ``card.save(path)`` writes the card.
@@ -406,6 +323,8 @@ def build_model_card(
         tags: extra tags (the robustness tags are always present).
         description: a paragraph under the title.
         reproduce_command: override the generated ``hf-videomoe evaluate`` command.
+        model_path: where the model is when there is no ``repo_id`` (a local folder): the usage and reproduction
+            snippets load it from there, so they run as written.
 
     Returns:
         A [`RobustnessModelCard`] (a ``huggingface_hub.ModelCard``); ``card.save("README.md")`` / ``ModelCard.load`` round-trip its metrics
@@ -421,7 +340,7 @@ def build_model_card(
     all_tags = list(dict.fromkeys([*CARD_TAGS, *(tags or [])]))
     card_data = ModelCardData(
         model_name=model_name,
-        base_model=base_model,
+        base_model=base_model if is_hub_id(base_model) else None,
         datasets=None,
         library_name="transformers",
         pipeline_tag="video-classification",
@@ -438,22 +357,13 @@ def build_model_card(
         "`hf_videomoe`, following *Exposing and Defending the Achilles' Heel of Video Mixture-of-Experts* "
         "(Wang et al., ICLR 2026, [arXiv:2602.01369](https://arxiv.org/abs/2602.01369))."
     )
-    repo_ref = repo_id or "path/to/checkpoint"
-    usage = (
-        "## Usage\n\n```python\n"
-        "import torch\n"
-        "import hf_videomoe  # registers the MoE architectures with transformers' Auto classes\n"
-        "from transformers import AutoModelForVideoClassification\n\n"
-        f"model = AutoModelForVideoClassification.from_pretrained({repo_ref!r}).eval()\n"
-        "# pixel_values: float in [0, 1], (batch, frames, channels, height, width); the model normalises inside\n"
-        "logits = model(pixel_values=pixel_values).logits\n"
-        "```"
-    )
+    model_path = None if model_path is None else str(model_path)
+    usage = usage_section(report, repo_id, model_path)
 
     robustness = "## Adversarial robustness\n\n" + report.accuracy_table()
     robustness += (
         "\n\nA sample counts as robust to an attack when it is classified correctly both clean and under that attack; "
-        "the worst case counts a sample only if it resists every attack."
+        "the worst case counts a sample only if it resists every attack run at its budget (ε)."
     )
     if report.is_moe and report.routing_change:
         robustness += (
@@ -478,7 +388,11 @@ def build_model_card(
     cost = report.cost_table()
     if cost:
         saving = report.flops_saving
-        note = f"\n\nThe sparse model needs {100 * saving:.1f} % fewer FLOPs than the dense one." if saving and saving > 0 else ""
+        note = (
+            f"\n\nThe sparse model needs {100 * saving:.1f} % fewer FLOPs than the dense one."
+            if saving and saving > 0
+            else ""
+        )
         sections.append(
             "## Inference cost\n\nForward FLOPs per clip (multiply-add = 2) and parameters, next to the dense model "
             "of the same shape (same config without experts).\n\n" + cost + note
@@ -488,8 +402,8 @@ def build_model_card(
         sections.append(plots_md)
     sections.append("## Reliability checks\n\n" + report.flags_markdown())
     sections.append(_recipe_section(training_recipe))
-    sections.append(_reproduce_section(report, repo_id, dataset_name, dataset_kwargs, reproduce_command))
-    sections.append(usage)
+    sections.append(usage)  # installation and loading first: the reproduction needs the package too
+    sections.append(reproduce_section(report, repo_id, dataset_name, dataset_kwargs, reproduce_command, model_path))
     versions = ", ".join(f"{k} {v}" for k, v in report.versions.items())
     if versions:
         sections.append(f"## Software\n\nEvaluated with {versions}.")

@@ -58,7 +58,9 @@ def prepare_robust_checkpoint(
     """
     model = _unwrap(model)
     if not hasattr(model, "save_pretrained"):
-        raise TypeError(f"push_robust_checkpoint needs a transformers model with save_pretrained, got {type(model).__name__}.")
+        raise TypeError(
+            f"push_robust_checkpoint needs a transformers model with save_pretrained, got {type(model).__name__}."
+        )
     if not isinstance(report, RobustnessReport):
         raise TypeError(f"report must be a RobustnessReport, got {type(report).__name__}.")
     local_dir = Path(local_dir)
@@ -70,7 +72,9 @@ def prepare_robust_checkpoint(
         save_kwargs["safe_serialization"] = True  # transformers 4.x; 5.x always writes safetensors
     model.save_pretrained(local_dir, **save_kwargs)
     model_files = {p for p in local_dir.rglob("*") if p.is_file()} - before
-    model_files |= {p for p in local_dir.glob("*.safetensors")} | {p for p in local_dir.glob("*.safetensors.index.json")}
+    model_files |= {p for p in local_dir.glob("*.safetensors")} | {
+        p for p in local_dir.glob("*.safetensors.index.json")
+    }
     model_files |= {p for p in (local_dir / "config.json",) if p.exists()}
     if not any(p.suffix == ".safetensors" for p in model_files):
         raise RuntimeError(f"save_pretrained wrote no .safetensors file into {local_dir}.")
@@ -159,8 +163,9 @@ def push_robust_checkpoint(
             f"Upload robust checkpoint (worst-case robust accuracy {100 * report.worst_case_accuracy:.1f} %, "
             f"clean {100 * report.clean_accuracy:.1f} %)"
         )
-    if timeout is not None and (isinstance(timeout, bool) or not isinstance(timeout, (int, float))
-                                or not 0 < timeout < float("inf")):
+    if timeout is not None and (
+        isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not 0 < timeout < float("inf")
+    ):
         raise ValueError(f"timeout must be a positive finite number of seconds or None, got {timeout!r}.")
     if isinstance(max_retries, bool) or not isinstance(max_retries, int) or max_retries < 0:
         raise ValueError(f"max_retries must be an int >= 0, got {max_retries!r}.")
@@ -182,8 +187,13 @@ def push_robust_checkpoint(
         # instead of committing twice.
         parent = call(api.repo_info, canonical_id, repo_type="model", revision=revision).sha
         stage = f"uploading {len(operations)} files"
-        _call_with_retries(functools.partial(api.preupload_lfs_files, canonical_id, additions=operations,
-                                             repo_type="model", revision=revision), None, max_retries)
+        _call_with_retries(
+            functools.partial(
+                api.preupload_lfs_files, canonical_id, additions=operations, repo_type="model", revision=revision
+            ),
+            None,
+            max_retries,
+        )
         stage = f"committing {len(operations)} files"
         info = call(
             api.create_commit,

@@ -17,6 +17,7 @@ except ImportError:  # pragma: no cover - safetensors is a transformers dependen
     SafetensorError = OSError
 
 from ..moe import MoeExperts, MoeRouter, compute_aux_loss
+from .processing import consistent_image_processor, frame_size, load_local_image_processor, save_processors
 
 # ImageNet statistics, the convention of VideoMAE checkpoints (TimeSformer's use 0.45 / 0.225; see its config).
 IMAGENET_MEAN = [0.485, 0.456, 0.406]
@@ -63,74 +64,6 @@ class MoeVideoClassifierOutput(ModelOutput):
     attentions: tuple[torch.FloatTensor, ...] | None = None
 
 
-def frame_size(config) -> int:
-    """The model's square frame side (``image_size`` may be an int or a pair)."""
-    return config.image_size if isinstance(config.image_size, int) else tuple(config.image_size)[0]
-
-
-def _image_processor_class():
-    # transformers' VideoMAE processor needs torchvision (no CPU build here); its PIL twin writes the same config.
-    try:
-        import torchvision  # noqa: F401
-
-        from transformers import VideoMAEImageProcessor as processor_class
-    except ImportError:
-        from transformers import VideoMAEImageProcessorPil as processor_class
-    return processor_class
-
-
-def pixel_image_processor(config, template=None):
-    """The image processor saved with every checkpoint: frames resized, center-cropped and rescaled to [0, 1], **not**
-    normalised (the model normalises with ``config.image_mean`` / ``image_std`` itself, see `validate_pixel_values`).
-
-    ``template``: a processor whose resize / crop / resampling settings to keep (e.g. the dense checkpoint's); the
-    output size is always the model's ``image_size``.
-    """
-    size = frame_size(config)
-    settings = {"size": {"shortest_edge": size}, "resample": 2, "do_resize": True}
-    if template is not None:
-        for key in ("size", "resample", "do_resize"):
-            if getattr(template, key, None) is not None:
-                settings[key] = getattr(template, key)
-    return _image_processor_class()(
-        **settings,
-        do_center_crop=True,  # whatever the resize gives, the model gets image_size x image_size frames
-        crop_size={"height": size, "width": size},
-        do_rescale=True,
-        rescale_factor=1 / 255,
-        do_normalize=False,
-        image_mean=list(config.image_mean),
-        image_std=list(config.image_std),
-    )
-
-
-def consistent_image_processor(config, processor):
-    """``processor`` if it already hands the model what it expects (frames rescaled to [0, 1], not normalised), else
-    the processor of `pixel_image_processor` that keeps its resize settings. A normalising processor (a stock VideoMAE
-    one, or one Trainer saved from ``processing_class``) would make ``pipeline`` feed values our input check rejects."""
-    if processor is None:
-        return pixel_image_processor(config)
-    size = frame_size(config)
-    rescales = getattr(processor, "do_rescale", False) and abs(getattr(processor, "rescale_factor", 0) - 1 / 255) < 1e-9
-    crops = getattr(processor, "do_center_crop", False) and getattr(processor, "crop_size", None) == {
-        "height": size, "width": size}
-    if rescales and crops and not getattr(processor, "do_normalize", True):
-        return processor
-    return pixel_image_processor(config, template=processor)
-
-
-def load_local_image_processor(path: str):
-    """The processor saved in a local checkpoint directory, or ``None``."""
-    if not (os.path.isdir(path) and os.path.isfile(os.path.join(path, "preprocessor_config.json"))):
-        return None
-    from transformers import AutoImageProcessor
-
-    try:
-        return AutoImageProcessor.from_pretrained(path)
-    except (OSError, ValueError) as err:
-        raise OSError(f"{path}/preprocessor_config.json could not be read as an image processor: {err}") from err
-
-
 def looks_like_local_path(path: str) -> bool:
     """Whether ``path`` can only be a filesystem path (a Hub id is ``name`` or ``namespace/name``)."""
     return os.path.isabs(path) or path.startswith((".", "~")) or path.count("/") > 1 or "\\" in path
@@ -154,16 +87,19 @@ class MoePreTrainedModelMixin:
     image_processor = None
 
     def save_pretrained(self, save_directory, *args, **kwargs):
-        """`PreTrainedModel.save_pretrained`, plus a ``preprocessor_config.json`` consistent with the model's pixel
-        convention (frames in [0, 1], not normalised), so that ``AutoImageProcessor`` and
-        ``pipeline("video-classification", model=save_directory)`` work on every checkpoint we write (Trainer
-        checkpoints and `push_robust_checkpoint` included)."""
+        """`PreTrainedModel.save_pretrained`, plus the video and image processors of `save_processors`, consistent with
+        the model's pixel convention (frames in [0, 1], not normalised) and with `hf_videomoe.data.read_video`, so that
+        ``AutoVideoProcessor``, ``AutoImageProcessor`` and ``pipeline("video-classification", model=save_directory)``
+        work on every checkpoint we write (Trainer checkpoints and `push_robust_checkpoint` included)."""
         push_to_hub = kwargs.pop("push_to_hub", False)
-        hub_kwargs = {key: kwargs.pop(key) for key in ("repo_id", "commit_message", "private", "token", "create_pr")
-                      if key in kwargs}
+        hub_kwargs = {
+            key: kwargs.pop(key)
+            for key in ("repo_id", "commit_message", "private", "token", "create_pr")
+            if key in kwargs
+        }
         super().save_pretrained(save_directory, *args, **kwargs)
         if kwargs.get("is_main_process", True):
-            consistent_image_processor(self.config, self.image_processor).save_pretrained(save_directory)
+            save_processors(save_directory, self.config, self.image_processor)
         if push_to_hub:
             # transformers uploads the files that changed during its own save_pretrained, before the processor exists;
             # push_to_hub saves again in a temporary folder (processor included) and uploads that.
@@ -188,11 +124,19 @@ class MoePreTrainedModelMixin:
 
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path, *model_args, **kwargs):
-        path = os.fspath(pretrained_model_name_or_path) if isinstance(pretrained_model_name_or_path, (str, os.PathLike)) else None
+        path = (
+            os.fspath(pretrained_model_name_or_path)
+            if isinstance(pretrained_model_name_or_path, (str, os.PathLike))
+            else None
+        )
         if path is not None:
             if looks_like_local_path(path) and not os.path.exists(os.path.expanduser(path)):
                 raise OSError(f"Could not load {cls.__name__} from {path}: no such file or directory.")
-            if os.path.isdir(path) and kwargs.get("config") is None and not os.path.isfile(os.path.join(path, "config.json")):
+            if (
+                os.path.isdir(path)
+                and kwargs.get("config") is None
+                and not os.path.isfile(os.path.join(path, "config.json"))
+            ):
                 raise OSError(
                     f"Could not load {cls.__name__} from {path}: the directory has no config.json (save checkpoints "
                     "with `model.save_pretrained(path)`)."
@@ -206,7 +150,6 @@ class MoePreTrainedModelMixin:
         if path is not None:
             model.image_processor = consistent_image_processor(model.config, load_local_image_processor(path))
         return model
-
 
 
 class MoeVideoEncoderMixin:
@@ -279,7 +222,9 @@ class MoeVideoClassifierMixin:
         output_attentions: bool | None = None,
         **kwargs,
     ) -> MoeVideoClassifierOutput:
-        output_router_logits = self.config.output_router_logits if output_router_logits is None else output_router_logits
+        output_router_logits = (
+            self.config.output_router_logits if output_router_logits is None else output_router_logits
+        )
         outputs = self.base_model(
             pixel_values,
             output_router_logits=True,
@@ -308,6 +253,7 @@ def classifier_output(logits, labels, backbone_outputs, config, output_router_lo
         attentions=backbone_outputs.attentions,
     )
 
+
 def validate_labels(labels, batch_size: int, num_labels: int) -> None:
     """Raise a `TypeError` / `ValueError` naming what was expected unless ``labels`` are ``batch_size`` integer class
     indices in ``[0, num_labels)`` (cross-entropy would otherwise truncate float labels, or fail deep in torch)."""
@@ -316,8 +262,13 @@ def validate_labels(labels, batch_size: int, num_labels: int) -> None:
     if labels.is_floating_point() or labels.dtype == torch.bool or labels.is_complex():
         raise TypeError(
             f"`labels` must be integer class indices in [0, {num_labels}) with shape ({batch_size},), got dtype "
-            f"{labels.dtype}" + (" of shape " + str(tuple(labels.shape)) + " (one-hot? pass `labels.argmax(-1)`)"
-                                 if labels.ndim == 2 else "") + "."
+            f"{labels.dtype}"
+            + (
+                " of shape " + str(tuple(labels.shape)) + " (one-hot? pass `labels.argmax(-1)`)"
+                if labels.ndim == 2
+                else ""
+            )
+            + "."
         )
     if tuple(labels.shape) != (batch_size,):
         raise ValueError(

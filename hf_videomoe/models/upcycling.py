@@ -6,9 +6,13 @@ import json
 import os
 
 from transformers import PreTrainedModel
+from transformers.utils import logging
 
 from ..moe import check_expert_init, diversify_experts, moe_blocks, upcycle_mlp
-from .common import load_local_image_processor, looks_like_local_path, pixel_image_processor
+from .common import looks_like_local_path
+from .processing import load_local_image_processor, pixel_image_processor
+
+logger = logging.get_logger(__name__)
 
 __all__ = ["MoeUpcyclingMixin", "upcycle_from_dense"]
 
@@ -71,11 +75,17 @@ def upcycle_from_dense(
         raise ValueError(f"{type(dense).__name__} already has MoE blocks; from_dense expects a dense model.")
     expected_type = dense_cls.config_class.model_type
     if dense.config.model_type != expected_type:
-        raise ValueError(f"from_dense for {moe_cls.__name__} needs a `{expected_type}` model, got `{dense.config.model_type}`.")
+        raise ValueError(
+            f"from_dense for {moe_cls.__name__} needs a `{expected_type}` model, got `{dense.config.model_type}`."
+        )
 
     config_dict = dense.config.to_dict()
     for key in ("model_type", "architectures", "transformers_version", "_name_or_path"):
         config_dict.pop(key, None)
+    if moe_config_kwargs.get("id2label") is not None or moe_config_kwargs.get("num_labels") is not None:
+        for key in ("id2label", "label2id", "num_labels"):  # the new label set replaces the dense model's
+            config_dict.pop(key, None)
+    head: set[str] = set()
     if image_processor is not None:
         # The MoE applies inside forward the normalisation the dense model saw: its processor's statistics, or none.
         num_channels = dense.config.num_channels
@@ -85,16 +95,36 @@ def upcycle_from_dense(
                 values = getattr(image_processor, key, None) if normalizes else [identity] * num_channels
                 if values is not None:
                     values = [float(v) for v in ([values] if isinstance(values, (int, float)) else values)]
-                    moe_config_kwargs = {**moe_config_kwargs, key: values * num_channels if len(values) == 1 else values}
+                    moe_config_kwargs = {
+                        **moe_config_kwargs,
+                        key: values * num_channels if len(values) == 1 else values,
+                    }
     config_dict.update({k: v for k, v in moe_config_kwargs.items() if v is not None})
     moe = moe_cls(moe_cls.config_class(**config_dict))
     moe.to(dtype=next(dense.parameters()).dtype)
 
-    missing, unexpected = moe.load_state_dict(dense.state_dict(), strict=False)
+    dense_state = dense.state_dict()
+    if moe.config.num_labels != dense.config.num_labels:
+        # Fine-tuning on another label set (a Kinetics-400 checkpoint on UCF-101): a fresh classification head.
+        logger.warning(
+            f"from_dense: the dense model has {dense.config.num_labels} labels and the MoE "
+            f"{moe.config.num_labels}: the classifier head is initialised anew."
+        )
+        head = {
+            name
+            for name, value in moe.state_dict().items()
+            if name in dense_state and value.shape != dense_state[name].shape and name.startswith("classifier.")
+        }
+        dense_state = {name: value for name, value in dense_state.items() if name not in head}
+    missing, unexpected = moe.load_state_dict(dense_state, strict=False)
     # Only the MLPs of MoE layers may differ: they are copied into the experts below, routers keep their init.
     moe_layer_prefixes = tuple(f"{layers_attribute}.{i}." for i in moe.config.moe_layers)
-    stray = [k for k in missing if not (k.startswith(moe_layer_prefixes) and (".mlp." in k))]
-    stray += [k for k in unexpected if not (k.startswith(moe_layer_prefixes) and (".intermediate." in k or ".output.dense" in k))]
+    stray = [k for k in missing if not (k.startswith(moe_layer_prefixes) and (".mlp." in k)) and k not in head]
+    stray += [
+        k
+        for k in unexpected
+        if not (k.startswith(moe_layer_prefixes) and (".intermediate." in k or ".output.dense" in k))
+    ]
     if stray:
         raise ValueError(f"Dense checkpoint does not map onto {moe_cls.__name__}: mismatched weights {stray[:8]}.")
 

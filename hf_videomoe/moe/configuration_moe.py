@@ -69,6 +69,33 @@ def validate_moe_fields(config) -> None:
 
     if any(s <= 0 for s in config.image_std):
         raise ValueError(f"`image_std` must be positive, got {list(config.image_std)}.")
+    validate_input_tiling(config)
+
+
+def _sizes(value) -> tuple[int, ...]:
+    return tuple(value) if isinstance(value, (list, tuple)) else (value, value)
+
+
+def validate_input_tiling(config) -> None:
+    """Every frame and pixel must reach the logits: ``num_frames`` a multiple of ``tubelet_size`` (VideoMAE) and the
+    image size a multiple of ``patch_size`` (both models); the patch embedding would silently drop the remainder."""
+    frames, tubelet = getattr(config, "num_frames", None), getattr(config, "tubelet_size", None)
+    if isinstance(frames, int) and isinstance(tubelet, int) and tubelet > 0 and frames % tubelet:
+        raise ValueError(
+            f"`num_frames`={frames} is not divisible by `tubelet_size`={tubelet}: the last {frames % tubelet} frame(s) "
+            f"would never reach the logits; expected a multiple of {tubelet} (e.g. {frames - frames % tubelet or tubelet}"
+            f" or {frames - frames % tubelet + tubelet})."
+        )
+    image, patch = getattr(config, "image_size", None), getattr(config, "patch_size", None)
+    if image is None or patch is None:
+        return
+    for axis, size, step in zip(("height", "width"), _sizes(image), _sizes(patch)):
+        if isinstance(size, int) and isinstance(step, int) and step > 0 and size % step:
+            raise ValueError(
+                f"`image_size`={image} is not divisible by `patch_size`={patch} ({axis} {size} % {step} = "
+                f"{size % step}): the last {size % step} pixel rows / columns would never reach the logits; expected a "
+                f"multiple of {step} (e.g. {size - size % step or step} or {size - size % step + step})."
+            )
 
 
 def owns_router(config, layer_index: int) -> bool:

@@ -24,7 +24,6 @@ from transformers.integrations.moe import use_experts_implementation
 from .configuration_moe import ROUTER_GATES
 
 
-
 @dataclass
 class RoutingDecision:
     """One MoE layer's routing for a batch, at routing-unit level.
@@ -220,7 +219,9 @@ class SparseMoeBlock(nn.Module):
             decision = RoutingDecision(router_logits, top_k_index, top_k_weights)
         if self.forced_expert is not None:
             ones = torch.ones_like(decision.router_logits[..., :1])
-            decision = RoutingDecision(decision.router_logits, torch.full_like(ones, self.forced_expert, dtype=torch.long), ones)
+            decision = RoutingDecision(
+                decision.router_logits, torch.full_like(ones, self.forced_expert, dtype=torch.long), ones
+            )
         if self.routing_override is not None:
             top_k_index, top_k_weights = self.routing_override
             if top_k_index.shape[:2] != decision.router_logits.shape[:2]:
@@ -229,7 +230,8 @@ class SparseMoeBlock(nn.Module):
                     f"{tuple(decision.router_logits.shape[:2])}."
                 )
             decision = RoutingDecision(
-                decision.router_logits, top_k_index.to(decision.router_logits.device),
+                decision.router_logits,
+                top_k_index.to(decision.router_logits.device),
                 top_k_weights.to(decision.router_logits.device),
             )
         if self.routing_record is not None:

@@ -127,6 +127,50 @@ def override_routing(model: nn.Module, decisions: Sequence[RoutingDecision]):
         yield model
 
 
+class _RoutersDone(Exception):
+    """Raised by the last router's hook to end a forward pass whose later layers nobody reads."""
+
+
+def router_logits_only(model: nn.Module, forward) -> tuple[torch.Tensor, ...]:
+    """The router logits of ``forward()`` (a call that runs ``model``), computing nothing after the last router.
+
+    Objectives and losses that read only router logits (router attacks such as PGD-R, TLA-R, TLGA-R, and J-TLAT's
+    router step) do not need the layers after the last router, nor the classifier: the pass stops there, and its
+    backward starts there. With model-level routing the only router sits in the first MoE layer, so such a pass costs
+    a fraction of a full one. The values are those of the full pass: the same tuple, one entry per MoE layer in layer
+    order, a layer without a router of its own repeating the decision it shares.
+    """
+    blocks = moe_blocks(model)
+    owners = [position for position, block in enumerate(blocks) if block.router is not None]
+    if not owners:
+        raise ValueError(f"router_logits_only needs a Mixture-of-Experts model; {type(model).__name__} has no router.")
+    captured: dict[int, torch.Tensor] = {}
+
+    def hook(position):
+        def record(module, args, output):
+            captured[position] = output
+            if position == owners[-1]:
+                raise _RoutersDone
+
+        return record
+
+    handles = [blocks[position].router.register_forward_hook(hook(position)) for position in owners]
+    try:
+        forward()
+    except _RoutersDone:
+        pass
+    finally:
+        for handle in handles:
+            handle.remove()
+    if len(captured) != len(owners):
+        raise RuntimeError(f"Only {len(captured)} of the model's {len(owners)} routers ran during the forward pass.")
+    logits, current = [], None
+    for position in range(len(blocks)):
+        current = captured.get(position, current)
+        logits.append(current)
+    return tuple(logits)
+
+
 def named_router_parameters(model: nn.Module) -> Iterator[tuple[str, nn.Parameter]]:
     """``(name, parameter)`` for every router weight of ``model``."""
     for module_name, module in model.named_modules():

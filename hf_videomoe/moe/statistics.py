@@ -77,7 +77,10 @@ def routing_change_per_layer(
 
 
 def logits_of(outputs) -> torch.Tensor:
-    """The logits of a classifier's outputs: a ``ModelOutput`` with ``logits``, or a tuple whose first item they are."""
+    """The logits of a classifier's outputs: a ``ModelOutput`` with ``logits``, a tuple whose first item they are, or
+    the logits tensor itself (a plain module, as the attacks accept)."""
+    if isinstance(outputs, torch.Tensor):
+        return outputs
     return outputs.logits if hasattr(outputs, "logits") else outputs[0]
 
 
@@ -189,7 +192,9 @@ def routing_relevance(
     width)`` in [0, 1]; ``labels``: ``(N,)`` class indices.
     """
     if not moe_blocks(model):
-        raise ValueError(f"routing_relevance needs a Mixture-of-Experts model; {type(model).__name__} has no MoE layer.")
+        raise ValueError(
+            f"routing_relevance needs a Mixture-of-Experts model; {type(model).__name__} has no MoE layer."
+        )
     if len(pixel_values) != len(labels):
         raise ValueError(f"{len(pixel_values)} clips but {len(labels)} labels.")
     was_training = model.training

@@ -2,10 +2,10 @@
 ``DEFENSES``, ``ABLATIONS``), the cached runner ([`Reproduction`]) and the results file. The command line is
 ``scripts/reproduce_paper.py``."""
 
+from .claims import what_holds
 from .recipes import ABLATIONS, ATTACK_TABLE_ATTACKS, DEFENSES, PAPER_ATTACKS, Settings, log, write_json
 from .report import MANUAL_MARKER, compute_seconds, machine_description, software_of_results, write_results
 from .runner import Reproduction
-from .tables import what_holds
 
 __all__ = [
     "ABLATIONS",

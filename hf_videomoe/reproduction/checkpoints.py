@@ -1,9 +1,10 @@
 """The reproduction's checkpoints on disk: saved with the SHA-256 fingerprint of their tensors in ``train.json``, and
 loaded or retrained only to those weights.
 
-Weights travel between machines in the tracked cache (``CACHE_GITIGNORE``), and training is bit-reproducible only on
-the same kind of machine, so both ways in are checked: a loaded checkpoint must carry the recorded weights, and a
-retrained one (only its ``train.json`` was left) must come out with them. Results of other weights must not mix."""
+The tracked cache keeps no weights (``CACHE_GITIGNORE``): a fresh clone retrains the checkpoints it needs, which gives
+the recorded weights on any x86-64 CPU in reproducible mode (`hf_videomoe.reproducibility`) and otherwise only on the
+same kind of machine. So both ways in are checked: a loaded checkpoint must carry the recorded weights, and a retrained
+one (only its ``train.json`` was left) must come out with them. Results of other weights must not mix."""
 
 from __future__ import annotations
 
@@ -27,9 +28,11 @@ def load_checkpoint(model_dir: Path, info_path: Path, settings: Settings, *, den
     expected = read_json(info_path).get("weights_fingerprint")
     fingerprint = model_fingerprint(model)["weights_sha256"]
     if expected is not None and fingerprint != expected:
-        raise RuntimeError(f"{model_dir} holds other weights than those recorded in {info_path} (fingerprint "
-                           f"{fingerprint[:12]} vs {expected[:12]}): the results that started from them would mix "
-                           "with new ones. Restore the recorded weights or use another --output-dir.")
+        raise RuntimeError(
+            f"{model_dir} holds other weights than those recorded in {info_path} (fingerprint "
+            f"{fingerprint[:12]} vs {expected[:12]}): the results that started from them would mix "
+            "with new ones. Restore the recorded weights or use another --output-dir."
+        )
     return model
 
 
@@ -44,18 +47,26 @@ def save_checkpoint(model, model_dir: Path, info_path: Path, info: dict) -> dict
         if expected != fingerprint:
             raise RuntimeError(
                 f"{model_dir} was retrained (only {info_path.name} was left) but "
-                + (f"came out with other weights than those recorded (fingerprint {fingerprint[:12]} vs "
-                   f"{expected[:12]}; recorded with torch {recorded.get('torch')}, transformers "
-                   f"{recorded.get('transformers', 'unrecorded')}): training is not reproducible "
-                   "here (another machine, torch version or thread count?)" if expected else
-                   "its train.json records no weight fingerprint, so the retrained weights cannot be checked")
+                + (
+                    f"came out with other weights than those recorded (fingerprint {fingerprint[:12]} vs "
+                    f"{expected[:12]}; recorded with torch {recorded.get('torch')}, transformers "
+                    f"{recorded.get('transformers', 'unrecorded')}): training is not reproducible "
+                    "here (another machine, torch version or thread count?)"
+                    if expected
+                    else "its train.json records no weight fingerprint, so the retrained weights cannot be checked"
+                )
                 + ", and the cached results that started from it would mix with new ones. Use another --output-dir."
             )
         model.save_pretrained(model_dir)
         log(f"{model_dir}: retrained, same weights as recorded (fingerprint {fingerprint[:12]})")
         return recorded
     model.save_pretrained(model_dir)
-    info = {**info, "weights_fingerprint": fingerprint, "torch": torch.__version__,
-            "transformers": transformers.__version__, "torch_threads": torch.get_num_threads()}
+    info = {
+        **info,
+        "weights_fingerprint": fingerprint,
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "torch_threads": torch.get_num_threads(),
+    }
     write_json(info_path, info)
     return info

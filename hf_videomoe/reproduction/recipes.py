@@ -6,6 +6,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import datetime
+import gzip
 import json
 import sys
 from dataclasses import dataclass, field
@@ -18,15 +19,22 @@ from ..demo import DemoSettings
 from ..evaluation import ATTACK_PRESETS
 from ..training import AdversarialTrainingArguments
 
-
 #: Table (a): the paper's attacks, in the paper's order, then AutoAttack's standard ensemble (APGD-CE, APGD-T, Square;
 #: its FAB-T is not implemented, see `hf_videomoe.evaluation.ATTACK_PRESETS`), whose settings `Settings` fixes.
 PAPER_ATTACKS = ("pgd-r", "tla-r", "tlga-r", "pgd", "tla-m", "j-tla", "j-tlga")
 EXTRA_ATTACKS = tuple(ATTACK_PRESETS["autoattack"])
 ATTACK_TABLE_ATTACKS = PAPER_ATTACKS + EXTRA_ATTACKS
 ATTACK_LABELS = {
-    "pgd-r": "PGD-R", "tla-r": "TLA-R", "tlga-r": "TLGA-R", "pgd": "PGD", "tla-m": "TLA-M", "j-tla": "J-TLA",
-    "j-tlga": "J-TLGA", "apgd-ce": "APGD-CE", "apgd-t": "APGD-T", "square": "Square",
+    "pgd-r": "PGD-R",
+    "tla-r": "TLA-R",
+    "tlga-r": "TLGA-R",
+    "pgd": "PGD",
+    "tla-m": "TLA-M",
+    "j-tla": "J-TLA",
+    "j-tlga": "J-TLGA",
+    "apgd-ce": "APGD-CE",
+    "apgd-t": "APGD-T",
+    "square": "Square",
 }
 #: Table (b) and the ablations: attacks of every row. The worst case of a row is the per-sample AND over these (MoE-only
 #: attacks are skipped for the dense model, which has no router to attack).
@@ -48,15 +56,24 @@ ABLATIONS = {
     "temporal-uniform": ("temporal step: uniform", {"temporal_step": "uniform"}, {}),
     "temporal-published": ("temporal step: as published (not normalised)", {"temporal_step": "published"}, {}),
     "temporal-inverse": ("temporal step: inverse", {"temporal_step": "inverse"}, {}),
-    "no-lipschitz": ("no Lipschitz terms (λ_F = λ_E = λ_R = 0)",
-                     {"lipschitz_weight": 0.0, "expert_lipschitz_weight": 0.0, "router_lipschitz_weight": 0.0}, {}),
-    "no-aux": ("no load-balancing loss (aux coef 0, step-1 balance 0)", {"jtlat_router_balance_weight": 0.0},
-               {"router_aux_loss_coef": 0.0}),
+    "no-lipschitz": (
+        "no Lipschitz terms (λ_F = λ_E = λ_R = 0)",
+        {"lipschitz_weight": 0.0, "expert_lipschitz_weight": 0.0, "router_lipschitz_weight": 0.0},
+        {},
+    ),
+    "no-aux": (
+        "no load-balancing loss (aux coef 0, step-1 balance 0)",
+        {"jtlat_router_balance_weight": 0.0},
+        {"router_aux_loss_coef": 0.0},
+    ),
     "router-soft": ("router target: clean probabilities (soft)", {"jtlat_router_target": "soft"}, {}),
     "balance-switch": ("step-1 balance: Switch loss instead of the sharp one", {"jtlat_router_balance": "switch"}, {}),
     "no-guidance": ("no guidance (γ1 = 0)", {"guidance_weight": 0.0}, {}),
-    "one-lambda": ("one λ for model, expert and router (the paper's)",
-                   {"expert_lipschitz_weight": 1.7e-5, "router_lipschitz_weight": 1.7e-5}, {}),
+    "one-lambda": (
+        "one λ for model, expert and router (the paper's)",
+        {"expert_lipschitz_weight": 1.7e-5, "router_lipschitz_weight": 1.7e-5},
+        {},
+    ),
     "expert-tla-e": ("step 2 on TLA-E examples", {"jtlat_expert_attack": "tla-e"}, {}),
     "no-router-step": ("without step 1 (router)", {"jtlat_steps": ["expert", "model"]}, {}),
     "no-expert-step": ("without step 2 (experts)", {"jtlat_steps": ["router", "model"]}, {}),
@@ -65,19 +82,13 @@ ABLATIONS = {
 }
 
 
-#: Rows whose weights the tracked cache always keeps, with the folder (inside the row's folder) that holds them: the
-#: weights later units start from (dense baseline, upcycled mixture) or evaluate again (MoE AT: table (a)'s model).
-ALWAYS_KEPT_WEIGHTS = {"dense-clean": "", "moe-upcycled": "", "moe-at": "model/"}
-
 #: Written into every output folder: what of the cache goes under version control (results/reproduction2 is tracked).
 CACHE_GITIGNORE = """\
 # The reproduction's cache under version control (python scripts/reproduce_paper.py resumes from it on a fresh clone):
-# every JSON result, the per-batch state of an evaluation still running, and the weights that later units start from
-# or evaluate again (dense baseline, upcycled mixture, MoE AT: table (a)'s model; 0.7, 1.9 and 1.9 MB per seed for
-# VideoMAE-MoE). Other weights are not added. Training is bit-reproducible on one machine but not across machines (other
-# CPUs, other kernels), so weights that are not kept cannot be retrained to their fingerprint elsewhere; a row whose
-# evaluation is running keeps its weights through a `.gitignore` in its model folder until the evaluation ends (weights
-# committed meanwhile stay tracked until `git rm --cached`).
+# every JSON result, each evaluation's per-clip report compressed (report-*.json.gz, attacks-*.json.gz) and the
+# per-batch state of an evaluation still running. No weights: a rerun re-creates the checkpoints it needs bit for bit
+# in reproducible mode (the default, hf_videomoe.reproducibility) and checks them against the fingerprint train.json
+# records; docs/PROTOCOL.md names the commit that last held the older runs' weights.
 # Written by the reproduction's runner: edit CACHE_GITIGNORE in hf_videomoe/reproduction/recipes.py.
 *
 !*/
@@ -86,14 +97,12 @@ CACHE_GITIGNORE = """\
 !train.json
 !result.json
 !attack-table-*.json
-!attacks-*.json
-!report-*.json
+!attacks-*.seconds.json
+!attacks-*.json.gz
+!report-*.json.gz
 !batch_*.json
-""" + "".join(f"!**/{row}/{folder}{name}\n" for row, folder in ALWAYS_KEPT_WEIGHTS.items()
-              for name in ("model.safetensors", "config.json")) + "trainer/\n"
-
-# Written into a trained row's model folder while its evaluation runs (see CACHE_GITIGNORE), removed when it ends.
-EVALUATING_GITIGNORE = "# a row whose evaluation is still running keeps its weights\n!model.safetensors\n!config.json\n"
+trainer/
+"""
 
 
 @dataclass
@@ -148,10 +157,26 @@ class Settings:
 
     @classmethod
     def quick(cls, **overrides) -> "Settings":
-        values = dict(num_videos=96, num_frames=4, image_size=16, patch_size=8, hidden_size=32, num_layers=1,
-                      num_heads=2, batch_size=16, dense_epochs=2.0, moe_epochs=1.0, cluster_router_clips=32,
-                      adv_epochs=1.0, adv_steps=1, eval_samples=16,
-                      eval_steps=2, eval_batch_size=16, autoattack_steps=2, square_queries=5)
+        values = dict(
+            num_videos=96,
+            num_frames=4,
+            image_size=16,
+            patch_size=8,
+            hidden_size=32,
+            num_layers=1,
+            num_heads=2,
+            batch_size=16,
+            dense_epochs=2.0,
+            moe_epochs=1.0,
+            cluster_router_clips=32,
+            adv_epochs=1.0,
+            adv_steps=1,
+            eval_samples=16,
+            eval_steps=2,
+            eval_batch_size=16,
+            autoattack_steps=2,
+            square_queries=5,
+        )
         values.update(overrides)
         return cls(**values)
 
@@ -176,7 +201,36 @@ def write_json(path: Path, data) -> None:
 
 
 def read_json(path: Path):
+    """A JSON file, plain or gzip-compressed (``*.json.gz``, the cache's compact per-clip reports)."""
+    path = Path(path)
+    if path.suffix == ".gz":
+        return json.loads(gzip.decompress(path.read_bytes()))
     return json.loads(path.read_text())
+
+
+def compact_path(path: Path) -> Path:
+    """Where the cache keeps the report ``path`` (``report-eps4.json``): compressed, ``report-eps4.json.gz``."""
+    path = Path(path)
+    return path if path.suffix == ".gz" else path.with_name(path.name + ".gz")
+
+
+def cached_report(path: Path) -> Path | None:
+    """The report ``path`` as the cache holds it (compressed, or plain as older caches wrote it), or ``None``."""
+    for candidate in (compact_path(path), Path(path)):
+        if candidate.exists():
+            return candidate
+    return None
+
+
+def compress_file(path: Path) -> Path:
+    """Replace ``path`` by its gzip-compressed copy (no timestamp in the header: same bytes in, same bytes out)."""
+    path = Path(path)
+    target = compact_path(path)
+    tmp = target.with_name(target.name + ".tmp")
+    tmp.write_bytes(gzip.compress(path.read_bytes(), compresslevel=9, mtime=0))
+    tmp.replace(target)
+    path.unlink()
+    return target
 
 
 def eps_name(eps: float) -> str:
@@ -216,8 +270,10 @@ class TensorVideoDataset(torch.utils.data.Dataset):
 
 
 def stack_collate(features):
-    return {"pixel_values": torch.stack([f["pixel_values"] for f in features]),
-            "labels": torch.stack([torch.as_tensor(f["labels"]) for f in features])}
+    return {
+        "pixel_values": torch.stack([f["pixel_values"] for f in features]),
+        "labels": torch.stack([torch.as_tensor(f["labels"]) for f in features]),
+    }
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -244,10 +300,15 @@ def model_classes(model_type: str):
 def build_dense(settings: Settings, label_names: list[str]):
     config_cls, dense_cls, _ = model_classes(settings.model_type)
     common = dict(
-        image_size=settings.image_size, patch_size=settings.patch_size, num_frames=settings.num_frames,
-        hidden_size=settings.hidden_size, num_hidden_layers=settings.num_layers,
-        num_attention_heads=settings.num_heads, intermediate_size=4 * settings.hidden_size,
-        num_labels=len(label_names), id2label=dict(enumerate(label_names)),
+        image_size=settings.image_size,
+        patch_size=settings.patch_size,
+        num_frames=settings.num_frames,
+        hidden_size=settings.hidden_size,
+        num_hidden_layers=settings.num_layers,
+        num_attention_heads=settings.num_heads,
+        intermediate_size=4 * settings.hidden_size,
+        num_labels=len(label_names),
+        id2label=dict(enumerate(label_names)),
         label2id={name: i for i, name in enumerate(label_names)},
     )
     if settings.model_type == "videomae":
@@ -265,11 +326,17 @@ def build_dense(settings: Settings, label_names: list[str]):
 
 def upcycle(dense, settings: Settings):
     _, _, moe_cls = model_classes(settings.model_type)
-    return moe_cls.from_dense(dense, num_experts=settings.num_experts, num_experts_per_tok=settings.experts_per_token,
-                              image_mean=[0.0, 0.0, 0.0], image_std=[1.0, 1.0, 1.0],
-                              router_granularity=settings.router_granularity, expert_init=settings.expert_init,
-                              expert_init_ratio=settings.expert_init_ratio,
-                              router_aux_loss_coef=settings.router_aux_loss_coef)
+    return moe_cls.from_dense(
+        dense,
+        num_experts=settings.num_experts,
+        num_experts_per_tok=settings.experts_per_token,
+        image_mean=[0.0, 0.0, 0.0],
+        image_std=[1.0, 1.0, 1.0],
+        router_granularity=settings.router_granularity,
+        expert_init=settings.expert_init,
+        expert_init_ratio=settings.expert_init_ratio,
+        router_aux_loss_coef=settings.router_aux_loss_coef,
+    )
 
 
 #: Statistics of the input normalisation used for the clean training of the dense baseline. A VideoMAE fed raw [0, 1]

@@ -6,59 +6,57 @@ keeps under version control) resumes too. A finished unit is read from its ``res
 checkpoint that later units start from (the dense baseline, the upcycled mixture, a trained row) is retrained when
 only its ``train.json`` is left, and must come out with the recorded weights' fingerprint (the SHA-256 of its tensors,
 the one the evaluation state records too), or the run stops before saving them: results of other weights must not
-mix. Retraining reproduces the weights only on the same kind of machine, so the cache keeps the weights that later
-units need (``CACHE_GITIGNORE``)."""
+mix. In reproducible mode (``scripts/reproduce_paper.py``'s default, `hf_videomoe.reproducibility`) retraining gives
+the recorded weights on any x86-64 CPU, so the tracked cache keeps no weights (``CACHE_GITIGNORE``); each evaluation's
+report is kept compressed (``report-*.json.gz``)."""
 
 from __future__ import annotations
 
-import json
 import shutil
 import time
 from pathlib import Path
 
-import torch
 from tqdm.auto import tqdm
-from transformers import Trainer
 
-from ..attacks import ATTACKS, expert_usage
-from ..data import make_moving_shapes, stack_pixel_values
+from ..attacks import ATTACKS
+from ..data import make_moving_shapes
 from ..evaluation import ATTACK_PRESETS, RobustnessReport, evaluate_robustness
-from ..moe import cluster_routers, is_moe_model
-from ..training import AdversarialTrainer, JTLATTrainer
-from .checkpoints import checkpoint_cached, load_checkpoint, save_checkpoint
+from ..moe import is_moe_model
 from .recipes import (
     ABLATIONS,
-    ALWAYS_KEPT_WEIGHTS,
     ATTACK_TABLE_ATTACKS,
     CACHE_GITIGNORE,
-    EXTRA_ATTACKS,
-    DEFENSES,
     DEFENSE_ATTACKS,
-    EVALUATING_GITIGNORE,
-    PIXEL_MEAN,
-    PIXEL_STD,
-    NormalizingCollator,
+    DEFENSES,
+    EXTRA_ATTACKS,
     Settings,
     TensorVideoDataset,
-    build_dense,
+    cached_report,
+    compress_file,
     eps_name,
     eps_slug,
-    fold_input_normalization,
     log,
     read_json,
     show_inner_progress,
     stack_collate,
-    training_arguments,
-    upcycle,
     write_json,
 )
 from .report import compute_seconds
+from .training_stage import TrainingStage
 
 
-class Reproduction:
-    def __init__(self, settings: Settings, output_dir: Path, seeds: list[int], ablation_seeds: list[int],
-                 attack_table_seeds: list[int], skip_ablations: bool, defenses: list[str] | None = None,
-                 ablations: list[str] | None = None):
+class Reproduction(TrainingStage):
+    def __init__(
+        self,
+        settings: Settings,
+        output_dir: Path,
+        seeds: list[int],
+        ablation_seeds: list[int],
+        attack_table_seeds: list[int],
+        skip_ablations: bool,
+        defenses: list[str] | None = None,
+        ablations: list[str] | None = None,
+    ):
         """The plan of one reproduction: ``defenses`` (rows of table (b), default all; the rows a chosen row needs are
         added before it) on ``seeds``, table (a) at every ε on ``attack_table_seeds``, and ``ablations`` (default all;
         repeats dropped, order kept) on ``ablation_seeds`` unless ``skip_ablations``. Names are checked against
@@ -115,10 +113,17 @@ class Reproduction:
     def data(self):
         if self._data is None:
             s = self.settings
-            log(f"MovingShapes: {s.num_videos} clips, {s.num_frames} frames, {s.image_size}x{s.image_size}, "
-                f"{s.difficulty}, data seed {s.data_seed}")
-            self._data = make_moving_shapes(s.num_videos, num_frames=s.num_frames, image_size=s.image_size,
-                                            seed=s.data_seed, difficulty=s.difficulty)
+            log(
+                f"MovingShapes: {s.num_videos} clips, {s.num_frames} frames, {s.image_size}x{s.image_size}, "
+                f"{s.difficulty}, data seed {s.data_seed}"
+            )
+            self._data = make_moving_shapes(
+                s.num_videos,
+                num_frames=s.num_frames,
+                image_size=s.image_size,
+                seed=s.data_seed,
+                difficulty=s.difficulty,
+            )
         return self._data
 
     def split(self, name: str) -> TensorVideoDataset:
@@ -167,8 +172,13 @@ class Reproduction:
         rows = {}
         for kind, seed, what in self.plan():
             if seed not in rows:  # compute_seconds walks the seed's folder: once per seed, not once per job
-                rows[seed] = {"seed": seed, "planned": 0, "done": 0, "missing": [],
-                              "seconds": compute_seconds(self.seed_dir(seed))}
+                rows[seed] = {
+                    "seed": seed,
+                    "planned": 0,
+                    "done": 0,
+                    "missing": [],
+                    "seconds": compute_seconds(self.seed_dir(seed)),
+                }
             row = rows[seed]
             row["planned"] += 1
             if self.result_path(kind, seed, what).exists():
@@ -191,116 +201,9 @@ class Reproduction:
                 self.ablation(seed, what)
         bar.close()
 
-    # -- checkpoints -------------------------------------------------------------------------------------------------
+    # -- cache layout ------------------------------------------------------------------------------------------------
     def seed_dir(self, seed: int) -> Path:
         return self.out / f"seed{seed}"
-
-    def dense_checkpoint(self, seed: int) -> Path:
-        path = self.seed_dir(seed) / "dense-clean"
-        if checkpoint_cached(path, path / "train.json"):
-            return path
-        s = self.settings
-        log(f"seed {seed}: clean training of the dense baseline ({s.dense_epochs:g} epochs)")
-        torch.manual_seed(seed)
-        dense = build_dense(s, self.label_names)
-        args = training_arguments(path / "trainer", s, epochs=s.dense_epochs, lr=s.dense_lr, seed=seed)
-        start, cpu = time.perf_counter(), time.process_time()
-        Trainer(model=dense, args=args, train_dataset=self.split("train"),
-                data_collator=NormalizingCollator(self.collator)).train()
-        seconds, cpu = time.perf_counter() - start, time.process_time() - cpu
-        # Fold the input normalisation into the weights and check that the function is unchanged.
-        dense.eval()
-        probe = self.collator([self.eval_set[i] for i in range(min(4, len(self.eval_set)))])["pixel_values"]
-        with torch.no_grad():
-            before = dense(pixel_values=(probe - PIXEL_MEAN) / PIXEL_STD).logits
-            fold_input_normalization(dense)
-            after = dense(pixel_values=probe).logits
-        if not torch.allclose(before, after, atol=1e-4, rtol=1e-4):
-            raise RuntimeError(f"folding the input normalisation changed the logits by {(before - after).abs().max()}")
-        clean = self._clean_accuracy(dense)
-        save_checkpoint(dense, path, path / "train.json", {"seconds": seconds, "cpu_seconds": cpu,
-                                                           "epochs": s.dense_epochs, "clean_accuracy": clean})
-        log(f"seed {seed}: dense baseline clean accuracy {100 * clean:.1f}% ({seconds:.0f}s)")
-        return path
-
-    def moe_checkpoint(self, seed: int) -> Path:
-        path = self.seed_dir(seed) / "moe-upcycled"
-        if checkpoint_cached(path, path / "train.json"):
-            return path
-        s = self.settings
-        dense = self.load_start(seed, "dense")
-        torch.manual_seed(seed)
-        moe = upcycle(dense, s)
-        if s.cluster_router_clips:
-            cluster_routers(moe, stack_pixel_values(self.split("train"), s.cluster_router_clips), seed=seed)
-        log(f"seed {seed}: mixture phase of the upcycled MoE ({s.moe_epochs:g} epochs, no attacks)")
-        args = training_arguments(path / "trainer", s, epochs=s.moe_epochs, lr=s.moe_lr, seed=seed)
-        start = time.perf_counter()
-        Trainer(model=moe.train(), args=args, train_dataset=self.split("train"), data_collator=self.collator).train()
-        seconds = time.perf_counter() - start
-        save_checkpoint(moe, path, path / "train.json", {"seconds": seconds, "epochs": s.moe_epochs,
-                                                         "clean_accuracy": self._clean_accuracy(moe),
-                                                         "expert_usage": self.mixture_expert_usage(moe)})
-        return path
-
-    def load_start(self, seed: int, start: str):
-        """The dense baseline (``start="dense"``) or the upcycled mixture of ``seed``, trained if not cached."""
-        path = self.dense_checkpoint(seed) if start == "dense" else self.moe_checkpoint(seed)
-        return load_checkpoint(path, path / "train.json", self.settings, dense=start == "dense")
-
-    def mixture_expert_usage(self, model) -> list[list[float]]:
-        """Per MoE layer, the share of the test clips' routing units each expert gets (clean): the mixture's balance
-        before any adversarial training, to compare with each trained row's report (``expert_usage["clean"]``)."""
-        pixel_values = self.eval_set.pixel_values
-        return [[round(float(x), 6) for x in layer]
-                for layer in expert_usage(model.eval(), pixel_values, batch_size=self.settings.eval_batch_size)]
-
-    def _clean_accuracy(self, model) -> float:
-        model.eval()
-        correct = 0
-        loader = torch.utils.data.DataLoader(self.eval_set, batch_size=self.settings.eval_batch_size,
-                                             collate_fn=self.collator)
-        with torch.no_grad():
-            for batch in loader:
-                correct += int((model(pixel_values=batch["pixel_values"]).logits.argmax(-1) == batch["labels"]).sum())
-        return correct / len(self.eval_set)
-
-    # -- training ----------------------------------------------------------------------------------------------------
-    def trained_model(self, seed: int, run_name: str, method: str, start: str, arg_overrides: dict,
-                      config_overrides: dict, epochs: float | None = None):
-        """Train (or load the cached) model of one (seed, run) for ``epochs`` (default ``adv_epochs``); returns
-        ``(model, train_info)``."""
-        s = self.settings
-        epochs = s.adv_epochs if epochs is None else epochs
-        run_dir = self.seed_dir(seed) / run_name
-        model_dir = run_dir / "model"
-        info_path = run_dir / "train.json"
-        if checkpoint_cached(model_dir, info_path):
-            return load_checkpoint(model_dir, info_path, s, dense=start == "dense"), read_json(info_path)
-        model = self.load_start(seed, start)
-        for key, value in config_overrides.items():
-            setattr(model.config, key, value)
-        model.train()
-        args = training_arguments(run_dir / "trainer", s, epochs=epochs, lr=s.adv_lr, seed=seed,
-                                  adv_method=method, adv_eps=s.train_eps, adv_steps=s.adv_steps, **arg_overrides)
-        trainer_cls = JTLATTrainer if method == "j-tlat" else AdversarialTrainer
-        log(f"seed {seed}: training {run_name} ({method}, {epochs:g} epochs, {s.adv_steps}-step attacks at "
-            f"ε={eps_name(s.train_eps)})")
-        trainer = trainer_cls(model=model, args=args, train_dataset=self.split("train"), data_collator=self.collator)
-        begin, cpu = time.perf_counter(), time.process_time()
-        trainer.train()
-        seconds, cpu = time.perf_counter() - begin, time.process_time() - cpu
-        info = {
-            "method": method, "run": run_name, "seed": seed, "seconds": seconds, "epochs": epochs,
-            "seconds_per_epoch": seconds / epochs, "cpu_seconds": cpu,
-            "cpu_seconds_per_epoch": cpu / epochs, "global_steps": trainer.state.global_step,
-            "arg_overrides": arg_overrides, "config_overrides": config_overrides,
-            "recipe": json.loads(json.dumps(trainer.training_recipe(), default=str))
-            if hasattr(trainer, "training_recipe") else None,
-        }
-        info = save_checkpoint(model, model_dir, info_path, info)
-        log(f"seed {seed}: {run_name} trained in {seconds:.0f}s")
-        return model, info
 
     # -- evaluation --------------------------------------------------------------------------------------------------
     def evaluate(self, model, attacks, eps: float, report_path: Path):
@@ -314,27 +217,36 @@ class Reproduction:
         for name in attacks:
             spec[name] = {"name": name}
             if name in EXTRA_ATTACKS:  # AutoAttack's settings with the run's budgets, not the paper attacks' steps
-                spec[name] = {**ATTACK_PRESETS["autoattack"][name],
-                              "steps": s.square_queries if name == "square" else s.autoattack_steps}
-        row_gitignore = report_path.parent / "model" / ".gitignore"
-        if row_gitignore.parent.is_dir() and report_path.parent.name not in ALWAYS_KEPT_WEIGHTS:
-            row_gitignore.write_text(EVALUATING_GITIGNORE)
+                spec[name] = {
+                    **ATTACK_PRESETS["autoattack"][name],
+                    "steps": s.square_queries if name == "square" else s.autoattack_steps,
+                }
         start = time.perf_counter()
         # The paper's attacks run on every clip (their own accuracies, routing diagnostics, steps check); AutoAttack's
         # ensemble then runs as AutoAttack does, only on the clips all of them left standing: the same worst case for
         # about half the ensemble's work (docs/PROTOCOL.md, docs/BENCHMARKS.md).
         report = evaluate_robustness(
-            model.eval(), self.eval_set, attacks=spec, eps=eps, steps=s.eval_steps, seed=s.eval_seed,
-            mode="cascade", exact_attacks=[a for a in attacks if a not in EXTRA_ATTACKS],
-            batch_size=s.eval_batch_size, max_samples=s.eval_samples, return_per_sample=True, check_steps=True,
-            progress=show_inner_progress(), dataset_name="MovingShapes",
+            model.eval(),
+            self.eval_set,
+            attacks=spec,
+            eps=eps,
+            steps=s.eval_steps,
+            seed=s.eval_seed,
+            mode="cascade",
+            exact_attacks=[a for a in attacks if a not in EXTRA_ATTACKS],
+            batch_size=s.eval_batch_size,
+            max_samples=s.eval_samples,
+            return_per_sample=True,
+            check_steps=True,
+            progress=show_inner_progress(),
+            dataset_name="MovingShapes",
             state_dir=state_dir,
         )
         timing = {"seconds": time.perf_counter() - start, "resumed_batches": resumed_batches}
         report.save(report_path)
-        # The report holds every per-clip number; the per-batch state was only for resuming (and would be tracked).
+        # The report holds every per-clip number, kept compressed; the per-batch state was only for resuming.
+        compress_file(report_path)
         shutil.rmtree(state_dir, ignore_errors=True)
-        row_gitignore.unlink(missing_ok=True)
         return report, timing
 
     @staticmethod
@@ -388,8 +300,9 @@ class Reproduction:
             for name in ("j-tlat", "moe-at"):
                 _, method, start = DEFENSES[name]
                 path = self.seed_dir(seed) / name / "train.json"
-                records[name] = read_json(path) if path.exists() else self.trained_model(seed, name, method, start,
-                                                                                         {}, {})[1]
+                records[name] = (
+                    read_json(path) if path.exists() else self.trained_model(seed, name, method, start, {}, {})[1]
+                )
             epochs = max(round(records["j-tlat"]["seconds"] / records["moe-at"]["seconds_per_epoch"], 1), 0.1)
         model, info = self.trained_model(seed, key, method, start, {}, {}, epochs=epochs)
         if key == "moe-at":
@@ -398,10 +311,20 @@ class Reproduction:
             # run with the row's attacks only).
             report, timing = self._attack_report(seed, self.settings.train_eps, model)
         else:
-            report, timing = self.evaluate(model, self._row_attacks(model), self.settings.train_eps,
-                                           self.seed_dir(seed) / key / f"report-{eps_slug(self.settings.train_eps)}.json")
-        result = {"seed": seed, "method": key, "label": label, "train": info,
-                  **self.summarise(report, self._row_attacks(model), timing)}
+            report, timing = self.evaluate(
+                model,
+                self._row_attacks(model),
+                self.settings.train_eps,
+                self.seed_dir(seed) / key / f"report-{eps_slug(self.settings.train_eps)}.json",
+            )
+        result = {
+            "seed": seed,
+            "method": key,
+            "label": label,
+            "train": info,
+            "weights_sha256": info.get("weights_fingerprint"),
+            **self.summarise(report, self._row_attacks(model), timing),
+        }
         write_json(result_path, result)
         log(f"seed {seed}: {label}: clean {100 * result['clean']:.1f}%, worst case {100 * result['worst_case']:.1f}%")
         return result
@@ -409,8 +332,9 @@ class Reproduction:
     def _attack_report(self, seed: int, eps: float, model=None):
         report_path = self.seed_dir(seed) / "moe-at" / f"attacks-{eps_slug(eps)}.json"
         seconds_path = report_path.with_suffix(".seconds.json")
-        if report_path.exists() and seconds_path.exists():
-            return RobustnessReport.load(report_path), read_json(seconds_path)
+        cached = cached_report(report_path)
+        if cached is not None and seconds_path.exists():
+            return RobustnessReport.from_dict(read_json(cached)), read_json(seconds_path)
         if model is None:
             model, _ = self.trained_model(seed, "moe-at", "pgd-at", "moe", {}, {})
         log(f"seed {seed}: table (a) attacks on MoE AT at ε={eps_name(eps)}")
@@ -424,7 +348,9 @@ class Reproduction:
             return read_json(result_path)
         report, timing = self._attack_report(seed, eps)
         result = {
-            "seed": seed, "eps": eps, "clean": report.clean_accuracy,
+            "seed": seed,
+            "eps": eps,
+            "clean": report.clean_accuracy,
             "robust": dict(report.robust_accuracy),
             "routing_change": dict(report.routing_change),
             "router_lipschitz": dict(report.router_lipschitz),
@@ -447,12 +373,25 @@ class Reproduction:
         label, arg_overrides, config_overrides = ABLATIONS[name]
         model, info = self.trained_model(seed, run_name, "j-tlat", "moe", arg_overrides, config_overrides)
         attacks = self._row_attacks(model)
-        report, timing = self.evaluate(model, attacks, self.settings.train_eps,
-                                       self.seed_dir(seed) / run_name / f"report-{eps_slug(self.settings.train_eps)}.json")
-        result = {"seed": seed, "ablation": name, "label": label, "train": info, **self.summarise(report, attacks, timing)}
+        report, timing = self.evaluate(
+            model,
+            attacks,
+            self.settings.train_eps,
+            self.seed_dir(seed) / run_name / f"report-{eps_slug(self.settings.train_eps)}.json",
+        )
+        result = {
+            "seed": seed,
+            "ablation": name,
+            "label": label,
+            "train": info,
+            "weights_sha256": info.get("weights_fingerprint"),
+            **self.summarise(report, attacks, timing),
+        }
         write_json(result_path, result)
-        log(f"seed {seed}: J-TLAT {label}: clean {100 * result['clean']:.1f}%, worst case "
-            f"{100 * result['worst_case']:.1f}%")
+        log(
+            f"seed {seed}: J-TLAT {label}: clean {100 * result['clean']:.1f}%, worst case "
+            f"{100 * result['worst_case']:.1f}%"
+        )
         return result
 
     # -- collection --------------------------------------------------------------------------------------------------
@@ -476,4 +415,3 @@ class Reproduction:
                 if path.exists():
                     results["ablations"].setdefault(name, {})[seed] = read_json(path)
         return results
-

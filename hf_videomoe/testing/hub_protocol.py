@@ -242,7 +242,11 @@ class HubRequestHandler(BaseHTTPRequestHandler):
         oid = self.server.hub._add_commit(repo, header.get("summary", ""), new_files)
         self._send(
             200,
-            {"commitUrl": f"{self.server.hub.url}/{repo.repo_id}/commit/{oid}", "commitOid": oid, "pullRequestUrl": None},
+            {
+                "commitUrl": f"{self.server.hub.url}/{repo.repo_id}/commit/{oid}",
+                "commitOid": oid,
+                "pullRequestUrl": None,
+            },
         )
 
     def _model_info(self, repo_id: str, revision: str) -> None:
@@ -333,7 +337,11 @@ class HubRequestHandler(BaseHTTPRequestHandler):
             return self._send(
                 404,
                 {"error": "Entry not found"},
-                headers={"X-Error-Code": "EntryNotFound", "X-Error-Message": "Entry not found", "X-Repo-Commit": commit},
+                headers={
+                    "X-Error-Code": "EntryNotFound",
+                    "X-Error-Message": "Entry not found",
+                    "X-Repo-Commit": commit,
+                },
             )
         content = files[filename]
         self._send(

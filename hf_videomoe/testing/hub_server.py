@@ -155,7 +155,9 @@ class LoopbackHubServer:
             if repo_id in self.repos:
                 return False
             repo = HubRepository(repo_id=repo_id, private=private)
-            self._add_commit(repo, "initial commit", {".gitattributes": b"*.safetensors filter=lfs diff=lfs merge=lfs -text\n"})
+            self._add_commit(
+                repo, "initial commit", {".gitattributes": b"*.safetensors filter=lfs diff=lfs merge=lfs -text\n"}
+            )
             self.repos[repo_id] = repo
             return True
 

@@ -235,13 +235,18 @@ class AdversarialTrainingArguments(TrainingArguments):
     jtlat_top_k: int = field(default=2, metadata={"help": "Experts trained per clip in J-TLAT step 2."})
     jtlat_update: str = field(
         default="summed",
-        metadata={"help": "J-TLAT update: summed (one optimizer step for the three steps' gradients) or sequential "
-                          "(the paper's three updates in a row).", "choices": list(JTLAT_UPDATES)},
+        metadata={
+            "help": "J-TLAT update: summed (one optimizer step for the three steps' gradients) or sequential "
+            "(the paper's three updates in a row).",
+            "choices": list(JTLAT_UPDATES),
+        },
     )
     jtlat_router_target: str = field(
         default="hard",
-        metadata={"help": "Target of J-TLAT step 1's consistency CE: hard (clean top-1) or soft (clean probabilities).",
-                  "choices": ["hard", "soft"]},
+        metadata={
+            "help": "Target of J-TLAT step 1's consistency CE: hard (clean top-1) or soft (clean probabilities).",
+            "choices": ["hard", "soft"],
+        },
     )
     jtlat_router_balance_weight: float = field(
         default=1.0,
@@ -249,8 +254,10 @@ class AdversarialTrainingArguments(TrainingArguments):
     )
     jtlat_router_balance: str = field(
         default="sharp",
-        metadata={"help": "Balance term of J-TLAT step 1: switch (N·Σ f·P) or sharp (N·Σ q², q = mean softmax(z/τ)).",
-                  "choices": list(JTLAT_ROUTER_BALANCES)},
+        metadata={
+            "help": "Balance term of J-TLAT step 1: switch (N·Σ f·P) or sharp (N·Σ q², q = mean softmax(z/τ)).",
+            "choices": list(JTLAT_ROUTER_BALANCES),
+        },
     )
     jtlat_router_balance_temperature: float = field(
         default=0.1, metadata={"help": "Temperature τ of the sharp balance term of J-TLAT step 1."}
@@ -292,8 +299,15 @@ class AdversarialTrainingArguments(TrainingArguments):
             _check_int("eval_max_samples", self.eval_max_samples, 1)
         if self.adv_step_size is not None:
             _check_range("adv_step_size", self.adv_step_size, 0.0, low_inclusive=False)
-        for name in ("lipschitz_weight", "expert_lipschitz_weight", "router_lipschitz_weight", "guidance_weight",
-                     "router_weight", "trades_beta", "jtlat_router_balance_weight"):
+        for name in (
+            "lipschitz_weight",
+            "expert_lipschitz_weight",
+            "router_lipschitz_weight",
+            "guidance_weight",
+            "router_weight",
+            "trades_beta",
+            "jtlat_router_balance_weight",
+        ):
             _check_range(name, getattr(self, name), 0.0)
         _check_range("temporal_momentum", self.temporal_momentum, 0.0, 1.0)
         if self.adv_norm not in NORMS:
@@ -306,7 +320,9 @@ class AdversarialTrainingArguments(TrainingArguments):
             raise ValueError(
                 f"jtlat_router_balance must be one of {list(JTLAT_ROUTER_BALANCES)}, got {self.jtlat_router_balance!r}."
             )
-        _check_range("jtlat_router_balance_temperature", self.jtlat_router_balance_temperature, 0.0, low_inclusive=False)
+        _check_range(
+            "jtlat_router_balance_temperature", self.jtlat_router_balance_temperature, 0.0, low_inclusive=False
+        )
         if self.jtlat_update not in JTLAT_UPDATES:
             raise ValueError(f"jtlat_update must be one of {list(JTLAT_UPDATES)}, got {self.jtlat_update!r}.")
         if self.jtlat_router_target not in ("hard", "soft"):
@@ -353,10 +369,21 @@ class AdversarialTrainingArguments(TrainingArguments):
         """The temporal-step rule, γ1, γ2, λ_R and β of these arguments for one of the paper's attacks, with its
         ``lipschitz_weight`` set to the λ of the component it attacks (λ_R for router attacks, λ_E for TLA-E, λ_F
         otherwise)."""
-        kwargs = {key: getattr(self, key) for key in ("guidance_weight", "router_weight", "router_lipschitz_weight",
-                                                      "temporal_momentum", "temporal_step")}
-        weights = {"router": self.router_lipschitz_weight, "expert": self.expert_lipschitz_weight,
-                   "model": self.lipschitz_weight}
+        kwargs = {
+            key: getattr(self, key)
+            for key in (
+                "guidance_weight",
+                "router_weight",
+                "router_lipschitz_weight",
+                "temporal_momentum",
+                "temporal_step",
+            )
+        }
+        weights = {
+            "router": self.router_lipschitz_weight,
+            "expert": self.expert_lipschitz_weight,
+            "model": self.lipschitz_weight,
+        }
         kwargs["lipschitz_weight"] = weights[getattr(attack_cls, "lipschitz_component", "model")]
         return kwargs
 

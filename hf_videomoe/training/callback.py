@@ -59,3 +59,9 @@ class AdversarialTrainingCallback(TrainerCallback, ExportableState):
 
     def on_save(self, args, state, control, **kwargs):
         self.last_checkpoint = os.path.join(args.output_dir, f"checkpoint-{state.global_step}")
+
+
+def live_adversarial_callback(callbacks, default: AdversarialTrainingCallback) -> AdversarialTrainingCallback:
+    """The trainer's [`AdversarialTrainingCallback`] among ``callbacks`` (``default`` if none): looked up every time,
+    because Trainer may replace callbacks when it restores their state from a checkpoint."""
+    return next((callback for callback in callbacks if isinstance(callback, AdversarialTrainingCallback)), default)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-
 from typing import ClassVar
 
 import torch
@@ -16,17 +15,21 @@ from ..moe import (
     force_experts,
     load_balancing_loss,
     moe_blocks,
+    router_logits_only,
     sharpened_balance_loss,
 )
 from .phases import PhaseLoss, TrainingPhase
 from .trainer import AdversarialTrainer
 
-
 #: Optimizers with which `jtlat_update="sequential"` is exact: per-parameter state, parameters without a gradient
 #: skipped (so an early update moves its own parameter group only).
 SEQUENTIAL_UPDATE_OPTIMIZERS = ("adamw_torch", "adamw_torch_fused", "sgd", "adagrad", "rmsprop", "adafactor")
 SEQUENTIAL_UPDATE_OPTIMIZER_CLASSES = (
-    torch.optim.Adam, torch.optim.AdamW, torch.optim.SGD, torch.optim.Adagrad, torch.optim.RMSprop,
+    torch.optim.Adam,
+    torch.optim.AdamW,
+    torch.optim.SGD,
+    torch.optim.Adagrad,
+    torch.optim.RMSprop,
 )
 
 
@@ -86,6 +89,13 @@ class JTLATTrainer(AdversarialTrainer):
         num_experts = self.accelerator.unwrap_model(self.model).config.num_experts
         if self.args.jtlat_top_k > num_experts:
             raise ValueError(f"jtlat_top_k={self.args.jtlat_top_k} exceeds the model's {num_experts} experts.")
+        if self.args.jtlat_steps == ["router"] and self.accelerator.num_processes > 1:
+            # The router step reads only router inputs, from the unwrapped model: alone it has no DDP pass, so the
+            # processes' router gradients would never be averaged.
+            raise ValueError(
+                "jtlat_steps=['router'] runs no pass through DistributedDataParallel, so gradients would not be "
+                "synchronised across processes; add the 'expert' or 'model' step, or train on one process."
+            )
         if self.args.jtlat_update == "sequential":
             # Three optimizer steps per training step are only well defined on one full batch seen by one process:
             # with accumulation the early steps would update on one micro-batch, and DDP would have to synchronise
@@ -203,13 +213,19 @@ class JTLATTrainer(AdversarialTrainer):
         step = self.step_state
         x = step.pixel_values
         x_adv = self.adversarial_examples(model, phase.attack)
-        with _captured_router_inputs(self.accelerator.unwrap_model(model)) as router_logits_of:
+        unwrapped = self.accelerator.unwrap_model(model)
+
+        def route(pixel_values):  # only the routers' inputs are read: no graph, and nothing after the last router
+            with torch.no_grad():
+                router_logits_only(unwrapped, lambda: self.model_forward(unwrapped, pixel_values))
+
+        with _captured_router_inputs(unwrapped) as router_logits_of:
             if self.args.lipschitz_detach_clean:
                 clean_rl = router_logits_of.own_layers(self.clean_outputs(model).router_logits)
-                self.model_forward(model, x_adv)
+                route(x_adv)
                 adv_rl = router_logits_of(slice(None))
             else:
-                self.model_forward(model, torch.cat([x, x_adv]))
+                route(torch.cat([x, x_adv]))
                 clean_rl = router_logits_of(slice(None, step.batch_size))
                 adv_rl = router_logits_of(slice(step.batch_size, None))
         # Step 2 picks each clip's experts from these adversarial router probabilities (before step 1's update unless
@@ -291,8 +307,9 @@ class JTLATTrainer(AdversarialTrainer):
         adv_rl = step.adv_router_logits.get(phase.attack)
         if adv_rl is None:  # no router step this batch: route the adversarial clips once, without gradient
             x_adv = self.adversarial_examples(model, phase.attack)
+            unwrapped = self.accelerator.unwrap_model(model)
             with torch.no_grad():
-                adv_rl = self.model_forward(self.accelerator.unwrap_model(model), x_adv).router_logits
+                adv_rl = router_logits_only(unwrapped, lambda: self.model_forward(unwrapped, x_adv))
         probs = clip_router_probabilities(adv_rl).detach()
         top_p, top_i = probs.topk(min(self.args.jtlat_top_k, probs.shape[-1]), dim=-1)
         return top_i, top_p / top_p.sum(dim=-1, keepdim=True).clamp_min(1e-12)
@@ -387,7 +404,9 @@ def _captured_router_inputs(model: nn.Module):
     ]
 
     def router_logits_of(rows: slice) -> tuple[torch.Tensor, ...]:
-        return tuple(F.linear(inputs[i][rows].detach().float(), router.weight.float()) for i, router in enumerate(routers))
+        return tuple(
+            F.linear(inputs[i][rows].detach().float(), router.weight.float()) for i, router in enumerate(routers)
+        )
 
     router_logits_of.own_layers = lambda router_logits: tuple(router_logits[position] for position in owners)
     try:

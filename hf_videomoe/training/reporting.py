@@ -238,7 +238,9 @@ class RobustReportingMixin:
         """The training settings that matter for robustness, for the model card (JSON-serialisable)."""
         args = self.args
         recipe: dict[str, Any] = {"method": self.method_label, "trainer": type(self).__name__}
-        other_prefixes = {m.argument_prefix for m in METHODS.values() if m.argument_prefix} - {self.method.argument_prefix}
+        other_prefixes = {m.argument_prefix for m in METHODS.values() if m.argument_prefix} - {
+            self.method.argument_prefix
+        }
         for key, value in args.adversarial_recipe().items():
             if key.split("_")[0] not in other_prefixes:  # leave out the settings of other methods
                 recipe[key] = value
@@ -296,6 +298,7 @@ class RobustReportingMixin:
             license=license or "apache-2.0",
             tags=tags,
             repo_id=self.hub_model_id,
+            model_path=self.args.output_dir,  # the card sits in output_dir next to the weights
         )
         os.makedirs(self.args.output_dir, exist_ok=True)
         card.save(os.path.join(self.args.output_dir, "README.md"))

@@ -34,17 +34,16 @@ from transformers.utils import logging
 from ..attacks import ATTACKS, attack_mode, build_attack
 from ..attacks.trades import trades_adversarial
 from ..moe import expert_usage_entropy, is_moe_model
-from .losses import cross_entropy
 from .arguments import AdversarialTrainingArguments
-from .callback import AdversarialTrainingCallback
+from .callback import AdversarialTrainingCallback, live_adversarial_callback
 from .checks import check_labelled, forward_parameter_names, raise_if_not_finite
+from .losses import cross_entropy
 from .methods import METHODS
 from .phases import ForwardOutput, ParameterGroups, PhaseLoss, StepState, TrainingPhase, step_seed
 from .reporting import RobustReportingMixin
 from .tlat import lipschitz_model_loss
 
 logger = logging.get_logger(__name__)
-
 
 
 class AdversarialTrainer(RobustReportingMixin, Trainer):
@@ -260,9 +259,7 @@ class AdversarialTrainer(RobustReportingMixin, Trainer):
     def attack_seed(self, slot: str) -> int:
         """Seed of an attack call: a function of ``args.seed``, the global step, the micro-batch, the process and
         ``slot``, so that a run resumed from a checkpoint generates exactly the same adversarial examples."""
-        return step_seed(
-            self.args.seed, self.state.global_step, self._micro_step, self.args.process_index, slot
-        )
+        return step_seed(self.args.seed, self.state.global_step, self._micro_step, self.args.process_index, slot)
 
     def adversarial_examples(self, model: nn.Module, attack: str | None) -> torch.Tensor:
         """Adversarial pixels of the current micro-batch for ``attack`` (generated once per step and shared by every
@@ -482,8 +479,12 @@ class AdversarialTrainer(RobustReportingMixin, Trainer):
         [`~hf_videomoe.training.checks.raise_if_not_finite`]); called after the forward pass of every phase, before its
         backward pass, so the bad batch never reaches the optimizer and no checkpoint is written after it."""
         raise_if_not_finite(
-            self._phase_terms if terms is None else terms, phase.label, self.state.global_step + 1, self.accelerator,
-            self.args.device, self._last_checkpoint,
+            self._phase_terms if terms is None else terms,
+            phase.label,
+            self.state.global_step + 1,
+            self.accelerator,
+            self.args.device,
+            self._last_checkpoint,
         )
 
     def _last_checkpoint(self) -> str | None:
@@ -493,8 +494,4 @@ class AdversarialTrainer(RobustReportingMixin, Trainer):
         return checkpoint
 
     def _adversarial_callback_state(self) -> AdversarialTrainingCallback:
-        # Looked up every time: Trainer may replace callbacks when restoring their state from a checkpoint.
-        for callback in self.callback_handler.callbacks:
-            if isinstance(callback, AdversarialTrainingCallback):
-                return callback
-        return self._adversarial_callback
+        return live_adversarial_callback(self.callback_handler.callbacks, self._adversarial_callback)

@@ -32,6 +32,9 @@ class TimesformerMoeConfig(TimesformerConfig, MoeConfigFields):
     """
 
     model_type = "timesformer_moe"
+    # Outputs that are not predictions: plain `Trainer.evaluate` / `predict` leave them out, so a standard
+    # `compute_metrics` (`np.argmax(predictions, axis=1)`) gets the logits alone.
+    keys_to_ignore_at_inference = ["aux_loss", "router_logits", "hidden_states", "attentions"]
 
     drop_path_rate: float | int = 0.0
 

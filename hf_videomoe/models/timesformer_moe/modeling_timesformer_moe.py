@@ -26,6 +26,7 @@ from ..common import MoePreTrainedModelMixin, MoeVideoClassifierMixin, MoeVideoE
 from ..upcycling import MoeUpcyclingMixin
 from .configuration_timesformer_moe import TimesformerMoeConfig
 
+
 def routing_units(config: TimesformerMoeConfig, device=None) -> torch.Tensor | None:
     """Token -> routing-unit map for TimeSformer's token order ([CLS], then patch row, patch column, frame).
 
@@ -69,7 +70,9 @@ class TimesformerMoeLayer(GradientCheckpointingLayer):
     def attention_block(self, hidden_states: torch.Tensor, output_attentions: bool):
         """Attention half of the block with its residual; same computation as transformers' `TimesformerLayer`."""
         if self.attention_type == "joint_space_time":
-            attention_outputs = self.attention(self.layernorm_before(hidden_states), output_attentions=output_attentions)
+            attention_outputs = self.attention(
+                self.layernorm_before(hidden_states), output_attentions=output_attentions
+            )
             hidden_states = hidden_states + self.drop_path(attention_outputs[0])
             return hidden_states, attention_outputs[1] if output_attentions else None
 

@@ -35,8 +35,9 @@ class VideoMAEMoeConfig(VideoMAEConfig, MoeConfigFields):
     image_mean, image_std (`list[float]`): per-channel statistics used *inside* `forward` to normalise pixel values
         given in [0, 1].
 
-    Invalid settings (top-k above `num_experts`, unknown granularity, `moe_layers` out of range, ...) raise
-    `ValueError` when the config is built.
+    Invalid settings (top-k above `num_experts`, unknown granularity, `moe_layers` out of range, `num_frames` not a
+    multiple of `tubelet_size` or `image_size` not a multiple of `patch_size`, which would drop input, ...) raise
+    `ValueError` when the config is built (or loaded with `from_pretrained`).
 
     Example:
 
@@ -48,6 +49,9 @@ class VideoMAEMoeConfig(VideoMAEConfig, MoeConfigFields):
     ```"""
 
     model_type = "videomae_moe"
+    # Outputs that are not predictions: plain `Trainer.evaluate` / `predict` leave them out, so a standard
+    # `compute_metrics` (`np.argmax(predictions, axis=1)`) gets the logits alone.
+    keys_to_ignore_at_inference = ["aux_loss", "router_logits", "hidden_states", "attentions"]
 
     def __post_init__(self, **kwargs):
         if self.image_mean is None:

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import torch
 from torch import nn
-from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers import VideoMAEForVideoClassification
+from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.models.videomae.modeling_videomae import (
     VideoMAEAttention,
     VideoMAEEmbeddings,
@@ -109,7 +109,9 @@ class VideoMAEMoeModel(MoeVideoEncoderMixin, VideoMAEMoePreTrainedModel):
         super().__init__(config)
         self.embeddings = VideoMAEEmbeddings(config)
         self.encoder = VideoMAEMoeEncoder(config)
-        self.layernorm = None if config.use_mean_pooling else nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.layernorm = (
+            None if config.use_mean_pooling else nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        )
         self.post_init()
 
     def embed(self, pixel_values: torch.Tensor) -> torch.Tensor:
