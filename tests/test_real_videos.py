@@ -504,7 +504,7 @@ def test_recipes_and_small_contracts(capsys):
         3.0,
     )
     if not torch.cuda.is_available():
-        with pytest.raises(SystemExit):
+        with pytest.raises(SystemExit, match="^2$"):  # exit status 2, message on stderr
             parse_train_args(["--recipe", "ucf101-jtlat", "--dataset", "x", "--output-dir", "o"])
         assert "bf16" in capsys.readouterr().err
     with pytest.raises(CLIError, match="more than once"):
@@ -516,3 +516,22 @@ def test_recipes_and_small_contracts(capsys):
     torch.testing.assert_close(to_pixel_tensor(frames), torch.from_numpy(frames).float() / 255)
     with pytest.raises(VideoDecodeError, match=r"<7 bytes of video>"):
         read_video(b"garbage", 4)
+
+
+def test_normalisation_of_a_hub_checkpoint_is_read_from_the_hub_cache(tmp_path, monkeypatch):
+    """A dense model loaded by Hub id (its files in the Hub cache, nothing downloaded here) is normalised as its
+    processor says, like a local checkpoint."""
+    import huggingface_hub.constants
+
+    from hf_videomoe.attacks import processor_normalization
+
+    snapshot = tmp_path / "models--someone--kinetics-videomae" / "snapshots" / "abc123"
+    snapshot.mkdir(parents=True)
+    (snapshot / "preprocessor_config.json").write_text(
+        json.dumps({"do_normalize": True, "image_mean": [0.485, 0.456, 0.406], "image_std": [0.229, 0.224, 0.225]})
+    )
+    (tmp_path / "models--someone--kinetics-videomae" / "refs").mkdir()
+    (tmp_path / "models--someone--kinetics-videomae" / "refs" / "main").write_text("abc123")
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path))
+    assert processor_normalization("someone/kinetics-videomae") == ([0.485, 0.456, 0.406], [0.229, 0.224, 0.225])
+    assert processor_normalization("someone/not-cached") is None

@@ -11,7 +11,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ..models.common import IMAGENET_MEAN, IMAGENET_STD
+from ..models.common import IMAGENET_MEAN, IMAGENET_STD, looks_like_local_path
 from ..moe import is_moe_model
 
 __all__ = ["NormalizedModel", "attack_mode", "pixel_space_model", "processor_normalization", "unwrap_model"]
@@ -87,10 +87,13 @@ def processor_normalization(path: str | os.PathLike) -> tuple[list[float], list[
     nothing is downloaded here)."""
     for name in PROCESSOR_CONFIG_FILES:
         file = Path(path) / name
-        if not file.is_file() and not Path(path).is_dir():
+        if not file.is_file() and not Path(path).is_dir() and not looks_like_local_path(os.fspath(path)):
             from huggingface_hub import try_to_load_from_cache
 
-            cached = try_to_load_from_cache(os.fspath(path), name)
+            try:
+                cached = try_to_load_from_cache(os.fspath(path), name)
+            except ValueError:  # not a valid repo id either
+                cached = None
             file = Path(cached) if isinstance(cached, str) else file
         if not file.is_file():
             continue
