@@ -67,7 +67,9 @@ def cache_decoded_videos(dataset, cache_dir: str | os.PathLike, batch_size: int 
         dataset (`datasets.Dataset`): A split that decodes videos on access (`load_video_folder`,
             `decode_video_dataset`) with deterministic frame sampling.
         cache_dir (`str` or `os.PathLike`): Parent folder of the caches; each set of files and settings gets its own
-            sub-folder, written atomically (a temporary folder renamed into place).
+            sub-folder, written atomically (a temporary folder renamed into place). Building needs about twice the
+            cache's size on disk for a moment (the generated table and its saved copy); under several processes,
+            build it in the main process first (`TrainingArguments.main_process_first`, as `hf-videomoe train` does).
         batch_size (`int`, *optional*, defaults to 8): Clips decoded at a time while building.
         progress (`bool`, *optional*, defaults to `True`): Show a progress bar while building.
 
