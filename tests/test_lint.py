@@ -1,5 +1,5 @@
-"""`ruff check` and `ruff format --check` are clean on the package, the scripts and the tests ([tool.ruff] in
-pyproject.toml; ruff is pinned in the `dev` extra)."""
+"""`ruff check` and `ruff format --check` are clean on the whole repository: package, scripts, tests, notebook and the
+Python blocks of the Markdown files ([tool.ruff] in pyproject.toml; ruff is pinned in the `dev` extra)."""
 
 import shutil
 import subprocess
@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-TARGETS = ["hf_videomoe", "scripts", "tests"]
+TARGETS = ["."]  # the package, scripts, tests, the notebook and the Python blocks of the Markdown files
 
 
 def ruff() -> list[str]:
