@@ -15,6 +15,7 @@ about a second each; all attacks run 10 steps on 32 test clips.
 
 import pytest
 import torch
+from motion_data import make_motion
 
 from hf_videomoe import VideoMAEMoeConfig, VideoMAEMoeForVideoClassification
 from hf_videomoe.attacks import ATTACKS, build_attack, routing_change
@@ -35,32 +36,6 @@ JOINT_EXCEPTIONS = {
     ("model", "j-tla", "tla-r"): 1,
     ("model", "j-tlga", "tlga-r"): 1,
 }
-
-
-def make_motion(n: int, seed: int, frames: int = 4, size: int = 16):
-    """4 classes: a faint 5x5 square moves left / right / up / down (3 px per frame) on a noisy grey background."""
-    g = torch.Generator().manual_seed(seed)
-    labels = torch.arange(n) % 4
-    x = 0.45 + 0.1 * (2 * torch.rand(n, frames, 3, size, size, generator=g) - 1)
-    side, speed = 5, 3
-    span = speed * (frames - 1)
-    for i in range(n):
-        c = int(labels[i])
-        a = int(torch.randint(0, size - side - span + 1, (1,), generator=g))
-        b = int(torch.randint(0, size - side + 1, (1,), generator=g))
-        for f in range(frames):
-            pos = a + speed * f if c in (1, 3) else a + span - speed * f
-            row, col = (b, pos) if c < 2 else (pos, b)
-            x[i, f, :, row : row + side, col : col + side] += 0.15
-    return x.clamp(0, 1), labels
-
-
-@pytest.fixture(scope="module", autouse=True)
-def single_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def correct(model, x, y) -> torch.Tensor:

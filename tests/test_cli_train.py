@@ -19,14 +19,6 @@ TINY_MODEL = ["--patch-size", "8", "--hidden-size", "32", "--num-layers", "2", "
 IMAGENET_MEAN, IMAGENET_STD = [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]
 
 
-@pytest.fixture(autouse=True)
-def single_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 # ----------------------------------------------------------------------------------------------------------------------
 # train: HfArgumentParser
 

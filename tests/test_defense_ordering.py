@@ -29,14 +29,6 @@ WORST_CASE_ATTACKS = ["pgd", "square", "j-tlga"]
 ATTACK_SETTINGS = {"pgd": {}, "square": {"steps": 300}, "j-tlga": {}}
 
 
-@pytest.fixture(scope="module", autouse=True)
-def single_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def motion_dataset(num_clips: int, seed: int, noise: float = 0.1) -> Dataset:
     """A white 4x4 square crosses a noisy grey frame left-to-right (label 0) or right-to-left (label 1)."""
     generator = torch.Generator().manual_seed(seed)

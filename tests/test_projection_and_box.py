@@ -15,14 +15,6 @@ from hf_videomoe.attacks.threat_model import project
 L2_ATTACKS = [name for name in ATTACKS if name != "square"]  # Square is L∞ only
 
 
-@pytest.fixture(scope="module", autouse=True)
-def single_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def model():
     torch.manual_seed(0)
