@@ -195,16 +195,15 @@ def add_data_arguments(parser: argparse.ArgumentParser) -> None:
 def checkpoint_geometry(model, path: str, announce=print) -> dict[str, Any]:
     """How a video folder is decoded for the checkpoint at ``path``: its ``num_frames`` and ``image_size``, and its
     processor's resize (`decode_settings`), so the evaluated pixels are the ones its processors hand the model."""
-    from ..data import decode_settings
-    from ..models.processing import frame_size, load_local_image_processor
+    from ..data.decode import model_geometry
+    from ..models.processing import load_local_image_processor
 
-    config = getattr(getattr(model, "model", model), "config", None) or model.config
-    geometry = {"num_frames": int(config.num_frames), "image_size": frame_size(config)}
     try:
-        geometry.update(decode_settings(load_local_image_processor(path)))
+        return model_geometry(model, load_local_image_processor(path))
     except ValueError as err:  # e.g. a processor resizing to a fixed height x width: crop / resize as ours do
+        geometry = model_geometry(model, processor=None)
         announce(f"{path}: {err} Videos are decoded with the shorter side resized to {geometry['image_size']}.")
-    return geometry
+        return geometry
 
 
 def load_dataset(data, split: str, seed: int = 0, geometry: dict[str, Any] | None = None):

@@ -253,12 +253,20 @@ def decode_for_model(dataset, model):
     model's ``num_frames`` and ``image_size`` and its checkpoint processor's resize; anything else is returned as is."""
     if not has_undecoded_videos(dataset):
         return dataset
-    config = getattr(model, "config", None) or getattr(getattr(model, "model", None), "config", None)  # a wrapper
+    return decode_video_dataset(dataset, **model_geometry(model))
+
+
+def model_geometry(model, processor="model") -> dict:
+    """How videos are decoded for ``model``: its ``num_frames`` and ``image_size`` and the resize of ``processor``
+    (``"model"``: the processor the model carries, ``model.image_processor``; ``None``: the default resize), as keyword
+    arguments of [`decode_video_dataset`] / `load_video_folder`. A wrapper such as `NormalizedModel` is looked
+    through."""
+    config = getattr(model, "config", None) or getattr(getattr(model, "model", None), "config", None)
     if config is None or not hasattr(config, "num_frames"):
         raise ValueError("Cannot decode the dataset's videos for a model without `config.num_frames`; decode it first.")
     size = config.image_size if isinstance(config.image_size, int) else tuple(config.image_size)[0]
-    settings = decode_settings(getattr(model, "image_processor", None))
-    return decode_video_dataset(dataset, int(config.num_frames), size, **settings)
+    processor = getattr(model, "image_processor", None) if isinstance(processor, str) else processor
+    return {"num_frames": int(config.num_frames), "image_size": size, **decode_settings(processor)}
 
 
 def decode_settings(processor) -> dict:
