@@ -10,7 +10,7 @@ from torch import nn
 
 from ..moe import expert_load, require_moe, router_probabilities, routing_change_per_layer
 from .model_guard import attack_mode, model_outputs, unwrap_model
-from .objectives import LIPSCHITZ_EPS, per_sample_mse
+from .terms import LIPSCHITZ_EPS, per_sample_mse
 
 __all__ = ["expert_usage", "router_lipschitz", "routing_change"]
 

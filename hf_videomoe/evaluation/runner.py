@@ -179,7 +179,7 @@ class BatchEvaluator:
     def router_lipschitz(clean_rl, adv_rl, x, adv) -> list[float | None]:
         """Per-sample Lips-R (``hf_videomoe.attacks.objectives.router_lipschitz_ratio``); ``None`` for samples the
         attack left unchanged (no information on the ratio; left out of the mean, as in ``diagnostics``)."""
-        from ..attacks.objectives import per_sample_mse, router_lipschitz_ratio
+        from ..attacks.terms import per_sample_mse, router_lipschitz_ratio
 
         ratio = router_lipschitz_ratio(clean_rl, adv_rl, x, adv).cpu().tolist()
         moved = (per_sample_mse(x, adv) > 0).cpu().tolist()

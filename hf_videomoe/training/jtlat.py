@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..attacks.objectives import lipschitz_ratio, router_consistency_ce, router_lipschitz_ratio
+from ..attacks.terms import lipschitz_ratio, router_consistency_ce, router_lipschitz_ratio
 from ..moe import (
     clip_router_probabilities,
     force_experts,

@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING
 import torch
 from torch import nn
 
-from ..attacks.objectives import lipschitz_ratio
+from ..attacks.terms import lipschitz_ratio
 from .method import TrainingMethod
 from .phases import PhaseLoss, TrainingPhase
 
