@@ -6,32 +6,15 @@ import dataclasses
 import json
 import math
 import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from .formatting import format_eps, format_percent, norm_symbol
+from .output_folder import atomic_write_text
 from .report_checks import REPORT_FORMAT_VERSION, migrate_report_dict, validate_report, worst_case_budget
 
-__all__ = ["ReliabilityFlag", "RobustnessReport", "format_eps", "atomic_write_text"]
-
-
-def atomic_write_text(path: str | os.PathLike, text: str) -> None:
-    """Write ``text`` to ``path`` atomically (temporary file in the same folder, then ``os.replace``)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(text)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+__all__ = ["ReliabilityFlag", "RobustnessReport", "format_eps"]
 
 
 _percent = format_percent

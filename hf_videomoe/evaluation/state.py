@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from .distributed import Distribution
-from .report import atomic_write_text
+from .output_folder import atomic_write_text
 
 __all__ = ["STATE_FORMAT", "StateStore", "check_record", "expected_batches", "model_fingerprint"]
 
