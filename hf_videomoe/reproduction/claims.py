@@ -29,6 +29,8 @@ ABLATION_CLAIMS = {
     "no-guidance": "guidance (γ1) in the training attacks helps",
     "balance-switch": "the sharp step-1 balance term helps robustness (vs the Switch loss)",
     "sequential-update": "one summed update per batch beats the paper's three sequential updates",
+    "model-attack-pgd": "step 3 on J-TLGA examples beats step 3 on PGD examples",
+    "model-attack-tla-m": "step 3 on J-TLGA examples beats step 3 on TLA-M examples",
 }
 
 
