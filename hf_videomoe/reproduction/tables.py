@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import statistics
 
+from ..evaluation.paired_tests import paired_mean_interval
 from .claims import ABLATION_CLAIMS as ABLATION_CLAIMS
 from .claims import what_holds as what_holds
 from .recipes import (
@@ -35,6 +36,23 @@ def fmt(values: list[float], scale: float = 100.0, digits: int = 1) -> str:
     text = f"{scale * mean:.{digits}f}"
     if std is not None:
         text += f" ± {scale * std:.{digits}f}"
+    return text
+
+
+def paired_delta_cell(rows: dict, reference: dict, getter=lambda r: r["worst_case"]) -> str:
+    """Paired mean difference ``rows − reference`` in points over their shared seeds, with its 95 % t interval."""
+    diffs = []
+    for seed in sorted(set(rows) & set(reference)):
+        try:
+            diffs.append(getter(rows[seed]) - getter(reference[seed]))
+        except (KeyError, TypeError):
+            continue
+    if not diffs:
+        return "–"
+    interval = paired_mean_interval(diffs)
+    text = f"{100 * interval['mean']:+.1f}"
+    if interval["low"] is not None:
+        text += f" [{100 * interval['low']:+.1f}, {100 * interval['high']:+.1f}]"
     return text
 
 
@@ -119,10 +137,11 @@ def defense_table_markdown(results: dict, settings: Settings) -> str:
         return "_(no defense results yet)_"
     e = eps_name(settings.train_eps)
     lines = [
-        f"| defense | clean % | PGD % (ε={e}) | J-TLGA % (ε={e}) | worst case % (ε={e}) | GFLOPs / clip | "
-        f"Lips-R (J-TLGA) | train s / epoch (wall) | train CPU s / epoch | seeds |",
-        "|---" * 10 + "|",
+        f"| defense | clean % | PGD % (ε={e}) | J-TLGA % (ε={e}) | worst case % (ε={e}) | worst case − MoE AT, "
+        f"points [95 % CI] | GFLOPs / clip | Lips-R (J-TLGA) | train s / epoch (wall) | train CPU s / epoch | seeds |",
+        "|---" * 11 + "|",
     ]
+    moe_at = results["defenses"].get("moe-at", {})
     for key, (label, _, _) in DEFENSES.items():
         rows = results["defenses"].get(key)
         if not rows:
@@ -133,6 +152,7 @@ def defense_table_markdown(results: dict, settings: Settings) -> str:
                 [
                     label,
                     *accuracy_cells(rows),
+                    "–" if key == "moe-at" else paired_delta_cell(rows, moe_at),
                     fmt(values_of(rows, lambda r: r["flops"]), scale=1e-9, digits=4),
                     fmt(values_of(rows, lambda r: r["router_lipschitz"]["j-tlga"]), scale=1.0, digits=3),
                     fmt(values_of(rows, lambda r: r["train"]["seconds_per_epoch"]), scale=1.0, digits=0),
@@ -148,7 +168,8 @@ def defense_table_markdown(results: dict, settings: Settings) -> str:
         + ", ".join(ATTACK_LABELS[a] for a in DEFENSE_ATTACKS)
         + " (J-TLGA is MoE-only, so the dense row's worst case is over the other five). Lips-R = mean "
         "MSE(R(x), R(x+δ)) / MSE(x, x+δ) of the router probabilities under J-TLGA. GFLOPs: forward pass of "
-        "one clip (report.flops / 1e9)."
+        "one clip (report.flops / 1e9). Worst case − MoE AT: the paired mean difference over the seeds both rows "
+        "have, with its 95 % t interval; an interval that contains zero cannot tell which row is better."
     )
     return "\n".join(lines)
 
@@ -158,10 +179,10 @@ def ablation_table_markdown(results: dict, settings: Settings, seeds: list[int])
         return "_(ablations skipped or not run yet)_"
     e = eps_name(settings.train_eps)
     lines = [
-        f"| J-TLAT variant | clean % | PGD % (ε={e}) | J-TLGA % (ε={e}) | worst case % | Lips-R (J-TLGA) | "
-        f"routing change (J-TLGA) | busiest expert share (max over layers) | train s / epoch (wall) | "
-        f"train CPU s / epoch | seeds |",
-        "|---" * 11 + "|",
+        f"| J-TLAT variant | clean % | PGD % (ε={e}) | J-TLGA % (ε={e}) | worst case % | worst case − J-TLAT, "
+        f"points [95 % CI] | Lips-R (J-TLGA) | routing change (J-TLGA) | busiest expert share (max over layers) | "
+        f"train s / epoch (wall) | train CPU s / epoch | seeds |",
+        "|---" * 12 + "|",
     ]
     base = {s: r for s, r in results["defenses"].get("j-tlat", {}).items() if s in seeds}
     rows_by_name = {"full J-TLAT (normalised temporal step, λ per component, aux, γ1 on)": base}
@@ -176,6 +197,7 @@ def ablation_table_markdown(results: dict, settings: Settings, seeds: list[int])
                 [
                     label,
                     *accuracy_cells(rows),
+                    "–" if rows is base else paired_delta_cell(rows, base),
                     fmt(values_of(rows, lambda r: r["router_lipschitz"]["j-tlga"]), scale=1.0, digits=3),
                     fmt(values_of(rows, lambda r: r["routing_change"]["j-tlga"]), scale=1.0, digits=3),
                     fmt(values_of(rows, lambda r: max(r["busiest_expert_share"])), scale=1.0, digits=2),
@@ -189,7 +211,8 @@ def ablation_table_markdown(results: dict, settings: Settings, seeds: list[int])
     lines.append("")
     lines.append(
         "Each variant changes one thing in J-TLAT (training only; evaluation is identical for every row). "
-        "The reference row is the J-TLAT row of table (b) restricted to the ablation seeds."
+        "The reference row is the J-TLAT row of table (b) restricted to the ablation seeds; worst case − J-TLAT is "
+        "the paired mean difference over the seeds both rows have, with its 95 % t interval."
     )
     return "\n".join(lines)
 

@@ -1,12 +1,17 @@
 """Paired verdicts on seed-matched results: the per-seed values of a row and the protocol's rule (docs/PROTOCOL.md)
-that judges a claim "a beats b" from them with the paired tests (sign test over seeds, McNemar per seed)."""
+that judges a claim "a beats b" from them with the paired tests (sign test over seeds, McNemar per seed), the paired
+mean difference with its 95 % interval over seeds, and Holm's correction within a family of claims."""
 
 from __future__ import annotations
 
 import math
 import statistics
+from dataclasses import dataclass, field
 
-from ..evaluation.paired_tests import mcnemar_exact, sign_test
+from ..evaluation.paired_tests import holm_adjust, mcnemar_exact, paired_mean_interval, sign_test
+
+#: The family-wise level of Holm's correction and the level of each test.
+ALPHA = 0.05
 
 
 def values_of(rows: dict, getter) -> list[float]:
@@ -21,6 +26,51 @@ def values_of(rows: dict, getter) -> list[float]:
     return out
 
 
+@dataclass
+class Verdict:
+    """One claim judged on seed-matched values; ``str()`` gives its line. ``p_value`` is the one-sided sign-test p of
+    the direction the verdict asserts (the claim's, or the opposite's when the opposite holds), the p-value Holm's
+    correction adjusts (`holm`); ``holm_p`` is filled in by it."""
+
+    what: str
+    verdict: str
+    detail: str
+    p_value: float | None = None
+    asserts: bool = False  # "holds" or "the opposite holds": the verdicts a family-wise correction can withdraw
+    holm_p: float | None = field(default=None, repr=False)
+    family_size: int | None = field(default=None, repr=False)
+
+    def __str__(self) -> str:
+        detail = self.detail
+        if self.holm_p is not None and self.asserts:
+            survives = "survives" if self.holm_p < ALPHA else "does not survive"
+            family = "a family of one claim" if self.family_size == 1 else f"Holm over {self.family_size} claims"
+            detail += f"; {family}: p = {self.holm_p:.3g}, {survives}"
+        return f"{self.what}: **{self.verdict}** ({detail})"
+
+
+def holm(verdicts: list) -> list:
+    """Apply Holm's correction to the sign-test p-values of the `Verdict`s in ``verdicts`` (one family of claims;
+    other entries, such as hand-written lines, pass through). Returns ``verdicts``."""
+    family = [v for v in verdicts if isinstance(v, Verdict) and v.p_value is not None]
+    for verdict, adjusted in zip(family, holm_adjust([v.p_value for v in family])):
+        verdict.holm_p, verdict.family_size = adjusted, len(family)
+    return verdicts
+
+
+def survivors(verdicts: list) -> list[Verdict]:
+    """The asserted verdicts (holds / the opposite holds) of a family that survive Holm's correction."""
+    return [v for v in verdicts if isinstance(v, Verdict) and v.asserts and v.holm_p is not None and v.holm_p < ALPHA]
+
+
+def interval_phrase(interval: dict, unit_scale: float, unit: str, digits: int) -> str:
+    points = " points" if unit == "%" else ""
+    text = f"paired difference {unit_scale * interval['mean']:+.{digits}f}{points}"
+    if interval["low"] is not None:
+        text += f", 95 % CI [{unit_scale * interval['low']:+.{digits}f}, {unit_scale * interval['high']:+.{digits}f}]"
+    return text
+
+
 def compare(
     rows_a: dict,
     rows_b: dict,
@@ -33,17 +83,21 @@ def compare(
     digits: int = 1,
     resolution: float = 0.0,
     per_clip: str | None = None,
-) -> str:
+) -> Verdict | str:
     """Claim: ``a`` > ``b`` (``higher_is="a"``) or ``a`` < ``b`` (``higher_is="b"``) on seed-matched values, judged by
     the protocol's paired tests (docs/PROTOCOL.md).
 
-    holds: the mean difference is in the claimed direction by more than ``resolution`` and the one-sided sign test
-    across seeds gives p < 0.05 (with 5 seeds: all five agree); right direction, not significant: the mean agrees
-    but the sign test does not; does not hold: otherwise. ``per_clip``: a row key holding per-clip correctness (e.g.
-    ``"worst_case_correct"``): an exact McNemar test per seed is added (how many seeds reach p < 0.05). When the mean
-    goes against the claim, both tests are run in the opposite direction as well, and "the opposite holds" is added
-    when its sign test gives p < 0.05: a claim that fails because the reverse is true is reported as such, not as a
-    tie.
+    - **holds**: the mean difference is in the claimed direction by more than ``resolution`` and the one-sided sign
+      test across seeds gives p < 0.05 (with 5 seeds: all five agree);
+    - **the opposite holds**: the same, in the other direction;
+    - otherwise the paired mean difference's 95 % t interval over seeds decides the words: **inconclusive** when it
+      contains zero (the data cannot tell the sign: never "a tie" or "no effect"), **right direction, not
+      significant** or **does not hold (opposite direction)** when it excludes zero but the sign test is not
+      significant, and **no measurable difference** only when every seed gives the same value to ``resolution``.
+
+    The difference is always given in the claimed direction with its interval. ``per_clip``: a row key holding
+    per-clip correctness (e.g. ``"worst_case_correct"``): an exact McNemar test per seed is added (how many seeds reach
+    p < 0.05), in both directions when the mean goes against the claim.
     """
     seeds = sorted(set(rows_a) & set(rows_b))
     pairs = []
@@ -62,42 +116,53 @@ def compare(
     mean_a = statistics.fmean(a for a, _ in pairs)
     mean_b = statistics.fmean(b for _, b in pairs)
     mean_diff = statistics.fmean(diffs)
+    interval = paired_mean_interval(diffs)
     p_value = sign_test(diffs, "greater")["p_value"]
-    if mean_diff > resolution and p_value < 0.05:
-        verdict = "holds"
-    elif mean_diff > resolution:
-        verdict = "right direction, not significant"
-    elif abs(mean_diff) <= resolution:
-        verdict = "does not hold (no measurable difference)"
+    p_opposite = sign_test(diffs, "less")["p_value"]
+    asserted_p, asserts = p_value, False
+    if mean_diff > resolution and p_value < ALPHA:
+        verdict, asserts = "holds", True
+    elif mean_diff < -resolution and p_opposite < ALPHA:
+        verdict, asserted_p, asserts = "does not hold; the opposite holds", p_opposite, True
+    elif all(abs(d) <= resolution for d in diffs):
+        verdict = "no measurable difference (the same on every seed)"
+    elif interval["low"] is None or interval["low"] <= 0 <= interval["high"]:
+        verdict = "inconclusive"
+    elif interval["low"] > 0:
+        verdict = "right direction, not significant by the sign test"
     else:
-        verdict = "does not hold"
+        verdict = "does not hold (opposite direction, not significant by the sign test)"
     n = len(pairs)
     detail = (
         f"{unit_scale * mean_a:.{digits}f}{unit} vs {unit_scale * mean_b:.{digits}f}{unit}, "
-        f"{n} seed{'s' if n != 1 else ''}, one-sided sign test p = {p_value:.3g}"
+        f"{interval_phrase(interval, unit_scale, unit, digits)}, {n} seed{'s' if n != 1 else ''}, "
+        f"one-sided sign test p = {p_value:.3g}"
     )
     against = mean_diff < -resolution
     if against:
-        p_opposite = sign_test(diffs, "less")["p_value"]
         detail += f", opposite direction p = {p_opposite:.3g}"
-        if p_opposite < 0.05:
-            verdict += "; the opposite holds"
     if per_clip is not None:
-        clip_seeds = [s for s in seeds if per_clip in rows_a[s] and per_clip in rows_b[s]]
-        directions = [("McNemar per seed", higher_is == "a")]
-        if against:
-            directions.append(("McNemar, opposite direction", higher_is != "a"))
-        for label, a_better in directions:
-            tests = [
-                mcnemar_exact(rows_a[s][per_clip], rows_b[s][per_clip], "greater" if a_better else "less")
-                for s in clip_seeds
-            ]
-            if tests:
-                detail += (
-                    f"; {label}: p < 0.05 in {sum(t['p_value'] < 0.05 for t in tests)} of {len(tests)} "
-                    "(p = " + ", ".join(f"{t['p_value']:.2g}" for t in tests) + ")"
-                )
-    return f"{what}: **{verdict}** ({detail})"
+        detail += mcnemar_phrase(rows_a, rows_b, seeds, per_clip, higher_is == "a", against)
+    return Verdict(what, verdict, detail, p_value=asserted_p, asserts=asserts)
+
+
+def mcnemar_phrase(rows_a: dict, rows_b: dict, seeds: list, per_clip: str, a_better: bool, against: bool) -> str:
+    clip_seeds = [s for s in seeds if per_clip in rows_a[s] and per_clip in rows_b[s]]
+    directions = [("McNemar per seed", a_better)]
+    if against:
+        directions.append(("McNemar, opposite direction", not a_better))
+    text = ""
+    for label, a_is_better in directions:
+        tests = [
+            mcnemar_exact(rows_a[s][per_clip], rows_b[s][per_clip], "greater" if a_is_better else "less")
+            for s in clip_seeds
+        ]
+        if tests:
+            text += (
+                f"; {label}: p < 0.05 in {sum(t['p_value'] < ALPHA for t in tests)} of {len(tests)} "
+                "(p = " + ", ".join(f"{t['p_value']:.2g}" for t in tests) + ")"
+            )
+    return text
 
 
 def seeds_phrase(seeds: list[int]) -> str:
