@@ -37,7 +37,18 @@ def _register_auto_classes() -> None:
 
 _register_auto_classes()
 
+
+def __getattr__(name: str):
+    # The evaluation stack (attacks, data sources, the evaluator) loads on first use, not with the models.
+    if name == "RobustnessArguments":
+        from .evaluation import RobustnessArguments
+
+        return RobustnessArguments
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
 __all__ = [
+    "RobustnessArguments",
     "TimesformerMoeConfig",
     "TimesformerMoeForVideoClassification",
     "TimesformerMoeModel",

@@ -141,6 +141,25 @@ def cmd_evaluate(args) -> None:
     print(f"\nReport, plots and model card written to {output_dir}")
 
 
+def _robustness_arguments(args, attacks: list[str], dataset_name: str):
+    """The options of `hf-videomoe evaluate` as `RobustnessArguments`; the others keep their defaults."""
+    from .evaluation import RobustnessArguments
+
+    return RobustnessArguments(
+        attacks=attacks,
+        eps=args.eps,
+        steps=args.steps,
+        norm=args.norm,
+        seed=args.seed,
+        batch_size=args.batch_size,
+        eps_sweep=args.eps_sweep,
+        state_dir=args.state_dir,
+        dataset_name=dataset_name,
+        mode=args.mode,
+        exact_attacks=[a for a in args.exact_attacks.split(",") if a] if args.exact_attacks else None,
+    )
+
+
 def _evaluate_into(args, output_dir: Path) -> None:
     from .evaluation import evaluate_robustness
     from .hub import build_model_card
@@ -149,7 +168,6 @@ def _evaluate_into(args, output_dir: Path) -> None:
     model = _load_model(args.model)  # a dense checkpoint's normalisation included: pixels stay in [0, 1]
     attacks = applicable_attack_names([a.strip() for a in args.attacks.split(",") if a.strip()], model, "--attacks")
     dataset = _subset(_load_dataset(args, "test", model), args.num_samples)
-    eps_sweep = args.eps_sweep
     if args.dataset == "moving-shapes":
         dataset_name = "MovingShapes"
         dataset_kwargs = {
@@ -169,21 +187,7 @@ def _evaluate_into(args, output_dir: Path) -> None:
         }
         if args.layout != "folders":
             dataset_kwargs.update(split_id=args.split_id, split_dir=args.split_dir)
-    report = evaluate_robustness(
-        model,
-        dataset,
-        attacks=attacks,
-        eps=args.eps,
-        steps=args.steps,
-        norm=args.norm,
-        seed=args.seed,
-        batch_size=args.batch_size,
-        eps_sweep=eps_sweep,
-        state_dir=args.state_dir,
-        dataset_name=dataset_name,
-        mode=args.mode,
-        exact_attacks=[a for a in args.exact_attacks.split(",") if a] if args.exact_attacks else None,
-    )
+    report = evaluate_robustness(model, dataset, _robustness_arguments(args, attacks, dataset_name))
     report.save(output_dir / "report.json")
     (output_dir / "report.md").write_text(report.to_markdown())
     plots = report.plot(output_dir)

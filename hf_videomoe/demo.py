@@ -15,13 +15,16 @@ from __future__ import annotations
 import copy
 import json
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from transformers import Trainer, VideoMAEConfig, VideoMAEForVideoClassification
 
 from .data import VideoCollator, make_moving_shapes, stack_pixel_values
+
+# The seed range lives in its own module; scripts/demo_seeds.py and the tests import it from here too.
+from .demo_seeds import DEMO_SEEDS_FILE, RANGE_METRICS, demo_metrics, seed_range, seed_range_verdict  # noqa: F401
+from .demo_settings import DemoSettings
 from .evaluation import compute_metrics, evaluate_robustness, format_eps
 from .hub import build_model_card
 from .hub.checkpoint_files import ROBUSTNESS_DIR, write_card_inputs, write_training_record
@@ -29,93 +32,11 @@ from .models.processing import save_processors
 from .models.videomae_moe import VideoMAEMoeForVideoClassification
 from .moe import cluster_routers
 from .reproducibility import enable_reproducible_mode, weights_sha256
-from .training import AdversarialTrainer, AdversarialTrainingArguments, JTLATTrainer
+from .training import AdversarialTrainer, JTLATTrainer
 
 DEMO_ATTACKS = ("pgd", "tlga-r", "j-tlga")
-
-
-@dataclass
-class DemoSettings:
-    """Sizes of the demo. The defaults finish within 15 minutes on 2 CPU cores; ``quick`` in about a minute.
-
-    The dense recipe is the one `scripts/check_benchmark.py` shows learns MovingShapes (docs/RESULTS.md).
-    """
-
-    num_videos: int = 2400
-    num_frames: int = 8
-    image_size: int = 32
-    difficulty: str = "easy"
-    hidden_size: int = 64
-    num_layers: int = 3
-    num_heads: int = 4
-    # A dense phase of 20 epochs, not 30: upcycled from a dense model that already solves the task, the mixture has
-    # nothing left to specialise on and random routing costs 1-3 points; from 20 epochs the mixture learns the rest
-    # itself and its routing matters (docs/routing_relevance.md, docs/history.md).
-    dense_epochs: float = 20
-    dense_learning_rate: float = 2e-3
-    # The mixture phase: without it the upcycled experts stay near-identical and routing does not matter. 30 epochs,
-    # not 20: on the validation split both defenses then keep more clean accuracy (74-76 % vs 70-72 %) and learned
-    # routing still beats random routing by 7-8 points after them (docs/routing_relevance.md, docs/history.md).
-    moe_epochs: float = 30
-    moe_learning_rate: float = 1e-3
-    expert_init: str = "drop_upcycling"
-    expert_init_ratio: float = 0.5
-    # The paper's mixture: one decision per clip from the first MoE layer's router, followed by every MoE layer, so
-    # expert i is a whole path; routers start from k-means clusters of their inputs on this many training clips.
-    router_granularity: str = "model"
-    cluster_router_clips: int = 512
-    # Switch load-balancing weight, half the config default: at 0.01 the clustered paths end as equally good
-    # specialists (forced paths 4.9-6.9 points apart on two of three validation seeds); at 0.005 they differ by 11-23
-    # points with learned routing still 15.6-20.7 points above random and every path serving >= 11.6 % of the clips;
-    # lower weights let a path die (docs/METHOD.md §1, docs/history.md).
-    router_aux_loss_coef: float = 0.005
-    adv_epochs: float = 5
-    adv_learning_rate: float = 5e-4
-    adv_steps: int = 2
-    eval_samples: int = 256
-    eval_steps: int = 10
-    batch_size: int = 32
-    # 4/255, not 8/255: at 8/255 both defenses lost half their clean accuracy and sat at the robustness floor
-    # (docs/RESULTS.md §2, run of 2026-12-01), where no defense can be told from another.
-    eps: float = 4 / 255
-
-    @classmethod
-    def quick(cls) -> "DemoSettings":
-        return cls(
-            num_videos=96,
-            num_frames=4,
-            image_size=16,
-            hidden_size=32,
-            num_layers=2,
-            num_heads=2,
-            dense_epochs=1,
-            moe_epochs=1,
-            adv_epochs=1,
-            adv_steps=1,
-            eval_samples=16,
-            eval_steps=2,
-            batch_size=16,
-        )
-
-    def training_arguments(self, output_dir: str | Path, epochs: float, learning_rate: float, seed: int, **kwargs):
-        """The demo's `AdversarialTrainingArguments` for one phase (``kwargs``: the adversarial settings)."""
-        return AdversarialTrainingArguments(
-            output_dir=str(output_dir),
-            num_train_epochs=epochs,
-            per_device_train_batch_size=self.batch_size,
-            per_device_eval_batch_size=self.batch_size,
-            learning_rate=learning_rate,
-            weight_decay=0.05,
-            warmup_steps=10,
-            lr_scheduler_type="cosine",
-            eval_strategy="no",
-            save_strategy="no",
-            logging_steps=10,
-            seed=seed,
-            report_to=[],
-            disable_tqdm=False,
-            **kwargs,
-        )
+#: The adversarially trained rows: name, trainer and ``adv_method`` (also the folder of the checkpoint).
+DEMO_DEFENSES = (("MoE + PGD-AT", AdversarialTrainer, "pgd-at"), ("MoE + J-TLAT", JTLATTrainer, "j-tlat"))
 
 
 def run_demo(
@@ -138,8 +59,60 @@ def run_demo(
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(seed)
-    timings = {}
+    timings, fingerprints = {}, {}
 
+    data, eval_set = demo_data(settings, seed)
+    collator = VideoCollator()
+    dense, timings["dense"] = train_dense(settings, data, collator, output_dir / "dense", seed)
+    fingerprints["dense"] = weights_sha256(dense)
+    moe, timings["moe"] = train_mixture(dense, settings, data, collator, output_dir / "moe", seed)
+    fingerprints["moe"] = weights_sha256(moe)
+
+    models = {"MoE (no AT)": moe.eval()}
+    checkpoints = {"MoE (no AT)": "moe"}  # the folder under output_dir of each evaluated model
+    for name, trainer_cls, method in DEMO_DEFENSES:
+        model, timings[method] = train_defense(
+            moe, name, trainer_cls, method, settings, data, collator, output_dir / method, seed
+        )
+        fingerprints[method] = weights_sha256(model)
+        models[name] = model.eval()
+        checkpoints[name] = method
+
+    summary = evaluate_demo_models(
+        models,
+        eval_set,
+        settings,
+        seed,
+        output_dir,
+        checkpoints,
+        fingerprints=fingerprints,
+        reproducibility=reproducibility,
+    )
+    default_settings = not quick and settings == DemoSettings()
+    record = {
+        "results": summary,
+        "train_seconds": timings,
+        "seed": seed,
+        "default_settings": default_settings,
+        "wall_seconds": time.perf_counter() - wall_start,
+        "weights_sha256": fingerprints,
+        "reproducibility": reproducibility,
+    }
+    (output_dir / "summary.json").write_text(json.dumps(record, indent=2))
+    print()
+    print(format_summary(summary, timings))
+    print("Weights (sha256): " + ", ".join(f"{k} {v[:16]}" for k, v in fingerprints.items()))
+    if default_settings:
+        print(seed_range_verdict(summary, reproducible=reproducibility["enabled"]))
+    print(
+        f"\nModel cards (README.md) and reports (robustness/) next to each checkpoint: "
+        f"{', '.join(str(output_dir / folder) for folder in checkpoints.values())}"
+    )
+    return summary
+
+
+def demo_data(settings: DemoSettings, seed: int):
+    """Step 1: the MovingShapes splits (a `datasets.DatasetDict`) and the test clips the attacks are evaluated on."""
     print(
         f"[1/5] MovingShapes: {settings.num_videos} clips of {settings.num_frames}x{settings.image_size}x"
         f"{settings.image_size} ({settings.difficulty})"
@@ -151,11 +124,16 @@ def run_demo(
         seed=seed,
         difficulty=settings.difficulty,
     )
-    label_names = data["train"].features["labels"].names
-    eval_set = data["test"].select(range(min(settings.eval_samples, len(data["test"]))))
-    collator = VideoCollator()
+    return data, data["test"].select(range(min(settings.eval_samples, len(data["test"]))))
 
+
+def train_dense(
+    settings: DemoSettings, data, collator, checkpoint: Path, seed: int
+) -> tuple[VideoMAEForVideoClassification, float]:
+    """Step 2: train the dense VideoMAE baseline and save it, with its processors, to ``checkpoint``. Returns the model
+    and its training seconds."""
     print("[2/5] Dense VideoMAE baseline")
+    label_names = data["train"].features["labels"].names
     # The dense baseline sees raw [0, 1] pixels (mean 0, std 1), so upcycling with the same statistics is exact.
     dense = VideoMAEForVideoClassification(
         VideoMAEConfig(
@@ -173,21 +151,25 @@ def run_demo(
         )
     )
     start = time.perf_counter()
-    dense_args = settings.training_arguments(
-        output_dir / "dense", settings.dense_epochs, settings.dense_learning_rate, seed
-    )
+    args = settings.training_arguments(checkpoint, settings.dense_epochs, settings.dense_learning_rate, seed)
     Trainer(
         model=dense,
-        args=dense_args,
+        args=args,
         train_dataset=data["train"],
         data_collator=collator,
         compute_metrics=compute_metrics,
     ).train()
-    timings["dense"] = time.perf_counter() - start
-    dense.save_pretrained(output_dir / "dense")
-    save_processors(output_dir / "dense", dense.config)  # transformers writes none for a model built from a config
-    fingerprints = {"dense": weights_sha256(dense)}
+    seconds = time.perf_counter() - start
+    dense.save_pretrained(checkpoint)
+    save_processors(checkpoint, dense.config)  # transformers writes none for a model built from a config
+    return dense, seconds
 
+
+def train_mixture(
+    dense, settings: DemoSettings, data, collator, checkpoint: Path, seed: int
+) -> tuple[VideoMAEMoeForVideoClassification, float]:
+    """Step 3: upcycle ``dense`` to VideoMAE-MoE, train the mixture without attacks and save it to ``checkpoint``.
+    Returns the model and its training seconds."""
     print(
         f"[3/5] Upcycle to VideoMAE-MoE (4 experts, top-1, {settings.router_granularity}-level routing, "
         f"{settings.expert_init} {settings.expert_init_ratio}) and train the mixture {settings.moe_epochs} epochs "
@@ -208,44 +190,58 @@ def run_demo(
     if settings.cluster_router_clips:
         cluster_routers(moe, stack_pixel_values(data["train"], settings.cluster_router_clips), seed=seed)
     start = time.perf_counter()
-    moe_args = settings.training_arguments(output_dir / "moe", settings.moe_epochs, settings.moe_learning_rate, seed)
-    Trainer(model=moe.train(), args=moe_args, train_dataset=data["train"], data_collator=collator).train()
-    timings["moe"] = time.perf_counter() - start
-    moe.save_pretrained(output_dir / "moe")
-    fingerprints["moe"] = weights_sha256(moe)
+    args = settings.training_arguments(checkpoint, settings.moe_epochs, settings.moe_learning_rate, seed)
+    Trainer(model=moe.train(), args=args, train_dataset=data["train"], data_collator=collator).train()
+    seconds = time.perf_counter() - start
+    moe.save_pretrained(checkpoint)
+    return moe, seconds
 
-    eps_label = format_eps(settings.eps)
-    models = {"MoE (no AT)": moe.eval()}
-    checkpoints = {"MoE (no AT)": "moe"}  # the folder under output_dir of each evaluated model
-    for name, trainer_cls, method in (
-        ("MoE + PGD-AT", AdversarialTrainer, "pgd-at"),
-        ("MoE + J-TLAT", JTLATTrainer, "j-tlat"),
-    ):
-        print(f"[4/5] {name}: {settings.adv_epochs} epochs, {settings.adv_steps}-step attacks at eps={eps_label}")
-        model = copy.deepcopy(moe).train()
-        run_dir = output_dir / method
-        args = settings.training_arguments(
-            run_dir,
-            settings.adv_epochs,
-            settings.adv_learning_rate,
-            seed,
-            adv_method=method,
-            adv_eps=settings.eps,
-            adv_steps=settings.adv_steps,
-        )
-        start = time.perf_counter()
-        trainer = trainer_cls(
-            model=model, args=args, train_dataset=data["train"], data_collator=collator, compute_metrics=compute_metrics
-        )
-        trainer.train()
-        timings[method] = time.perf_counter() - start
-        trainer.save_model(str(run_dir))
-        fingerprints[method] = weights_sha256(model)
-        models[name] = model.eval()
-        checkpoints[name] = method
 
+def train_defense(
+    moe, name: str, trainer_cls, method: str, settings: DemoSettings, data, collator, checkpoint: Path, seed: int
+) -> tuple[VideoMAEMoeForVideoClassification, float]:
+    """Step 4: adversarially train a copy of ``moe`` with ``trainer_cls`` and ``adv_method=method`` and save it to
+    ``checkpoint``. Returns the model and its training seconds."""
     print(
-        f"[5/5] Attacks {', '.join(DEMO_ATTACKS)} at eps={eps_label}, {settings.eval_steps} steps, "
+        f"[4/5] {name}: {settings.adv_epochs} epochs, {settings.adv_steps}-step attacks at "
+        f"eps={format_eps(settings.eps)}"
+    )
+    model = copy.deepcopy(moe).train()
+    args = settings.training_arguments(
+        checkpoint,
+        settings.adv_epochs,
+        settings.adv_learning_rate,
+        seed,
+        adv_method=method,
+        adv_eps=settings.eps,
+        adv_steps=settings.adv_steps,
+    )
+    start = time.perf_counter()
+    trainer = trainer_cls(
+        model=model, args=args, train_dataset=data["train"], data_collator=collator, compute_metrics=compute_metrics
+    )
+    trainer.train()
+    seconds = time.perf_counter() - start
+    trainer.save_model(str(checkpoint))
+    return model, seconds
+
+
+def evaluate_demo_models(
+    models: dict,
+    eval_set,
+    settings: DemoSettings,
+    seed: int,
+    output_dir: Path,
+    checkpoints: dict,
+    *,
+    fingerprints: dict,
+    reproducibility: dict,
+) -> dict:
+    """Step 5: attack every model of ``models`` on ``eval_set``, write its report and model card next to its checkpoint
+    (``checkpoints``: each model's folder under ``output_dir``; the training record there gets the folder's
+    ``fingerprints`` entry and ``reproducibility``) and return the summary table, one row per model."""
+    print(
+        f"[5/5] Attacks {', '.join(DEMO_ATTACKS)} at eps={format_eps(settings.eps)}, {settings.eval_steps} steps, "
         f"{len(eval_set)} test clips"
     )
     summary = {}
@@ -259,14 +255,14 @@ def run_demo(
             seed=seed,
             batch_size=settings.batch_size,
         )
-        checkpoint = output_dir / checkpoints[name]
+        folder = checkpoints[name]
         write_model_card(
             report,
-            checkpoint,
+            output_dir / folder,
             settings,
             name,
             seed,
-            weights_sha256=fingerprints[checkpoints[name]],
+            weights_sha256=fingerprints[folder],
             reproducibility=reproducibility,
         )
         summary[name] = {
@@ -278,32 +274,6 @@ def run_demo(
             "frozen_routing": report.frozen_routing,
             "flags": report.flag_names,
         }
-
-    summary_path = output_dir / "summary.json"
-    default_settings = not quick and settings == DemoSettings()
-    summary_path.write_text(
-        json.dumps(
-            {
-                "results": summary,
-                "train_seconds": timings,
-                "seed": seed,
-                "default_settings": default_settings,
-                "wall_seconds": time.perf_counter() - wall_start,
-                "weights_sha256": fingerprints,
-                "reproducibility": reproducibility,
-            },
-            indent=2,
-        )
-    )
-    print()
-    print(format_summary(summary, timings))
-    print("Weights (sha256): " + ", ".join(f"{k} {v[:16]}" for k, v in fingerprints.items()))
-    if default_settings:
-        print(seed_range_verdict(summary, reproducible=reproducibility["enabled"]))
-    print(
-        f"\nModel cards (README.md) and reports (robustness/) next to each checkpoint: "
-        f"{', '.join(str(output_dir / folder) for folder in checkpoints.values())}"
-    )
     return summary
 
 
@@ -386,72 +356,3 @@ def format_summary(summary: dict, timings: dict) -> str:
         lines.append(f"Reliability flags for {name}: {', '.join(flags)}.")
     lines.append("Training seconds: " + ", ".join(f"{k} {v:.0f}s" for k, v in timings.items()))
     return "\n".join(lines)
-
-
-# Mean and spread of the demo's default run over seeds 0, 1, 2 in reproducible mode (docs/DEMO_SEEDS.md).
-DEMO_SEEDS_FILE = Path(__file__).with_name("demo_seeds.json")
-RANGE_METRICS = ("clean", "worst_case", "learned_minus_random")
-
-
-def demo_metrics(row: dict) -> dict[str, float]:
-    """The figures a seed range is kept for: clean and worst-case accuracy, learned minus random routing."""
-    relevance = row.get("routing_relevance") or {}
-    out = {"clean": row["clean"], "worst_case": row["worst_case"]}
-    if relevance.get("random") is not None:
-        out["learned_minus_random"] = row["clean"] - relevance["random"]
-    return out
-
-
-def seed_range_verdict(summary: dict, reproducible: bool = True, path: Path = DEMO_SEEDS_FILE) -> str:
-    """Whether this run's figures fall inside the recorded seeds' mean ± 2 sd, model by model, as text."""
-    try:
-        recorded = json.loads(Path(path).read_text())
-    except (OSError, ValueError):
-        return "No recorded seed range to compare with (hf_videomoe/demo_seeds.json)."
-    ranges = recorded.get("range", {})
-    lines = [
-        f"Against seeds {', '.join(map(str, recorded.get('seeds', [])))} of the default demo (mean ± 2 sd, "
-        "docs/DEMO_SEEDS.md)" + ("" if reproducible else "; this run was not in reproducible mode") + ":"
-    ]
-    outside = 0
-    for name, row in summary.items():
-        cells = []
-        for metric, value in demo_metrics(row).items():
-            stats = ranges.get(name, {}).get(metric)
-            if not stats:
-                continue
-            low, high = stats["mean"] - 2 * stats["sd"], stats["mean"] + 2 * stats["sd"]
-            inside = low - 1e-9 <= value <= high + 1e-9
-            outside += not inside
-            cells.append(
-                f"{metric} {100 * value:.1f} {'in' if inside else 'OUTSIDE'} [{100 * low:.1f}, {100 * high:.1f}]"
-            )
-        if cells:
-            lines.append(f"  {name}: " + "; ".join(cells))
-    lines.append(
-        "This run falls inside the recorded range."
-        if not outside
-        else f"{outside} figure(s) fall outside the recorded range."
-    )
-    return "\n".join(lines)
-
-
-def seed_range(summaries: list[dict]) -> dict:
-    """From the ``summary.json`` of several seeds' default runs: per model, the mean and sample sd of each figure in
-    ``RANGE_METRICS`` (what `seed_range_verdict` compares a run with; ``scripts/demo_seeds.py`` writes it)."""
-    ranges: dict[str, dict] = {}
-    for name in summaries[0]["results"]:
-        values: dict[str, list[float]] = {}
-        for summary in summaries:
-            for metric, value in demo_metrics(summary["results"][name]).items():
-                values.setdefault(metric, []).append(value)
-        ranges[name] = {}
-        for metric, xs in values.items():
-            mean = sum(xs) / len(xs)
-            sd = (sum((x - mean) ** 2 for x in xs) / (len(xs) - 1)) ** 0.5 if len(xs) > 1 else 0.0
-            ranges[name][metric] = {"mean": mean, "sd": sd, "min": min(xs), "max": max(xs)}
-    return {
-        "seeds": [s.get("seed") for s in summaries],
-        "range": ranges,
-        "weights_sha256": {str(s.get("seed")): s.get("weights_sha256") for s in summaries},
-    }

@@ -1,9 +1,16 @@
-"""Structure targets of the codebase (issue: the refactor), checked from the source alone (no imports run).
+"""Check the structure targets of the codebase from the source alone (nothing is imported or run).
 
     python scripts/check_structure.py            # prints the report, exit 1 if a target fails
 
-Targets: no import loop between modules of ``hf_videomoe``; no module over 500 lines; no underscore (private) name
-imported from another module, in the package or in ``scripts/``.
+Targets:
+
+- no import loop between modules of ``hf_videomoe``; every import counts, also one under ``if TYPE_CHECKING:`` or
+  inside a function (edges into a module's own parent package, i.e. re-exports, do not make a loop);
+- no module of ``hf_videomoe`` over 420 lines, no script in ``scripts/`` over 400 lines;
+- no function or method, in the package or in ``scripts/``, over 120 lines (``def`` line to last line);
+- no public function or method (no part of its qualified name starts with ``_``, not nested in a function) with more
+  than 15 parameters, ``self`` / ``cls`` not counted and ``*args`` / ``**kwargs`` counting 0;
+- no underscore (private) name or module imported from another module, in the package or in ``scripts/``.
 """
 
 from __future__ import annotations
@@ -13,7 +20,10 @@ import ast
 import sys
 from pathlib import Path
 
-MAX_LINES = 500
+MAX_MODULE_LINES = 420
+MAX_SCRIPT_LINES = 400
+MAX_FUNCTION_LINES = 120
+MAX_PARAMETERS = 15
 
 
 def module_name(path: Path, root: Path) -> str:
@@ -32,43 +42,63 @@ def resolve(node: ast.ImportFrom, module: str, is_package: bool) -> str:
     return ".".join(base + ([node.module] if node.module else []))
 
 
-def scan(root: Path, package: str = "hf_videomoe"):
-    modules = {}
-    for path in sorted((root / package).rglob("*.py")):
-        modules[module_name(path, root)] = path
-    imports: dict[str, set[str]] = {name: set() for name in modules}
+def is_private(name: str) -> bool:
+    return name.startswith("_") and not name.startswith("__")
+
+
+def source_files(root: Path, package: str = "hf_videomoe") -> tuple[dict[str, Path], list[tuple[str, Path]]]:
+    """The package's modules by dotted name, and every file checked: those modules, then ``scripts/*.py``."""
+    modules = {module_name(path, root): path for path in sorted((root / package).rglob("*.py"))}
+    scripts = [(f"scripts.{path.stem}", path) for path in sorted((root / "scripts").glob("*.py"))]
+    return modules, list(modules.items()) + scripts
+
+
+def scan_imports(name: str, path: Path, tree: ast.AST, modules: dict[str, Path], root: Path):
+    """The package modules ``name`` imports (every import statement, wherever it is) and its private imports."""
+    dependencies: set[str] = set()
     private: list[str] = []
-    files = list(modules.items()) + [(f"scripts.{p.stem}", p) for p in sorted((root / "scripts").glob("*.py"))]
-    for name, path in files:
-        tree = ast.parse(path.read_text(), filename=str(path))
-        is_package = path.name == "__init__.py"
-        type_checking_only = {
-            id(child)
-            for node in ast.walk(tree)
-            if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test)
-            for stmt in node.body
-            for child in ast.walk(stmt)
-        }
-        for node in ast.walk(tree):
-            if id(node) in type_checking_only:  # annotations only: never imported at run time
-                continue
-            if isinstance(node, ast.ImportFrom):
-                target = resolve(node, name, is_package)
-                if any(part.startswith("_") and not part.startswith("__") for part in target.split(".")):
-                    private.append(f"{path.relative_to(root)}:{node.lineno} imports from private module {target}")
-                for alias in node.names:
-                    if alias.name.startswith("_") and not alias.name.startswith("__"):
-                        private.append(f"{path.relative_to(root)}:{node.lineno} imports {alias.name} from {target}")
-                    # `from package import module` depends on the module itself.
-                    candidate = f"{target}.{alias.name}"
-                    dependency = candidate if candidate in modules else target
-                    if name in imports and dependency in modules and dependency != name:
-                        imports[name].add(dependency)
-            elif isinstance(node, ast.Import) and name in imports:
-                for alias in node.names:
-                    if alias.name in modules:
-                        imports[name].add(alias.name)
-    return modules, imports, private
+    is_package = path.name == "__init__.py"
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom):
+            target = resolve(node, name, is_package)
+            if any(is_private(part) for part in target.split(".")):
+                private.append(f"{path.relative_to(root)}:{node.lineno} imports from private module {target}")
+            for alias in node.names:
+                if is_private(alias.name):
+                    private.append(f"{path.relative_to(root)}:{node.lineno} imports {alias.name} from {target}")
+                # `from package import module` depends on the module itself.
+                candidate = f"{target}.{alias.name}"
+                dependencies.add(candidate if candidate in modules else target)
+        elif isinstance(node, ast.Import):
+            dependencies.update(alias.name for alias in node.names)
+    return {d for d in dependencies if d in modules and d != name}, private
+
+
+def scan_functions(path: Path, tree: ast.AST, root: Path) -> tuple[dict[str, int], dict[str, int]]:
+    """Functions over ``MAX_FUNCTION_LINES`` lines, and public ones with over ``MAX_PARAMETERS`` parameters."""
+    long_functions: dict[str, int] = {}
+    many_parameters: dict[str, int] = {}
+
+    def visit(node: ast.AST, qualname: str, public: bool) -> None:
+        """``public``: ``node`` is the module or a public class, not nested in a function."""
+        for child in ast.iter_child_nodes(node):
+            if isinstance(child, ast.ClassDef):
+                visit(child, f"{qualname}{child.name}.", public and not child.name.startswith("_"))
+            elif isinstance(child, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                where = f"{path.relative_to(root)}:{child.lineno} {qualname}{child.name}"
+                if (lines := child.end_lineno - child.lineno + 1) > MAX_FUNCTION_LINES:
+                    long_functions[where] = lines
+                parameters = [*child.args.posonlyargs, *child.args.args, *child.args.kwonlyargs]
+                if parameters and parameters[0].arg in ("self", "cls") and isinstance(node, ast.ClassDef):
+                    parameters = parameters[1:]
+                if public and not child.name.startswith("_") and len(parameters) > MAX_PARAMETERS:
+                    many_parameters[where] = len(parameters)
+                visit(child, f"{qualname}{child.name}.", False)  # nested functions are not public
+            else:
+                visit(child, qualname, public)
+
+    visit(tree, "", True)
+    return long_functions, many_parameters
 
 
 def import_cycles(imports: dict[str, set[str]]) -> list[list[str]]:
@@ -86,7 +116,7 @@ def import_cycles(imports: dict[str, set[str]]) -> list[list[str]]:
         counter[0] += 1
         stack.append(node)
         on_stack.add(node)
-        for other in graph[node]:
+        for other in sorted(graph[node]):
             if other not in index:
                 strongconnect(other)
                 low[node] = min(low[node], low[other])
@@ -106,17 +136,49 @@ def import_cycles(imports: dict[str, set[str]]) -> list[list[str]]:
     for node in graph:
         if node not in index:
             strongconnect(node)
-    return cycles
+    return sorted(cycles)
 
 
-def check(root: Path) -> dict:
-    modules, imports, private = scan(root)
-    long_modules = {
-        str(path.relative_to(root)): n
-        for path in modules.values()
-        if (n := len(path.read_text().splitlines())) > MAX_LINES
+def line_counts(paths, root: Path, limit: int) -> dict[str, int]:
+    return {str(path.relative_to(root)): n for path in paths if (n := len(path.read_text().splitlines())) > limit}
+
+
+def check(root: Path, package: str = "hf_videomoe") -> dict:
+    """Every target's violations (empty when it holds), by the keys of ``TITLES``."""
+    modules, files = source_files(root, package)
+    imports: dict[str, set[str]] = {}
+    private: list[str] = []
+    long_functions: dict[str, int] = {}
+    many_parameters: dict[str, int] = {}
+    for name, path in files:
+        tree = ast.parse(path.read_text(), filename=str(path))
+        dependencies, found = scan_imports(name, path, tree, modules, root)
+        if name in modules:  # scripts are not modules of the package: importing from them makes no package loop
+            imports[name] = dependencies
+        private += found
+        too_long, too_many = scan_functions(path, tree, root)
+        long_functions.update(too_long)
+        many_parameters.update(too_many)
+    scripts = [path for name, path in files if name not in modules]
+    return {
+        "import_cycles": import_cycles(imports),
+        "long_modules": line_counts(modules.values(), root, MAX_MODULE_LINES),
+        "long_scripts": line_counts(scripts, root, MAX_SCRIPT_LINES),
+        "long_functions": long_functions,
+        "many_parameters": many_parameters,
+        "private_imports": private,
     }
-    return {"import_cycles": import_cycles(imports), "long_modules": long_modules, "private_imports": private}
+
+
+# key of check()'s result -> (title, unit of the counts it maps to)
+TITLES = {
+    "import_cycles": ("import loops (modules in each loop)", ""),
+    "long_modules": (f"modules of the package over {MAX_MODULE_LINES} lines", "lines"),
+    "long_scripts": (f"scripts over {MAX_SCRIPT_LINES} lines", "lines"),
+    "long_functions": (f"functions over {MAX_FUNCTION_LINES} lines", "lines"),
+    "many_parameters": (f"public functions over {MAX_PARAMETERS} parameters", "parameters"),
+    "private_imports": ("underscore names imported from another module", ""),
+}
 
 
 def main(argv=None) -> int:
@@ -124,17 +186,16 @@ def main(argv=None) -> int:
     parser.add_argument("--root", default=str(Path(__file__).resolve().parents[1]))
     args = parser.parse_args(argv)
     result = check(Path(args.root))
-    failed = False
-    for key, title in (
-        ("import_cycles", "import loops"),
-        ("long_modules", f"modules over {MAX_LINES} lines"),
-        ("private_imports", "underscore names imported from another module"),
-    ):
+    failed = [key for key in TITLES if result[key]]
+    for key, (title, unit) in TITLES.items():
         items = result[key]
-        print(f"{title}: {len(items)}")
-        for item in items.items() if isinstance(items, dict) else items:
-            print(f"  {item}")
-        failed |= bool(items)
+        print(f"{'FAIL' if items else 'ok'}  {title}: {len(items)}")
+        for item in items:
+            if isinstance(items, dict):
+                print(f"      {item}: {items[item]} {unit}")
+            else:
+                print(f"      {', '.join(item) if key == 'import_cycles' else item}")
+    print(f"{len(failed)} of {len(TITLES)} targets fail" if failed else f"all {len(TITLES)} targets hold")
     return 1 if failed else 0
 
 

@@ -19,6 +19,7 @@ Usage::
     python scripts/reproduce_paper.py --quick              # a couple of minutes, tiny sizes, 1 seed (smoke test)
     python scripts/reproduce_paper.py --seeds 0 1 --skip-ablations --output-dir outputs/repro2
     python scripts/reproduce_paper.py --model-type timesformer
+    python scripts/reproduce_paper.py --validation --seeds 0 1 2 --defenses j-tlat --ablations expert-tla-e
     python scripts/reproduce_paper.py --seeds 0 1 --defenses j-tlat --attack-table-seeds --ablations no-router-step
 
 Every finished unit of work (dense checkpoint, upcycled checkpoint, each (seed, method) training run and each
@@ -131,6 +132,13 @@ def parse_args(argv=None):
         "the process; slower; default on)",
     )
     p.add_argument(
+        "--validation",
+        action="store_true",
+        help="validation mode: train every model on the first 80%% of the train split and evaluate on its last 20%% "
+        "(never the test clips), in its own folder (default results/reproduction2-validation); for choosing "
+        "hyperparameters",
+    )
+    p.add_argument(
         "--status",
         action="store_true",
         help="print which jobs of this plan are done and the compute they recorded, then exit (runs nothing)",
@@ -140,6 +148,13 @@ def parse_args(argv=None):
         type=float,
         default=None,
         help="training ε in /255 units (default 4); also the ε of table (b) and the ablations",
+    )
+    p.add_argument(
+        "--adv-epochs",
+        type=float,
+        default=None,
+        help="epochs of every adversarial training row (default 5; the training-length curve of docs/PROTOCOL.md "
+        "runs 10 and 15, each in its own --output-dir started from the same mixtures)",
     )
     p.add_argument(
         "--eval-eps",
@@ -181,6 +196,10 @@ def main(argv=None) -> int:
         train_eps = overrides.get("train_eps", Settings.train_eps)
         extra = [e / 255 for e in (args.eval_eps if args.eval_eps is not None else [8, 14])]
         overrides["eps_values"] = [train_eps] + [e for e in extra if e != train_eps]
+    if args.validation:
+        overrides["eval_split"] = "validation"
+    if args.adv_epochs is not None:
+        overrides["adv_epochs"] = args.adv_epochs
     settings = Settings.quick(**overrides) if args.quick else Settings(**overrides)
     seeds = args.seeds if args.seeds is not None else ([0] if args.quick else [0, 1, 2, 3, 4])
     ablation_seeds = args.ablation_seeds if args.ablation_seeds is not None else list(seeds)
@@ -190,7 +209,11 @@ def main(argv=None) -> int:
         raise SystemExit(
             f"--attack-table-seeds {unknown} are not among --seeds {seeds} (table (a) uses table (b)'s MoE AT models)."
         )
-    suffix = ("-quick" if args.quick else "") + ("-timesformer" if args.model_type == "timesformer" else "")
+    suffix = (
+        ("-quick" if args.quick else "")
+        + ("-timesformer" if args.model_type == "timesformer" else "")
+        + ("-validation" if args.validation else "")
+    )
     # The full run's cache is the tracked results/ folder (JSON results and compressed reports): it resumes
     # across machines and sessions.
     output_dir = args.output_dir or (
@@ -199,7 +222,7 @@ def main(argv=None) -> int:
     # A run on another cache (a part of the protocol, a trial) must not overwrite the full run's tracked results page.
     results_file = args.results_file or (
         output_dir / "RESULTS.md"
-        if args.quick or args.output_dir
+        if args.quick or args.output_dir or args.validation
         else REPO_ROOT / "docs" / f"RESULTS_reproduction2{suffix}.md"
     )
 

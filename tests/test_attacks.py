@@ -1060,3 +1060,6 @@ def test_per_sample_eps_errors(model, batch):
         attack.perturb(model, x, y, eps=[EPS, 2.0, EPS, EPS])
     with pytest.raises(TypeError, match="eps must be"):
         attack.perturb(model, x, y, eps="8/255")
+    attack.eps = 2.0  # what per-clip budgets do on a copy of the attack: check_budget is the public check
+    with pytest.raises(ValueError, match="larger than the whole pixel range"):
+        attack.check_budget()

@@ -24,6 +24,7 @@ from hf_videomoe import VideoMAEMoeConfig, VideoMAEMoeForVideoClassification  # 
 from hf_videomoe.evaluation import RobustnessReport, evaluate_robustness  # noqa: E402
 from hf_videomoe.hub import (  # noqa: E402
     CARD_TAGS,
+    ModelCardOptions,
     build_model_card,
     metrics_from_model_card,
     push_robust_checkpoint,
@@ -190,6 +191,42 @@ def test_loopback_server_failure_injection():
         with pytest.raises(urllib.error.HTTPError, match="HTTP Error 404") as err:
             urllib.request.urlopen(f"{server.url}/api/models/user/missing", timeout=10)
         assert err.value.code == 404 and err.value.headers["X-Error-Code"] == "RepoNotFound"
+
+
+def test_loopback_server_state_api():
+    """The methods the HTTP handler goes through (hub_protocol never touches the server's private state)."""
+    server = LoopbackHubServer()  # no socket needed: the state lives on the object
+    assert server.create_repo("user/x") is True
+    assert server.create_repo("user/x") is False  # exists: nothing changes
+    assert [c["title"] for c in server.commits("user/x")] == ["initial commit"]
+    oid = server.add_commit(server.repos["user/x"], "add a", {"a.txt": b"a"})
+    assert server.commits("user/x")[-1]["oid"] == oid and server.files("user/x") == {"a.txt": b"a"}
+    assert server.files("user/x", revision=server.commits("user/x")[0]["oid"]) != {"a.txt": b"a"}
+    mode = server.fail("commit", status=500, repo_id="user/x", times=2)
+    assert server.take_failure("info", "user/x") is None
+    assert server.take_failure("commit", "user/other") is None
+    assert server.take_failure("commit", "user/x") is mode and server.take_failure("commit", "user/x") is mode
+    assert server.take_failure("commit", "user/x") is None  # used up
+    server.record_request("GET", "/api/models/user/x")
+    assert server.requests == [("GET", "/api/models/user/x")]
+
+
+def test_card_options_object_and_keywords_agree():
+    report = RobustnessReport(
+        clean_accuracy=0.9,
+        robust_accuracy={"pgd": 0.5},
+        worst_case_accuracy=0.5,
+        num_samples=8,
+        eps=EPS,
+        attacks=["pgd"],
+    )
+    by_keywords = build_model_card(report, "m", repo_id="me/m", dataset_split="val", training_recipe=RECIPE)
+    options = ModelCardOptions(repo_id="me/other", dataset_split="val", training_recipe=RECIPE)
+    by_options = build_model_card(report, "m", options=options, repo_id="me/m")  # a keyword overrides a field
+    assert by_options.content == by_keywords.content
+    assert options.repo_id == "me/other"  # the caller's options are not modified
+    with pytest.raises(TypeError, match="unexpected keyword argument 'plot'"):
+        build_model_card(report, "m", plot={})
 
 
 # ----------------------------------------------------------------------------------------------------------------------

@@ -7,11 +7,14 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
+import shlex
 from pathlib import Path
 
 import pytest
 
 from hf_videomoe.data import make_moving_shapes
+from hf_videomoe.reproduction.routing_rounds import TIMESFORMER_ROUNDS, timesformer_verdicts
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = str(REPO_ROOT / "scripts" / "routing_relevance.py")
@@ -71,10 +74,32 @@ def routing_relevance_script(load_script):
 
 
 @pytest.fixture
-def round_15_verdicts(routing_relevance_script):
-    return lambda rows: routing_relevance_script.timesformer_verdicts(
-        rows, routing_relevance_script.TIMESFORMER_ROUNDS[15]
-    )
+def round_15_verdicts():
+    return lambda rows: timesformer_verdicts(rows, TIMESFORMER_ROUNDS[15])
+
+
+def documented_commands() -> list[str]:
+    """Every ``python scripts/routing_relevance.py`` command of the docs: code-block lines, and inline code spans
+    that give one whole command (a stage, and no ``--stage dense|variants``-style alternatives)."""
+    commands = []
+    for page in [REPO_ROOT / "README.md", *sorted((REPO_ROOT / "docs").glob("*.md"))]:
+        text = page.read_text()
+        for block in re.findall(r"```[a-z]*\n(.*?)```", text, flags=re.S):
+            commands += [line for line in block.splitlines() if line.startswith("python scripts/routing_relevance.py")]
+        prose = re.sub(r"```.*?```", "", text, flags=re.S)
+        for span in re.findall(r"`(python scripts/routing_relevance\.py[^`]*)`", prose):
+            if "--stage" in span and "|" not in span:
+                commands.append(" ".join(span.split()))
+    return commands
+
+
+def test_every_documented_command_parses(routing_relevance_script):
+    commands = documented_commands()
+    assert len(commands) >= 20  # docs/history.md's commands for each round, RESULTS.md's, PROTOCOL.md's
+    for command in commands:
+        argv = shlex.split(command, comments=True)[2:]
+        args = routing_relevance_script.parse_args([arg for arg in argv if arg != "&"])
+        assert args.stage in ("dense", "variants", "at", "report"), command
 
 
 MIXTURE_30 = "timesformer: model-level clustered mixture 30 ep, lr 0.001, balance 0.005"
@@ -172,7 +197,7 @@ def test_round_15_rule_refuses_rows_it_cannot_judge(round_15_verdicts, problem, 
 @pytest.mark.parametrize("round_15", ["all_fail", "one_not_run"])
 def test_round_16_counts_only_when_round_15_chose_nothing(routing_relevance_script, tmp_path, round_15):
     """Round 16 was written after round 15 failed: its choice stands only once every round-15 recipe has failed."""
-    round_16 = [label for label, _ in routing_relevance_script.TIMESFORMER_ROUNDS[16]]
+    round_16 = [label for label, _ in TIMESFORMER_ROUNDS[16]]
     rows = [round_15_row(round_16[0], 40, seed, 0.8, 0.1, epochs=60) for seed in (0, 1, 2)]
     rows += [round_15_row(round_16[1], 40, 0, 0.8, 0.0, epochs=60)]
     rows += every_other_recipe_fails(*([(MIXTURE_60, 40)] if round_15 == "one_not_run" else []))

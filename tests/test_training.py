@@ -805,7 +805,7 @@ def test_jtlat_expert_step_on_tla_e_examples(tmp_path, moe_model, shapes):
     trainer = make_trainer(model, args, shapes["train"])
     assert [p.attack for p in trainer.training_phases()] == ["tla-e"]
     trainer.train()
-    assert trainer._attacks["tla-e"].lipschitz_weight == 0.5
+    assert trainer.training_attacks.attack("tla-e").lipschitz_weight == 0.5
     assert any(not torch.equal(p, experts_before[n]) for n, p in named_expert_parameters(model))
     with pytest.raises(ValueError, match="jtlat_expert_attack"):
         make_args(tmp_path, adv_method="j-tlat", jtlat_expert_attack="pgd")

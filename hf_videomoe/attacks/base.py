@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import inspect
-import math
 import secrets
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, ClassVar
@@ -13,13 +12,21 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from ..moe import is_moe_model
 from .best_iterate import SELECTIONS, BestIterate
 from .model_guard import attack_mode, model_outputs, unwrap_model
-from .names import DENSE_ATTACKS
 from .sample_budgets import perturb_per_sample_eps
-from .threat_model import DEFAULT_EPS, NORMS, PIXEL_RANGE_TOLERANCE
-from .validation import as_tensor, check_choice, check_int, check_real
+from .threat_model import DEFAULT_EPS, NORMS
+from .validation import (
+    as_tensor,
+    check_choice,
+    check_clean_outputs,
+    check_int,
+    check_l2_budget,
+    check_labels,
+    check_moe_model,
+    check_pixel_values,
+    check_real,
+)
 
 __all__ = ["Attack", "BestIterate", "SELECTIONS"]
 
@@ -128,10 +135,12 @@ class Attack:
                 raise ValueError(f"`bounds` must be a pair (low, high) with low < high, or None; got {bounds!r}.")
             bounds = (float(bounds[0]), float(bounds[1]))
         self.bounds = bounds
-        self._check_budget()
+        self.check_budget()
         self.progress = bool(progress)
 
-    def _check_budget(self) -> None:
+    def check_budget(self) -> None:
+        """Raise a `ValueError` when ``eps`` is an L∞ budget wider than the box ``bounds`` (a budget written in 0-255
+        pixel units). The constructor runs it; so does per-clip [`perturb`] on each copy whose ``eps`` it sets."""
         bounds = self.bounds
         if self.norm == "linf" and bounds is not None and self.eps > bounds[1] - bounds[0]:
             raise ValueError(
@@ -245,20 +254,21 @@ class Attack:
         if not isinstance(model, nn.Module):
             raise TypeError(f"{self.name} expects a torch.nn.Module, got {type(model).__name__}.")
         model = unwrap_model(model)
-        self._check_model(model)
-        x = self._check_pixel_values(pixel_values)
-        labels = self._check_labels(model, labels, x, "labels", required=self.requires_labels)
+        if self.requires_moe:
+            check_moe_model(model, self.name)
+        x = check_pixel_values(pixel_values, self.bounds)
+        num_labels = getattr(getattr(model, "config", None), "num_labels", None)
+        labels = check_labels(
+            labels, x.shape[0], "labels", attack_name=self.name, required=self.requires_labels, num_labels=num_labels
+        )
         if self.targeted:
-            target_labels = self._check_labels(model, target_labels, x, "target_labels", required=False)
+            target_labels = check_labels(
+                target_labels, x.shape[0], "target_labels", attack_name=self.name, required=False, num_labels=num_labels
+            )
         else:
             target_labels = None
         if self.norm == "l2" and self.bounds is not None and x.shape[0]:
-            diameter = (float(self.bounds[1]) - float(self.bounds[0])) * math.sqrt(x[0].numel())
-            if self.eps > diameter:
-                raise ValueError(
-                    f"`eps`={self.eps!r} is an L2 budget larger than the diameter {diameter:.4g} of the pixel box for "
-                    f"clips of shape {tuple(x.shape[1:])}: every clip would be reachable from every other."
-                )
+            check_l2_budget(self.eps, self.bounds, tuple(x.shape[1:]))
         if x.shape[0] == 0 or self.eps == 0 or (self.steps == 0 and not self.random_start):
             return pixel_values.detach().clone()
 
@@ -279,7 +289,9 @@ class Attack:
                 target_labels = target_labels.to(device)
             if self.targeted and labels is not None and (target_labels == labels).any():
                 raise ValueError("Some target_labels equal the true labels; a targeted attack needs a different class.")
-            adv = self._attack(model, work, labels, target_labels, clean_outputs=_check_clean_outputs(clean_outputs, x))
+            adv = self._attack(
+                model, work, labels, target_labels, clean_outputs=check_clean_outputs(clean_outputs, x.shape[0])
+            )
         adv = adv.detach()
         if self.bounds is not None:
             adv = adv.clamp(*self.bounds)
@@ -343,67 +355,6 @@ class Attack:
         transform.attack = attack  # type: ignore[attr-defined]
         return transform
 
-    # -- checks --------------------------------------------------------------------------------------------------------
-
-    def _check_model(self, model: nn.Module) -> None:
-        if self.requires_moe and not is_moe_model(model):
-            raise ValueError(
-                f"The {self.name!r} attack targets routers / experts and needs a Mixture-of-Experts model, but "
-                f"{type(model).__name__} has no MoE layer. Attacks that apply to dense models: "
-                f"{', '.join(DENSE_ATTACKS)}. (Upcycle a dense model with `from_dense` to attack its routers.)"
-            )
-
-    def _check_pixel_values(self, pixel_values) -> torch.Tensor:
-        if not isinstance(pixel_values, torch.Tensor):
-            raise TypeError(
-                f"`pixel_values` must be a torch.Tensor (batch, frames, channels, height, width), got "
-                f"{type(pixel_values).__name__}."
-            )
-        if not pixel_values.is_floating_point():
-            raise TypeError(
-                f"`pixel_values` must be a float tensor in [0, 1], got dtype {pixel_values.dtype} "
-                "(divide uint8 frames by 255)."
-            )
-        if pixel_values.ndim != 5:
-            raise ValueError(
-                f"`pixel_values` must have rank 5, (batch, frames, channels, height, width); got shape "
-                f"{tuple(pixel_values.shape)}."
-            )
-        if pixel_values.numel():
-            finite = torch.isfinite(pixel_values).all()
-            if not finite:
-                raise ValueError("`pixel_values` contains NaN or infinite values.")
-            if self.bounds is not None:
-                low, high = pixel_values.detach().aminmax()
-                lo, hi = self.bounds
-                if low < lo - PIXEL_RANGE_TOLERANCE or high > hi + PIXEL_RANGE_TOLERANCE:
-                    raise ValueError(
-                        f"`pixel_values` must lie in [{lo:g}, {hi:g}] (raw pixels; the MoE models normalise inside), "
-                        f"got values in [{float(low):.4g}, {float(high):.4g}]. For a model that takes normalised "
-                        "inputs wrap it in `hf_videomoe.attacks.NormalizedModel`, or pass `bounds=None`."
-                    )
-        return pixel_values
-
-    def _check_labels(self, model, labels, x: torch.Tensor, name: str, required: bool) -> torch.Tensor | None:
-        if labels is None:
-            if required:
-                raise ValueError(f"The {self.name!r} attack needs `{name}` (a (batch,) tensor of class indices).")
-            return None
-        labels = as_tensor(labels, name)
-        if labels.is_floating_point() or labels.is_complex() or labels.dtype == torch.bool:
-            raise TypeError(f"`{name}` must hold integer class indices, got dtype {labels.dtype}.")
-        if labels.ndim != 1 or labels.shape[0] != x.shape[0]:
-            raise ValueError(
-                f"`{name}` must have shape ({x.shape[0]},) to match `pixel_values`, got {tuple(labels.shape)}."
-            )
-        num_labels = getattr(getattr(model, "config", None), "num_labels", None)
-        if labels.numel():
-            low, high = int(labels.min()), int(labels.max())
-            if low < 0 or (isinstance(num_labels, int) and num_labels > 0 and high >= num_labels):
-                bound = f"[0, {num_labels})" if isinstance(num_labels, int) else "non-negative"
-                raise ValueError(f"`{name}` must be class indices in {bound}, got values in [{low}, {high}].")
-        return labels.long()
-
     # -- to implement --------------------------------------------------------------------------------------------------
 
     def _attack(
@@ -442,17 +393,3 @@ def _model_device(model: nn.Module, fallback: torch.device) -> torch.device:
         if p.device.type != "meta":
             return p.device
     return fallback
-
-
-def _check_clean_outputs(clean_outputs, x: torch.Tensor):
-    if clean_outputs is None:
-        return None
-    if not isinstance(clean_outputs, (tuple, list)) or len(clean_outputs) != 2:
-        raise TypeError("`clean_outputs` must be a `(logits, router_logits)` pair.")
-    logits, router_logits = clean_outputs
-    if not isinstance(logits, torch.Tensor) or logits.ndim != 2 or logits.shape[0] != x.shape[0]:
-        raise ValueError(
-            f"`clean_outputs` logits must be a (batch={x.shape[0]}, num_labels) tensor, got "
-            f"{getattr(logits, 'shape', type(logits).__name__)}."
-        )
-    return logits.detach(), None if router_logits is None else tuple(r.detach() for r in router_logits)

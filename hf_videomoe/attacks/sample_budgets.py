@@ -68,7 +68,7 @@ def perturb_per_sample_eps(
         rows = torch.tensor([i for i, v in enumerate(budgets) if v == value], dtype=torch.long)
         variant = copy.copy(attack)
         variant.eps = check_real("eps", value, minimum=0.0)
-        variant._check_budget()
+        variant.check_budget()
         pick = rows.to(pixel_values.device)
         out[pick] = variant.perturb(
             model,

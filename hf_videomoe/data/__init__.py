@@ -15,6 +15,7 @@ from .moving_shapes import (
     paired_class,
 )
 from .sources import stack_pixel_values
+from .splits import hold_out_validation
 from .video_folder import LAYOUTS, load_video_folder, write_video_folder
 from .video_io import (
     RESAMPLE_MODES,
@@ -45,6 +46,7 @@ __all__ = [
     "cache_decoded_videos",
     "decode_settings",
     "decode_video_dataset",
+    "hold_out_validation",
     "load_video_folder",
     "make_moving_shapes",
     "paired_class",

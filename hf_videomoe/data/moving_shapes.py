@@ -10,6 +10,8 @@ ignores frame order therefore cannot beat 50 % accuracy within a pair.
 
 Layout of ``pixel_values``: ``(frames, channels=3, height, width)``, float32 in ``[0, 1]``. Image coordinates
 have ``y`` pointing down, so "clockwise" is clockwise as seen on screen.
+
+This module samples what each clip shows and builds the dataset; `shape_rendering` draws the clips.
 """
 
 from __future__ import annotations
@@ -25,6 +27,9 @@ from datasets import Array4D, ClassLabel, Dataset, DatasetDict, DatasetInfo, Fea
 from datasets.fingerprint import Hasher
 from datasets.table import InMemoryTable
 
+# MOVING_SHAPES_SHAPES is defined beside the renderer that draws the shapes and stays importable from here.
+from .shape_rendering import MOVING_SHAPES_SHAPES, ClipParams, Sprites, make_sprite, render_clips
+
 MOVING_SHAPES_CLASSES: tuple[str, ...] = (
     "move_left",
     "move_right",
@@ -37,13 +42,11 @@ MOVING_SHAPES_CLASSES: tuple[str, ...] = (
 )
 """Class names of MovingShapes, indexed by label id. The time-reversed pair of class ``c`` is ``c ^ 1``."""
 
-MOVING_SHAPES_SHAPES: tuple[str, ...] = ("circle", "square", "triangle", "rectangle", "cross", "ellipse")
-"""Shapes that can be drawn. ``circle`` is never used for the rotation classes since its rotation is invisible."""
-
 DIFFICULTY_LEVELS: dict[str, float] = {"easy": 0.0, "medium": 0.5, "hard": 1.0}
 """Named difficulties and the level in ``[0, 1]`` they stand for."""
 
-# Bump when the rendering changes, so that dataset fingerprints (and thus `datasets` caches) change too.
+# Bump when the sampling or the rendering (shape_rendering.py) changes, so that dataset fingerprints (and thus
+# `datasets` caches) change too.
 _GENERATOR_VERSION = 1
 _NUM_CLASSES = len(MOVING_SHAPES_CLASSES)
 _ROTATING = (6, 7)
@@ -111,48 +114,7 @@ def _difficulty_level(difficulty: str | float) -> float:
     raise ValueError(f"`difficulty` must be one of {choices} or a float in [0, 1], got {difficulty!r}.")
 
 
-@dataclass
-class _Sprites:
-    """Per-frame parameters of one sprite layer for a batch of clips (leading dimension: clip).
-
-    ``x``, ``y``, ``radius`` and ``angle`` have shape ``(clips, frames)``; ``frames`` is 1 for static layers.
-    """
-
-    kind: np.ndarray  # (clips,) index into MOVING_SHAPES_SHAPES
-    x: np.ndarray
-    y: np.ndarray
-    radius: np.ndarray
-    angle: np.ndarray
-    colour: np.ndarray  # (clips, 3)
-    opacity: np.ndarray  # (clips,)
-
-    @classmethod
-    def stack(cls, sprites: Sequence["_Sprites"]) -> "_Sprites":
-        return cls(**{name: np.stack([getattr(s, name) for s in sprites]) for name in cls.__dataclass_fields__})
-
-
-@dataclass
-class _ClipParams:
-    background: np.ndarray  # (3,) base colour
-    texture: np.ndarray  # (3, g, g) low-resolution additive texture
-    blobs: list[_Sprites]  # static clutter
-    distractors: list[_Sprites]
-    main: _Sprites
-
-
-def _single_sprite(kind, x, y, radius, angle, colour, opacity=1.0) -> _Sprites:
-    return _Sprites(
-        kind=np.asarray(kind, dtype=np.int64),
-        x=np.asarray(x, dtype=np.float32),
-        y=np.asarray(y, dtype=np.float32),
-        radius=np.asarray(radius, dtype=np.float32),
-        angle=np.asarray(angle, dtype=np.float32),
-        colour=np.asarray(colour, dtype=np.float32),
-        opacity=np.asarray(opacity, dtype=np.float32),
-    )
-
-
-def _sample_main(rng, label, num_frames, size, shape_ids, min_contrast) -> tuple[_Sprites, np.ndarray]:
+def _sample_main(rng, label, num_frames, size, shape_ids, min_contrast) -> tuple[Sprites, np.ndarray]:
     """Sample the class-carrying shape. Each trajectory is symmetric under swapping its start and end point."""
     frames = np.arange(num_frames)
     # Runs from -0.5 to 0.5: reversing time negates it, which is how the pairs swap.
@@ -199,10 +161,10 @@ def _sample_main(rng, label, num_frames, size, shape_ids, min_contrast) -> tuple
     colour = np.minimum(background + rng.uniform(min_contrast, min_contrast + 0.4, size=3), 1.0)
     if rng.random() < 0.5:  # dark shapes on a bright background half of the time
         background, colour = 1.0 - background, 1.0 - colour
-    return _single_sprite(kind, x, y, radii, angles, colour), background
+    return make_sprite(kind, x, y, radii, angles, colour), background
 
 
-def _sample_distractor(rng, num_frames, size, shape_ids) -> _Sprites:
+def _sample_distractor(rng, num_frames, size, shape_ids) -> Sprites:
     """A distractor wobbles, spins and pulsates without net direction.
 
     Sinusoids with a uniform phase, rotations whose sign is equally likely either way and i.i.d. jitter all have
@@ -220,14 +182,14 @@ def _sample_distractor(rng, num_frames, size, shape_ids) -> _Sprites:
     y = y + rng.normal(0.0, jitter, num_frames)
     radius = rng.uniform(0.06, 0.12) * size * (1.0 + oscillation(rng.uniform(0.0, 0.3)))
     angle = rng.uniform(0.0, 2.0 * np.pi) + rng.uniform(-0.3, 0.3) * frames
-    return _single_sprite(rng.choice(shape_ids), x, y, radius, angle, rng.uniform(0.0, 1.0, size=3))
+    return make_sprite(rng.choice(shape_ids), x, y, radius, angle, rng.uniform(0.0, 1.0, size=3))
 
 
-def _sample_clip(rng, label, num_frames, size, config: _DifficultyConfig, shape_ids) -> _ClipParams:
+def _sample_clip(rng, label, num_frames, size, config: _DifficultyConfig, shape_ids) -> ClipParams:
     main, background = _sample_main(rng, label, num_frames, size, shape_ids, config.min_contrast)
     texture = rng.uniform(-1.0, 1.0, size=(3, 4, 4)) * config.texture_amplitude
     blobs = [
-        _single_sprite(
+        make_sprite(
             kind=rng.choice(len(MOVING_SHAPES_SHAPES)),
             x=[rng.uniform(0.0, size)],
             y=[rng.uniform(0.0, size)],
@@ -239,89 +201,7 @@ def _sample_clip(rng, label, num_frames, size, config: _DifficultyConfig, shape_
         for _ in range(config.num_blobs)
     ]
     distractors = [_sample_distractor(rng, num_frames, size, shape_ids) for _ in range(config.num_distractors)]
-    return _ClipParams(background, texture, blobs, distractors, main)
-
-
-def _signed_distance(shape: str, u: np.ndarray, v: np.ndarray) -> np.ndarray:
-    """Approximate signed distance to a shape of unit size, in the shape's (rotated, scaled) frame."""
-    au, av = np.abs(u), np.abs(v)
-    if shape == "circle":
-        return np.sqrt(u * u + v * v) - 1.0
-    if shape == "square":
-        return np.maximum(au, av) - 0.75
-    if shape == "rectangle":
-        return np.maximum(au - 1.0, av - 0.45)
-    if shape == "cross":
-        return np.minimum(np.maximum(au - 1.0, av - 0.3), np.maximum(au - 0.3, av - 1.0))
-    if shape == "ellipse":
-        return (np.sqrt(u * u + 4.0 * v * v) - 1.0) * 0.5
-    if shape == "triangle":
-        # Equilateral, circumradius 1 (apothem 0.5): distance to the farthest of the three edge lines.
-        normals = np.pi / 2.0 + 2.0 * np.pi / 3.0 * np.arange(3)
-        return np.max([u * np.cos(a) + v * np.sin(a) for a in normals], axis=0) - 0.5
-    raise ValueError(f"Unknown shape {shape!r}.")
-
-
-def _render_alpha(sprites: _Sprites, size: int) -> np.ndarray:
-    """Anti-aliased coverage of a sprite layer, shape ``(clips, frames, size, size)``.
-
-    A one-pixel soft edge makes sub-pixel motion visible, which matters at low resolution.
-    """
-    coords = np.arange(size, dtype=np.float32) + 0.5
-    dx = coords[None, None, None, :] - sprites.x[..., None, None]
-    dy = coords[None, None, :, None] - sprites.y[..., None, None]
-    radius = np.maximum(sprites.radius, 0.5)[..., None, None]
-    cos, sin = np.cos(sprites.angle)[..., None, None] / radius, np.sin(sprites.angle)[..., None, None] / radius
-    # Rotating the sampling grid by -angle rotates the shape by +angle (clockwise on a y-down screen).
-    u = cos * dx + sin * dy
-    v = cos * dy - sin * dx
-    alpha = np.empty(u.shape, dtype=np.float32)
-    for kind in np.unique(sprites.kind):
-        rows = sprites.kind == kind
-        distance = _signed_distance(MOVING_SHAPES_SHAPES[kind], u[rows], v[rows])
-        distance *= -radius[rows]
-        distance += 0.5
-        alpha[rows] = np.clip(distance, 0.0, 1.0, out=distance)
-    if np.any(sprites.opacity != 1.0):
-        alpha *= sprites.opacity[:, None, None, None]
-    return alpha
-
-
-def _paint(canvas: np.ndarray, sprites: _Sprites, size: int) -> None:
-    """Alpha-blend a sprite layer onto ``canvas`` of shape ``(clips, frames, 3, size, size)`` in place."""
-    alpha = _render_alpha(sprites, size)[:, :, None]
-    blend = np.subtract(sprites.colour[:, None, :, None, None], canvas)
-    blend *= alpha
-    canvas += blend
-
-
-def _interpolation_matrix(size: int, grid: int) -> np.ndarray:
-    """Matrix that linearly upsamples ``grid`` samples to ``size`` pixels."""
-    positions = np.linspace(0.0, grid - 1.0, size)
-    return np.stack([np.interp(positions, np.arange(grid), np.eye(grid)[k]) for k in range(grid)], axis=1)
-
-
-def _render_chunk(clips: list[_ClipParams], rngs, num_frames, size, config: _DifficultyConfig, out) -> None:
-    upsample = _interpolation_matrix(size, clips[0].texture.shape[-1]).astype(np.float32)
-    texture = upsample @ np.stack([c.texture for c in clips]).astype(np.float32) @ upsample.T
-    background = np.stack([c.background for c in clips]).astype(np.float32)
-    # Static layers are rendered once and broadcast over time.
-    static = (background[:, :, None, None] + texture)[:, None]
-    for slot in range(config.num_blobs):
-        _paint(static, _Sprites.stack([c.blobs[slot] for c in clips]), size)
-    canvas = np.repeat(static, num_frames, axis=1)
-    for slot in range(config.num_distractors):
-        _paint(canvas, _Sprites.stack([c.distractors[slot] for c in clips]), size)
-    _paint(canvas, _Sprites.stack([c.main for c in clips]), size)
-    if config.noise_std > 0:
-        # Uniform rather than Gaussian noise: drawing it is 4x faster and the distribution does not matter here.
-        half_width = np.float32(config.noise_std * np.sqrt(3.0))
-        for clip, rng in zip(canvas, rngs):
-            noise = rng.random(clip.shape, dtype=np.float32)
-            noise -= 0.5
-            noise *= 2.0 * half_width
-            clip += noise
-    np.clip(canvas, 0.0, 1.0, out=out)
+    return ClipParams(background, texture, blobs, distractors, main)
 
 
 def _render_split(labels: np.ndarray, seed_sequence, num_frames, size, config, shape_ids) -> np.ndarray:
@@ -336,7 +216,7 @@ def _render_split(labels: np.ndarray, seed_sequence, num_frames, size, config, s
             _sample_clip(rng, int(label), num_frames, size, config, shape_ids)
             for rng, label in zip(clip_rngs, labels[start:stop])
         ]
-        _render_chunk(clips, clip_rngs, num_frames, size, config, pixels[start:stop])
+        render_clips(clips, clip_rngs, num_frames, size, config.noise_std, pixels[start:stop])
     return pixels
 
 

@@ -170,6 +170,33 @@ def _drop_undecodable(samples: list[tuple[Path, str]], strict: bool, split: str)
     return kept
 
 
+def _check_load_arguments(layout: str, sampling: str, num_frames: int, image_size: int, split_id: int) -> None:
+    if layout not in LAYOUTS:
+        raise ValueError(f"`layout` must be one of {LAYOUTS}, got {layout!r}.")
+    if sampling not in SAMPLING_MODES:
+        raise ValueError(f"`sampling` must be one of {SAMPLING_MODES}, got {sampling!r}.")
+    for name, value in (("num_frames", num_frames), ("image_size", image_size)):
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+            raise ValueError(f"`{name}` must be a positive integer, got {value!r}.")
+    if layout != "folders" and split_id not in (1, 2, 3):
+        raise ValueError(f"`split_id` must be 1, 2 or 3, got {split_id!r}.")
+
+
+def _scan_layout(
+    root: Path, layout: str, split_dir: str | os.PathLike | None, split_id: int
+) -> tuple[_Samples, list[str] | None]:
+    """The samples of every split in ``layout``, and the class names in label order when the layout's files fix them
+    (UCF-101's ``classInd.txt``)."""
+    if layout == "folders":
+        return _scan_folders(root), None
+    candidates = _UCF101_SPLIT_DIRS if layout == "ucf101" else _HMDB51_SPLIT_DIRS
+    splits_at = _default_split_dir(root, candidates) if split_dir is None else Path(split_dir)
+    _require_dir(splits_at, "Split directory")
+    if layout == "ucf101":
+        return _scan_ucf101(root, splits_at, split_id)
+    return _scan_hmdb51(root, splits_at, split_id), None
+
+
 def load_video_folder(
     path: str | os.PathLike,
     num_frames: int,
@@ -245,28 +272,9 @@ def load_video_folder(
         FileNotFoundError: If `path`, `split_dir`, a split file or a video listed in a split file does not exist.
         ValueError: For invalid arguments, a class folder without videos, or an undecodable video when `strict`.
     """
-    if layout not in LAYOUTS:
-        raise ValueError(f"`layout` must be one of {LAYOUTS}, got {layout!r}.")
-    if sampling not in SAMPLING_MODES:
-        raise ValueError(f"`sampling` must be one of {SAMPLING_MODES}, got {sampling!r}.")
-    for name, value in (("num_frames", num_frames), ("image_size", image_size)):
-        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-            raise ValueError(f"`{name}` must be a positive integer, got {value!r}.")
-    if layout != "folders" and split_id not in (1, 2, 3):
-        raise ValueError(f"`split_id` must be 1, 2 or 3, got {split_id!r}.")
+    _check_load_arguments(layout, sampling, num_frames, image_size, split_id)
     root = _require_dir(Path(path).expanduser().absolute(), "Video folder")
-
-    official_names = None
-    if layout == "folders":
-        samples = _scan_folders(root)
-    else:
-        candidates = _UCF101_SPLIT_DIRS if layout == "ucf101" else _HMDB51_SPLIT_DIRS
-        splits_at = _default_split_dir(root, candidates) if split_dir is None else Path(split_dir)
-        _require_dir(splits_at, "Split directory")
-        if layout == "ucf101":
-            samples, official_names = _scan_ucf101(root, splits_at, split_id)
-        else:
-            samples = _scan_hmdb51(root, splits_at, split_id)
+    samples, official_names = _scan_layout(root, layout, split_dir, split_id)
     names = _resolve_class_names(samples, class_names if class_names is not None else official_names, root)
 
     if split is not None:

@@ -1,6 +1,7 @@
 """Evaluation: robustness evaluator and report, reliability flags, plots, Trainer / evaluate metrics, and inference
 cost accounting (FLOPs, active parameters)."""
 
+from .arguments import RobustnessArguments
 from .attack_specs import ATTACK_PRESETS
 from .cost import CostReport, count_cost, count_parameters, dense_equivalent_config
 from .flags import FlagThresholds
@@ -20,6 +21,7 @@ __all__ = [
     "CostReport",
     "FlagThresholds",
     "ReliabilityFlag",
+    "RobustnessArguments",
     "RobustnessReport",
     "compute_metrics",
     "count_cost",

@@ -110,7 +110,7 @@ def budget_plan(specs: list[AttackSpec], eps: float, norm: str, mode: str) -> tu
         warnings.warn(
             f"eps={eps!r} ({norm}) is used by no attack: every attack sets its own budget, so the report's "
             f"headline budget is {budgets[headline]['norm']} ε={budgets[headline]['eps']!r}.",
-            stacklevel=3,
+            stacklevel=4,  # budget_plan ← plan_evaluation ← evaluate_robustness ← the caller
         )
         return budgets, headline
     return budgets, shared

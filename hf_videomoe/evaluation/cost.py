@@ -31,6 +31,7 @@ from typing import Any
 import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode, sdpa_flop_count
+from transformers import PreTrainedModel
 
 from ..moe import is_moe_model, moe_blocks
 
@@ -116,16 +117,32 @@ def _clip_shape(model: nn.Module, input_shape: Sequence[int] | None) -> tuple[in
 def _eager_experts(model: nn.Module):
     """Temporarily run the experts with the eager kernel (the one ``FlopCounterMode`` sees), then restore.
 
-    Works on the experts' configs directly, so a wrapped model (e.g. inside another ``nn.Module``) is handled too.
+    The switch goes through transformers' public ``PreTrainedModel.set_experts_implementation`` of the model that owns
+    each experts config, found among ``model.modules()``, so a wrapped model (e.g. inside another ``nn.Module``) is
+    handled too.
     """
-    configs = {id(block.experts.config): block.experts.config for block in moe_blocks(model)}.values()
-    previous = [(config, config._experts_implementation_internal) for config in configs]
+    configs = {id(block.experts.config): block.experts.config for block in moe_blocks(model)}
+    owners: dict[int, PreTrainedModel] = {}
+    for module in model.modules():  # outermost first: the owner whose switch also reaches its submodels
+        if isinstance(module, PreTrainedModel) and id(module.config) in configs:
+            owners.setdefault(id(module.config), module)
+    # Experts outside any PreTrainedModel (a bare SparseMoeBlock in a custom module) have no public switch: transformers
+    # (5.x) reads a config's `experts_implementation` only when the config is built, and its setter afterwards is the
+    # private `_experts_implementation`; so their config's internal attribute is set directly, as transformers' own
+    # `set_experts_implementation` does.
+    orphans = [config for key, config in configs.items() if key not in owners]
+    previous = [(owner, owner.get_experts_implementation()) for owner in owners.values()]
+    previous_orphans = [(config, config._experts_implementation_internal) for config in orphans]
     try:
-        for config, _ in previous:
+        for owner, _ in previous:
+            owner.set_experts_implementation("eager")
+        for config, _ in previous_orphans:
             config._experts_implementation_internal = "eager"
         yield
     finally:
-        for config, implementation in previous:
+        for owner, implementation in previous:
+            owner.set_experts_implementation(implementation)
+        for config, implementation in previous_orphans:
             config._experts_implementation_internal = implementation
 
 

@@ -1,18 +1,31 @@
-"""PNG plots of a robustness report (matplotlib with the non-interactive Agg backend)."""
+"""PNG plots of a robustness report (matplotlib with the non-interactive Agg backend).
+
+Imports go one way: `RobustnessReport.plot` calls this module, which never imports the report module; it reads a
+report through [`PlottableReport`], the few fields the plots use.
+"""
 
 from __future__ import annotations
 
 import contextlib
 import os
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 from .formatting import format_eps, norm_symbol
 
-if TYPE_CHECKING:  # pragma: no cover
-    from .report import RobustnessReport
+__all__ = ["PlottableReport", "plot_eps_sweep", "plot_expert_usage", "plot_perturbation_energy", "plot_report"]
 
-__all__ = ["plot_eps_sweep", "plot_expert_usage", "plot_perturbation_energy", "plot_report"]
+
+class PlottableReport(Protocol):
+    """What the plots read from a [`RobustnessReport`] (see its attributes)."""
+
+    clean_accuracy: float
+    num_samples: int
+    eps: float
+    norm: str
+    eps_sweep: dict[str, dict[float, float]]
+    expert_usage: dict[str, list[list[float]]]
+    perturbation_energy: dict[str, list[float]]
 
 
 def _pyplot():
@@ -41,7 +54,7 @@ def saved_figure(path: str | os.PathLike, dpi: int, *args, **kwargs):
         plt.close(fig)
 
 
-def plot_eps_sweep(report: "RobustnessReport", path: str | os.PathLike, dpi: int = 120) -> Path | None:
+def plot_eps_sweep(report: PlottableReport, path: str | os.PathLike, dpi: int = 120) -> Path | None:
     """Robust accuracy vs ε, one line per attack, clean accuracy as a dashed line. ``None`` without a sweep."""
     if not report.eps_sweep:
         return None
@@ -66,7 +79,7 @@ def plot_eps_sweep(report: "RobustnessReport", path: str | os.PathLike, dpi: int
     return Path(path)
 
 
-def plot_expert_usage(report: "RobustnessReport", path: str | os.PathLike, dpi: int = 120) -> Path | None:
+def plot_expert_usage(report: PlottableReport, path: str | os.PathLike, dpi: int = 120) -> Path | None:
     """Grouped bars per MoE layer: fraction of routing decisions per expert, clean vs each attack."""
     if not report.expert_usage or "clean" not in report.expert_usage:
         return None
@@ -101,7 +114,7 @@ def plot_expert_usage(report: "RobustnessReport", path: str | os.PathLike, dpi: 
     return Path(path)
 
 
-def plot_perturbation_energy(report: "RobustnessReport", path: str | os.PathLike, dpi: int = 120) -> Path | None:
+def plot_perturbation_energy(report: PlottableReport, path: str | os.PathLike, dpi: int = 120) -> Path | None:
     """Per-frame mean squared L2 norm of δ, one line per attack (where in time each attack spends its budget)."""
     if not report.perturbation_energy:
         return None
@@ -116,7 +129,7 @@ def plot_perturbation_energy(report: "RobustnessReport", path: str | os.PathLike
     return Path(path)
 
 
-def plot_report(report: "RobustnessReport", output_dir: str | os.PathLike, dpi: int = 120) -> dict[str, Path]:
+def plot_report(report: PlottableReport, output_dir: str | os.PathLike, dpi: int = 120) -> dict[str, Path]:
     """All plots of ``report`` as PNG files in ``output_dir``; returns name → path for those with data."""
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)

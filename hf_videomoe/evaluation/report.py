@@ -12,6 +12,7 @@ from typing import Any
 
 from .formatting import format_eps, format_percent, norm_symbol
 from .output_folder import atomic_write_text
+from .plots import plot_report
 from .report_checks import REPORT_FORMAT_VERSION, migrate_report_dict, validate_report, worst_case_budget
 
 __all__ = ["ReliabilityFlag", "RobustnessReport", "format_eps"]
@@ -400,8 +401,6 @@ class RobustnessReport:
             ``{"eps_sweep": ..., "expert_usage": ..., "perturbation_energy": ...}`` → path, for the plots that have
             data (no ε sweep → no ``eps_sweep`` plot; dense model → no ``expert_usage`` plot).
         """
-        from .plots import plot_report
-
         return plot_report(self, output_dir, dpi=dpi)
 
 

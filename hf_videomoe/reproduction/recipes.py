@@ -15,9 +15,9 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from ..demo import DemoSettings
+from ..demo_settings import DemoSettings
 from ..evaluation import ATTACK_PRESETS
-from ..training import AdversarialTrainingArguments
+from ..training_recipes import REPRODUCTION_WARMUP_STEPS, recipe_training_arguments
 
 #: Table (a): the paper's attacks, in the paper's order, then AutoAttack's standard ensemble (APGD-CE, APGD-T, Square;
 #: its FAB-T is not implemented, see `hf_videomoe.evaluation.ATTACK_PRESETS`), whose settings `Settings` fixes.
@@ -158,6 +158,17 @@ class Settings:
     square_queries: int = 5000
     #: ε of table (a); the first must be ``train_eps`` (table (b) and the ablations are evaluated at ``train_eps``).
     eps_values: list = field(default_factory=lambda: [4 / 255, 8 / 255, 14 / 255])
+    #: "test": train on the train split, evaluate on the test clips (the protocol). "validation": train on the first
+    #: 80 % of the train split and evaluate on its last 20 % (`hf_videomoe.data.hold_out_validation`), to choose
+    #: hyperparameters without touching the test clips (``scripts/reproduce_paper.py --validation``).
+    eval_split: str = "test"
+
+    #: Fields added after caches were written: a ``settings.json`` without one was written with its default.
+    ADDED_FIELDS = {"eval_split": "test"}
+
+    def __post_init__(self):
+        if self.eval_split not in ("test", "validation"):
+            raise ValueError(f"eval_split must be 'test' or 'validation', got {self.eval_split!r}.")
 
     @classmethod
     def quick(cls, **overrides) -> "Settings":
@@ -185,7 +196,9 @@ class Settings:
         return cls(**values)
 
     def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
+        values = dataclasses.asdict(self)
+        # Caches written before a field existed keep their settings.json byte for byte while it has its default.
+        return {k: v for k, v in values.items() if not (k in self.ADDED_FIELDS and v == self.ADDED_FIELDS[k])}
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -374,22 +387,20 @@ def fold_input_normalization(model, mean: float = PIXEL_MEAN, std: float = PIXEL
 
 
 def training_arguments(output_dir: Path, settings: Settings, *, epochs: float, lr: float, seed: int, **kwargs):
-    return AdversarialTrainingArguments(
-        output_dir=str(output_dir),
-        num_train_epochs=epochs,
-        per_device_train_batch_size=settings.batch_size,
-        per_device_eval_batch_size=settings.batch_size,
+    """The reproduction's `AdversarialTrainingArguments` for one phase: the project's recipe
+    (`hf_videomoe.training_recipes`) with the reproduction's warm-up (``kwargs``: the adversarial settings)."""
+    return recipe_training_arguments(
+        output_dir,
+        epochs=epochs,
         learning_rate=lr,
-        weight_decay=0.05,
-        warmup_steps=5,
-        lr_scheduler_type="cosine",
-        eval_strategy="no",
-        save_strategy="no",
-        logging_steps=50,
+        batch_size=settings.batch_size,
         seed=seed,
+        warmup_steps=REPRODUCTION_WARMUP_STEPS,  # not the demo's: see `REPRODUCTION_WARMUP_STEPS` for why
+        # Unlike the demo, which leaves these three at their defaults: the data order is seeded explicitly, the inner
+        # progress bars go to a terminal only (the runs last days and are followed in log files), and a machine
+        # without CUDA trains on the CPU, never on Apple's MPS, as the recorded checkpoints were.
         data_seed=seed,
-        report_to=[],
-        disable_tqdm=not show_inner_progress(),
+        show_progress=show_inner_progress(),
         use_cpu=not torch.cuda.is_available(),
         **kwargs,
     )

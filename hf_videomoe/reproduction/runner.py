@@ -19,9 +19,9 @@ from pathlib import Path
 from tqdm.auto import tqdm
 
 from ..attacks import ATTACKS
-from ..data import make_moving_shapes
 from ..evaluation import ATTACK_PRESETS, RobustnessReport, evaluate_robustness
 from ..moe import is_moe_model
+from .data import reproduction_data
 from .recipes import (
     ABLATIONS,
     ATTACK_TABLE_ATTACKS,
@@ -112,18 +112,7 @@ class Reproduction(TrainingStage):
     @property
     def data(self):
         if self._data is None:
-            s = self.settings
-            log(
-                f"MovingShapes: {s.num_videos} clips, {s.num_frames} frames, {s.image_size}x{s.image_size}, "
-                f"{s.difficulty}, data seed {s.data_seed}"
-            )
-            self._data = make_moving_shapes(
-                s.num_videos,
-                num_frames=s.num_frames,
-                image_size=s.image_size,
-                seed=s.data_seed,
-                difficulty=s.difficulty,
-            )
+            self._data = reproduction_data(self.settings)
         return self._data
 
     def split(self, name: str) -> TensorVideoDataset:

@@ -117,7 +117,7 @@ class HubRequestHandler(BaseHTTPRequestHandler):
             pass
 
     def _maybe_fail(self, endpoint: str, repo_id: str | None) -> bool:
-        failure = self.server.hub._take_failure(endpoint, repo_id)
+        failure = self.server.hub.take_failure(endpoint, repo_id)
         if failure is None:
             return False
         if failure.drop:
@@ -141,9 +141,7 @@ class HubRequestHandler(BaseHTTPRequestHandler):
         path = unquote(parts.path)
         query = parse_qs(parts.query)
         body = self._body() if self.command == "POST" else b""
-        hub = self.server.hub
-        with hub._lock:
-            hub.requests.append((self.command, self.path))
+        self.server.hub.record_request(self.command, self.path)
         try:
             self._route(path, query, body)
         except (BrokenPipeError, ConnectionResetError):
@@ -194,7 +192,7 @@ class HubRequestHandler(BaseHTTPRequestHandler):
         if payload.get("type") not in (None, "model"):
             return self._error(400, "LoopbackHubServer only hosts model repositories")
         url = f"{self.server.hub.url}/{repo_id}"
-        created = self.server.hub._create(repo_id, private=payload.get("visibility") == "private")
+        created = self.server.hub.create_repo(repo_id, private=payload.get("visibility") == "private")
         if not created:
             return self._send(409, {"error": "You already created this model repo", "url": url})
         self._send(200, {"url": url, "name": repo_id, "id": repo_id})
@@ -239,7 +237,7 @@ class HubRequestHandler(BaseHTTPRequestHandler):
                 return self._error(400, "LoopbackHubServer answered 'regular' upload mode; LFS files are not accepted")
             else:
                 return self._error(400, f"Unknown commit operation {key!r}")
-        oid = self.server.hub._add_commit(repo, header.get("summary", ""), new_files)
+        oid = self.server.hub.add_commit(repo, header.get("summary", ""), new_files)
         self._send(
             200,
             {

@@ -140,7 +140,12 @@ class LoopbackHubServer:
         with self._lock:
             self.failures.clear()
 
-    def _take_failure(self, endpoint: str, repo_id: str | None) -> FailureMode | None:
+    def take_failure(self, endpoint: str, repo_id: str | None) -> FailureMode | None:
+        """The first injected failure that matches a request to ``endpoint`` for ``repo_id``, or ``None``.
+
+        Counts as one use of the failure (a mode registered with ``times=n`` matches ``n`` requests): the request
+        handler calls it once per request, before answering.
+        """
         with self._lock:
             for mode in self.failures:
                 if mode.matches(endpoint, repo_id):
@@ -150,18 +155,29 @@ class LoopbackHubServer:
         return None
 
     # -- state ----------------------------------------------------------------------------------------------------
-    def _create(self, repo_id: str, private: bool = False) -> bool:
+    def record_request(self, method: str, path: str) -> None:
+        """Append ``(method, path)`` to ``requests``; the request handler calls it for every request it serves."""
+        with self._lock:
+            self.requests.append((method, path))
+
+    def create_repo(self, repo_id: str, private: bool = False) -> bool:
+        """Create ``repo_id`` with an initial commit (what ``POST /api/repos/create`` does, also usable directly to
+        prepare a test). Returns ``False``, changing nothing, if the repository already exists."""
         with self._lock:
             if repo_id in self.repos:
                 return False
             repo = HubRepository(repo_id=repo_id, private=private)
-            self._add_commit(
+            self.add_commit(
                 repo, "initial commit", {".gitattributes": b"*.safetensors filter=lfs diff=lfs merge=lfs -text\n"}
             )
             self.repos[repo_id] = repo
             return True
 
-    def _add_commit(self, repo: HubRepository, title: str, files: dict[str, bytes]) -> str:
+    def add_commit(self, repo: HubRepository, title: str, files: dict[str, bytes]) -> str:
+        """Make ``files`` the whole content of ``repo``'s ``main`` in a new commit titled ``title``; returns its id.
+
+        Commit ids are unique per call (they hash the time as well as the content), like the Hub's.
+        """
         with self._lock:
             seed = f"{repo.repo_id}\n{len(repo.commits)}\n{title}\n{time.time_ns()}".encode()
             digest = hashlib.sha1(seed)
@@ -171,10 +187,6 @@ class LoopbackHubServer:
             repo.files = dict(files)
             repo.commits.append({"oid": oid, "title": title, "files": dict(files)})
             return oid
-
-    def create_repo(self, repo_id: str, private: bool = False) -> None:
-        """Create ``repo_id`` directly (no HTTP), e.g. to prepare a test."""
-        self._create(repo_id, private=private)
 
     def files(self, repo_id: str, revision: str = "main") -> dict[str, bytes]:
         """Files of ``repo_id`` at ``revision`` (``{}`` if the repo does not exist)."""

@@ -15,6 +15,7 @@ from .jtlat import JTLATTrainer
 from .method import TrainingMethod
 from .methods import METHODS
 from .phases import PhaseLoss, TrainingPhase
+from .step import StepContext
 from .trainer import AdversarialTrainer
 
 __all__ = [
@@ -26,6 +27,7 @@ __all__ = [
     "JTLATTrainer",
     "METHODS",
     "PhaseLoss",
+    "StepContext",
     "TrainingMethod",
     "TrainingPhase",
 ]

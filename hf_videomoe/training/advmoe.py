@@ -18,13 +18,13 @@ class AdvMoE(TrainingMethod):
     requires_moe = True
     argument_prefix = "advmoe"
 
-    def phases(self, trainer, global_step):
+    def phases(self, args, global_step):
         if global_step % 2 == 0:
-            return [TrainingPhase("expert", "AdvMoE expert step", "non_router", trainer.args.adv_attack or "pgd")]
-        return [TrainingPhase("router", "AdvMoE router step", "router", trainer.args.advmoe_router_attack)]
+            return [TrainingPhase("expert", "AdvMoE expert step", "non_router", args.adv_attack or "pgd")]
+        return [TrainingPhase("router", "AdvMoE router step", "router", args.advmoe_router_attack)]
 
-    def all_phases(self, trainer):
-        return self.phases(trainer, 0) + self.phases(trainer, 1)
+    def all_phases(self, args):
+        return self.phases(args, 0) + self.phases(args, 1)
 
-    def phase_loss(self, trainer, model, phase):
-        return adversarial_ce_loss(trainer, model, phase)
+    def phase_loss(self, step, model, phase):
+        return adversarial_ce_loss(step, model, phase)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 
 from transformers import TrainingArguments
@@ -14,23 +13,30 @@ from ..attacks import (
     DEFAULT_ROUTER_LIPSCHITZ_WEIGHT,
     DEFAULT_ROUTER_WEIGHT,
     TEMPORAL_STEPS,
-    resolve_attack_name,
 )
-from .methods import METHODS
+from .argument_checks import (
+    ADV_METHODS,
+    JTLAT_ROUTER_BALANCES,
+    JTLAT_STEPS,
+    JTLAT_UPDATES,
+    MOE_ONLY_METHODS,
+    NORMS,
+    ROBUST_METRIC_PREFIX,
+    WORST_CASE_METRIC,
+    validate_adversarial_arguments,
+)
 
-# Training methods, in the order of the paper's comparison table.
-ADV_METHODS = tuple(METHODS)
-# Methods that split the model into router / expert parameter groups and therefore need an MoE model.
-MOE_ONLY_METHODS = tuple(name for name, method in METHODS.items() if method.requires_moe)
-# The three J-TLAT steps, in the order they run inside a training step.
-JTLAT_STEPS = ("router", "expert", "model")
-JTLAT_ROUTER_BALANCES = ("switch", "sharp")
-JTLAT_UPDATES = ("summed", "sequential")
-_JTLAT_STEP_ALIASES = {"1": "router", "2": "expert", "3": "model", "experts": "expert", "routers": "router"}
-NORMS = ("linf", "l2")
-# Robust-evaluation metric names (without the `eval_` prefix) that `metric_for_best_model` may select.
-ROBUST_METRIC_PREFIX = "robust_accuracy_"
-WORST_CASE_METRIC = "worst_case_accuracy"
+__all__ = [
+    "ADV_METHODS",
+    "JTLAT_ROUTER_BALANCES",
+    "JTLAT_STEPS",
+    "JTLAT_UPDATES",
+    "MOE_ONLY_METHODS",
+    "NORMS",
+    "ROBUST_METRIC_PREFIX",
+    "WORST_CASE_METRIC",
+    "AdversarialTrainingArguments",
+]
 
 
 @dataclass
@@ -279,91 +285,7 @@ class AdversarialTrainingArguments(TrainingArguments):
 
     def __post_init__(self):
         super().__post_init__()
-        self._validate_adversarial_fields()
-
-    # ------------------------------------------------------------------ validation
-    def _validate_adversarial_fields(self) -> None:
-        if self.adv_method is not None:
-            method = str(self.adv_method).lower()
-            if method not in ADV_METHODS:
-                raise ValueError(f"Unknown adv_method {self.adv_method!r}; choose one of {list(ADV_METHODS)}.")
-            self.adv_method = method
-
-        _check_range("adv_eps", self.adv_eps, 0.0, 1.0)
-        if self.eval_attack_eps is not None:
-            _check_range("eval_attack_eps", self.eval_attack_eps, 0.0, 1.0)
-        _check_int("adv_steps", self.adv_steps, 0)
-        _check_int("eval_attack_steps", self.eval_attack_steps, 0)
-        _check_int("jtlat_top_k", self.jtlat_top_k, 1)
-        if self.eval_max_samples is not None:
-            _check_int("eval_max_samples", self.eval_max_samples, 1)
-        if self.adv_step_size is not None:
-            _check_range("adv_step_size", self.adv_step_size, 0.0, low_inclusive=False)
-        for name in (
-            "lipschitz_weight",
-            "expert_lipschitz_weight",
-            "router_lipschitz_weight",
-            "guidance_weight",
-            "router_weight",
-            "trades_beta",
-            "jtlat_router_balance_weight",
-        ):
-            _check_range(name, getattr(self, name), 0.0)
-        _check_range("temporal_momentum", self.temporal_momentum, 0.0, 1.0)
-        if self.adv_norm not in NORMS:
-            raise ValueError(f"adv_norm must be one of {list(NORMS)}, got {self.adv_norm!r}.")
-        if self.temporal_step not in TEMPORAL_STEPS:
-            raise ValueError(f"temporal_step must be one of {list(TEMPORAL_STEPS)}, got {self.temporal_step!r}.")
-
-        self.jtlat_steps = _normalise_jtlat_steps(self.jtlat_steps)
-        if self.jtlat_router_balance not in JTLAT_ROUTER_BALANCES:
-            raise ValueError(
-                f"jtlat_router_balance must be one of {list(JTLAT_ROUTER_BALANCES)}, got {self.jtlat_router_balance!r}."
-            )
-        _check_range(
-            "jtlat_router_balance_temperature", self.jtlat_router_balance_temperature, 0.0, low_inclusive=False
-        )
-        if self.jtlat_update not in JTLAT_UPDATES:
-            raise ValueError(f"jtlat_update must be one of {list(JTLAT_UPDATES)}, got {self.jtlat_update!r}.")
-        if self.jtlat_router_target not in ("hard", "soft"):
-            raise ValueError(f"jtlat_router_target must be 'hard' or 'soft', got {self.jtlat_router_target!r}.")
-        if self.jtlat_router_attack not in ("tlga-r", "tla-r", "pgd-r"):
-            raise ValueError(
-                f"jtlat_router_attack must be 'tlga-r', 'tla-r' or 'pgd-r', got {self.jtlat_router_attack!r}."
-            )
-        if self.jtlat_expert_attack not in (None, "tla-e"):
-            raise ValueError(f"jtlat_expert_attack must be None or 'tla-e', got {self.jtlat_expert_attack!r}.")
-        if self.jtlat_model_attack not in ("j-tlga", "j-tla", "tla-m", "pgd"):
-            raise ValueError(
-                f"jtlat_model_attack must be 'j-tlga', 'j-tla', 'tla-m' or 'pgd', got {self.jtlat_model_attack!r}."
-            )
-
-        if isinstance(self.eval_attacks, str):
-            self.eval_attacks = [name for name in self.eval_attacks.replace(",", " ").split() if name]
-        self.eval_attacks = [_attack_name("eval_attacks", name) for name in (self.eval_attacks or [])]
-        if len(set(self.eval_attacks)) != len(self.eval_attacks):
-            raise ValueError(f"eval_attacks lists an attack twice: {self.eval_attacks}.")
-        if self.adv_attack is not None:
-            self.adv_attack = _attack_name("adv_attack", self.adv_attack)
-        self.advmoe_router_attack = _attack_name("advmoe_router_attack", self.advmoe_router_attack)
-
-        metric = self.metric_for_best_model
-        if metric is not None:
-            bare = metric[len("eval_") :] if metric.startswith("eval_") else metric
-            if bare.startswith(ROBUST_METRIC_PREFIX):
-                attack = bare[len(ROBUST_METRIC_PREFIX) :]
-                if attack not in self.eval_attacks:
-                    raise ValueError(
-                        f"metric_for_best_model={metric!r} needs {attack!r} in eval_attacks (got {self.eval_attacks})."
-                    )
-            elif bare == WORST_CASE_METRIC and not self.eval_attacks:
-                raise ValueError(f"metric_for_best_model={metric!r} needs at least one attack in eval_attacks.")
-
-        if self.ddp_find_unused_parameters is False and self.adv_method in MOE_ONLY_METHODS:
-            raise ValueError(
-                f"adv_method={self.adv_method!r} updates router and expert parameters in separate passes, which "
-                "leaves parameters unused under DistributedDataParallel: keep ddp_find_unused_parameters=True."
-            )
+        validate_adversarial_arguments(self)
 
     def paper_attack_kwargs(self, attack_cls) -> dict:
         """The temporal-step rule, γ1, γ2, λ_R and β of these arguments for one of the paper's attacks, with its
@@ -393,46 +315,9 @@ class AdversarialTrainingArguments(TrainingArguments):
             "adv_method", "adv_eps", "adv_steps", "adv_step_size", "adv_norm", "adv_attack", "lipschitz_weight",
             "expert_lipschitz_weight", "router_lipschitz_weight", "lipschitz_detach_clean",
             "guidance_weight", "router_weight", "temporal_momentum", "temporal_step", "trades_beta",
-            "jtlat_router_attack", "jtlat_expert_attack", "jtlat_model_attack", "jtlat_reuse_adversarial", "jtlat_steps", "jtlat_top_k", "jtlat_update", "jtlat_router_target", "jtlat_router_balance_weight",
+            "jtlat_router_attack", "jtlat_expert_attack", "jtlat_model_attack", "jtlat_reuse_adversarial",
+            "jtlat_steps", "jtlat_top_k", "jtlat_update", "jtlat_router_target", "jtlat_router_balance_weight",
             "jtlat_router_balance", "jtlat_router_balance_temperature",
             "advmoe_router_attack", "eval_attacks", "eval_attack_eps", "eval_attack_steps", "eval_max_samples",
         )  # fmt: skip
         return {key: getattr(self, key) for key in keys}
-
-
-def _check_range(name: str, value, low: float, high: float = math.inf, low_inclusive: bool = True) -> None:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise ValueError(f"{name} must be a number, got {value!r}.")
-    value = float(value)
-    above_low = value >= low if low_inclusive else value > low
-    if not (math.isfinite(value) and above_low and value <= high):
-        interval = ("[" if low_inclusive else "(") + f"{low:g}, " + ("inf)" if high == math.inf else f"{high:g}]")
-        raise ValueError(f"{name} must be a finite number in {interval}, got {value!r}.")
-
-
-def _attack_name(field_name: str, name) -> str:
-    try:
-        return resolve_attack_name(str(name))
-    except ValueError as err:
-        raise ValueError(f"{field_name}: {err}") from None
-
-
-def _check_int(name, value, low) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < low:
-        raise ValueError(f"{name} must be an integer >= {low}, got {value!r}.")
-
-
-def _normalise_jtlat_steps(steps) -> list[str]:
-    if isinstance(steps, str):
-        steps = [s for s in steps.replace(",", " ").split() if s]
-    normalised = []
-    for step in steps or []:
-        name = _JTLAT_STEP_ALIASES.get(str(step).lower(), str(step).lower())
-        if name not in JTLAT_STEPS:
-            raise ValueError(f"Unknown J-TLAT step {step!r}; choose among {list(JTLAT_STEPS)} (or 1, 2, 3).")
-        if name in normalised:
-            raise ValueError(f"jtlat_steps lists {name!r} twice: {steps}.")
-        normalised.append(name)
-    if not normalised:
-        raise ValueError("jtlat_steps must name at least one of 'router', 'expert', 'model'.")
-    return [name for name in JTLAT_STEPS if name in normalised]

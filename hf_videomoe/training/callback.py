@@ -6,6 +6,7 @@ import os
 
 from transformers import TrainerCallback
 from transformers.trainer_callback import ExportableState
+from transformers.trainer_utils import get_last_checkpoint
 from transformers.utils import logging
 
 logger = logging.get_logger(__name__)
@@ -59,6 +60,19 @@ class AdversarialTrainingCallback(TrainerCallback, ExportableState):
 
     def on_save(self, args, state, control, **kwargs):
         self.last_checkpoint = os.path.join(args.output_dir, f"checkpoint-{state.global_step}")
+
+    def count_phase_updates(self, phase_names) -> None:
+        """Count one optimizer step for each phase of ``phase_names`` (a fused ``"router+model"`` counts for both)."""
+        for phase_name in phase_names:
+            for name in phase_name.split("+"):
+                self.phase_updates[name] = self.phase_updates.get(name, 0) + 1
+
+    def last_good_checkpoint(self, output_dir: str) -> str | None:
+        """The last checkpoint this run saved, else (a run resumed in ``output_dir``) the last one there."""
+        checkpoint = self.last_checkpoint
+        if checkpoint is None and os.path.isdir(output_dir):
+            checkpoint = get_last_checkpoint(output_dir)
+        return checkpoint
 
 
 def live_adversarial_callback(callbacks, default: AdversarialTrainingCallback) -> AdversarialTrainingCallback:

@@ -11,13 +11,52 @@ import torch
 from torch import nn
 from torch.utils.data import IterableDataset
 
-__all__ = ["catastrophic_overfitting", "check_labelled", "forward_parameter_names", "raise_if_not_finite"]
+from ..attacks import ATTACKS
+
+__all__ = [
+    "catastrophic_overfitting",
+    "check_evaluation_and_datasets",
+    "check_labelled",
+    "check_method_fits",
+    "forward_parameter_names",
+    "raise_if_not_finite",
+]
 
 
 def forward_parameter_names(model: nn.Module) -> set[str]:
     """Named parameters of ``model.forward`` (extra dataset columns are not passed to the model)."""
     parameters = inspect.signature(model.forward).parameters.values()
     return {p.name for p in parameters if p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL)}
+
+
+def check_method_fits(adv_method: str, requires_moe: bool, model: nn.Module, is_moe: bool, sharded: bool) -> None:
+    """Raise a `ValueError` if the method cannot train ``model``: it needs an MoE model (``requires_moe``) and
+    ``model`` is dense, or it attacks inside the training step and the parameters are ``sharded`` (FSDP / DeepSpeed).
+    """
+    if requires_moe and not is_moe:
+        raise ValueError(
+            f"adv_method={adv_method!r} trains routers and experts separately and needs a Mixture-of-Experts "
+            f"model, but {type(model).__name__} has no MoE layer. Upcycle it with "
+            "`VideoMAEMoeForVideoClassification.from_dense(...)` or use pgd-at / trades / tlat."
+        )
+    if adv_method != "none" and sharded:
+        raise ValueError(
+            "Adversarial training runs attacks on the unwrapped model inside the training step, which FSDP and "
+            "DeepSpeed (sharded parameters) do not allow; use DistributedDataParallel (the default) instead."
+        )
+
+
+def check_evaluation_and_datasets(eval_attacks: list[str], is_moe: bool, train_dataset, eval_dataset) -> None:
+    """Raise a `ValueError` for an evaluation attack that needs an MoE model on a dense one, or a dataset without
+    labels (the evaluation datasets only matter with ``eval_attacks``; ``eval_dataset`` may be a dict of them)."""
+    for name in eval_attacks:
+        if ATTACKS[name].requires_moe and not is_moe:
+            raise ValueError(f"eval_attacks contains {name!r}, which needs a Mixture-of-Experts model.")
+    check_labelled(train_dataset, "train_dataset")
+    if eval_attacks and eval_dataset is not None:
+        datasets = eval_dataset.values() if isinstance(eval_dataset, Mapping) else [eval_dataset]
+        for dataset in datasets:
+            check_labelled(dataset, "eval_dataset")
 
 
 def check_labelled(dataset, name: str) -> None:

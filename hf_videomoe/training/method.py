@@ -1,6 +1,9 @@
 """[`TrainingMethod`]: what distinguishes one adversarial-training method from another — its phases and their losses.
-The trainer ([`AdversarialTrainer`]) does everything else: attacks, backward passes into parameter groups, logging,
-robust evaluation, model cards."""
+
+A method sees the arguments and, for a loss, one micro-batch's [`StepContext`] (batch, forward pass, adversarial
+examples, clean pass): never the trainer. The trainer ([`AdversarialTrainer`]) does everything else: building the
+training attacks, backward passes into parameter groups, logging, robust evaluation, model cards.
+"""
 
 from __future__ import annotations
 
@@ -12,7 +15,7 @@ from .phases import PhaseLoss, TrainingPhase
 
 if TYPE_CHECKING:  # pragma: no cover
     from .arguments import AdversarialTrainingArguments
-    from .trainer import AdversarialTrainer
+    from .step import StepContext
 
 __all__ = ["TrainingMethod"]
 
@@ -35,19 +38,20 @@ class TrainingMethod:
     argument_prefix: ClassVar[str | None] = None
     trainer_name: ClassVar[str] = "AdversarialTrainer"
 
-    def phases(self, trainer: AdversarialTrainer, global_step: int) -> list[TrainingPhase]:
+    def phases(self, args: AdversarialTrainingArguments, global_step: int) -> list[TrainingPhase]:
         """The phases of a training step at optimizer step ``global_step``."""
         raise NotImplementedError
 
-    def all_phases(self, trainer: AdversarialTrainer) -> list[TrainingPhase] | None:
+    def all_phases(self, args: AdversarialTrainingArguments) -> list[TrainingPhase] | None:
         """Every phase the method may run, when that differs from the phases of any one step (methods that alternate
         between steps); ``None`` otherwise, and the trainer validates the phases of its current step."""
         return None
 
-    def phase_loss(self, trainer: AdversarialTrainer, model: nn.Module, phase: TrainingPhase) -> PhaseLoss:
-        """The loss of ``phase`` on the trainer's current micro-batch (``trainer.step_state``)."""
+    def phase_loss(self, step: StepContext, model: nn.Module, phase: TrainingPhase) -> PhaseLoss:
+        """The loss of ``phase`` on the micro-batch of ``step``, from one forward pass through ``model`` (the module
+        the backward pass runs through)."""
         raise NotImplementedError
 
     def shares_clean_pass(self, args: AdversarialTrainingArguments) -> bool:
-        """Whether the losses read the step's shared clean pass (`AdversarialTrainer.clean_outputs`)."""
+        """Whether the losses read the step's shared clean pass ([`StepContext.clean_outputs`])."""
         return False

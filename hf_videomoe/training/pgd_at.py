@@ -10,17 +10,17 @@ from .method import TrainingMethod
 from .phases import PhaseLoss, TrainingPhase
 
 if TYPE_CHECKING:  # pragma: no cover
-    from .trainer import AdversarialTrainer
+    from .step import StepContext
 
 __all__ = ["CleanTraining", "PGDAT", "adversarial_ce_loss"]
 
 
-def adversarial_ce_loss(trainer: AdversarialTrainer, model: nn.Module, phase: TrainingPhase) -> PhaseLoss:
+def adversarial_ce_loss(step: StepContext, model: nn.Module, phase: TrainingPhase) -> PhaseLoss:
     """``CE(F(x_adv), y)`` + aux on the phase's adversarial examples."""
-    x_adv = trainer.adversarial_examples(model, phase.attack)
-    out = trainer.model_forward(model, x_adv)
-    ce = trainer.task_loss(out.logits, trainer.step_state.labels)
-    return trainer.with_aux_loss(PhaseLoss(ce, {"adv_ce": ce}, out.logits), out)
+    x_adv = step.adversarial_examples(model, phase.attack)
+    out = step.forward(model, x_adv)
+    ce = step.task_loss(out.logits, step.labels)
+    return step.with_aux_loss(PhaseLoss(ce, {"adv_ce": ce}, out.logits), out)
 
 
 class CleanTraining(TrainingMethod):
@@ -29,14 +29,13 @@ class CleanTraining(TrainingMethod):
     name = "none"
     label = "Clean training"
 
-    def phases(self, trainer, global_step):
+    def phases(self, args, global_step):
         return [TrainingPhase("model", self.label, "all", None)]
 
-    def phase_loss(self, trainer, model, phase):
-        step = trainer.step_state
-        out = trainer.model_forward(model, step.pixel_values)
-        ce = trainer.task_loss(out.logits, step.labels)
-        return trainer.with_aux_loss(PhaseLoss(ce, {"clean_ce": ce}, out.logits), out)
+    def phase_loss(self, step, model, phase):
+        out = step.forward(model, step.pixel_values)
+        ce = step.task_loss(out.logits, step.labels)
+        return step.with_aux_loss(PhaseLoss(ce, {"clean_ce": ce}, out.logits), out)
 
 
 class PGDAT(TrainingMethod):
@@ -45,8 +44,8 @@ class PGDAT(TrainingMethod):
     name = "pgd-at"
     label = "PGD-AT"
 
-    def phases(self, trainer, global_step):
-        return [TrainingPhase("model", self.label, "all", trainer.args.adv_attack or "pgd")]
+    def phases(self, args, global_step):
+        return [TrainingPhase("model", self.label, "all", args.adv_attack or "pgd")]
 
-    def phase_loss(self, trainer, model, phase):
-        return adversarial_ce_loss(trainer, model, phase)
+    def phase_loss(self, step, model, phase):
+        return adversarial_ce_loss(step, model, phase)

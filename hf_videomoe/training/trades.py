@@ -19,15 +19,14 @@ class TRADES(TrainingMethod):
     label = "TRADES"
     argument_prefix = "trades"
 
-    def phases(self, trainer, global_step):
+    def phases(self, args, global_step):
         return [TrainingPhase("model", self.label, "all", "trades")]
 
-    def phase_loss(self, trainer, model, phase):
-        step = trainer.step_state
-        x_adv = trainer.adversarial_examples(model, phase.attack)
-        out = trainer.model_forward(model, torch.cat([step.pixel_values, x_adv]))
+    def phase_loss(self, step, model, phase):
+        x_adv = step.adversarial_examples(model, phase.attack)
+        out = step.forward(model, torch.cat([step.pixel_values, x_adv]))
         clean_logits, adv_logits = out.logits.split(step.batch_size)
-        clean_ce = trainer.task_loss(clean_logits, step.labels)
+        clean_ce = step.task_loss(clean_logits, step.labels)
         kl = kl_divergence(clean_logits, adv_logits)
-        terms = {"clean_ce": clean_ce, "trades_kl": kl, "adv_ce": trainer.task_loss(adv_logits.detach(), step.labels)}
-        return trainer.with_aux_loss(PhaseLoss(clean_ce + trainer.args.trades_beta * kl, terms, adv_logits), out)
+        terms = {"clean_ce": clean_ce, "trades_kl": kl, "adv_ce": step.task_loss(adv_logits.detach(), step.labels)}
+        return step.with_aux_loss(PhaseLoss(clean_ce + step.args.trades_beta * kl, terms, adv_logits), out)

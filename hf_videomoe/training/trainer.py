@@ -21,26 +21,24 @@ per micro-batch is therefore always one, whatever the data, so processes never d
 
 from __future__ import annotations
 
-import os
 from collections.abc import Mapping
 from typing import Any, ClassVar
 
 import torch
 from torch import nn
 from transformers import Trainer, TrainerCallback
-from transformers.trainer_utils import get_last_checkpoint
 from transformers.utils import logging
 
-from ..attacks import ATTACKS, attack_mode, build_attack
-from ..attacks.trades import trades_adversarial
-from ..moe import expert_usage_entropy, is_moe_model
+from ..moe import is_moe_model
+from .adversarial import TrainingAttacks, attack_kwargs
 from .arguments import AdversarialTrainingArguments
 from .callback import AdversarialTrainingCallback, live_adversarial_callback
-from .checks import check_labelled, forward_parameter_names, raise_if_not_finite
-from .losses import cross_entropy
-from .methods import METHODS
+from .checks import check_evaluation_and_datasets, check_method_fits, forward_parameter_names, raise_if_not_finite
+from .losses import cross_entropy, with_aux_loss
+from .methods import build_method, methods_trained_by
 from .phases import ForwardOutput, ParameterGroups, PhaseLoss, StepState, TrainingPhase, step_seed
 from .reporting import RobustReportingMixin
+from .step import StepContext, model_forward
 from .tlat import lipschitz_model_loss
 
 logger = logging.get_logger(__name__)
@@ -54,9 +52,9 @@ class AdversarialTrainer(RobustReportingMixin, Trainer):
     model with the current weights (attacks run in eval mode with frozen parameters and restore both).
 
     Methods (``args.adv_method``; each is a [`TrainingMethod`] of its own module, which defines its phases and
-    losses): ``"none"`` (clean training, `pgd_at.CleanTraining`), ``"pgd-at"`` (default, `pgd_at.PGDAT`),
-    ``"trades"`` (`trades.TRADES`), ``"tlat"`` (`tlat.TLAT`) and ``"advmoe"`` (`advmoe.AdvMoE`); J-TLAT is
-    [`JTLATTrainer`].
+    losses on a [`StepContext`] of the micro-batch): ``"none"`` (clean training, `pgd_at.CleanTraining`),
+    ``"pgd-at"`` (default, `pgd_at.PGDAT`), ``"trades"`` (`trades.TRADES`), ``"tlat"`` (`tlat.TLAT`) and
+    ``"advmoe"`` (`advmoe.AdvMoE`); J-TLAT is [`JTLATTrainer`].
 
     Every loss component and routing statistic is averaged between two logging steps and logged next to ``loss``
     (``adv_ce``, ``clean_ce``, ``aux_loss``, ``trades_kl``, ``lipschitz_model``, ``loss_router``, ``loss_expert``,
@@ -86,9 +84,7 @@ class AdversarialTrainer(RobustReportingMixin, Trainer):
     """
 
     default_adv_method: ClassVar[str] = "pgd-at"
-    supported_adv_methods: ClassVar[tuple[str, ...]] = tuple(
-        name for name, method in METHODS.items() if method.trainer_name == "AdversarialTrainer"
-    )
+    supported_adv_methods: ClassVar[tuple[str, ...]] = methods_trained_by("AdversarialTrainer")
 
     def __init__(
         self,
@@ -114,8 +110,8 @@ class AdversarialTrainer(RobustReportingMixin, Trainer):
                 f"adversarial-training settings), got {type(args).__name__}."
             )
         self.adv_method = args.adv_method or self.default_adv_method
+        self.method = build_method(self.adv_method)
         self._check_method_supported()
-        self.method = METHODS[self.adv_method]()
         if compute_loss_func is not None:
             raise ValueError(
                 f"{type(self).__name__} computes its own adversarial losses; `compute_loss_func` is not supported. "
@@ -143,7 +139,7 @@ class AdversarialTrainer(RobustReportingMixin, Trainer):
         self._metric_sums: dict[str, torch.Tensor] = {}
         self._metric_counts: dict[str, int] = {}
         self._pending_eval_metrics: dict[str, dict[str, float]] = {}
-        self._attacks: dict[str, Any] = {}
+        self.training_attacks: TrainingAttacks | None = None
         self.robustness_report = None
         self.robustness_reports: dict[str, Any] = {}
         self._setup_adversarial_training()
@@ -155,7 +151,7 @@ class AdversarialTrainer(RobustReportingMixin, Trainer):
     def _check_method_supported(self) -> None:
         if self.adv_method in self.supported_adv_methods:
             return
-        trainer_name = METHODS[self.adv_method].trainer_name
+        trainer_name = self.method.trainer_name
         if trainer_name != type(self).__name__:
             raise ValueError(
                 f"adv_method={self.adv_method!r} is trained by {trainer_name} (hf_videomoe.training.{trainer_name})."
@@ -169,32 +165,17 @@ class AdversarialTrainer(RobustReportingMixin, Trainer):
         args = self.args
         model = self.accelerator.unwrap_model(self.model)
         self.is_moe = is_moe_model(model)
-        if self.method.requires_moe and not self.is_moe:
-            raise ValueError(
-                f"adv_method={self.adv_method!r} trains routers and experts separately and needs a Mixture-of-Experts "
-                f"model, but {type(model).__name__} has no MoE layer. Upcycle it with "
-                "`VideoMAEMoeForVideoClassification.from_dense(...)` or use pgd-at / trades / tlat."
-            )
-        if self.adv_method != "none" and (self.is_fsdp_enabled or self.is_deepspeed_enabled):
-            raise ValueError(
-                "Adversarial training runs attacks on the unwrapped model inside the training step, which FSDP and "
-                "DeepSpeed (sharded parameters) do not allow; use DistributedDataParallel (the default) instead."
-            )
+        sharded = self.is_fsdp_enabled or self.is_deepspeed_enabled
+        check_method_fits(self.adv_method, self.method.requires_moe, model, self.is_moe, sharded)
         self.parameter_groups = ParameterGroups(model)
         self._forward_params = forward_parameter_names(model)
+        self.training_attacks = TrainingAttacks(args, self.is_moe)
         for phase in self.all_training_phases():
             if phase.parameters != "all" and not self.parameter_groups.parameters(phase.parameters):
                 raise ValueError(f"{phase.label} updates {phase.parameters} parameters, but the model has none.")
             if phase.attack not in (None, "trades"):
-                self._attack(phase.attack)  # builds and validates every training attack up front
-        for name in args.eval_attacks:
-            if ATTACKS[name].requires_moe and not self.is_moe:
-                raise ValueError(f"eval_attacks contains {name!r}, which needs a Mixture-of-Experts model.")
-        check_labelled(self.train_dataset, "train_dataset")
-        if args.eval_attacks and self.eval_dataset is not None:
-            datasets = self.eval_dataset.values() if isinstance(self.eval_dataset, Mapping) else [self.eval_dataset]
-            for dataset in datasets:
-                check_labelled(dataset, "eval_dataset")
+                self.training_attacks.attack(phase.attack)  # builds and validates every training attack up front
+        check_evaluation_and_datasets(args.eval_attacks, self.is_moe, self.train_dataset, self.eval_dataset)
 
     @property
     def method_label(self) -> str:
@@ -209,7 +190,7 @@ class AdversarialTrainer(RobustReportingMixin, Trainer):
         """Every phase this trainer may run, validated (attacks, parameter groups) before training starts: the
         method's alternation when it has one, else the phases of a step (so an overridden `training_phases` is
         checked too)."""
-        phases = self.method.all_phases(self)
+        phases = self.method.all_phases(self.args)
         return self.training_phases() if phases is None else phases
 
     def training_phases(self) -> list[TrainingPhase]:
@@ -218,137 +199,31 @@ class AdversarialTrainer(RobustReportingMixin, Trainer):
         The method ([`TrainingMethod`]) decides; subclasses override this to add or reorder phases, each phase's
         loss comes from [`compute_phase_loss`].
         """
-        return self.method.phases(self, self.state.global_step)
+        return self.method.phases(self.args, self.state.global_step)
 
     # ------------------------------------------------------------------------------------------------------------------
-    # Attacks
+    # The micro-batch as a method sees it
     # ------------------------------------------------------------------------------------------------------------------
 
-    def attack_kwargs(self, name: str, *, eps: float, steps: int, step_size: float | None) -> dict[str, Any]:
-        """`build_attack` keyword arguments for attack ``name`` under these arguments.
-
-        The paper's attacks (those with temporal adaptive steps: ``tla-*``, ``tlga-r``, ``j-tla``, ``j-tlga``) also get
-        the λ of the component they attack (λ_R for router attacks, λ_E for TLA-E, λ_F and λ_R for the joint ones),
-        γ1, γ2, β and the temporal step rule; standard attacks keep their own (uniform-step) defaults.
-        """
-        args = self.args
-        cls = ATTACKS[name]
-        kwargs: dict[str, Any] = {"eps": eps, "steps": steps, "norm": args.adv_norm}
-        if step_size is not None:
-            kwargs["step_size"] = step_size
-        if getattr(cls, "default_temporal_step", "uniform") != "uniform":
-            kwargs.update(args.paper_attack_kwargs(cls))
-        accepted = cls.accepted_kwargs()
-        return {key: value for key, value in kwargs.items() if key in accepted}
-
-    def _attack(self, name: str):
-        """The training attack ``name`` (built once; its seed is set before every call)."""
-        if name not in self._attacks:
-            args = self.args
-            kwargs = self.attack_kwargs(name, eps=args.adv_eps, steps=args.adv_steps, step_size=args.adv_step_size)
-            if "selection" in ATTACKS[name].accepted_kwargs():
-                # Training maximises the attack objective (Madry's inner maximisation): keep the iterate with the
-                # highest objective rather than the first one that fools the model.
-                kwargs["selection"] = "objective"
-            attack = build_attack(name, **kwargs)
-            if attack.requires_moe and not self.is_moe:
-                raise ValueError(f"The training attack {name!r} needs a Mixture-of-Experts model.")
-            self._attacks[name] = attack
-        return self._attacks[name]
-
-    def attack_seed(self, slot: str) -> int:
-        """Seed of an attack call: a function of ``args.seed``, the global step, the micro-batch, the process and
-        ``slot``, so that a run resumed from a checkpoint generates exactly the same adversarial examples."""
-        return step_seed(self.args.seed, self.state.global_step, self._micro_step, self.args.process_index, slot)
-
-    def adversarial_examples(self, model: nn.Module, attack: str | None) -> torch.Tensor:
-        """Adversarial pixels of the current micro-batch for ``attack`` (generated once per step and shared by every
-        phase that uses the same attack), computed on the unwrapped ``model`` with its current weights."""
-        step = self.step_state
-        if attack is None:
-            return step.pixel_values
-        if attack not in step.adversarial:
-            unwrapped = self.accelerator.unwrap_model(model)
-            seed = self.attack_seed(attack)
-            if attack == "trades":
-                args = self.args
-                adv = trades_adversarial(
-                    unwrapped,
-                    step.pixel_values,
-                    eps=args.adv_eps,
-                    steps=args.adv_steps,
-                    step_size=args.adv_step_size,
-                    norm=args.adv_norm,
-                    seed=seed,
-                    logits_fn=lambda m, x: self.model_forward(m, x).logits,
-                )
-            else:
-                attack_obj = self._attack(attack)
-                attack_obj.seed = seed
-                clean = None
-                if self.shares_clean_pass:
-                    out = self.clean_outputs(model)
-                    clean = (out.logits, out.router_logits)
-                adv = attack_obj.perturb(unwrapped, step.pixel_values, step.labels, clean_outputs=clean)
-            step.adversarial[attack] = adv.detach()
-            self._adversarial_callback_state().adversarial_batches += 1
-        step.main_attack = attack
-        return step.adversarial[attack]
-
-    # ------------------------------------------------------------------------------------------------------------------
-    # Forward helpers
-    # ------------------------------------------------------------------------------------------------------------------
-
-    def model_forward(self, model: nn.Module, pixel_values: torch.Tensor) -> ForwardOutput:
-        """Run ``model`` (wrapped or not) on pixels; MoE models are asked for router logits and the aux loss."""
-        kwargs = {"output_router_logits": True} if self.is_moe else {}
-        out = model(pixel_values=pixel_values, **kwargs)
-        if isinstance(out, torch.Tensor):
-            return ForwardOutput(out, None, None)
-        if isinstance(out, (tuple, list)):
-            return ForwardOutput(out[0], None, None)
-        router_logits = getattr(out, "router_logits", None)
-        return ForwardOutput(
-            out["logits"], tuple(router_logits) if router_logits else None, getattr(out, "aux_loss", None)
+    def step_context(self) -> StepContext:
+        """The current micro-batch (``step_state``) with what a method's losses need: the forward pass, the training
+        attacks and their seed, the shared clean pass. Built for every loss; the micro-batch's caches stay in
+        ``step_state``."""
+        unwrap = self.accelerator.unwrap_model
+        return StepContext(
+            args=self.args,
+            state=self.step_state,
+            attacks=self.training_attacks,
+            is_moe=self.is_moe,
+            config=getattr(unwrap(self.model), "config", None),
+            unwrap=unwrap,
+            seed_parts=self._seed_parts(),
+            shares_clean_pass=self.shares_clean_pass,
+            callback=self._adversarial_callback_state(),
         )
 
-    def task_loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        return cross_entropy(logits, labels, self.args.label_smoothing_factor)
-
-    def top_k(self) -> int:
-        return int(getattr(self.accelerator.unwrap_model(self.model).config, "num_experts_per_tok", 1))
-
-    # ------------------------------------------------------------------------------------------------------------------
-    # Losses
-    # ------------------------------------------------------------------------------------------------------------------
-
-    def compute_phase_loss(self, model: nn.Module, phase: TrainingPhase) -> PhaseLoss:
-        """The loss of ``phase`` on the current micro-batch (one forward pass through ``model``), as the method
-        defines it.
-
-        Override to change a method's objective; the per-sample loss is reduced, scaled for gradient accumulation and
-        back-propagated into ``phase.parameters`` by `training_step`.
-        """
-        return self.method.phase_loss(self, model, phase)
-
-    def lipschitz_model_loss(
-        self, model: nn.Module, x: torch.Tensor, x_adv: torch.Tensor, y: torch.Tensor
-    ) -> PhaseLoss:
-        """``CE(F(x_adv), y) + λ · L_Lip(F; x, x_adv)`` + aux (TLAT, J-TLAT step 3); see
-        [`~hf_videomoe.training.tlat.lipschitz_model_loss`]. Override to change both methods' model loss."""
-        return lipschitz_model_loss(self, model, x, x_adv, y)
-
-    def clean_outputs(self, model: nn.Module) -> ForwardOutput:
-        """Outputs on the clean clips of the micro-batch, without gradient: the targets of the Lipschitz terms and of
-        the routing consistency when ``lipschitz_detach_clean`` is set. One eval-mode forward pass of the unwrapped
-        model per micro-batch (a fixed target carries no dropout noise), shared by every phase and by the training
-        attacks, which would otherwise each run the same clean pass (see [`shares_clean_pass`])."""
-        step = self.step_state
-        if step.clean is None:
-            unwrapped = self.accelerator.unwrap_model(model)
-            with attack_mode(unwrapped, grad=False):
-                step.clean = self.model_forward(unwrapped, step.pixel_values)
-        return step.clean
+    def _seed_parts(self) -> tuple[int, ...]:
+        return (self.args.seed, self.state.global_step, self._micro_step, self.args.process_index)
 
     @property
     def shares_clean_pass(self) -> bool:
@@ -356,15 +231,64 @@ class AdversarialTrainer(RobustReportingMixin, Trainer):
         training attacks (`Attack.perturb(clean_outputs=...)`) so that it runs once per micro-batch."""
         return self.method.shares_clean_pass(self.args)
 
+    def compute_phase_loss(self, model: nn.Module, phase: TrainingPhase) -> PhaseLoss:
+        """The loss of ``phase`` on the current micro-batch (one forward pass through ``model``), as the method
+        defines it.
+
+        Override to change a method's objective (the helpers below give the pieces); the per-sample loss is reduced,
+        scaled for gradient accumulation and back-propagated into ``phase.parameters`` by `training_step`.
+        """
+        return self.method.phase_loss(self.step_context(), model, phase)
+
+    # ------------------------------------------------------------------------------------------------------------------
+    # Helpers: attacks, forward passes and losses of the current micro-batch (see `StepContext`)
+    # ------------------------------------------------------------------------------------------------------------------
+
+    def attack_kwargs(self, name: str, *, eps: float, steps: int, step_size: float | None) -> dict[str, Any]:
+        """`build_attack` keyword arguments for attack ``name`` under these arguments (see
+        [`~hf_videomoe.training.adversarial.attack_kwargs`])."""
+        return attack_kwargs(self.args, name, eps=eps, steps=steps, step_size=step_size)
+
+    def attack_seed(self, slot: str) -> int:
+        """Seed of an attack call: a function of ``args.seed``, the global step, the micro-batch, the process and
+        ``slot``, so that a run resumed from a checkpoint generates exactly the same adversarial examples."""
+        return step_seed(*self._seed_parts(), slot)
+
+    def adversarial_examples(self, model: nn.Module, attack: str | None) -> torch.Tensor:
+        """Adversarial pixels of the current micro-batch for ``attack`` (generated once per step and shared by every
+        phase that uses the same attack), computed on the unwrapped ``model`` with its current weights."""
+        return self.step_context().adversarial_examples(model, attack)
+
+    def clean_outputs(self, model: nn.Module) -> ForwardOutput:
+        """Outputs on the clean clips of the micro-batch, without gradient, computed once per micro-batch (see
+        [`StepContext.clean_outputs`])."""
+        return self.step_context().clean_outputs(model)
+
+    def model_forward(self, model: nn.Module, pixel_values: torch.Tensor) -> ForwardOutput:
+        """Run ``model`` (wrapped or not) on pixels; MoE models are asked for router logits and the aux loss."""
+        return model_forward(model, pixel_values, self.is_moe)
+
+    def task_loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        return cross_entropy(logits, labels, self.args.label_smoothing_factor)
+
+    def top_k(self) -> int:
+        config = getattr(self.accelerator.unwrap_model(self.model), "config", None)
+        return int(getattr(config, "num_experts_per_tok", 1))
+
     def with_aux_loss(self, loss: PhaseLoss, out: ForwardOutput) -> PhaseLoss:
         """Add the model's (already weighted) MoE auxiliary loss, and record the expert-usage entropy."""
-        if out.aux_loss is not None:
-            # `.mean()`: DataParallel returns one aux loss per replica.
-            loss.per_sample = loss.per_sample + out.aux_loss.float().mean()
-            loss.terms["aux_loss"] = out.aux_loss
-        if out.router_logits:
-            loss.terms["expert_usage_entropy"] = expert_usage_entropy(out.router_logits, self.top_k())
-        return loss
+        return with_aux_loss(loss, out, self.top_k())
+
+    def lipschitz_model_loss(
+        self, model: nn.Module, x: torch.Tensor, x_adv: torch.Tensor, y: torch.Tensor
+    ) -> PhaseLoss:
+        """``CE(F(x_adv), y) + λ · L_Lip(F; x, x_adv)`` + aux on the current micro-batch (TLAT's loss, J-TLAT step 3);
+        see [`~hf_videomoe.training.tlat.lipschitz_model_loss`]."""
+        return lipschitz_model_loss(self.step_context(), model, x, x_adv, y)
+
+    # ------------------------------------------------------------------------------------------------------------------
+    # Losses
+    # ------------------------------------------------------------------------------------------------------------------
 
     def compute_loss(
         self,
@@ -438,10 +362,7 @@ class AdversarialTrainer(RobustReportingMixin, Trainer):
         try:
             phases = self.training_phases()
             if self._micro_step == 0:
-                counts = self._adversarial_callback_state().phase_updates
-                for phase in phases:
-                    for name in phase.name.split("+"):
-                        counts[name] = counts.get(name, 0) + 1
+                self._adversarial_callback_state().count_phase_updates(phase.name for phase in phases)
             total = torch.zeros((), device=self.args.device)
             for index, phase in enumerate(phases):
                 self.step_state.phase = phase
@@ -488,10 +409,7 @@ class AdversarialTrainer(RobustReportingMixin, Trainer):
         )
 
     def _last_checkpoint(self) -> str | None:
-        checkpoint = self._adversarial_callback_state().last_checkpoint
-        if checkpoint is None and os.path.isdir(self.args.output_dir):
-            checkpoint = get_last_checkpoint(self.args.output_dir)
-        return checkpoint
+        return self._adversarial_callback_state().last_good_checkpoint(self.args.output_dir)
 
     def _adversarial_callback_state(self) -> AdversarialTrainingCallback:
         return live_adversarial_callback(self.callback_handler.callbacks, self._adversarial_callback)
