@@ -18,17 +18,17 @@ from .training import AdversarialTrainingArguments
 __all__ = ["DEMO_WARMUP_STEPS", "RECIPE_LOGGING_STEPS", "REPRODUCTION_WARMUP_STEPS", "recipe_training_arguments"]
 
 #: The linear warm-up, in optimizer steps, of the demo and of the reproduction: the one hyper-parameter their recipes
-#: do not share. The two pipelines were written apart, each with its own value, and both have recorded weights that
-#: depend on it (the demo's seeds in ``hf_videomoe/demo_seeds.json``; the reproduction's checkpoints, which a rerun
-#: must match bit for bit to the fingerprint in their ``train.json``), so each keeps its own. (The reproduction also
+#: do not share. Both have recorded weights that depend on it (the demo's seeds in ``hf_videomoe/demo_seeds.json``; the
+#: reproduction's checkpoints, which a rerun must match bit for bit to the fingerprint in their ``train.json``), so
+#: each keeps its own. (The reproduction also
 #: seeds the data order, keeps off Apple's MPS and hides progress bars off a terminal: see its `training_arguments`.)
 DEMO_WARMUP_STEPS = 10
 REPRODUCTION_WARMUP_STEPS = 5
 
 #: One log line (and, in the adversarial trainers, the training diagnostics it carries: an extra eval-mode forward pass
-#: and an FGSM probe of the batch) every 50 optimizer steps. The demo logged every 10 steps before it shared this
-#: recipe; logging does not change the weights (the diagnostics run with frozen parameters and draw nothing from the
-#: global RNG), but it costs time, and the reproduction's cost columns and its compute-matched row were measured at 50.
+#: and an FGSM probe of the batch) every 50 optimizer steps, for both pipelines: logging does not change the weights
+#: (the diagnostics run with frozen parameters and draw nothing from the global RNG), but it costs time, and the
+#: reproduction's cost columns and its compute-matched row were measured at 50.
 RECIPE_LOGGING_STEPS = 50
 
 

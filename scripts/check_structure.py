@@ -70,8 +70,18 @@ def scan_imports(name: str, path: Path, tree: ast.AST, modules: dict[str, Path],
                 candidate = f"{target}.{alias.name}"
                 dependencies.add(candidate if candidate in modules else target)
         elif isinstance(node, ast.Import):
-            dependencies.update(alias.name for alias in node.names)
+            for alias in node.names:
+                if any(is_private(part) for part in alias.name.split(".")):
+                    private.append(f"{path.relative_to(root)}:{node.lineno} imports private module {alias.name}")
+                dependencies.add(alias.name)
+    # Importing ``a.b.c`` runs ``a/__init__`` and ``a/b/__init__`` first: a loop through a package's __init__ is a loop.
+    dependencies |= {parent for dependency in dependencies for parent in parent_packages(dependency)}
     return {d for d in dependencies if d in modules and d != name}, private
+
+
+def parent_packages(name: str) -> set[str]:
+    parts = name.split(".")
+    return {".".join(parts[:i]) for i in range(1, len(parts))}
 
 
 def scan_functions(path: Path, tree: ast.AST, root: Path) -> tuple[dict[str, int], dict[str, int]]:
@@ -102,11 +112,8 @@ def scan_functions(path: Path, tree: ast.AST, root: Path) -> tuple[dict[str, int
 
 
 def import_cycles(imports: dict[str, set[str]]) -> list[list[str]]:
-    """Cycles between modules, ignoring edges into a package's own ``__init__`` (re-exports)."""
-
-    def parent_packages(name: str) -> set[str]:
-        parts = name.split(".")
-        return {".".join(parts[:i]) for i in range(1, len(parts))}
+    """Cycles between modules, ignoring edges into a module's own parent packages: those ``__init__`` files are
+    already running when the module is imported (they re-export it), so the edge back is not a new import."""
 
     graph = {name: {d for d in deps if d not in parent_packages(name)} for name, deps in imports.items()}
     index, low, stack, on_stack, cycles, counter = {}, {}, [], set(), [], [0]

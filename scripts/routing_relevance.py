@@ -27,7 +27,7 @@ import torch
 from transformers import Trainer, TrainingArguments, VideoMAEConfig, VideoMAEForVideoClassification
 
 from hf_videomoe import VideoMAEMoeForVideoClassification
-from hf_videomoe.data import VideoCollator, make_moving_shapes, stack_pixel_values
+from hf_videomoe.data import VideoCollator, hold_out_validation, make_moving_shapes, stack_pixel_values
 from hf_videomoe.moe import cluster_routers, expert_load, moe_blocks, routing_relevance
 from hf_videomoe.reproduction.recipes import (
     NormalizingCollator,
@@ -75,9 +75,7 @@ def fit(model, output_dir: Path, epochs: float, learning_rate: float, seed: int,
 
 def splits(args):
     data = make_moving_shapes(args.num_videos, num_frames=8, image_size=32, seed=args.seed, difficulty="easy")
-    train = data["train"]
-    num_val = len(train) // 5
-    return train.select(range(len(train) - num_val)), train.select(range(len(train) - num_val, len(train)))
+    return hold_out_validation(data["train"])
 
 
 def tensors(val) -> tuple[torch.Tensor, torch.Tensor]:

@@ -138,3 +138,25 @@ def test_verdict_wording_follows_the_interval_and_holm():
     assert survivors(verdicts) == [] and "Holm over 4 claims: p = 0.125, does not survive" in str(verdicts[0])
     alone = holm([compare(clearly_better, base, lambda r: r["acc"], higher_is="a", what="clear")])
     assert [v.what for v in survivors(alone)] == ["clear"] and "survives" in str(alone[0])
+
+
+def test_an_opposite_finding_enters_holm_two_sided_and_is_named_as_the_opposite():
+    from hf_videomoe.reproduction.verdicts import compare, finding, holm, survivors
+
+    rows_a = {s: {"acc": 0.30 + 0.01 * s} for s in range(5)}
+    rows_b = {s: {"acc": 0.40 + 0.01 * s} for s in range(5)}
+    verdict = compare(rows_a, rows_b, lambda r: r["acc"], higher_is="a", what="a beats b")
+    assert verdict.verdict == "does not hold; the opposite holds"
+    # Its direction was read from the data: two-sided, 2 / 32, so even a family of one does not survive at 5 seeds.
+    assert verdict.p_value == pytest.approx(2 / 32)
+    assert survivors(holm([verdict])) == [] and finding(verdict) == "the opposite of “a beats b”"
+    # A missing (NaN) value drops the seed instead of counting as a difference.
+    rows_a[4] = {"acc": float("nan")}
+    assert "4 seeds" in str(compare(rows_a, rows_b, lambda r: r["acc"], higher_is="a", what="a beats b"))
+    # "holds" by the sign test while one seed is far off: the interval's doubt is printed with it.
+    base = {s: {"acc": 0.3} for s in range(5)}
+    skewed = {s: {"acc": 0.3 + (0.4 if s == 4 else 0.001)} for s in range(5)}
+    line = str(compare(skewed, base, lambda r: r["acc"], higher_is="a", what="skewed"))
+    assert "**holds**" in line and "though the 95 % interval contains zero" in line
+    with pytest.raises(ValueError, match="confidence in"):
+        paired_mean_interval([1.0, 2.0], confidence=1.0)

@@ -105,6 +105,26 @@ def test_re_exports_into_the_parent_package_are_not_cycles_but_other_package_loo
     assert tree(files)["import_cycles"] == [["hf_videomoe.sub", "hf_videomoe.x"]]
 
 
+def test_importing_a_submodule_runs_its_packages_init_so_a_loop_through_it_counts(tree):
+    """``from hf_videomoe.b.n import g`` runs ``b/__init__`` first; when that imports back into ``a``, Python raises
+    "partially initialized module": the check must see the loop a -> a.m -> b -> b.o -> a."""
+    result = tree(
+        {
+            "hf_videomoe/a/__init__.py": "from .m import g\nf = 1\n",
+            "hf_videomoe/a/m.py": "from ..b.n import g\n",
+            "hf_videomoe/b/__init__.py": "from .o import h\n",
+            "hf_videomoe/b/n.py": "g = 1\n",
+            "hf_videomoe/b/o.py": "from ..a import f\nh = f\n",
+        }
+    )
+    assert result["import_cycles"] == [["hf_videomoe.a", "hf_videomoe.a.m", "hf_videomoe.b", "hf_videomoe.b.o"]]
+
+
+def test_plain_import_of_a_private_module_is_a_private_import(tree):
+    result = tree({"hf_videomoe/a.py": "import hf_videomoe._impl\n", "hf_videomoe/_impl.py": "x = 1\n"})
+    assert result["private_imports"] == ["hf_videomoe/a.py:1 imports private module hf_videomoe._impl"]
+
+
 def test_from_package_import_module_depends_on_the_module(tree):
     """``from . import b`` is an edge to ``b`` itself, so a loop written that way is not hidden by the re-export
     exemption (``hf_videomoe`` is the importer's parent package)."""

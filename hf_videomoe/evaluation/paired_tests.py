@@ -104,6 +104,8 @@ def paired_mean_interval(differences: Sequence[float], confidence: float = 0.95)
 
     Returns ``{"mean", "low", "high", "n"}``; with fewer than two pairs the interval is undefined (``low`` and
     ``high`` are ``None``). An interval that contains zero means the data cannot tell the sign of the difference."""
+    if not 0 < confidence < 1:
+        raise ValueError(f"paired_mean_interval takes a confidence in (0, 1), got {confidence}.")
     values = [float(d) for d in differences]
     n = len(values)
     if n == 0:

@@ -105,8 +105,8 @@ def evaluate_robustness(
             plain lists), a sequence of such dicts, a ``DataLoader`` yielding dict batches or any iterable of samples
             / batches (in a deterministic order).
         args: the options, a [`RobustnessArguments`] (default: all its defaults). A third positional argument that is
-            not a `RobustnessArguments` is read as ``attacks``, as every call did before the dataclass existed
-            (``evaluate_robustness(model, dataset, ["pgd"], eps=4 / 255)``).
+            not a `RobustnessArguments` is read as ``attacks``
+            (``evaluate_robustness(model, dataset, ["pgd"], eps=4 / 255)``), the short form for a list of attacks.
         kwargs: fields of [`RobustnessArguments`] (``attacks``, ``eps``, ``mode``, ...). Given with ``args``, they
             override its values (as ``dataclasses.replace(args, **kwargs)``, validated again), so one set of
             arguments can serve several runs.
@@ -138,7 +138,7 @@ def evaluate_robustness(
 
 def _resolve_arguments(args: Any, overrides: dict[str, Any]) -> RobustnessArguments:
     if args is not None and not isinstance(args, RobustnessArguments):
-        # The third positional parameter used to be `attacks` (the trainer and many scripts pass it so).
+        # The short form: a list of attacks in third position (the trainer and scripts call it so).
         if "attacks" in overrides:
             raise TypeError("evaluate_robustness() got multiple values for argument 'attacks'.")
         args, overrides = None, {"attacks": args, **overrides}

@@ -6,7 +6,7 @@ from __future__ import annotations
 import statistics
 
 from .recipes import ATTACK_LABELS, DEFENSES, PAPER_ATTACKS, Settings, eps_name
-from .verdicts import Verdict, compare, holm, seeds_phrase, survivors, values_of
+from .verdicts import Verdict, compare, finding, holm, seeds_phrase, survivors, values_of
 
 # ----------------------------------------------------------------------------------------------------------------------
 # "What holds": claims of the paper checked with simple rules on the measured numbers
@@ -32,7 +32,7 @@ ABLATION_CLAIMS = {
 }
 
 
-#: Issue 40's registered family (docs/PROTOCOL.md, "Registration of 2026-12-07"): the ablation whose step 3 trains on
+#: A registered family of its own (docs/PROTOCOL.md, "Registration of 2026-12-07"): the ablation whose step 3 trains on
 #: a strong attack's examples, against J-TLAT (does the model-step attack explain the gap?) and against MoE AT (do
 #: steps 1 and 2 add robustness on top of it?).
 MODEL_STEP_ABLATIONS = {"model-attack-pgd": "PGD", "model-attack-tla-m": "TLA-M"}
@@ -71,31 +71,43 @@ def what_holds(results: dict, settings: Settings, ablation_seeds: list[int]) -> 
     out: list[str] = []
     for title, lines in families:
         holm(lines)
-        tested = [v for v in lines if isinstance(v, Verdict) and v.p_value is not None]
+        tested = [v for v in lines if isinstance(v, Verdict)]
         kept = survivors(lines)
         out.append(f"**{title}**")
         out += ["- " + str(line) for line in lines]
         if tested:
             out.append(
-                f"- Holm's correction over this family's {len(tested)} paired claims: "
-                + (", ".join(f"“{v.what}”" for v in kept) + " survive." if kept else "no verdict survives.")
+                f"- Holm's correction over this family's "
+                + (f"{len(tested)} paired claims: " if len(tested) > 1 else "one claim: ")
+                + (", ".join(finding(v) for v in kept) + " survive." if kept else "no verdict survives.")
             )
         out.append("")
-    out.append(verdict_rules_note(settings))
+    out.append(verdict_rules_note(settings, evaluated_clips(results, settings)))
     return out
 
 
-def verdict_rules_note(settings: Settings) -> str:
-    n_eval = settings.eval_samples
+def evaluated_clips(results: dict, settings: Settings) -> int:
+    """How many clips the rows were evaluated on: ``eval_samples``, or fewer when the split is smaller (the validation
+    split of ``--validation``), as the rows' per-clip records show."""
+    for rows in results["defenses"].values():
+        for row in rows.values():
+            if "worst_case_correct" in row:
+                return len(row["worst_case_correct"])
+    return settings.eval_samples
+
+
+def verdict_rules_note(settings: Settings, n_eval: int) -> str:
+    split = "validation" if settings.eval_split == "validation" else "test"
     return (
-        f"_Resolution: {n_eval} test clips, so one clip = {100 / n_eval:.2f} points. Verdicts are produced by fixed "
+        f"_Resolution: {n_eval} {split} clips, so one clip = {100 / n_eval:.2f} points. Verdicts are produced by fixed "
         "rules (`what_holds`, docs/PROTOCOL.md): **holds** = right direction on average and one-sided sign test over "
         "seeds p < 0.05 (with 5 seeds: every seed agrees; with 4 or fewer no claim can hold); **the opposite holds** "
         "= the same the other way; otherwise the paired mean difference's 95 % t interval over seeds names the "
         "outcome: **inconclusive** when it contains zero (the data cannot tell the sign; never read as no effect), "
         "**right direction** / **opposite direction, not significant by the sign test** when it excludes zero. "
-        "Each block is one family of claims: Holm's correction runs over its sign-test p-values, and with five seeds "
-        "(smallest p = 1/32) no claim of a family of two or more can survive it._"
+        "Each block is one family of claims: Holm's correction runs over its sign-test p-values (two-sided for an "
+        "opposite that holds, as its direction was read from the data); with five seeds the smallest one-sided p is "
+        "1/32 and the smallest two-sided 1/16, so no verdict of a family of two or more can survive it._"
     )
 
 

@@ -79,8 +79,7 @@ ABLATIONS = {
     "no-expert-step": ("without step 2 (experts)", {"jtlat_steps": ["router", "model"]}, {}),
     "no-model-step": ("without step 3 (model)", {"jtlat_steps": ["router", "expert"]}, {}),
     "sequential-update": ("the paper's three sequential updates per batch", {"jtlat_update": "sequential"}, {}),
-    # Registered 2026-12-07 (docs/PROTOCOL.md, "Why J-TLAT loses"): is step 3's training attack (J-TLGA, weaker than
-    # PGD on these models) why J-TLAT trails PGD-AT?
+    # Is step 3's training attack (J-TLGA, weaker than PGD on these models) why J-TLAT trails PGD-AT? (docs/PROTOCOL.md)
     "model-attack-pgd": ("step 3 on PGD examples", {"jtlat_model_attack": "pgd"}, {}),
     "model-attack-tla-m": ("step 3 on TLA-M examples", {"jtlat_model_attack": "tla-m"}, {}),
 }

@@ -63,7 +63,13 @@ def protocol_markdown(settings: Settings, seeds, ablation_seeds, attack_table_se
         [
             f"- **Data.** MovingShapes, {s.num_videos} clips ({s.num_frames} frames, {s.image_size}×{s.image_size}, "
             f"difficulty `{s.difficulty}`, data seed {s.data_seed}, 75/25 train/test split); the same data for every "
-            f"seed. Evaluation on the first {s.eval_samples} test clips (the same clips for every row).",
+            f"seed. Evaluation on the first {s.eval_samples} test clips (the same clips for every row)."
+            + (
+                " **Validation mode:** every model trains on the first 80 % of the train split and is evaluated on its "
+                "last 20 % (all of it when it holds fewer clips than that); the test clips are not read."
+                if s.eval_split == "validation"
+                else ""
+            ),
             f'- **Dense baseline ("pretrained").** {model}, hidden {s.hidden_size}, {s.num_layers} layers, '
             f"{s.num_heads} heads, MLP {4 * s.hidden_size}, patch {s.patch_size}"
             + (", tubelet 2" if s.model_type == "videomae" else "")

@@ -28,15 +28,16 @@ def values_of(rows: dict, getter) -> list[float]:
 
 @dataclass
 class Verdict:
-    """One claim judged on seed-matched values; ``str()`` gives its line. ``p_value`` is the one-sided sign-test p of
-    the direction the verdict asserts (the claim's, or the opposite's when the opposite holds), the p-value Holm's
-    correction adjusts (`holm`); ``holm_p`` is filled in by it."""
+    """One claim judged on seed-matched values; ``str()`` gives its line. ``p_value`` is what Holm's correction
+    adjusts (`holm`; ``holm_p`` is filled in by it): the claim's one-sided sign-test p, or, when the opposite holds, the
+    two-sided p of that finding, whose direction was chosen after the data were seen."""
 
     what: str
     verdict: str
     detail: str
-    p_value: float | None = None
+    p_value: float
     asserts: bool = False  # "holds" or "the opposite holds": the verdicts a family-wise correction can withdraw
+    opposite: bool = False  # the verdict asserts the opposite of the claim
     holm_p: float | None = field(default=None, repr=False)
     family_size: int | None = field(default=None, repr=False)
 
@@ -52,7 +53,7 @@ class Verdict:
 def holm(verdicts: list) -> list:
     """Apply Holm's correction to the sign-test p-values of the `Verdict`s in ``verdicts`` (one family of claims;
     other entries, such as hand-written lines, pass through). Returns ``verdicts``."""
-    family = [v for v in verdicts if isinstance(v, Verdict) and v.p_value is not None]
+    family = [v for v in verdicts if isinstance(v, Verdict)]
     for verdict, adjusted in zip(family, holm_adjust([v.p_value for v in family])):
         verdict.holm_p, verdict.family_size = adjusted, len(family)
     return verdicts
@@ -61,6 +62,11 @@ def holm(verdicts: list) -> list:
 def survivors(verdicts: list) -> list[Verdict]:
     """The asserted verdicts (holds / the opposite holds) of a family that survive Holm's correction."""
     return [v for v in verdicts if isinstance(v, Verdict) and v.asserts and v.holm_p is not None and v.holm_p < ALPHA]
+
+
+def finding(verdict: Verdict) -> str:
+    """What a verdict that asserts something found: the claim, or its opposite."""
+    return f"the opposite of “{verdict.what}”" if verdict.opposite else f"“{verdict.what}”"
 
 
 def interval_phrase(interval: dict, unit_scale: float, unit: str, digits: int) -> str:
@@ -81,19 +87,19 @@ def compare(
     unit_scale: float = 100.0,
     unit: str = "%",
     digits: int = 1,
-    resolution: float = 0.0,
     per_clip: str | None = None,
 ) -> Verdict | str:
     """Claim: ``a`` > ``b`` (``higher_is="a"``) or ``a`` < ``b`` (``higher_is="b"``) on seed-matched values, judged by
     the protocol's paired tests (docs/PROTOCOL.md).
 
-    - **holds**: the mean difference is in the claimed direction by more than ``resolution`` and the one-sided sign
-      test across seeds gives p < 0.05 (with 5 seeds: all five agree);
+    - **holds**: the mean difference is in the claimed direction and the one-sided sign test across seeds gives
+      p < 0.05 (with 5 seeds: all five agree) — the protocol's rule; when the paired interval still contains zero
+      (one seed far off), the line says so;
     - **the opposite holds**: the same, in the other direction;
     - otherwise the paired mean difference's 95 % t interval over seeds decides the words: **inconclusive** when it
       contains zero (the data cannot tell the sign: never "a tie" or "no effect"), **right direction, not
       significant** or **does not hold (opposite direction)** when it excludes zero but the sign test is not
-      significant, and **no measurable difference** only when every seed gives the same value to ``resolution``.
+      significant, and **no measurable difference** only when every seed gives the same value.
 
     The difference is always given in the claimed direction with its interval. ``per_clip``: a row key holding
     per-clip correctness (e.g. ``"worst_case_correct"``): an exact McNemar test per seed is added (how many seeds reach
@@ -106,7 +112,7 @@ def compare(
             a, b = getter(rows_a[s]), getter(rows_b[s])
         except (KeyError, TypeError):
             continue
-        if a is None or b is None:
+        if a is None or b is None or math.isnan(float(a)) or math.isnan(float(b)):
             continue
         pairs.append((float(a), float(b)))
     if not pairs:
@@ -119,14 +125,17 @@ def compare(
     interval = paired_mean_interval(diffs)
     p_value = sign_test(diffs, "greater")["p_value"]
     p_opposite = sign_test(diffs, "less")["p_value"]
-    asserted_p, asserts = p_value, False
-    if mean_diff > resolution and p_value < ALPHA:
+    spans_zero = interval["low"] is None or interval["low"] <= 0 <= interval["high"]
+    asserted_p, asserts, opposite = p_value, False, False
+    if mean_diff > 0 and p_value < ALPHA:
         verdict, asserts = "holds", True
-    elif mean_diff < -resolution and p_opposite < ALPHA:
-        verdict, asserted_p, asserts = "does not hold; the opposite holds", p_opposite, True
-    elif all(abs(d) <= resolution for d in diffs):
+    elif mean_diff < 0 and p_opposite < ALPHA:
+        # Found in the direction the data showed, not the one claimed: Holm gets its two-sided p.
+        verdict, asserts, opposite = "does not hold; the opposite holds", True, True
+        asserted_p = min(1.0, 2 * p_opposite)
+    elif all(d == 0 for d in diffs):
         verdict = "no measurable difference (the same on every seed)"
-    elif interval["low"] is None or interval["low"] <= 0 <= interval["high"]:
+    elif spans_zero:
         verdict = "inconclusive"
     elif interval["low"] > 0:
         verdict = "right direction, not significant by the sign test"
@@ -138,12 +147,14 @@ def compare(
         f"{interval_phrase(interval, unit_scale, unit, digits)}, {n} seed{'s' if n != 1 else ''}, "
         f"one-sided sign test p = {p_value:.3g}"
     )
-    against = mean_diff < -resolution
+    against = mean_diff < 0
     if against:
         detail += f", opposite direction p = {p_opposite:.3g}"
+    if asserts and spans_zero:
+        detail += ", though the 95 % interval contains zero"
     if per_clip is not None:
         detail += mcnemar_phrase(rows_a, rows_b, seeds, per_clip, higher_is == "a", against)
-    return Verdict(what, verdict, detail, p_value=asserted_p, asserts=asserts)
+    return Verdict(what, verdict, detail, p_value=asserted_p, asserts=asserts, opposite=opposite)
 
 
 def mcnemar_phrase(rows_a: dict, rows_b: dict, seeds: list, per_clip: str, a_better: bool, against: bool) -> str:

@@ -15,9 +15,8 @@ from torch import nn
 
 from ..attacks.terms import lipschitz_ratio
 from ..moe import force_experts
-from .jtlat_routing import expert_selection, router_loss
+from .jtlat_routing import expert_selection
 from .phases import PhaseLoss, TrainingPhase
-from .tlat import fused_router_model_loss
 from .trainer import AdversarialTrainer
 
 #: Optimizers with which `jtlat_update="sequential"` is exact: per-parameter state, parameters without a gradient
@@ -139,14 +138,6 @@ class JTLATTrainer(AdversarialTrainer):
         """Whether steps 1 and 3 share one forward / backward pass (``jtlat_reuse_adversarial``, top-1 routing,
         summed updates; see [`~hf_videomoe.training.tlat.JTLAT.fuses_router_and_model_steps`])."""
         return self.method.fuses_router_and_model_steps(self.args, self.top_k())
-
-    def router_loss(self, model: nn.Module, phase: TrainingPhase) -> PhaseLoss:
-        """Step 1's loss on the current micro-batch (see [`~hf_videomoe.training.jtlat_routing.router_loss`])."""
-        return router_loss(self.step_context(), model, phase)
-
-    def fused_router_model_loss(self, model: nn.Module, phase: TrainingPhase) -> PhaseLoss:
-        """Steps 1 and 3 from one pass (see [`~hf_videomoe.training.tlat.fused_router_model_loss`])."""
-        return fused_router_model_loss(self.step_context(), model, phase)
 
     def expert_selection(self, model: nn.Module, phase: TrainingPhase) -> tuple[torch.Tensor, torch.Tensor]:
         """Step 2's experts per clip and their weights (see

@@ -34,12 +34,10 @@ from .adversarial import TrainingAttacks, attack_kwargs
 from .arguments import AdversarialTrainingArguments
 from .callback import AdversarialTrainingCallback, live_adversarial_callback
 from .checks import check_evaluation_and_datasets, check_method_fits, forward_parameter_names, raise_if_not_finite
-from .losses import cross_entropy, with_aux_loss
 from .methods import build_method, methods_trained_by
-from .phases import ForwardOutput, ParameterGroups, PhaseLoss, StepState, TrainingPhase, step_seed
+from .phases import ForwardOutput, ParameterGroups, PhaseLoss, StepState, TrainingPhase
 from .reporting import RobustReportingMixin
 from .step import StepContext, model_forward
-from .tlat import lipschitz_model_loss
 
 logger = logging.get_logger(__name__)
 
@@ -249,42 +247,13 @@ class AdversarialTrainer(RobustReportingMixin, Trainer):
         [`~hf_videomoe.training.adversarial.attack_kwargs`])."""
         return attack_kwargs(self.args, name, eps=eps, steps=steps, step_size=step_size)
 
-    def attack_seed(self, slot: str) -> int:
-        """Seed of an attack call: a function of ``args.seed``, the global step, the micro-batch, the process and
-        ``slot``, so that a run resumed from a checkpoint generates exactly the same adversarial examples."""
-        return step_seed(*self._seed_parts(), slot)
-
-    def adversarial_examples(self, model: nn.Module, attack: str | None) -> torch.Tensor:
-        """Adversarial pixels of the current micro-batch for ``attack`` (generated once per step and shared by every
-        phase that uses the same attack), computed on the unwrapped ``model`` with its current weights."""
-        return self.step_context().adversarial_examples(model, attack)
-
-    def clean_outputs(self, model: nn.Module) -> ForwardOutput:
-        """Outputs on the clean clips of the micro-batch, without gradient, computed once per micro-batch (see
-        [`StepContext.clean_outputs`])."""
-        return self.step_context().clean_outputs(model)
-
     def model_forward(self, model: nn.Module, pixel_values: torch.Tensor) -> ForwardOutput:
         """Run ``model`` (wrapped or not) on pixels; MoE models are asked for router logits and the aux loss."""
         return model_forward(model, pixel_values, self.is_moe)
 
-    def task_loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        return cross_entropy(logits, labels, self.args.label_smoothing_factor)
-
     def top_k(self) -> int:
         config = getattr(self.accelerator.unwrap_model(self.model), "config", None)
         return int(getattr(config, "num_experts_per_tok", 1))
-
-    def with_aux_loss(self, loss: PhaseLoss, out: ForwardOutput) -> PhaseLoss:
-        """Add the model's (already weighted) MoE auxiliary loss, and record the expert-usage entropy."""
-        return with_aux_loss(loss, out, self.top_k())
-
-    def lipschitz_model_loss(
-        self, model: nn.Module, x: torch.Tensor, x_adv: torch.Tensor, y: torch.Tensor
-    ) -> PhaseLoss:
-        """``CE(F(x_adv), y) + λ · L_Lip(F; x, x_adv)`` + aux on the current micro-batch (TLAT's loss, J-TLAT step 3);
-        see [`~hf_videomoe.training.tlat.lipschitz_model_loss`]."""
-        return lipschitz_model_loss(self.step_context(), model, x, x_adv, y)
 
     # ------------------------------------------------------------------------------------------------------------------
     # Losses
