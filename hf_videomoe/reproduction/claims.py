@@ -77,7 +77,7 @@ def what_holds(results: dict, settings: Settings, ablation_seeds: list[int]) -> 
         out += ["- " + str(line) for line in lines]
         if tested:
             out.append(
-                f"- Holm's correction over this family's "
+                "- Holm's correction over this family's "
                 + (f"{len(tested)} paired claims: " if len(tested) > 1 else "one claim: ")
                 + (", ".join(finding(v) for v in kept) + " survive." if kept else "no verdict survives.")
             )
