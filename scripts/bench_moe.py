@@ -193,7 +193,8 @@ def main(argv=None):
     torch.manual_seed(args.seed)
     config = moe_config(args)
     moe = VideoMAEMoeForVideoClassification(config).eval()
-    default_impl = moe.config._experts_implementation
+    # transformers' public getter maps module paths to kernels; the whole model (path '') uses one kernel here.
+    default_impl = moe.get_experts_implementation()[""]
     narrow = VideoMAEForVideoClassification(dense_equivalent_config(config, match="active")).eval()
     matched = VideoMAEForVideoClassification(dense_equivalent_config(config, match="total")).eval()
 

@@ -18,7 +18,7 @@ from transformers.trainer_utils import IntervalStrategy
 from transformers.utils import logging
 
 from ..attacks import attack_mode, build_attack
-from ..evaluation import evaluate_robustness
+from ..evaluation import RobustnessArguments, evaluate_robustness
 from ..hub import build_model_card, push_robust_checkpoint
 from ..moe import routing_change_per_layer
 from .arguments import ROBUST_METRIC_PREFIX, WORST_CASE_METRIC
@@ -193,10 +193,8 @@ class RobustReportingMixin:
             for name in args.eval_attacks
         }
         start = time.time()
-        report = evaluate_robustness(
-            model,
-            dataset,
-            attacks,
+        robustness_args = RobustnessArguments(
+            attacks=attacks,
             eps=eps,
             norm=args.adv_norm,
             steps=args.eval_attack_steps,
@@ -210,6 +208,7 @@ class RobustReportingMixin:
             accelerator=self.accelerator if self.accelerator.num_processes > 1 else None,
             progress=False,
         )
+        report = evaluate_robustness(model, dataset, robustness_args)
         self.robustness_reports[prefix] = report
         if prefix == "eval" or self.robustness_report is None:
             self.robustness_report = report
