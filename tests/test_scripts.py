@@ -575,3 +575,36 @@ def test_validation_mode_trains_and_evaluates_inside_the_train_split(tmp_path):
         Settings.quick(eval_split="train")
     with pytest.raises(ValueError, match="fraction in"):
         hold_out_validation(data["train"], fraction=1.5)
+
+
+def test_training_length_curve_reads_one_cache_per_epoch_count(tmp_path, load_script):
+    """scripts/plot_training_length.py: one point per cache (its settings' adv_epochs) and row, only when the row has a
+    result on every seed named, with mean ± sd over those seeds; the figure is written."""
+    import json
+
+    script = load_script("plot_training_length")
+    for epochs, worst in ((5, 0.30), (10, 0.40)):
+        folder = tmp_path / f"e{epochs}"
+        folder.mkdir()
+        (folder / "settings.json").write_text(json.dumps({"adv_epochs": epochs}))
+        for seed in (0, 1):
+            for row in ("moe-at", "j-tlat"):
+                if epochs == 10 and row == "j-tlat" and seed == 1:
+                    continue  # an unfinished seed: this point must not appear
+                path = folder / f"seed{seed}" / row / "result.json"
+                path.parent.mkdir(parents=True)
+                result = {"worst_case": worst + 0.02 * seed, "clean": 0.8, "train": {"cpu_seconds": 100.0 * epochs}}
+                path.write_text(json.dumps(result))
+    curves = script.collect([tmp_path / "e10", tmp_path / "e5"], [0, 1], None)
+    assert [p["epochs"] for p in curves["MoE AT (PGD-AT)"]] == [5, 10]
+    assert [p["epochs"] for p in curves["J-TLAT"]] == [5]
+    assert "| MoE AT (PGD-AT) | 10 | 41.0 ± 1.4 | 80.0 ± 0.0 | 1000 |" in script.markdown_table(curves)
+    assert (
+        script.main(
+            [str(tmp_path / "e5"), str(tmp_path / "e10"), "--seeds", "0", "1", "--output", str(tmp_path / "f.png")]
+        )
+        == 0
+    )
+    assert (tmp_path / "f.png").stat().st_size > 0
+    with pytest.raises(SystemExit, match="no row has result.json"):
+        script.main([str(tmp_path / "e5"), "--seeds", "7"])
