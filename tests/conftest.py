@@ -22,7 +22,7 @@ TINY_SHAPE = dict(
 )
 
 
-@pytest.fixture
+@pytest.fixture(scope="session")
 def tiny_videomae_config():
     """Factory: ``tiny_videomae_config(**overrides)`` -> ``VideoMAEMoeConfig`` (tubelet 2, so 2 time steps x 4 patches).
 
@@ -40,7 +40,7 @@ def tiny_videomae_config():
     return make
 
 
-@pytest.fixture
+@pytest.fixture(scope="session")
 def tiny_timesformer_config():
     """Factory: ``tiny_timesformer_config(**overrides)`` -> ``TimesformerMoeConfig`` (1 CLS + 4 frames x 4 patches).
 
@@ -56,6 +56,169 @@ def tiny_timesformer_config():
         return (TimesformerConfig if dense else TimesformerMoeConfig)(**kwargs)
 
     return make
+
+
+@pytest.fixture(params=["videomae", "timesformer"])
+def kind(request):
+    """The model family, ``"videomae"`` or ``"timesformer"``: a test asking for it runs once per family."""
+    return request.param
+
+
+@pytest.fixture
+def make_config(kind, tiny_videomae_config, tiny_timesformer_config):
+    """Factory: ``make_config(**overrides)`` -> ``kind``'s tiny config (one of the two factories above)."""
+    return tiny_videomae_config if kind == "videomae" else tiny_timesformer_config
+
+
+@pytest.fixture(scope="session")
+def tiny_moe_model(tiny_videomae_config):
+    """Factory: ``tiny_moe_model(seed=0, **overrides)`` -> a 4-expert VideoMAE-MoE built after ``manual_seed(seed)``."""
+
+    def make(seed: int = 0, **overrides):
+        import torch
+
+        from hf_videomoe import VideoMAEMoeForVideoClassification
+
+        torch.manual_seed(seed)
+        return VideoMAEMoeForVideoClassification(tiny_videomae_config(**{"num_experts": 4, **overrides}))
+
+    return make
+
+
+@pytest.fixture(scope="session")
+def tiny_dense_model(tiny_videomae_config):
+    """Factory: ``tiny_dense_model(seed=0)`` -> the dense VideoMAE classifier of the tiny shape, in eval mode."""
+
+    def make(seed: int = 0):
+        import torch
+        from transformers import VideoMAEForVideoClassification
+
+        torch.manual_seed(seed)
+        return VideoMAEForVideoClassification(tiny_videomae_config(dense=True)).eval()
+
+    return make
+
+
+@pytest.fixture(scope="session")
+def model_labelled_clips():
+    """Factory: ``model_labelled_clips(model, n, seed=1, wrong=0)`` -> clips the model labels, ``wrong`` shifted."""
+
+    def make(model, n: int, seed: int = 1, wrong: int = 0):
+        import torch
+
+        x = torch.rand(n, 4, 3, 16, 16, generator=torch.Generator().manual_seed(seed))
+        with torch.no_grad():
+            y = model(pixel_values=x).logits.argmax(-1)
+        y[:wrong] = (y[:wrong] + 1) % 8  # the tiny shape's 8 classes
+        return [{"pixel_values": x[i], "labels": int(y[i])} for i in range(n)]
+
+    return make
+
+
+@pytest.fixture(scope="session")
+def motion_trained_moe(tiny_moe_model):
+    """Factory: ``motion_trained_moe(**overrides)`` -> (model, test clips, test labels), 60 steps on ``make_motion``."""
+
+    def make(**overrides):
+        import torch
+        from motion_data import make_motion
+
+        model = tiny_moe_model(num_labels=4, **overrides)
+        x_train, y_train = make_motion(256, seed=1)
+        optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
+        g = torch.Generator().manual_seed(2)
+        model.train()
+        for _ in range(60):
+            index = torch.randint(0, x_train.shape[0], (32,), generator=g)
+            loss = model(x_train[index], labels=y_train[index]).loss
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+        model.eval()
+        for p in model.parameters():
+            p.grad = None
+        x_test, y_test = make_motion(32, seed=3)
+        return model, x_test, y_test
+
+    return make
+
+
+@pytest.fixture(scope="session")
+def motion_dataset():
+    """Factory: ``motion_dataset(num_clips, seed, noise=0.1)`` -> a 2-class ``Dataset``: a square moving left/right."""
+
+    def make(num_clips: int, seed: int, noise: float = 0.1):
+        """A white 4x4 square crosses a noisy grey frame left-to-right (label 0) or right-to-left (label 1).
+
+        Clean training solves it from the tubelet embedding alone and is fooled by an 8/255 PGD; adversarial training
+        has to rely on the square itself.
+        """
+        import torch
+        from datasets import Dataset
+
+        generator = torch.Generator().manual_seed(seed)
+        labels = torch.arange(num_clips) % 2
+        pixels = (0.5 + noise * torch.randn(num_clips, 4, 3, 16, 16, generator=generator)).clamp(0, 1)
+        for i in range(num_clips):
+            row = int(torch.randint(0, 12, (1,), generator=generator))
+            start = int(torch.randint(0, 4, (1,), generator=generator))
+            for t in range(4):
+                col = start + 3 * t if labels[i] == 0 else 12 - start - 3 * t
+                pixels[i, t, :, row : row + 4, col : col + 4] = 1.0
+        return Dataset.from_dict({"pixel_values": pixels.numpy(), "labels": labels.tolist()}).with_format("torch")
+
+    return make
+
+
+@pytest.fixture(scope="session")
+def card_report():
+    """Factory: ``card_report(**overrides)`` -> a hand-written ``RobustnessReport`` (clean 0.9, PGD 0.5, 8 clips)."""
+
+    def make(**overrides):
+        from hf_videomoe.evaluation import RobustnessReport
+
+        kwargs = dict(
+            clean_accuracy=0.9,
+            robust_accuracy={"pgd": 0.5},
+            worst_case_accuracy=0.5,
+            num_samples=8,
+            eps=4 / 255,
+            attacks=["pgd"],
+        )
+        return RobustnessReport(**{**kwargs, **overrides})
+
+    return make
+
+
+@pytest.fixture
+def push_to_loopback_hub(tmp_path):
+    """Factory: ``push_to_loopback_hub(model_dir, repo_id)`` runs ``hf-videomoe push`` to a loopback Hub -> files."""
+
+    def push(model_dir, repo_id: str) -> dict:
+        from hf_videomoe.testing import LoopbackHubServer
+
+        server = LoopbackHubServer().start()
+        try:
+            env = dict(
+                os.environ,
+                HF_ENDPOINT=server.url,
+                HF_HUB_OFFLINE="0",
+                HF_HOME=str(tmp_path / "hf"),
+                HF_TOKEN="test-token",
+            )
+            proc = subprocess.run(
+                [sys.executable, "-m", "hf_videomoe.cli", "push", "--model", str(model_dir), "--repo-id", repo_id],
+                env=env,
+                capture_output=True,
+                text=True,
+                timeout=240,
+            )
+            assert proc.returncode == 0, proc.stderr[-2000:]
+            return server.files(repo_id)
+        finally:
+            server.stop()
+
+    return push
 
 
 @pytest.fixture

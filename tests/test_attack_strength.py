@@ -15,9 +15,7 @@ about a second each; all attacks run 10 steps on 32 test clips.
 
 import pytest
 import torch
-from motion_data import make_motion
 
-from hf_videomoe import VideoMAEMoeConfig, VideoMAEMoeForVideoClassification
 from hf_videomoe.attacks import ATTACKS, build_attack, routing_change
 from hf_videomoe.attacks.objectives import ce_loss, dlr_loss, dlr_targeted_loss, margin_loss, model_outputs
 
@@ -44,39 +42,11 @@ def correct(model, x, y) -> torch.Tensor:
 
 
 @pytest.fixture(scope="module", params=["token", "model"])
-def setup(request):
+def setup(request, motion_trained_moe):
     """(granularity, model, x, y, eps, pgd accuracy): a trained tiny MoE and the grid budget whose PGD accuracy is
     closest to 50 %."""
     granularity = request.param
-    torch.manual_seed(0)
-    config = VideoMAEMoeConfig(
-        image_size=16,
-        patch_size=8,
-        num_frames=4,
-        tubelet_size=2,
-        hidden_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        intermediate_size=64,
-        num_labels=4,
-        num_experts=4,
-        router_granularity=granularity,
-    )
-    model = VideoMAEMoeForVideoClassification(config)
-    x_train, y_train = make_motion(256, seed=1)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
-    g = torch.Generator().manual_seed(2)
-    model.train()
-    for _ in range(60):
-        index = torch.randint(0, x_train.shape[0], (32,), generator=g)
-        loss = model(x_train[index], labels=y_train[index]).loss
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-    model.eval()
-    for p in model.parameters():
-        p.grad = None
-    x, y = make_motion(32, seed=3)
+    model, x, y = motion_trained_moe(router_granularity=granularity)
     assert bool(correct(model, x, y).all()), "the strength tests need a model right on every clean clip"
     accuracy = {}
     for eps in EPS_GRID:

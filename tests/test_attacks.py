@@ -15,12 +15,9 @@ import torch
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from motion_data import make_motion  # noqa: E402
 
 from hf_videomoe import (  # noqa: E402
-    TimesformerMoeConfig,
     TimesformerMoeForVideoClassification,
-    VideoMAEMoeConfig,
     VideoMAEMoeForVideoClassification,
 )
 from hf_videomoe.attacks import (  # noqa: E402
@@ -63,28 +60,6 @@ EPS = 8 / 255
 # ----------------------------------------------------------------------------------------------------------------------
 
 
-def tiny_config(num_labels: int = 8, **kwargs) -> VideoMAEMoeConfig:
-    defaults = dict(
-        image_size=16,
-        patch_size=8,
-        num_frames=4,
-        tubelet_size=2,
-        hidden_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        intermediate_size=64,
-        num_labels=num_labels,
-        num_experts=4,
-    )
-    defaults.update(kwargs)
-    return VideoMAEMoeConfig(**defaults)
-
-
-def tiny_model(seed: int = 0, **kwargs) -> VideoMAEMoeForVideoClassification:
-    torch.manual_seed(seed)
-    return VideoMAEMoeForVideoClassification(tiny_config(**kwargs)).eval()
-
-
 def fast_kwargs(name: str, **overrides) -> dict:
     """Small budgets: 3 gradient steps, 30 Square queries."""
     kwargs = {"steps": 30 if name == "square" else 3}
@@ -92,19 +67,9 @@ def fast_kwargs(name: str, **overrides) -> dict:
     return kwargs
 
 
-@pytest.fixture(scope="module", autouse=True)
-def single_thread():
-    """One intra-op thread for this module: on a shared, oversubscribed CPU, OpenMP barriers make the tiny ops of these
-    tests up to ~100x slower with 2 threads than with 1. Restored afterwards."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
-def model():
-    return tiny_model()
+def model(tiny_moe_model):
+    return tiny_moe_model().eval()
 
 
 @pytest.fixture(scope="module")
@@ -114,24 +79,9 @@ def batch():
 
 
 @pytest.fixture(scope="module")
-def trained():
+def trained(motion_trained_moe):
     """A tiny VideoMAE-MoE trained (undefended) on the toy motion task; returns (model, test clips, test labels)."""
-    torch.manual_seed(0)
-    model = VideoMAEMoeForVideoClassification(tiny_config(num_labels=4))
-    x_train, y_train = make_motion(256, seed=1)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
-    g = torch.Generator().manual_seed(2)
-    model.train()
-    for _ in range(60):
-        index = torch.randint(0, x_train.shape[0], (32,), generator=g)
-        loss = model(x_train[index], labels=y_train[index]).loss
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-    model.eval()
-    for p in model.parameters():
-        p.grad = None
-    x_test, y_test = make_motion(32, seed=3)
+    model, x_test, y_test = motion_trained_moe()
     assert accuracy(model, x_test, y_test) >= 0.9, "the strength tests need an accurate toy model"
     return model, x_test, y_test
 
@@ -262,8 +212,8 @@ def test_deterministic_by_seed_and_global_rng_untouched(name, model, batch):
 
 
 @pytest.mark.parametrize("name", CONTRACT_NAMES)
-def test_model_state_restored(name, batch):
-    model = tiny_model()
+def test_model_state_restored(name, batch, tiny_moe_model):
+    model = tiny_moe_model().eval()
     model.train()
     model.videomae.encoder.layer[0].attention.eval()  # a mixed train / eval state
     params = dict(model.named_parameters())
@@ -301,8 +251,8 @@ def test_batch_equals_samples_one_by_one(name, model, batch):
         assert mismatch < 1e-3, f"{mismatch:.2%} of the elements depend on the batch"
 
 
-def test_inference_mode_and_training_mode_callers(batch):
-    model = tiny_model().train()
+def test_inference_mode_and_training_mode_callers(batch, tiny_moe_model):
+    model = tiny_moe_model().train()
     with torch.inference_mode():
         x = batch["pixel_values"].clone()
         adv = build_attack("j-tlga", steps=2).perturb(model, x, batch["labels"])
@@ -488,7 +438,7 @@ def test_apgd_at_least_as_strong_as_pgd(trained):
     assert apgd <= pgd
 
 
-def test_apgd_t_more_targets_never_weaker_and_fixed_settings(trained):
+def test_apgd_t_more_targets_never_weaker_and_fixed_settings(trained, tiny_videomae_config):
     """APGD-T runs its first target exactly as with one target, then only adds targets on the clips still standing:
     the clips it fools with three targets include those it fools with one."""
     model, x, y = trained
@@ -500,7 +450,7 @@ def test_apgd_t_more_targets_never_weaker_and_fixed_settings(trained):
     for fixed in ({"loss": "ce"}, {"targeted": True}):
         with pytest.raises(TypeError, match="does not take|fixed"):
             build_attack("apgd-t", **fixed)
-    three_classes = VideoMAEMoeForVideoClassification(tiny_config(num_labels=3)).eval()
+    three_classes = VideoMAEMoeForVideoClassification(tiny_videomae_config(num_experts=4, num_labels=3)).eval()
     with pytest.raises(ValueError, match="at least 4 classes"):
         build_attack("apgd-t", steps=1).perturb(three_classes, x[:2], torch.tensor([0, 1]))
 
@@ -589,7 +539,7 @@ def test_tlga_r_steers_toward_weakest_expert(trained):
     assert guided > 3 * clean and guided > unguided + 0.1
 
 
-def test_diagnostics(trained):
+def test_diagnostics(trained, tiny_dense_model):
     model, x, _ = trained
     usage = expert_usage(model, x, batch_size=10)
     assert len(usage) == 2 and all(u.shape == (4,) and u.sum().item() == pytest.approx(1.0) for u in usage)
@@ -602,7 +552,7 @@ def test_diagnostics(trained):
     assert per_chunk["overall"] == pytest.approx(routing_change(model, x, adv)["overall"], abs=1e-6)
     assert len(per_chunk["per_layer"]) == 2
     with pytest.raises(ValueError, match="Mixture-of-Experts"):
-        expert_usage(dense_classifier(), x)
+        expert_usage(tiny_dense_model(), x)
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -707,10 +657,10 @@ def test_fixed_lipschitz_denominator_keeps_the_value_and_drops_its_gradient(mode
         build_attack("pgd", lipschitz_denominator="fixed")
 
 
-def test_objectives_computed_once_per_call(batch):
+def test_objectives_computed_once_per_call(batch, tiny_moe_model):
     """Clean outputs are computed once per attack call: a J-TLGA with K steps costs K+1 forwards with gradients...
     K forward/backward passes, 1 clean forward and 1 forward for the last iterate."""
-    model = tiny_model()
+    model = tiny_moe_model().eval()
     calls = []
     handle = model.register_forward_hook(lambda *args: calls.append(torch.is_grad_enabled()))
     build_attack("j-tlga", steps=4).perturb(model, batch["pixel_values"], batch["labels"])
@@ -736,9 +686,9 @@ def test_router_consistency_soft_targets():
 
 
 @pytest.mark.parametrize("name", ["j-tlga", "tlga-r", "tla-m"])
-def test_precomputed_clean_outputs_skip_the_clean_pass_and_change_nothing(name, batch):
+def test_precomputed_clean_outputs_skip_the_clean_pass_and_change_nothing(name, batch, tiny_moe_model):
     """A caller that already ran the clean pass (the trainers) hands it over: one forward fewer, the same examples."""
-    model = tiny_model()
+    model = tiny_moe_model().eval()
     x, y = batch["pixel_values"], batch["labels"]
     attack = build_attack(name, steps=3, seed=0, **({"lipschitz_weight": 1e-3} if name == "tla-m" else {}))
     with torch.no_grad():
@@ -762,27 +712,9 @@ def test_precomputed_clean_outputs_skip_the_clean_pass_and_change_nothing(name, 
 # ----------------------------------------------------------------------------------------------------------------------
 
 
-def dense_classifier():
-    from transformers import VideoMAEConfig, VideoMAEForVideoClassification
-
-    torch.manual_seed(0)
-    config = VideoMAEConfig(
-        image_size=16,
-        patch_size=8,
-        num_frames=4,
-        tubelet_size=2,
-        hidden_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        intermediate_size=64,
-        num_labels=8,
-    )
-    return VideoMAEForVideoClassification(config).eval()
-
-
 @pytest.mark.parametrize("name", CONTRACT_NAMES)
-def test_dense_models(name, batch):
-    dense = NormalizedModel(dense_classifier())
+def test_dense_models(name, batch, tiny_dense_model):
+    dense = NormalizedModel(tiny_dense_model())
     attack = build_attack(name, **fast_kwargs(name))
     if name in DENSE_ATTACKS:
         adv = attack.perturb(dense, batch["pixel_values"], batch["labels"])
@@ -795,8 +727,8 @@ def test_dense_models(name, batch):
             attack.perturb(dense, batch["pixel_values"], batch["labels"])
 
 
-def test_dense_model_on_normalised_inputs_with_bounds_none(batch):
-    dense = dense_classifier()
+def test_dense_model_on_normalised_inputs_with_bounds_none(batch, tiny_dense_model):
+    dense = tiny_dense_model()
     normalised = (batch["pixel_values"] - 0.45) / 0.225
     with pytest.raises(ValueError, match="NormalizedModel"):
         build_attack("pgd", steps=2).perturb(dense, normalised, batch["labels"])
@@ -806,23 +738,11 @@ def test_dense_model_on_normalised_inputs_with_bounds_none(batch):
 
 @pytest.mark.parametrize("granularity", ["frame", "clip"])
 @pytest.mark.parametrize("name", ["tlga-r", "tla-e", "j-tlga"])
-def test_granularities_and_timesformer(name, granularity, batch):
+def test_granularities_and_timesformer(name, granularity, batch, tiny_moe_model, tiny_timesformer_config):
     x, y = batch["pixel_values"], batch["labels"]
     torch.manual_seed(0)
-    timesformer = TimesformerMoeForVideoClassification(
-        TimesformerMoeConfig(
-            image_size=16,
-            patch_size=8,
-            num_frames=4,
-            hidden_size=32,
-            num_hidden_layers=2,
-            num_attention_heads=2,
-            intermediate_size=64,
-            num_labels=8,
-            router_granularity=granularity,
-        )
-    ).eval()
-    videomae = tiny_model(router_granularity=granularity)
+    timesformer = TimesformerMoeForVideoClassification(tiny_timesformer_config(router_granularity=granularity)).eval()
+    videomae = tiny_moe_model(router_granularity=granularity).eval()
     for model in (timesformer, videomae):
         adv = build_attack(name, steps=2).perturb(model, x, y)
         assert_in_threat_model(adv, x, EPS, "linf")

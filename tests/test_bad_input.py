@@ -7,7 +7,7 @@ import re
 import pytest
 import torch
 
-from hf_videomoe import TimesformerMoeConfig, VideoMAEMoeConfig, VideoMAEMoeForVideoClassification
+from hf_videomoe import TimesformerMoeConfig, VideoMAEMoeConfig
 from hf_videomoe.attacks import build_attack
 
 SHAPE = dict(
@@ -23,9 +23,8 @@ SHAPE = dict(
 
 
 @pytest.fixture(scope="module")
-def model():
-    torch.manual_seed(0)
-    return VideoMAEMoeForVideoClassification(VideoMAEMoeConfig(**SHAPE)).eval()
+def model(tiny_moe_model):
+    return tiny_moe_model().eval()
 
 
 def clips(batch=2):
@@ -111,20 +110,6 @@ def test_cli_attack_with_an_eps_in_pixel_units_exits_2(capsys):
 # Model cards: user text is inert, metrics must be numbers in [0, 1]
 
 
-def card_report(**overrides):
-    from hf_videomoe.evaluation import RobustnessReport
-
-    kwargs = dict(
-        clean_accuracy=0.9,
-        robust_accuracy={"pgd": 0.5},
-        worst_case_accuracy=0.5,
-        num_samples=8,
-        eps=4 / 255,
-        attacks=["pgd"],
-    )
-    return RobustnessReport(**{**kwargs, **overrides})
-
-
 @pytest.mark.parametrize("field", ["model_name", "dataset_name"])
 @pytest.mark.parametrize(
     "text",
@@ -136,7 +121,7 @@ def card_report(**overrides):
         "x`\n```\nimport os",
     ],
 )
-def test_card_escapes_user_text(field, text, tmp_path):
+def test_card_escapes_user_text(field, text, tmp_path, card_report):
     import re
 
     from huggingface_hub import ModelCard
@@ -165,7 +150,7 @@ def test_card_escapes_user_text(field, text, tmp_path):
         (dict(robust_accuracy={}), "pgd"),
     ],
 )
-def test_card_refuses_impossible_metrics(overrides, name):
+def test_card_refuses_impossible_metrics(overrides, name, card_report):
     from hf_videomoe.hub import build_model_card
 
     with pytest.raises(ValueError, match=re.escape(name)) as info:
@@ -290,7 +275,7 @@ def test_resume_state_is_checked(tmp_path, model):
 # The Hub push: bounded time and retries, the local folder kept on every failure
 
 
-def test_push_times_out_retries_and_keeps_the_folder(tmp_path, model, monkeypatch):
+def test_push_times_out_retries_and_keeps_the_folder(tmp_path, model, monkeypatch, card_report):
     import socket
     import threading
     import time
@@ -633,7 +618,7 @@ REPORT_CASES = [
 
 
 @pytest.mark.parametrize("case", REPORT_CASES, ids=[c[0] for c in REPORT_CASES])
-def test_report_is_validated_on_construction_load_and_card(case, tmp_path):
+def test_report_is_validated_on_construction_load_and_card(case, tmp_path, card_report):
     import json
 
     from hf_videomoe.evaluation import RobustnessReport
@@ -662,7 +647,7 @@ def test_report_is_validated_on_construction_load_and_card(case, tmp_path):
         ({"flags": {"name": "x"}}, r"flags must be a list and eps_sweep a dict"),
     ],
 )
-def test_report_file_versions_and_flags_are_checked(changes, message, tmp_path):
+def test_report_file_versions_and_flags_are_checked(changes, message, tmp_path, card_report):
     import json
 
     from hf_videomoe.evaluation import RobustnessReport
@@ -672,7 +657,7 @@ def test_report_file_versions_and_flags_are_checked(changes, message, tmp_path):
         RobustnessReport.load(tmp_path / "report.json")
 
 
-def test_older_report_versions_are_migrated(tmp_path):
+def test_older_report_versions_are_migrated(tmp_path, card_report):
     import json
 
     from hf_videomoe.evaluation import RobustnessReport

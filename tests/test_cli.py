@@ -1,16 +1,12 @@
 """The `hf-videomoe` command line on tiny settings, the reduced demo, and the README's code blocks."""
 
 import json
-import os
 import re
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 from hf_videomoe.cli import build_parser, main
-from hf_videomoe.testing import LoopbackHubServer
 
 ROOT = Path(__file__).resolve().parent.parent
 TINY_DATA = ["--num-videos", "32", "--num-frames", "4", "--image-size", "16", "--difficulty", "easy"]
@@ -141,7 +137,7 @@ def test_train_attack_evaluate(trained_model, tmp_path, capsys):
     assert cascade["exact_attacks"] == ["pgd"] and cascade["robust_accuracy"]["pgd"] == report["robust_accuracy"]["pgd"]
 
 
-def test_push_to_loopback_hub(trained_model, tmp_path):
+def test_push_to_loopback_hub(trained_model, push_to_loopback_hub):
     main(
         [
             "evaluate",
@@ -156,31 +152,8 @@ def test_push_to_loopback_hub(trained_model, tmp_path):
             *TINY_DATA,
         ]
     )
-    server = LoopbackHubServer().start()
-    try:
-        env = dict(
-            os.environ, HF_ENDPOINT=server.url, HF_HUB_OFFLINE="0", HF_HOME=str(tmp_path / "hf"), HF_TOKEN="test-token"
-        )
-        proc = subprocess.run(
-            [
-                sys.executable,
-                "-m",
-                "hf_videomoe.cli",
-                "push",
-                "--model",
-                str(trained_model),
-                "--repo-id",
-                "user/cli-moe",
-            ],
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=240,
-        )
-        assert proc.returncode == 0, proc.stderr[-2000:]
-        assert {"model.safetensors", "config.json", "README.md"} <= set(server.files("user/cli-moe"))
-    finally:
-        server.stop()
+    files = push_to_loopback_hub(trained_model, "user/cli-moe")
+    assert {"model.safetensors", "config.json", "README.md"} <= set(files)
 
 
 def test_demo_reduced_mode(tmp_path):
@@ -225,26 +198,13 @@ def test_parser_defaults_match_paper_budget():
     assert args.eps == pytest.approx(8 / 255) and args.norm == "linf"
 
 
-def test_train_upcycles_with_clustered_routers(tmp_path, monkeypatch):
+def test_train_upcycles_with_clustered_routers(tmp_path, monkeypatch, tiny_dense_model):
     import torch
-    from transformers import VideoMAEConfig, VideoMAEForVideoClassification
 
     import hf_videomoe.moe as moe_module
 
     dense_dir = tmp_path / "dense"
-    torch.manual_seed(0)
-    VideoMAEForVideoClassification(
-        VideoMAEConfig(
-            image_size=16,
-            patch_size=8,
-            num_frames=4,
-            hidden_size=32,
-            num_hidden_layers=2,
-            num_attention_heads=2,
-            intermediate_size=64,
-            num_labels=8,
-        )
-    ).save_pretrained(dense_dir)
+    tiny_dense_model().save_pretrained(dense_dir)
     calls = []
     original = moe_module.cluster_routers
     monkeypatch.setattr(

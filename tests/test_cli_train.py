@@ -2,17 +2,13 @@
 normalising processor, and model cards whose code blocks run as written (issue 35)."""
 
 import json
-import os
 import re
-import subprocess
-import sys
 
 import pytest
 import torch
 
 from hf_videomoe.cli import build_parser, main
 from hf_videomoe.commands.train import parse_train_args
-from hf_videomoe.testing import LoopbackHubServer
 
 TINY_DATA = ["--num-videos", "32", "--num-frames", "4", "--image-size", "16", "--difficulty", "easy"]
 TINY_MODEL = ["--patch-size", "8", "--hidden-size", "32", "--num-layers", "2", "--num-heads", "2"]
@@ -188,23 +184,11 @@ def test_version(capsys):
 
 
 @pytest.fixture(scope="module")
-def dense_checkpoint(tmp_path_factory):
-    from transformers import VideoMAEConfig, VideoMAEForVideoClassification, VideoMAEImageProcessor
+def dense_checkpoint(tmp_path_factory, tiny_dense_model):
+    from transformers import VideoMAEImageProcessor
 
     path = tmp_path_factory.mktemp("dense") / "videomae"
-    torch.manual_seed(0)
-    VideoMAEForVideoClassification(
-        VideoMAEConfig(
-            image_size=16,
-            patch_size=8,
-            num_frames=4,
-            hidden_size=32,
-            num_hidden_layers=2,
-            num_attention_heads=2,
-            intermediate_size=64,
-            num_labels=8,
-        )
-    ).save_pretrained(path)
+    tiny_dense_model().save_pretrained(path)
     VideoMAEImageProcessor(
         size={"shortest_edge": 16},
         crop_size={"height": 16, "width": 16},
@@ -329,7 +313,7 @@ def _python_blocks(text):
     return re.findall(r"```python\n(.*?)```", text, re.S)
 
 
-def test_train_records_its_recipe_and_card_blocks_run(trained, tmp_path):
+def test_train_records_its_recipe_and_card_blocks_run(trained, tmp_path, run_script):
     record = json.loads((trained / "training_recipe.json").read_text())
     assert record["training_recipe"]["adv_method"] == "pgd-at" and record["training_recipe"]["adv_eps"] == 4 / 255
     assert "base_model" not in record and record["weights_sha256"]
@@ -355,18 +339,15 @@ def test_train_records_its_recipe_and_card_blocks_run(trained, tmp_path):
     assert "--eps-sweep 2/255,4/255" in card
     blocks = _python_blocks(card)
     assert len(blocks) >= 2 and all("import hf_videomoe" in block for block in blocks)
-    env = dict(os.environ, HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1")
     report = json.loads((trained / "robustness" / "report.json").read_text())
     for block in blocks:
-        proc = subprocess.run(
-            [sys.executable, "-c", block], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300
-        )
+        proc = run_script("-c", block, cwd=tmp_path)
         assert proc.returncode == 0, (block, proc.stderr[-3000:])
         if "evaluate_robustness" in block:  # the same numbers, re-computed
             assert f"{100 * report['worst_case_accuracy']:.1f} %" in proc.stdout, proc.stdout[-2000:]
 
 
-def test_push_finds_the_demos_report_and_recipe(trained, tmp_path):
+def test_push_finds_the_demos_report_and_recipe(trained, tmp_path, push_to_loopback_hub):
     from hf_videomoe.demo import DemoSettings, write_model_card
     from hf_videomoe.evaluation import evaluate_robustness
     from hf_videomoe.models.videomae_moe import VideoMAEMoeForVideoClassification
@@ -382,57 +363,25 @@ def test_push_finds_the_demos_report_and_recipe(trained, tmp_path):
     readme = write_model_card(report, checkpoint, settings, "MoE + J-TLAT", 0, weights_sha256="x")
     assert readme == checkpoint / "README.md" and (checkpoint / "robustness" / "report.json").is_file()
 
-    server = LoopbackHubServer().start()
-    try:
-        env = dict(
-            os.environ, HF_ENDPOINT=server.url, HF_HUB_OFFLINE="0", HF_HOME=str(tmp_path / "hf"), HF_TOKEN="test-token"
-        )
-        proc = subprocess.run(
-            [
-                sys.executable,
-                "-m",
-                "hf_videomoe.cli",
-                "push",
-                "--model",
-                str(checkpoint),
-                "--repo-id",
-                "user/demo-jtlat",
-            ],
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=240,
-        )
-        assert proc.returncode == 0, proc.stderr[-2000:]
-        card = server.files("user/demo-jtlat")["README.md"].decode()
-    finally:
-        server.stop()
+    card = push_to_loopback_hub(checkpoint, "user/demo-jtlat")["README.md"].decode()
     assert "Not recorded" not in card and "| method | MoE + J-TLAT |" in card
     assert "make_moving_shapes(num_videos=32, num_frames=4, image_size=16, seed=0, difficulty='easy')" in card
     assert "from_pretrained('user/demo-jtlat')" in card and "base_model" not in card.split("---")[1]
 
 
-def test_base_model_only_when_a_hub_id(tmp_path):
-    from hf_videomoe.evaluation import RobustnessReport
+def test_base_model_only_when_a_hub_id(tmp_path, card_report):
     from hf_videomoe.hub import build_model_card
     from hf_videomoe.hub.checkpoint_files import is_hub_id
 
     assert is_hub_id("MCG-NJU/videomae-base") and not is_hub_id(str(tmp_path)) and not is_hub_id("out/a/dense")
-    report = RobustnessReport(
-        clean_accuracy=0.9,
-        robust_accuracy={"pgd": 0.5},
-        worst_case_accuracy=0.5,
-        num_samples=8,
-        eps=4 / 255,
-        attacks=["pgd"],
-    )
+    report = card_report()
     local = build_model_card(report, model_name="m", base_model=str(tmp_path)).data.to_dict()
     hub = build_model_card(report, model_name="m", base_model="MCG-NJU/videomae-base").data.to_dict()
     assert "base_model" not in local or local["base_model"] is None
     assert hub["base_model"] == "MCG-NJU/videomae-base"
 
 
-def test_demo_cards_sit_next_to_their_checkpoints_and_run(tmp_path):
+def test_demo_cards_sit_next_to_their_checkpoints_and_run(tmp_path, run_script):
     from dataclasses import replace
 
     from hf_videomoe.demo import DemoSettings, run_demo
@@ -447,11 +396,8 @@ def test_demo_cards_sit_next_to_their_checkpoints_and_run(tmp_path):
     card = (checkpoint / "README.md").read_text()
     assert "difficulty='easy'" in card and "num_videos=48" in card and "Not recorded" not in card
     report = json.loads((checkpoint / "robustness" / "report.json").read_text())
-    env = dict(os.environ, HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1")
     for block in _python_blocks(card):
-        proc = subprocess.run(
-            [sys.executable, "-c", block], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300
-        )
+        proc = run_script("-c", block, cwd=tmp_path)
         assert proc.returncode == 0, (block, proc.stderr[-3000:])
         if "evaluate_robustness" in block:
             assert f"{100 * report['worst_case_accuracy']:.1f} %" in proc.stdout, proc.stdout[-2000:]

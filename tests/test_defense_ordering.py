@@ -14,11 +14,9 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import pytest  # noqa: E402
 import torch  # noqa: E402
-from datasets import Dataset  # noqa: E402
 from safetensors.torch import load_file  # noqa: E402
 from transformers import TrainerCallback  # noqa: E402
 
-from hf_videomoe import VideoMAEMoeConfig, VideoMAEMoeForVideoClassification  # noqa: E402
 from hf_videomoe.evaluation import evaluate_robustness  # noqa: E402
 from hf_videomoe.training import AdversarialTrainer, AdversarialTrainingArguments, JTLATTrainer  # noqa: E402
 
@@ -27,37 +25,6 @@ WORST_CASE_ATTACKS = ["pgd", "square", "j-tlga"]
 # 10 gradient steps for the white-box attacks; Square (gradient-free, one forward per query) gets 300 queries, enough
 # to beat a white-box attack on a model that only hides its gradients.
 ATTACK_SETTINGS = {"pgd": {}, "square": {"steps": 300}, "j-tlga": {}}
-
-
-def motion_dataset(num_clips: int, seed: int, noise: float = 0.1) -> Dataset:
-    """A white 4x4 square crosses a noisy grey frame left-to-right (label 0) or right-to-left (label 1)."""
-    generator = torch.Generator().manual_seed(seed)
-    labels = torch.arange(num_clips) % 2
-    pixels = (0.5 + noise * torch.randn(num_clips, 4, 3, 16, 16, generator=generator)).clamp(0, 1)
-    for i in range(num_clips):
-        row = int(torch.randint(0, 12, (1,), generator=generator))
-        start = int(torch.randint(0, 4, (1,), generator=generator))
-        for t in range(4):
-            col = start + 3 * t if labels[i] == 0 else 12 - start - 3 * t
-            pixels[i, t, :, row : row + 4, col : col + 4] = 1.0
-    return Dataset.from_dict({"pixel_values": pixels.numpy(), "labels": labels.tolist()}).with_format("torch")
-
-
-def tiny_model(seed: int = 0) -> VideoMAEMoeForVideoClassification:
-    torch.manual_seed(seed)
-    config = VideoMAEMoeConfig(
-        image_size=16,
-        patch_size=8,
-        num_frames=4,
-        tubelet_size=2,
-        hidden_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        intermediate_size=64,
-        num_labels=2,
-        num_experts=4,
-    )
-    return VideoMAEMoeForVideoClassification(config)
 
 
 def make_args(output_dir, **overrides) -> AdversarialTrainingArguments:
@@ -81,11 +48,11 @@ def make_args(output_dir, **overrides) -> AdversarialTrainingArguments:
 
 
 @pytest.fixture(scope="module")
-def reports(tmp_path_factory):
+def reports(tmp_path_factory, tiny_moe_model, motion_dataset):
     train, test = motion_dataset(64, seed=0), motion_dataset(48, seed=1)
     out = {}
     for method in ("none", "pgd-at", "j-tlat"):
-        model = tiny_model()
+        model = tiny_moe_model(num_labels=2)
         args = make_args(tmp_path_factory.mktemp(method), adv_method=method)
         trainer_cls = JTLATTrainer if method == "j-tlat" else AdversarialTrainer
         trainer_cls(model=model, args=args, train_dataset=train).train()
@@ -123,7 +90,7 @@ def test_adversarial_training_beats_no_adversarial_training_on_the_worst_case(re
 # ---------------------------------------------------------------------------------------- best checkpoint
 
 
-def test_load_best_model_at_end_restores_the_best_checkpoints_weights(tmp_path):
+def test_load_best_model_at_end_restores_the_best_checkpoints_weights(tmp_path, tiny_moe_model, motion_dataset):
     """Three evaluations (steps 2, 4, 6), a checkpoint at each; the worst-case metric is made best at the second
     (a callback sets the reported values, so the choice does not hinge on noise). After training the model holds
     exactly the step-4 checkpoint's weights, not the final ones."""
@@ -141,7 +108,7 @@ def test_load_best_model_at_end_restores_the_best_checkpoints_weights(tmp_path):
         metric_for_best_model="eval_worst_case_accuracy", eval_attacks=["pgd"], eval_attack_steps=1,
         eval_max_samples=8, save_total_limit=None,
     )  # fmt: skip
-    model = tiny_model()
+    model = tiny_moe_model(num_labels=2)
     trainer = AdversarialTrainer(
         model=model, args=args, train_dataset=data, eval_dataset=data.select(range(8)), callbacks=[ForceMetric()]
     )

@@ -15,7 +15,7 @@ import torch  # noqa: E402
 from torch import nn  # noqa: E402
 
 import hf_videomoe  # noqa: E402,F401
-from hf_videomoe import VideoMAEMoeConfig, VideoMAEMoeForVideoClassification  # noqa: E402
+from hf_videomoe import VideoMAEMoeForVideoClassification  # noqa: E402
 from hf_videomoe.evaluation import (  # noqa: E402
     ROBUST_ACCURACY_METRIC_PATH,
     FlagThresholds,
@@ -49,64 +49,33 @@ MAIN_KWARGS = dict(
 )
 
 
-def tiny_config(**overrides):
-    kwargs = dict(
-        image_size=16,
-        patch_size=8,
-        num_frames=4,
-        tubelet_size=2,
-        hidden_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        intermediate_size=64,
-        num_labels=8,
-        num_experts=4,
-    )
-    kwargs.update(overrides)
-    return VideoMAEMoeConfig(**kwargs)
+@pytest.fixture(scope="module")
+def make_model(tiny_moe_model):
+    """Factory: ``make_model(seed=0, expert_scale=5.0)`` -> a tiny MoE whose routing matters: at the default init the
+    MLPs barely move the residual stream, so random routing would give the same predictions (and raise
+    `routing_irrelevant`); scaled experts make routing decisive."""
 
+    def make(seed=0, expert_scale=5.0):
+        model = tiny_moe_model(seed).eval()
+        with torch.no_grad():
+            for block in moe_blocks(model):
+                block.experts.up_proj.mul_(expert_scale)
+                block.experts.down_proj.mul_(expert_scale)
+        return model
 
-def make_model(seed=0, expert_scale=5.0):
-    """A tiny MoE whose routing matters: at the default init the MLPs barely move the residual stream, so random
-    routing would give the same predictions (and raise `routing_irrelevant`); scaled experts make routing decisive."""
-    torch.manual_seed(seed)
-    model = VideoMAEMoeForVideoClassification(tiny_config()).eval()
-    with torch.no_grad():
-        for block in moe_blocks(model):
-            block.experts.up_proj.mul_(expert_scale)
-            block.experts.down_proj.mul_(expert_scale)
-    return model
-
-
-def make_data(model, n=NUM_SAMPLES, seed=1, wrong=2):
-    """Random clips labelled with the model's own predictions (so clean accuracy is high and attacks have something
-    to break), except the first ``wrong`` samples, whose label is shifted (clean mistakes)."""
-    generator = torch.Generator().manual_seed(seed)
-    x = torch.rand(n, 4, 3, 16, 16, generator=generator)
-    with torch.no_grad():
-        y = model(pixel_values=x).logits.argmax(-1)
-    y[:wrong] = (y[:wrong] + 1) % 8
-    return [{"pixel_values": x[i], "labels": int(y[i])} for i in range(n)]
-
-
-@pytest.fixture(scope="module", autouse=True)
-def single_thread():
-    """One intra-op thread: on a shared 2-core machine OpenMP spin-waiting under contention makes these tiny models
-    ~30x slower with 2 threads. Restored after the module."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+    return make
 
 
 @pytest.fixture(scope="module")
-def model():
+def model(make_model):
     return make_model()
 
 
 @pytest.fixture(scope="module")
-def data(model):
-    return make_data(model)
+def data(model, model_labelled_clips):
+    """Random clips labelled with the model's own predictions (so clean accuracy is high and attacks have something
+    to break), except the first 2 samples, whose label is shifted (clean mistakes)."""
+    return model_labelled_clips(model, NUM_SAMPLES, seed=1, wrong=2)
 
 
 @pytest.fixture(scope="module")
@@ -335,7 +304,7 @@ def test_non_deterministic_forward_flag(model, data):
     assert report.flags[0].evidence["max_abs_logit_diff"] > 1e-4
 
 
-def test_router_collapse_flag_on_a_collapsed_moe(data):
+def test_router_collapse_flag_on_a_collapsed_moe(data, make_model):
     # Zero router weights give every routing unit equal logits, so top-1 sends all of them to expert 0.
     collapsed = make_model()
     with torch.no_grad():
@@ -553,18 +522,18 @@ def test_bad_inputs_fail_before_any_attack(model, data):
     assert spy.calls == 0
 
 
-def test_moe_attack_on_dense_model_rejected():
+def test_moe_attack_on_dense_model_rejected(tiny_videomae_config):
     from transformers import VideoMAEForVideoClassification
 
     from hf_videomoe.evaluation import dense_equivalent_config
 
-    dense = VideoMAEForVideoClassification(dense_equivalent_config(tiny_config()))
+    dense = VideoMAEForVideoClassification(dense_equivalent_config(tiny_videomae_config(num_experts=4)))
     data = [{"pixel_values": torch.rand(4, 3, 16, 16), "labels": 0}]
     with pytest.raises(ValueError, match="no MoE layer"):
         evaluate_robustness(dense, data, attacks=["j-tlga"], progress=False, compute_cost=False)
 
 
-def test_datasetdict_rejected():
+def test_datasetdict_rejected(make_model):
     import datasets
 
     dd = datasets.DatasetDict({"test": datasets.Dataset.from_list([{"labels": 0, "x": 1}])})
@@ -602,7 +571,7 @@ def test_dataset_forms_give_the_same_report(model, data):
 # Resume
 
 
-def test_resume_after_interruption_gives_identical_report(model, data, report, tmp_path, monkeypatch):
+def test_resume_after_interruption_gives_identical_report(model, data, report, tmp_path, monkeypatch, make_model):
     state = tmp_path / "state"
 
     class Interrupted(Exception):
@@ -760,22 +729,11 @@ def test_sharded_evaluation_equals_single_process(model, data, tmp_path):
     assert rank0.num_samples == NUM_SAMPLES
 
 
-def test_timesformer_moe_cost_against_dense():
-    from hf_videomoe import TimesformerMoeConfig, TimesformerMoeForVideoClassification
+def test_timesformer_moe_cost_against_dense(tiny_timesformer_config):
+    from hf_videomoe import TimesformerMoeForVideoClassification
 
     torch.manual_seed(0)
-    config = TimesformerMoeConfig(
-        image_size=16,
-        patch_size=8,
-        num_frames=4,
-        hidden_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        intermediate_size=64,
-        num_labels=8,
-        num_experts=4,
-    )
-    tsf = TimesformerMoeForVideoClassification(config).eval()
+    tsf = TimesformerMoeForVideoClassification(tiny_timesformer_config(num_experts=4)).eval()
     data = [{"pixel_values": torch.rand(4, 3, 16, 16), "labels": i} for i in range(2)]
     report = evaluate_robustness(
         tsf, data, attacks=["fgsm"], batch_size=2, check_determinism=False, check_gradients=False, progress=False

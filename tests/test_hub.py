@@ -20,7 +20,7 @@ from huggingface_hub import ModelCard  # noqa: E402
 from safetensors.torch import load_file, save_file  # noqa: E402
 
 import hf_videomoe  # noqa: E402,F401
-from hf_videomoe import VideoMAEMoeConfig, VideoMAEMoeForVideoClassification  # noqa: E402
+from hf_videomoe import VideoMAEMoeForVideoClassification  # noqa: E402
 from hf_videomoe.evaluation import RobustnessReport, evaluate_robustness  # noqa: E402
 from hf_videomoe.hub import (  # noqa: E402
     CARD_TAGS,
@@ -39,31 +39,9 @@ RECIPE = {"method": "j-tlat", "epochs": 3, "eps": "8/255", "lipschitz_weight": 0
 DATASET_KWARGS = {"num_videos": 32, "num_frames": 4, "image_size": 16, "seed": 0}
 
 
-@pytest.fixture(scope="module", autouse=True)
-def single_thread():
-    """One intra-op thread (OpenMP spin-waiting makes tiny models very slow on a shared 2-core machine)."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
 @pytest.fixture(scope="module")
-def model():
-    torch.manual_seed(0)
-    config = VideoMAEMoeConfig(
-        image_size=16,
-        patch_size=8,
-        num_frames=4,
-        tubelet_size=2,
-        hidden_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        intermediate_size=64,
-        num_labels=8,
-        num_experts=4,
-    )
-    return VideoMAEMoeForVideoClassification(config).eval()
+def model(tiny_moe_model):
+    return tiny_moe_model().eval()
 
 
 @pytest.fixture(scope="module")
@@ -381,21 +359,12 @@ def test_failed_upload_raises_clear_error_and_keeps_local_checkpoint(pushed, hub
     assert len(hub.commits(repo_id)) == 1  # only the repo creation: nothing half-uploaded
 
 
-def test_card_image_links_resolve_wherever_the_card_is_written(tmp_path):
+def test_card_image_links_resolve_wherever_the_card_is_written(tmp_path, card_report):
     import re
 
-    from hf_videomoe.evaluation import RobustnessReport
     from hf_videomoe.hub import build_model_card
 
-    report = RobustnessReport(
-        clean_accuracy=0.9,
-        robust_accuracy={"pgd": 0.5},
-        worst_case_accuracy=0.5,
-        num_samples=8,
-        eps=4 / 255,
-        attacks=["pgd"],
-        eps_sweep={"pgd": {1 / 255: 0.8, 4 / 255: 0.5}},
-    )
+    report = card_report(eps_sweep={"pgd": {1 / 255: 0.8, 4 / 255: 0.5}})
     plots = report.plot(tmp_path / "reports" / "plots")
     assert plots
     card = build_model_card(report, model_name="m", plots=plots)

@@ -26,16 +26,6 @@ TOKENS = {"videomae": 8, "timesformer": 17}  # tokens per clip of the tiny confi
 IMPLEMENTATIONS = ["eager", "batched_mm", "grouped_mm"]
 
 
-@pytest.fixture(params=["videomae", "timesformer"])
-def kind(request):
-    return request.param
-
-
-@pytest.fixture
-def make_config(kind, tiny_videomae_config, tiny_timesformer_config):
-    return tiny_videomae_config if kind == "videomae" else tiny_timesformer_config
-
-
 def build(kind, make_config, seed=0, **overrides):
     torch.manual_seed(seed)
     return MOE_CLASSES[kind](make_config(**overrides)).eval()

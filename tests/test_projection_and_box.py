@@ -8,7 +8,6 @@ feed it). Here a hook on the model records every input it is evaluated on, for e
 import pytest
 import torch
 
-from hf_videomoe import VideoMAEMoeConfig, VideoMAEMoeForVideoClassification
 from hf_videomoe.attacks import ATTACKS, build_attack
 from hf_videomoe.attacks.threat_model import project
 
@@ -16,21 +15,8 @@ L2_ATTACKS = [name for name in ATTACKS if name != "square"]  # Square is L∞ on
 
 
 @pytest.fixture(scope="module")
-def model():
-    torch.manual_seed(0)
-    config = VideoMAEMoeConfig(
-        image_size=16,
-        patch_size=8,
-        num_frames=4,
-        tubelet_size=2,
-        hidden_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        intermediate_size=64,
-        num_labels=8,
-        num_experts=4,
-    )
-    return VideoMAEMoeForVideoClassification(config).eval()
+def model(tiny_moe_model):
+    return tiny_moe_model().eval()
 
 
 def fast(name: str) -> dict:

@@ -89,22 +89,8 @@ def hmdb51_root(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def model():
-    torch.manual_seed(0)
-    from hf_videomoe import VideoMAEMoeConfig
-
-    config = VideoMAEMoeConfig(
-        image_size=IMAGE_SIZE,
-        patch_size=8,
-        num_frames=NUM_FRAMES,
-        tubelet_size=2,
-        hidden_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        intermediate_size=64,
-        num_labels=len(CLASSES),
-    )
-    return VideoMAEMoeForVideoClassification(config).eval()
+def model(tiny_moe_model):
+    return tiny_moe_model(image_size=IMAGE_SIZE, num_frames=NUM_FRAMES, num_labels=len(CLASSES)).eval()
 
 
 def test_ucf101_folder_trains_attacks_and_evaluates(ucf101_root, model, tmp_path):

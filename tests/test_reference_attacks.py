@@ -28,7 +28,6 @@ except ImportError:
 
 from hf_videomoe.attacks import build_attack
 from hf_videomoe.attacks.threat_model import _generator, per_sample_random, sample_seeds
-from hf_videomoe.models.videomae_moe import VideoMAEMoeConfig, VideoMAEMoeForVideoClassification
 
 
 class Logits(nn.Module):
@@ -43,21 +42,8 @@ class Logits(nn.Module):
 
 
 @pytest.fixture(scope="module")
-def setup():
-    torch.manual_seed(0)
-    config = VideoMAEMoeConfig(
-        image_size=16,
-        patch_size=8,
-        num_frames=4,
-        tubelet_size=2,
-        hidden_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        intermediate_size=64,
-        num_labels=8,
-        num_experts=4,
-    )
-    model = VideoMAEMoeForVideoClassification(config).eval()
+def setup(tiny_moe_model):
+    model = tiny_moe_model().eval()
     generator = torch.Generator().manual_seed(1)
     x = torch.rand(6, 4, 3, 16, 16, generator=generator)
     y = torch.randint(0, 8, (6,), generator=generator)

@@ -6,10 +6,8 @@ import os
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import pytest  # noqa: E402
-import torch  # noqa: E402
 
 import hf_videomoe  # noqa: E402
-from hf_videomoe import VideoMAEMoeConfig, VideoMAEMoeForVideoClassification  # noqa: E402
 from hf_videomoe.evaluation import FlagThresholds, RobustnessArguments, evaluate_robustness  # noqa: E402
 from hf_videomoe.evaluation.flags import CHECKS, compute_flags  # noqa: E402
 
@@ -26,29 +24,13 @@ FAST = dict(
 
 
 @pytest.fixture(scope="module")
-def model():
-    torch.manual_seed(0)
-    config = VideoMAEMoeConfig(
-        image_size=16,
-        patch_size=8,
-        num_frames=4,
-        tubelet_size=2,
-        hidden_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        intermediate_size=64,
-        num_labels=8,
-        num_experts=4,
-    )
-    return VideoMAEMoeForVideoClassification(config).eval()
+def model(tiny_moe_model):
+    return tiny_moe_model().eval()
 
 
 @pytest.fixture(scope="module")
-def data(model):
-    x = torch.rand(4, 4, 3, 16, 16, generator=torch.Generator().manual_seed(1))
-    with torch.no_grad():
-        y = model(pixel_values=x).logits.argmax(-1)
-    return [{"pixel_values": x[i], "labels": int(y[i])} for i in range(4)]
+def data(model, model_labelled_clips):
+    return model_labelled_clips(model, 4)
 
 
 def test_exported_from_the_package():

@@ -159,26 +159,11 @@ def block_grad_is_zero(block) -> bool:
 # ---------------------------------------------------------------------------------------------- whole models
 
 
-def _tiny(kind: str, **overrides):
-    shape = dict(
-        image_size=16,
-        patch_size=8,
-        num_frames=4,
-        hidden_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        intermediate_size=64,
-        num_labels=8,
-        num_experts=4,
-        router_aux_loss_coef=0.0,
-        router_z_loss_coef=0.0,
-    )
+def _tiny(kind: str, make_config, **overrides):
     torch.manual_seed(0)
-    if kind == "videomae":
-        return VideoMAEMoeForVideoClassification(VideoMAEMoeConfig(**shape, tubelet_size=2, **overrides)).train()
-    from hf_videomoe import TimesformerMoeConfig
-
-    return TimesformerMoeForVideoClassification(TimesformerMoeConfig(**shape, **overrides)).train()
+    cls = VideoMAEMoeForVideoClassification if kind == "videomae" else TimesformerMoeForVideoClassification
+    config = make_config(num_experts=4, router_aux_loss_coef=0.0, router_z_loss_coef=0.0, **overrides)
+    return cls(config).train()
 
 
 def _clip(batch=3, seed=1):
@@ -189,11 +174,11 @@ def _clip(batch=3, seed=1):
 @pytest.mark.parametrize("top_k", [1, 2])
 @pytest.mark.parametrize("gate", GATES)
 @pytest.mark.parametrize("kind", ["videomae", "timesformer"])
-def test_model_router_gradients_follow_the_gate_formula(kind, gate, top_k, granularity):
+def test_model_router_gradients_follow_the_gate_formula(kind, gate, top_k, granularity, make_config):
     """On a whole model, the task loss's gradient at each router equals the gate formula applied to the gradient the
     loss sends to the gate *values* (measured by replaying the same routing with leaf gate values), times the
     router's input. With model-level routing the one router collects the gate gradients of every MoE layer."""
-    model = _tiny(kind, num_experts_per_tok=top_k, router_granularity=granularity, router_gate=gate)
+    model = _tiny(kind, make_config, num_experts_per_tok=top_k, router_granularity=granularity, router_gate=gate)
     x, labels = _clip(), torch.tensor([0, 5, 3])
     blocks = moe_blocks(model)
     captured = {}
@@ -244,10 +229,10 @@ def test_model_router_gradients_follow_the_gate_formula(kind, gate, top_k, granu
 
 @pytest.mark.parametrize("mode", ["autocast-bf16", "autocast-fp16", "bf16-weights"])
 @pytest.mark.parametrize("kind", ["videomae", "timesformer"])
-def test_router_logits_are_an_exact_float32_product(kind, mode):
+def test_router_logits_are_an_exact_float32_product(kind, mode, make_config):
     """Whatever precision the rest of the model runs in, each router's logits equal the float32 (here: float64)
     product of its input and weights to float32 round-off, far below the ~1e-3 relative error of a bf16 matmul."""
-    model = _tiny(kind, router_granularity="token").eval()
+    model = _tiny(kind, make_config, router_granularity="token").eval()
     if mode == "bf16-weights":
         model = model.to(torch.bfloat16)
     captured = []

@@ -2,9 +2,8 @@
 
 import pytest
 import torch
-from transformers import VideoMAEConfig, VideoMAEForVideoClassification
 
-from hf_videomoe import VideoMAEMoeConfig, VideoMAEMoeForVideoClassification
+from hf_videomoe import VideoMAEMoeForVideoClassification
 from hf_videomoe.evaluation import evaluate_robustness
 from hf_videomoe.moe import (
     cluster_routers,
@@ -19,30 +18,6 @@ from hf_videomoe.moe import (
 )
 
 
-@pytest.fixture(autouse=True)
-def single_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
-def tiny_dense(seed=0):
-    torch.manual_seed(seed)
-    return VideoMAEForVideoClassification(
-        VideoMAEConfig(
-            image_size=16,
-            patch_size=8,
-            num_frames=4,
-            hidden_size=32,
-            num_hidden_layers=2,
-            num_attention_heads=2,
-            intermediate_size=64,
-            num_labels=8,
-        )
-    ).eval()
-
-
 def clips(n=48, seed=1):
     return torch.rand(n, 4, 3, 16, 16, generator=torch.Generator().manual_seed(seed))
 
@@ -52,40 +27,34 @@ def predictions(model, x):
         return model(pixel_values=x).logits.argmax(-1)
 
 
-def model_with_a_bad_router(seed=0):
-    """Model-level routing built so that the router always picks expert 0, expert 0 differs from experts 1-3 (which
-    are identical), and the labels are the predictions of path 1: learned routing is *worse* than random routing."""
-    torch.manual_seed(seed)
-    config = VideoMAEMoeConfig(
-        image_size=16,
-        patch_size=8,
-        num_frames=4,
-        hidden_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        intermediate_size=64,
-        num_labels=8,
-        router_granularity="model",
-    )
-    model = VideoMAEMoeForVideoClassification(config).eval()
-    with torch.no_grad():
-        for block in moe_blocks(model):
-            for param in (block.experts.up_proj, block.experts.down_proj):
-                param.mul_(5.0)
-                param[2:] = param[1]
-        first_layer = model.videomae.encoder.layer[0]
-        first_layer.layernorm_after.bias[0] = 10.0  # a feature that is always large...
-        router = moe_blocks(model)[0].router
-        router.weight.zero_()
-        router.weight[0, 0] = 10.0  # ...and a router that reads only it, for expert 0
-    x = clips()
-    with force_experts(model, 1):
-        labels = predictions(model, x)
-    return model, x, labels
+@pytest.fixture(scope="module")
+def model_with_a_bad_router(tiny_moe_model):
+    """Factory: ``model_with_a_bad_router(seed=0)`` -> (model, clips, labels). Model-level routing built so that the
+    router always picks expert 0, expert 0 differs from experts 1-3 (which are identical), and the labels are the
+    predictions of path 1: learned routing is *worse* than random routing."""
+
+    def make(seed=0):
+        model = tiny_moe_model(seed, router_granularity="model").eval()
+        with torch.no_grad():
+            for block in moe_blocks(model):
+                for param in (block.experts.up_proj, block.experts.down_proj):
+                    param.mul_(5.0)
+                    param[2:] = param[1]
+            first_layer = model.videomae.encoder.layer[0]
+            first_layer.layernorm_after.bias[0] = 10.0  # a feature that is always large...
+            router = moe_blocks(model)[0].router
+            router.weight.zero_()
+            router.weight[0, 0] = 10.0  # ...and a router that reads only it, for expert 0
+        x = clips()
+        with force_experts(model, 1):
+            labels = predictions(model, x)
+        return model, x, labels
+
+    return make
 
 
-def test_relevance_of_identical_experts_is_nil():
-    moe = VideoMAEMoeForVideoClassification.from_dense(tiny_dense(), image_mean=[0.0] * 3, image_std=[1.0] * 3)
+def test_relevance_of_identical_experts_is_nil(tiny_dense_model):
+    moe = VideoMAEMoeForVideoClassification.from_dense(tiny_dense_model(), image_mean=[0.0] * 3, image_std=[1.0] * 3)
     x = clips()
     labels = predictions(moe, x)
     relevance = routing_relevance(moe, x, labels)
@@ -95,7 +64,7 @@ def test_relevance_of_identical_experts_is_nil():
     assert relevance["learned_minus_random"] == 0.0 and relevance["learned_minus_random_se"] == 0.0
 
 
-def test_relevance_on_experts_built_to_differ():
+def test_relevance_on_experts_built_to_differ(model_with_a_bad_router):
     model, x, labels = model_with_a_bad_router()
     relevance = routing_relevance(model, x, labels, batch_size=16)
     assert relevance["forced"][1] == relevance["forced"][2] == relevance["forced"][3] == 1.0
@@ -120,7 +89,7 @@ def test_balanced_specialists_disagree_without_a_spread():
     assert relevance["forced_disagreement"] == 1.0 and relevance["forced_oracle"] == 1.0
 
 
-def test_random_routing_is_seeded_and_random():
+def test_random_routing_is_seeded_and_random(model_with_a_bad_router):
     model, x, _ = model_with_a_bad_router()
     with record_routing(model) as passes:
         with random_routing(model, seed=3):
@@ -137,7 +106,7 @@ def test_random_routing_is_seeded_and_random():
     assert all(torch.equal(d.top_k_index, passes[0][0].top_k_index) for d in passes[0])
 
 
-def test_override_replays_recorded_routing():
+def test_override_replays_recorded_routing(model_with_a_bad_router):
     model, x, _ = model_with_a_bad_router()
     with force_experts(model, 2), record_routing(model) as passes:
         forced = predictions(model, x)
@@ -151,7 +120,7 @@ def test_override_replays_recorded_routing():
         model(pixel_values=x[:3])
 
 
-def test_frozen_routing_controls():
+def test_frozen_routing_controls(model_with_a_bad_router):
     model, x, _ = model_with_a_bad_router()
     same = frozen_routing_predictions(model, x, x)
     clean = predictions(model, x).tolist()
@@ -166,8 +135,8 @@ def test_frozen_routing_controls():
         assert predictions(model, x).tolist() == forced_pred
 
 
-def test_drop_upcycling_reinitialises_a_different_fraction_per_expert():
-    dense = tiny_dense()
+def test_drop_upcycling_reinitialises_a_different_fraction_per_expert(tiny_dense_model):
+    dense = tiny_dense_model()
     moe = VideoMAEMoeForVideoClassification.from_dense(dense, expert_init="drop_upcycling", expert_init_ratio=0.25)
     up_dense = dense.videomae.encoder.layer[0].intermediate.dense.weight
     experts = moe_blocks(moe)[0].experts
@@ -191,8 +160,8 @@ def test_drop_upcycling_reinitialises_a_different_fraction_per_expert():
 
 @pytest.mark.parametrize("gate", ["straight_through", "switch", "renormalize"])
 @pytest.mark.parametrize("granularity", ["token", "model"])
-def test_copy_upcycling_is_exact_under_every_gate(gate, granularity):
-    dense = tiny_dense()
+def test_copy_upcycling_is_exact_under_every_gate(gate, granularity, tiny_dense_model):
+    dense = tiny_dense_model()
     moe = VideoMAEMoeForVideoClassification.from_dense(
         dense, router_gate=gate, router_granularity=granularity, image_mean=[0.0] * 3, image_std=[1.0] * 3
     )
@@ -200,20 +169,22 @@ def test_copy_upcycling_is_exact_under_every_gate(gate, granularity):
     torch.testing.assert_close(moe(pixel_values=x).logits, dense(pixel_values=x).logits, rtol=0, atol=0)
 
 
-def test_noise_and_bad_expert_init_values():
-    block = moe_blocks(VideoMAEMoeForVideoClassification.from_dense(tiny_dense()))[0]
+def test_noise_and_bad_expert_init_values(tiny_dense_model):
+    block = moe_blocks(VideoMAEMoeForVideoClassification.from_dense(tiny_dense_model()))[0]
     before = block.experts.up_proj.detach().clone()
     diversify_experts(block, "noise", ratio=0.1, seed=0)
     delta = block.experts.up_proj - before
     assert all(delta[e].abs().sum() > 0 for e in range(4)) and not torch.equal(delta[0], delta[1])
     assert delta.std() < 0.2 * before.std()
     with pytest.raises(ValueError, match="expert_init"):
-        VideoMAEMoeForVideoClassification.from_dense(tiny_dense(), expert_init="random")
+        VideoMAEMoeForVideoClassification.from_dense(tiny_dense_model(), expert_init="random")
     with pytest.raises(ValueError, match="expert_init_ratio"):
-        VideoMAEMoeForVideoClassification.from_dense(tiny_dense(), expert_init="drop_upcycling", expert_init_ratio=1.5)
+        VideoMAEMoeForVideoClassification.from_dense(
+            tiny_dense_model(), expert_init="drop_upcycling", expert_init_ratio=1.5
+        )
 
 
-def test_evaluator_reports_relevance_and_flags():
+def test_evaluator_reports_relevance_and_flags(tiny_dense_model, model_with_a_bad_router):
     model, x, labels = model_with_a_bad_router()
     data = [{"pixel_values": x[i], "labels": int(labels[i])} for i in range(16)]
     kwargs = dict(
@@ -239,33 +210,23 @@ def test_evaluator_reports_relevance_and_flags():
     assert "### Routing relevance" in markdown and "Frozen-routing controls" in markdown
     assert type(report).from_json(report.to_json()).routing_relevance == relevance
 
-    upcycled = VideoMAEMoeForVideoClassification.from_dense(tiny_dense(), image_mean=[0.0] * 3, image_std=[1.0] * 3)
+    upcycled = VideoMAEMoeForVideoClassification.from_dense(
+        tiny_dense_model(), image_mean=[0.0] * 3, image_std=[1.0] * 3
+    )
     labels = predictions(upcycled, x[:16])
     data = [{"pixel_values": x[i], "labels": int(labels[i])} for i in range(16)]
     report = evaluate_robustness(upcycled, data, **kwargs)
     assert "routing_irrelevant" in report.flag_names and "routing_worse_than_random" not in report.flag_names
 
 
-def test_expert_targets_are_the_model_level_path():
+def test_expert_targets_are_the_model_level_path(tiny_moe_model):
     """With model-level routing, TLA-E's clean top-1 expert, TLGA-R's weakest expert and J-TLAT's top-2 experts read the
     one per-clip decision: the expert the model actually routes each clip through is the attacked path."""
     from hf_videomoe.attacks import build_attack
     from hf_videomoe.attacks.objectives import dominant_expert, weakest_expert
     from hf_videomoe.moe import clip_router_probabilities
 
-    torch.manual_seed(0)
-    config = VideoMAEMoeConfig(
-        image_size=16,
-        patch_size=8,
-        num_frames=4,
-        hidden_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        intermediate_size=64,
-        num_labels=8,
-        router_granularity="model",
-    )
-    model = VideoMAEMoeForVideoClassification(config).eval()
+    model = tiny_moe_model(router_granularity="model").eval()
     with torch.no_grad():
         moe_blocks(model)[0].router.weight.mul_(50)  # decisive, input-dependent routing
     x = clips(16)
@@ -296,8 +257,8 @@ def test_spherical_kmeans_recovers_separated_directions():
     assert assignment.unique().numel() == 4
 
 
-def test_cluster_routers_separates_two_kinds_of_clip():
-    dense = tiny_dense()
+def test_cluster_routers_separates_two_kinds_of_clip(tiny_dense_model):
+    dense = tiny_dense_model()
     moe = VideoMAEMoeForVideoClassification.from_dense(
         dense, num_experts=2, num_experts_per_tok=1, router_granularity="model"
     ).train()
@@ -324,8 +285,8 @@ def test_cluster_routers_separates_two_kinds_of_clip():
     assert torch.equal(moe_blocks(again)[0].router.weight, moe_blocks(moe)[0].router.weight)
 
 
-def test_cluster_routers_sets_every_router_and_checks_input():
-    moe = VideoMAEMoeForVideoClassification.from_dense(tiny_dense(), num_experts=4, num_experts_per_tok=1)
+def test_cluster_routers_sets_every_router_and_checks_input(tiny_dense_model):
+    moe = VideoMAEMoeForVideoClassification.from_dense(tiny_dense_model(), num_experts=4, num_experts_per_tok=1)
     before = [block.router.weight.detach().clone() for block in moe_blocks(moe)]
     fractions = cluster_routers(moe, clips(8), seed=0)
     assert len(fractions) == 2 and all(abs(sum(f) - 1) < 1e-6 for f in fractions)
@@ -334,21 +295,21 @@ def test_cluster_routers_sets_every_router_and_checks_input():
         cluster_routers(moe, clips(2)[0])
     with pytest.raises(ValueError, match="at least num_experts"):
         cluster_routers(
-            VideoMAEMoeForVideoClassification.from_dense(tiny_dense(), num_experts=4, router_granularity="model"),
+            VideoMAEMoeForVideoClassification.from_dense(tiny_dense_model(), num_experts=4, router_granularity="model"),
             clips(2),
         )
     with pytest.raises(ValueError, match="logit_scale"):
         cluster_routers(moe, clips(8), logit_scale=0.0)
     with pytest.raises(ValueError, match="MoE model"):
-        cluster_routers(tiny_dense(), clips(8))
+        cluster_routers(tiny_dense_model(), clips(8))
     with pytest.raises(ValueError, match="batch_size"):
         cluster_routers(moe, clips(8), batch_size=0)
     with pytest.raises(ValueError, match="nearly"):  # identical clips: no clusters to find
         cluster_routers(
-            VideoMAEMoeForVideoClassification.from_dense(tiny_dense(), num_experts=4, router_granularity="model"),
+            VideoMAEMoeForVideoClassification.from_dense(tiny_dense_model(), num_experts=4, router_granularity="model"),
             clips(1).expand(8, -1, -1, -1, -1).clone(),
         )
-    single = VideoMAEMoeForVideoClassification.from_dense(tiny_dense(), num_experts=1)
+    single = VideoMAEMoeForVideoClassification.from_dense(tiny_dense_model(), num_experts=1)
     weights = [block.router.weight.detach().clone() for block in moe_blocks(single)]
     assert cluster_routers(single, clips(4)) == [[1.0], [1.0]]
     assert all(torch.equal(w, block.router.weight) for w, block in zip(weights, moe_blocks(single)))

@@ -10,11 +10,6 @@ from hf_videomoe.moe import SparseMoeBlock
 CLASSES = {"videomae": VideoMAEMoeForVideoClassification, "timesformer": TimesformerMoeForVideoClassification}
 
 
-@pytest.fixture(params=["videomae", "timesformer"])
-def kind(request):
-    return request.param
-
-
 def build(kind, tiny_videomae_config, tiny_timesformer_config, **overrides):
     make = tiny_videomae_config if kind == "videomae" else tiny_timesformer_config
     torch.manual_seed(0)

@@ -65,46 +65,10 @@ LOGGED = {
 }
 
 
-@pytest.fixture(scope="module", autouse=True)
-def single_thread():
-    """One intra-op thread: OpenMP spin-waiting makes tiny models very slow on a shared 2-core machine."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
-@pytest.fixture
-def moe_model(tiny_videomae_config):
-    def make(seed: int = 0, **overrides):
-        torch.manual_seed(seed)
-        return VideoMAEMoeForVideoClassification(tiny_videomae_config(num_experts=4, **overrides))
-
-    return make
-
-
 @pytest.fixture(scope="module")
 def shapes():
     """MovingShapes, easy, 4 frames of 16 px: 32 training clips (4 per class) and 16 test clips."""
     return make_moving_shapes(48, num_frames=4, image_size=16, difficulty="easy", seed=0, test_size=16)
-
-
-def motion_dataset(num_clips: int, seed: int, noise: float = 0.1) -> Dataset:
-    """A 2-class motion task: a white 4x4 square crosses a noisy grey frame left-to-right (0) or right-to-left (1).
-
-    Clean training solves it from the tubelet embedding alone and is fooled by an 8/255 PGD; adversarial training
-    has to rely on the square itself.
-    """
-    generator = torch.Generator().manual_seed(seed)
-    labels = torch.arange(num_clips) % 2
-    pixels = (0.5 + noise * torch.randn(num_clips, 4, 3, 16, 16, generator=generator)).clamp(0, 1)
-    for i in range(num_clips):
-        row = int(torch.randint(0, 12, (1,), generator=generator))
-        start = int(torch.randint(0, 4, (1,), generator=generator))
-        for t in range(4):
-            col = start + 3 * t if labels[i] == 0 else 12 - start - 3 * t
-            pixels[i, t, :, row : row + 4, col : col + 4] = 1.0
-    return Dataset.from_dict({"pixel_values": pixels.numpy(), "labels": labels.tolist()}).with_format("torch")
 
 
 def make_args(tmp_path, **overrides) -> AdversarialTrainingArguments:
@@ -201,7 +165,7 @@ def test_arguments_validation(overrides, message):
 # Bad inputs fail before training
 
 
-def test_bad_inputs_raise_before_training(tmp_path, moe_model, tiny_videomae_config, shapes):
+def test_bad_inputs_raise_before_training(tmp_path, tiny_moe_model, tiny_videomae_config, shapes):
     dense = VideoMAEForVideoClassification(tiny_videomae_config(dense=True))
     train = shapes["train"]
     with pytest.raises(ValueError, match="Mixture-of-Experts"):
@@ -213,20 +177,22 @@ def test_bad_inputs_raise_before_training(tmp_path, moe_model, tiny_videomae_con
     with pytest.raises(ValueError, match="Mixture-of-Experts"):
         AdversarialTrainer(model=dense, args=make_args(tmp_path, eval_attacks=["j-tlga"]), train_dataset=train)
     with pytest.raises(ValueError, match="JTLATTrainer"):
-        AdversarialTrainer(model=moe_model(), args=make_args(tmp_path, adv_method="j-tlat"), train_dataset=train)
+        AdversarialTrainer(model=tiny_moe_model(), args=make_args(tmp_path, adv_method="j-tlat"), train_dataset=train)
     with pytest.raises(ValueError, match="J-TLAT only"):
-        JTLATTrainer(model=moe_model(), args=make_args(tmp_path, adv_method="pgd-at"), train_dataset=train)
+        JTLATTrainer(model=tiny_moe_model(), args=make_args(tmp_path, adv_method="pgd-at"), train_dataset=train)
     with pytest.raises(ValueError, match="jtlat_top_k"):
-        JTLATTrainer(model=moe_model(), args=make_args(tmp_path, jtlat_top_k=5), train_dataset=train)
+        JTLATTrainer(model=tiny_moe_model(), args=make_args(tmp_path, jtlat_top_k=5), train_dataset=train)
     with pytest.raises(TypeError, match="AdversarialTrainingArguments"):
-        AdversarialTrainer(model=moe_model(), args=TrainingArguments(output_dir=str(tmp_path), report_to=[]))
+        AdversarialTrainer(model=tiny_moe_model(), args=TrainingArguments(output_dir=str(tmp_path), report_to=[]))
     with pytest.raises(ValueError, match="compute_loss_func"):
-        AdversarialTrainer(model=moe_model(), args=make_args(tmp_path), compute_loss_func=lambda *a, **k: 0.0)
+        AdversarialTrainer(model=tiny_moe_model(), args=make_args(tmp_path), compute_loss_func=lambda *a, **k: 0.0)
     unlabelled = Dataset.from_dict({"pixel_values": torch.rand(4, 4, 3, 16, 16).numpy()}).with_format("torch")
     with pytest.raises(ValueError, match="no labels"):
-        JTLATTrainer(model=moe_model(), args=make_args(tmp_path), train_dataset=unlabelled)
+        JTLATTrainer(model=tiny_moe_model(), args=make_args(tmp_path), train_dataset=unlabelled)
     with pytest.raises(ValueError, match="no labels"):
-        AdversarialTrainer(model=moe_model(), args=make_args(tmp_path, eval_attacks=["pgd"]), eval_dataset=unlabelled)
+        AdversarialTrainer(
+            model=tiny_moe_model(), args=make_args(tmp_path, eval_attacks=["pgd"]), eval_dataset=unlabelled
+        )
     assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
 
 
@@ -235,10 +201,10 @@ def test_bad_inputs_raise_before_training(tmp_path, moe_model, tiny_videomae_con
 
 
 @pytest.mark.parametrize("method", METHODS)
-def test_method_reduces_its_loss_and_logs_components(tmp_path, moe_model, shapes, method):
+def test_method_reduces_its_loss_and_logs_components(tmp_path, tiny_moe_model, shapes, method):
     train = shapes["train"].select(range(16))
     args = make_args(tmp_path, adv_method=method, max_steps=12, per_device_train_batch_size=16)
-    trainer = make_trainer(moe_model(), args, train)
+    trainer = make_trainer(tiny_moe_model(), args, train)
     trainer.train()
     logs = [entry for entry in trainer.state.log_history if "loss" in entry]
     assert len(logs) == 12
@@ -258,11 +224,11 @@ def test_method_reduces_its_loss_and_logs_components(tmp_path, moe_model, shapes
 
 
 @pytest.mark.parametrize("method", ["tlat", "j-tlat"])
-def test_full_gradient_lipschitz_terms(tmp_path, moe_model, shapes, method):
+def test_full_gradient_lipschitz_terms(tmp_path, tiny_moe_model, shapes, method):
     # lipschitz_detach_clean=False back-propagates through the clean side too (one pass on [x, x_adv]).
     args = make_args(tmp_path, adv_method=method, max_steps=2, lipschitz_detach_clean=False,
                      jtlat_reuse_adversarial=True)  # fmt: skip
-    trainer = make_trainer(moe_model(), args, shapes["train"])
+    trainer = make_trainer(tiny_moe_model(), args, shapes["train"])
     trainer.train()
     logs = [entry for entry in trainer.state.log_history if "loss" in entry]
     assert all(math.isfinite(entry["lipschitz_model"]) for entry in logs)
@@ -318,8 +284,8 @@ def _names(pairs):
 
 
 @pytest.mark.parametrize("step, group", [("router", "router"), ("expert", "expert")])
-def test_jtlat_single_step_changes_only_its_group(tmp_path, moe_model, shapes, step, group):
-    model = moe_model()
+def test_jtlat_single_step_changes_only_its_group(tmp_path, tiny_moe_model, shapes, step, group):
+    model = tiny_moe_model()
     router, experts = _names(named_router_parameters(model)), _names(named_expert_parameters(model))
     before = state_dict_copy(model)
     args = make_args(tmp_path, jtlat_steps=[step], max_steps=2, weight_decay=0.01)
@@ -333,12 +299,12 @@ class _UnfusedJTLAT(JTLATTrainer):
 
 
 @pytest.mark.parametrize("granularity", ["token", "model"])
-def test_reuse_fuses_router_and_model_steps_without_changing_the_update(tmp_path, moe_model, shapes, granularity):
+def test_reuse_fuses_router_and_model_steps_without_changing_the_update(tmp_path, tiny_moe_model, shapes, granularity):
     # With one adversarial batch and top-1 routing, steps 1 and 3 share a pass; the update must equal two passes
     # (also with model-level routing, where only the first MoE layer has a router).
     finals = []
     for cls in (JTLATTrainer, _UnfusedJTLAT):
-        model = moe_model(router_granularity=granularity)
+        model = tiny_moe_model(router_granularity=granularity)
         args = make_args(tmp_path, jtlat_reuse_adversarial=True, max_steps=2, optim="sgd", learning_rate=0.5,
                          output_dir=str(tmp_path / cls.__name__))  # fmt: skip
         trainer = cls(model=model, args=args, train_dataset=shapes["train"])
@@ -374,8 +340,8 @@ class _GradientRecorder(JTLATTrainer):
         return loss
 
 
-def test_jtlat_steps_back_propagate_into_their_own_groups(tmp_path, moe_model, shapes):
-    model = moe_model()
+def test_jtlat_steps_back_propagate_into_their_own_groups(tmp_path, tiny_moe_model, shapes):
+    model = tiny_moe_model()
     router, experts = _names(named_router_parameters(model)), _names(named_expert_parameters(model))
     trainer = _GradientRecorder(model=model, args=make_args(tmp_path, max_steps=2), train_dataset=shapes["train"])
     trainer.touched = {}
@@ -406,15 +372,15 @@ def _train_recording_phase_starts(tmp_path, model, shapes, **overrides):
     return trainer
 
 
-def test_jtlat_sequential_update_runs_each_step_on_the_weights_the_previous_one_left(tmp_path, moe_model, shapes):
+def test_jtlat_sequential_update_runs_each_step_on_the_weights_the_previous_one_left(tmp_path, tiny_moe_model, shapes):
     """``jtlat_update="sequential"``: step 2 starts from the routers step 1 updated (experts untouched), step 3 from
     the experts step 2 updated (routers untouched by step 2), and neither reuses clean outputs or router logits of
     the old weights; with ``"summed"`` every step starts from the same weights and shares them."""
-    model = moe_model()
+    model = tiny_moe_model()
     router, experts = _names(named_router_parameters(model)), _names(named_expert_parameters(model))
     finals = {}
     for update in ("summed", "sequential"):
-        trainer = _train_recording_phase_starts(tmp_path / update, moe_model(), shapes, jtlat_update=update,
+        trainer = _train_recording_phase_starts(tmp_path / update, tiny_moe_model(), shapes, jtlat_update=update,
                                                 weight_decay=0.01)  # fmt: skip
         at_router, at_expert, at_model = trainer.starts
         if update == "summed":
@@ -435,10 +401,10 @@ def test_jtlat_sequential_update_runs_each_step_on_the_weights_the_previous_one_
     assert changed_parameters(finals["summed"], finals["sequential"])
 
 
-def test_jtlat_sequential_update_clips_each_step_and_regenerates_reused_examples(tmp_path, moe_model, shapes):
+def test_jtlat_sequential_update_clips_each_step_and_regenerates_reused_examples(tmp_path, tiny_moe_model, shapes):
     """Each early update is clipped to ``max_grad_norm`` on its own group (plain SGD: the update is lr × the clipped
     gradient); with one adversarial batch for all steps, step 3 attacks the updated weights anew."""
-    model = moe_model()
+    model = tiny_moe_model()
     router = _names(named_router_parameters(model))
     trainer = _train_recording_phase_starts(
         tmp_path,
@@ -457,7 +423,7 @@ def test_jtlat_sequential_update_clips_each_step_and_regenerates_reused_examples
     assert at_expert["examples_cached"] == {"j-tlga"} and not at_model["examples_cached"]
 
 
-def test_jtlat_sequential_update_refuses_what_it_cannot_do(tmp_path, moe_model, shapes):
+def test_jtlat_sequential_update_refuses_what_it_cannot_do(tmp_path, tiny_moe_model, shapes):
     with pytest.raises(ValueError, match="jtlat_update must be one of"):
         make_args(tmp_path, jtlat_update="parallel")
     refused = [
@@ -468,16 +434,16 @@ def test_jtlat_sequential_update_refuses_what_it_cannot_do(tmp_path, moe_model, 
     for overrides, trainer_kwargs, message in refused:
         args = make_args(tmp_path, jtlat_update="sequential", **overrides)
         with pytest.raises(ValueError, match=message):
-            JTLATTrainer(model=moe_model(), args=args, train_dataset=shapes["train"], **trainer_kwargs)
+            JTLATTrainer(model=tiny_moe_model(), args=args, train_dataset=shapes["train"], **trainer_kwargs)
     # one adversarial batch for all steps is allowed, but steps 1 and 3 no longer share a pass (they see different
     # weights)
     args = make_args(tmp_path, jtlat_update="sequential", jtlat_reuse_adversarial=True)
-    trainer = JTLATTrainer(model=moe_model(), args=args, train_dataset=shapes["train"])
+    trainer = JTLATTrainer(model=tiny_moe_model(), args=args, train_dataset=shapes["train"])
     assert [phase.name for phase in trainer.training_phases()] == ["router", "expert", "model"]
 
 
-def test_advmoe_alternates_expert_and_router_updates(tmp_path, moe_model, shapes):
-    model = moe_model()
+def test_advmoe_alternates_expert_and_router_updates(tmp_path, tiny_moe_model, shapes):
+    model = tiny_moe_model()
     router = _names(named_router_parameters(model))
     everything = set(state_dict_copy(model))
     before = state_dict_copy(model)
@@ -504,11 +470,11 @@ def _pgd_accuracy(model, dataset):
     return report.clean_accuracy, report.robust_accuracy["pgd"]
 
 
-def test_jtlat_is_more_robust_than_clean_training_on_a_motion_task(tmp_path, moe_model):
+def test_jtlat_is_more_robust_than_clean_training_on_a_motion_task(tmp_path, tiny_moe_model, motion_dataset):
     train, test = motion_dataset(64, seed=0), motion_dataset(64, seed=1)
     results = {}
     for method in ("none", "j-tlat"):
-        model = moe_model(num_labels=2)
+        model = tiny_moe_model(num_labels=2)
         args = make_args(
             tmp_path, adv_method=method, adv_steps=2, max_steps=100, per_device_train_batch_size=16, logging_steps=50,
             output_dir=str(tmp_path / method),
@@ -552,12 +518,12 @@ def test_jtlat_is_more_robust_than_clean_training_on_moving_shapes(tmp_path, tin
         assert share < 0.95, f"MoE layer {layer} sends {share:.0%} of its tokens to one expert"
 
 
-def test_jtlat_soft_router_target(tmp_path, moe_model, shapes):
+def test_jtlat_soft_router_target(tmp_path, tiny_moe_model, shapes):
     """``jtlat_router_target="soft"``: step 1 matches the clean router probabilities instead of the clean top-1. On
     the same seeded first step the two targets give different router CEs and different router updates."""
     first_ce, routers = {}, {}
     for target in ("hard", "soft"):
-        model = moe_model()
+        model = tiny_moe_model()
         before = {n: p.detach().clone() for n, p in model.named_parameters() if ".router." in n}
         args = make_args(tmp_path / target, jtlat_router_target=target, jtlat_steps=["router"], max_steps=1)
         trainer = make_trainer(model, args, shapes["train"])
@@ -569,7 +535,7 @@ def test_jtlat_soft_router_target(tmp_path, moe_model, shapes):
     assert any(not torch.equal(routers["soft"][n], routers["hard"][n]) for n in routers["hard"])
 
 
-def test_jtlat_step1_balance_term(tmp_path, moe_model, shapes):
+def test_jtlat_step1_balance_term(tmp_path, tiny_moe_model, shapes):
     """Step 1 logs ``router_balance``, the chosen balance term of the adversarial router logits (1 = balanced, 4 =
     collapsed): the Switch loss and the sharpened one are different terms on the same (seeded) step."""
     logged = {}
@@ -582,7 +548,7 @@ def test_jtlat_step1_balance_term(tmp_path, moe_model, shapes):
             max_steps=1,
             logging_steps=1,
         )
-        trainer = make_trainer(moe_model(), args, shapes["train"])
+        trainer = make_trainer(tiny_moe_model(), args, shapes["train"])
         trainer.train()
         assert trainer.training_recipe()["jtlat_router_balance"] == balance
         logged[balance] = [entry["router_balance"] for entry in trainer.state.log_history if "router_balance" in entry]
@@ -594,7 +560,7 @@ def test_jtlat_step1_balance_term(tmp_path, moe_model, shapes):
 # Robust evaluation and checkpoint selection, model card
 
 
-def test_robust_evaluation_selects_best_checkpoint_and_writes_card(tmp_path, moe_model, shapes):
+def test_robust_evaluation_selects_best_checkpoint_and_writes_card(tmp_path, tiny_moe_model, shapes):
     args = make_args(
         tmp_path, max_steps=4, eval_strategy="steps", eval_steps=2, save_strategy="steps", save_steps=2,
         eval_attacks=["pgd", "j-tlga"], eval_attack_steps=2, eval_max_samples=8, load_best_model_at_end=True,
@@ -607,7 +573,7 @@ def test_robust_evaluation_selects_best_checkpoint_and_writes_card(tmp_path, moe
             seen.append(dict(metrics))
 
     trainer = AdversarialTrainer(
-        model=moe_model(), args=args, train_dataset=shapes["train"], eval_dataset=shapes["test"], callbacks=[Spy()]
+        model=tiny_moe_model(), args=args, train_dataset=shapes["train"], eval_dataset=shapes["test"], callbacks=[Spy()]
     )
     trainer.train()
     evals = [entry for entry in trainer.state.log_history if "eval_loss" in entry]
@@ -639,14 +605,14 @@ def test_robust_evaluation_selects_best_checkpoint_and_writes_card(tmp_path, moe
 
 
 @pytest.mark.slow
-def test_push_to_hub_uploads_robust_checkpoint(tmp_path, moe_model, shapes, monkeypatch):
+def test_push_to_hub_uploads_robust_checkpoint(tmp_path, tiny_moe_model, shapes, monkeypatch):
     import huggingface_hub.constants
 
     from hf_videomoe.testing import LoopbackHubServer
 
     args = make_args(tmp_path, max_steps=1, eval_attacks=["pgd"], eval_attack_steps=1, eval_max_samples=8)
     trainer = AdversarialTrainer(
-        model=moe_model(), args=args, train_dataset=shapes["train"], eval_dataset=shapes["test"]
+        model=tiny_moe_model(), args=args, train_dataset=shapes["train"], eval_dataset=shapes["test"]
     )
     trainer.train()
     trainer.evaluate()
@@ -672,13 +638,13 @@ class _StopAt(TrainerCallback):
 
 
 @pytest.mark.parametrize("update", ["summed", "sequential"])
-def test_interrupted_jtlat_run_resumes_to_identical_weights(tmp_path, moe_model, shapes, update):
+def test_interrupted_jtlat_run_resumes_to_identical_weights(tmp_path, tiny_moe_model, shapes, update):
     train = shapes["train"].select(range(24))  # 3 steps per epoch: the resume point is mid-epoch
 
     def run(output_dir, stop_at=None, resume=None):
         args = make_args(tmp_path, output_dir=str(output_dir), max_steps=6, save_strategy="steps", save_steps=2,
                          adv_steps=1, data_seed=0, jtlat_update=update)  # fmt: skip
-        model = moe_model(seed=1 if resume else 0)  # a resumed run must not depend on the fresh initialisation
+        model = tiny_moe_model(seed=1 if resume else 0)  # a resumed run must not depend on the fresh initialisation
         callbacks = [_StopAt(stop_at)] if stop_at else []
         trainer = JTLATTrainer(model=model, args=args, train_dataset=train, callbacks=callbacks)
         trainer.train(resume_from_checkpoint=resume)
@@ -697,8 +663,8 @@ def test_interrupted_jtlat_run_resumes_to_identical_weights(tmp_path, moe_model,
     assert state(resumed).phase_updates == state(full).phase_updates == {"router": 6, "expert": 6, "model": 6}
 
 
-def test_nan_stops_training_naming_the_component_and_keeps_last_checkpoint(tmp_path, moe_model, shapes):
-    model = moe_model()
+def test_nan_stops_training_naming_the_component_and_keeps_last_checkpoint(tmp_path, tiny_moe_model, shapes):
+    model = tiny_moe_model()
     args = make_args(tmp_path, max_steps=6, save_strategy="steps", save_steps=2)
     trainer = JTLATTrainer(model=model, args=args, train_dataset=shapes["train"])
 
@@ -721,14 +687,14 @@ def test_nan_stops_training_naming_the_component_and_keeps_last_checkpoint(tmp_p
 
 @pytest.mark.parametrize("method, extra", [("j-tlat", {}), ("j-tlat", {"jtlat_reuse_adversarial": True}),
                                            ("trades", {})])  # fmt: skip
-def test_gradient_accumulation_matches_a_full_batch(tmp_path, moe_model, shapes, method, extra):
+def test_gradient_accumulation_matches_a_full_batch(tmp_path, tiny_moe_model, shapes, method, extra):
     # ε = 0 makes the adversarial examples deterministic (the clean clips), and without the (batch-level)
     # load-balancing losses (the model's aux loss and J-TLAT's step-1 balance term) the objective is a per-clip sum: 2 micro-batches of 4 must equal one batch of 8. Plain SGD
     # (Adam would turn float rounding in near-zero gradients into full-size updates).
     train = shapes["train"].select(range(16))
     finals = []
     for batch_size, accumulation in ((8, 1), (4, 2)):
-        model = moe_model(router_aux_loss_coef=0.0, router_z_loss_coef=0.0)
+        model = tiny_moe_model(router_aux_loss_coef=0.0, router_z_loss_coef=0.0)
         args = make_args(
             tmp_path, adv_method=method, adv_eps=0.0, max_steps=2, per_device_train_batch_size=batch_size,
             gradient_accumulation_steps=accumulation, output_dir=str(tmp_path / f"ga{accumulation}"), optim="sgd",
@@ -748,7 +714,7 @@ def test_gradient_accumulation_matches_a_full_batch(tmp_path, moe_model, shapes,
         ("model", "lipschitz_weight", ("expert_lipschitz_weight", "router_lipschitz_weight")),
     ],
 )
-def test_jtlat_each_lipschitz_weight_reaches_its_own_step(tmp_path, moe_model, shapes, step, own, others):
+def test_jtlat_each_lipschitz_weight_reaches_its_own_step(tmp_path, tiny_moe_model, shapes, step, own, others):
     """λ_R weighs step 1's router ratio, λ_E step 2's expert ratio, λ_F step 3's model ratio, and no other step's.
     The training attacks are PGD (no λ in them), so only the loss can tell the settings apart."""
     loss_key = {"router": "loss_router", "expert": "loss_expert", "model": "loss_model"}[step]
@@ -761,7 +727,7 @@ def test_jtlat_each_lipschitz_weight_reaches_its_own_step(tmp_path, moe_model, s
         args = make_args(
             tmp_path / str(len(runs)), adv_method="j-tlat", jtlat_steps=[step], max_steps=1, **attack, **weights
         )
-        trainer = make_trainer(moe_model(), args, shapes["train"])
+        trainer = make_trainer(tiny_moe_model(), args, shapes["train"])
         trainer.train()
         return next(entry[loss_key] for entry in trainer.state.log_history if loss_key in entry)
 
@@ -770,11 +736,11 @@ def test_jtlat_each_lipschitz_weight_reaches_its_own_step(tmp_path, moe_model, s
     assert first_loss(**{own: 0.0, **{name: 1.0 for name in others}}) == pytest.approx(base, rel=1e-6)
 
 
-def test_training_attacks_get_the_lambda_of_their_component(tmp_path, moe_model, shapes):
+def test_training_attacks_get_the_lambda_of_their_component(tmp_path, tiny_moe_model, shapes):
     args = make_args(
         tmp_path, adv_method="j-tlat", lipschitz_weight=0.1, expert_lipschitz_weight=0.2, router_lipschitz_weight=0.3
     )
-    trainer = make_trainer(moe_model(), args, shapes["train"])
+    trainer = make_trainer(tiny_moe_model(), args, shapes["train"])
     kwargs = {
         name: trainer.attack_kwargs(name, eps=0.01, steps=1, step_size=None)
         for name in ("tlga-r", "tla-e", "tla-m", "j-tlga", "pgd")
@@ -787,10 +753,10 @@ def test_training_attacks_get_the_lambda_of_their_component(tmp_path, moe_model,
     assert "lipschitz_weight" not in kwargs["pgd"] and "temporal_step" not in kwargs["pgd"]
 
 
-def test_jtlat_expert_step_on_tla_e_examples(tmp_path, moe_model, shapes):
+def test_jtlat_expert_step_on_tla_e_examples(tmp_path, tiny_moe_model, shapes):
     """``jtlat_expert_attack="tla-e"``: step 2 trains on TLA-E examples (aimed at each clip's clean top-1 path), with
     the expert λ; by default it reuses step 1's router-attack examples."""
-    default = make_trainer(moe_model(), make_args(tmp_path / "default", adv_method="j-tlat"), shapes["train"])
+    default = make_trainer(tiny_moe_model(), make_args(tmp_path / "default", adv_method="j-tlat"), shapes["train"])
     assert [p.attack for p in default.training_phases()] == ["tlga-r", "tlga-r", "j-tlga"]
     args = make_args(
         tmp_path / "tla-e",
@@ -800,7 +766,7 @@ def test_jtlat_expert_step_on_tla_e_examples(tmp_path, moe_model, shapes):
         max_steps=1,
         expert_lipschitz_weight=0.5,
     )
-    model = moe_model()
+    model = tiny_moe_model()
     experts_before = {n: p.detach().clone() for n, p in named_expert_parameters(model)}
     trainer = make_trainer(model, args, shapes["train"])
     assert [p.attack for p in trainer.training_phases()] == ["tla-e"]
