@@ -160,3 +160,36 @@ def test_an_opposite_finding_enters_holm_two_sided_and_is_named_as_the_opposite(
     assert "**holds**" in line and "though the 95 % interval contains zero" in line
     with pytest.raises(ValueError, match="confidence in"):
         paired_mean_interval([1.0, 2.0], confidence=1.0)
+
+
+def test_a_registered_family_is_corrected_for_all_its_claims_before_all_have_data():
+    """Holm over a registered family counts the claims not yet tested (as p = 1): reading the first rows early never
+    corrects more leniently than the complete family will (issue 40's four model-step claims)."""
+    from hf_videomoe.reproduction.claims import MODEL_STEP_FAMILY_SIZE, what_holds
+    from hf_videomoe.reproduction.recipes import Settings
+    from hf_videomoe.reproduction.verdicts import compare, holm
+
+    base = {s: {"acc": 0.30 + 0.01 * s} for s in range(5)}
+    better = {s: {"acc": 0.40 + 0.01 * s} for s in range(5)}  # all five seeds: one-sided p = 1/32
+    verdict = compare(better, base, lambda r: r["acc"], higher_is="a", what="better")
+    assert holm([verdict], family_size=4)[0].holm_p == pytest.approx(4 / 32)
+    assert "Holm over 4 claims: p = 0.125, does not survive" in str(verdict)
+    with pytest.raises(ValueError, match="family_size"):
+        holm([verdict, verdict], family_size=1)
+
+    def rows(worst):
+        return {
+            s: {"worst_case": w, "worst_case_correct": [i < 100 * w for i in range(100)]} for s, w in enumerate(worst)
+        }
+
+    results = {
+        "attacks": {},
+        "defenses": {"j-tlat": rows([0.30, 0.31, 0.32, 0.33, 0.34])},
+        "ablations": {"model-attack-pgd": rows([0.40, 0.41, 0.42, 0.43, 0.44])},
+    }
+    text = "\n".join(what_holds(results, Settings.quick(), ablation_seeds=list(range(5))))
+    assert MODEL_STEP_FAMILY_SIZE == 4
+    assert "step 3 on PGD examples has a higher worst case than J-TLAT: **holds**" in text
+    assert f"Holm over {MODEL_STEP_FAMILY_SIZE} claims: p = 0.125, does not survive" in text
+    assert "4 paired claims (3 not tested yet, counted with p = 1)" in text
+    assert "step 3 on TLA-M examples (`model-attack-tla-m`): not run yet" in text

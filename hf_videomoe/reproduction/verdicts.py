@@ -50,12 +50,20 @@ class Verdict:
         return f"{self.what}: **{self.verdict}** ({detail})"
 
 
-def holm(verdicts: list) -> list:
+def holm(verdicts: list, family_size: int | None = None) -> list:
     """Apply Holm's correction to the sign-test p-values of the `Verdict`s in ``verdicts`` (one family of claims;
-    other entries, such as hand-written lines, pass through). Returns ``verdicts``."""
+    other entries, such as hand-written lines, pass through). Returns ``verdicts``.
+
+    ``family_size``: the number of claims registered for the family, when some have no data yet. The missing ones
+    enter with p = 1 (they rank last), so a verdict read before its family is complete is corrected as strictly as
+    the whole family will be, never more leniently."""
     family = [v for v in verdicts if isinstance(v, Verdict)]
-    for verdict, adjusted in zip(family, holm_adjust([v.p_value for v in family])):
-        verdict.holm_p, verdict.family_size = adjusted, len(family)
+    size = len(family) if family_size is None else family_size
+    if size < len(family):
+        raise ValueError(f"family_size={family_size} is smaller than the {len(family)} claims tested in the family")
+    p_values = [v.p_value for v in family] + [1.0] * (size - len(family))
+    for verdict, adjusted in zip(family, holm_adjust(p_values)):
+        verdict.holm_p, verdict.family_size = adjusted, size
     return verdicts
 
 
