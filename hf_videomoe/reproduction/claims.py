@@ -340,7 +340,9 @@ def model_step_claims(base: dict, moe_at: dict, ab: dict) -> list:
     lines: list = []
     for name, attack in MODEL_STEP_ABLATIONS.items():
         if name not in ab:
-            lines.append(f"J-TLAT with step 3 on {attack} examples (`{name}`): not run yet; its two claims count in Holm")
+            lines.append(
+                f"J-TLAT with step 3 on {attack} examples (`{name}`): not run yet; its two claims count in Holm"
+            )
             continue
         lines.append(
             worst_case_claim(
