@@ -109,7 +109,7 @@ def model_labelled_clips():
         x = torch.rand(n, 4, 3, 16, 16, generator=torch.Generator().manual_seed(seed))
         with torch.no_grad():
             y = model(pixel_values=x).logits.argmax(-1)
-        y[:wrong] = (y[:wrong] + 1) % 8  # the tiny shape's 8 classes
+        y[:wrong] = (y[:wrong] + 1) % model.config.num_labels
         return [{"pixel_values": x[i], "labels": int(y[i])} for i in range(n)]
 
     return make

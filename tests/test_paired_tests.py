@@ -193,3 +193,4 @@ def test_a_registered_family_is_corrected_for_all_its_claims_before_all_have_dat
     assert f"Holm over {MODEL_STEP_FAMILY_SIZE} claims: p = 0.125, does not survive" in text
     assert "4 paired claims (3 not tested yet, counted with p = 1)" in text
     assert "step 3 on TLA-M examples (`model-attack-tla-m`): not run yet" in text
+    assert "higher worst case than MoE AT: **not measured** (no MoE AT rows on the ablation seeds)" in text
