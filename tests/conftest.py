@@ -191,32 +191,39 @@ def card_report():
 
 
 @pytest.fixture
-def push_to_loopback_hub(tmp_path):
+def loopback_hub_env(tmp_path):
+    """Factory: ``loopback_hub_env(server, **extra)`` -> the environment of a subprocess that talks to ``server``."""
+
+    def make(server, **extra) -> dict:
+        return dict(
+            os.environ,
+            HF_ENDPOINT=server.url,
+            HF_HUB_OFFLINE="0",
+            HF_HOME=str(tmp_path / "hf"),
+            HF_TOKEN="test-token",
+            **extra,
+        )
+
+    return make
+
+
+@pytest.fixture
+def push_to_loopback_hub(loopback_hub_env):
     """Factory: ``push_to_loopback_hub(model_dir, repo_id)`` runs ``hf-videomoe push`` to a loopback Hub -> files."""
 
     def push(model_dir, repo_id: str) -> dict:
         from hf_videomoe.testing import LoopbackHubServer
 
-        server = LoopbackHubServer().start()
-        try:
-            env = dict(
-                os.environ,
-                HF_ENDPOINT=server.url,
-                HF_HUB_OFFLINE="0",
-                HF_HOME=str(tmp_path / "hf"),
-                HF_TOKEN="test-token",
-            )
+        with LoopbackHubServer() as server:
             proc = subprocess.run(
                 [sys.executable, "-m", "hf_videomoe.cli", "push", "--model", str(model_dir), "--repo-id", repo_id],
-                env=env,
+                env=loopback_hub_env(server),
                 capture_output=True,
                 text=True,
                 timeout=240,
             )
             assert proc.returncode == 0, proc.stderr[-2000:]
             return server.files(repo_id)
-        finally:
-            server.stop()
 
     return push
 

@@ -69,7 +69,7 @@ def _cli(*args, env=None):
     return proc
 
 
-def test_paper_setting_end_to_end(ucf101, dense_checkpoint, tmp_path):
+def test_paper_setting_end_to_end(ucf101, dense_checkpoint, tmp_path, loopback_hub_env):
     run = tmp_path / "ucf-jtlat"
     _cli(
         "train",
@@ -131,15 +131,7 @@ def test_paper_setting_end_to_end(ucf101, dense_checkpoint, tmp_path):
     assert report["mode"] == "cascade" and report["num_samples"] == 2
 
     with LoopbackHubServer() as server:
-        env = dict(
-            os.environ,
-            HF_ENDPOINT=server.url,
-            HF_HUB_OFFLINE="0",
-            HF_HOME=str(tmp_path / "hf"),
-            HF_TOKEN="test-token",
-            NO_PROXY="127.0.0.1,localhost",
-            OMP_NUM_THREADS="2",
-        )
+        env = loopback_hub_env(server, NO_PROXY="127.0.0.1,localhost", OMP_NUM_THREADS="2")
         _cli("push", "--model", str(run), "--repo-id", "user/ucf-jtlat", env=env)
         assert {"model.safetensors", "video_preprocessor_config.json", "README.md"} <= set(
             server.files("user/ucf-jtlat")
