@@ -76,10 +76,9 @@ def what_holds(results: dict, settings: Settings, ablation_seeds: list[int]) -> 
             )
     out: list[str] = []
     for title, lines, *registered_size in families:  # a registered family carries its size: Holm counts all its claims
-        registered = registered_size[0] if registered_size else None
-        holm(lines, registered)
+        holm(lines, registered_size[0] if registered_size else None)
         tested = [v for v in lines if isinstance(v, Verdict)]
-        size = registered or len(tested)
+        size = tested[0].family_size if tested else 0
         kept = survivors(lines)
         out.append(f"**{title}**")
         out += ["- " + str(line) for line in lines]
