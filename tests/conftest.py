@@ -59,15 +59,15 @@ def tiny_timesformer_config():
 
 
 @pytest.fixture(params=["videomae", "timesformer"])
-def kind(request):
+def model_family(request):
     """The model family, ``"videomae"`` or ``"timesformer"``: a test asking for it runs once per family."""
     return request.param
 
 
 @pytest.fixture
-def make_config(kind, tiny_videomae_config, tiny_timesformer_config):
-    """Factory: ``make_config(**overrides)`` -> ``kind``'s tiny config (one of the two factories above)."""
-    return tiny_videomae_config if kind == "videomae" else tiny_timesformer_config
+def make_config(model_family, tiny_videomae_config, tiny_timesformer_config):
+    """Factory: ``make_config(**overrides)`` -> ``model_family``'s tiny config (one of the two factories above)."""
+    return tiny_videomae_config if model_family == "videomae" else tiny_timesformer_config
 
 
 @pytest.fixture(scope="session")

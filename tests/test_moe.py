@@ -26,9 +26,9 @@ TOKENS = {"videomae": 8, "timesformer": 17}  # tokens per clip of the tiny confi
 IMPLEMENTATIONS = ["eager", "batched_mm", "grouped_mm"]
 
 
-def build(kind, make_config, seed=0, **overrides):
+def build(model_family, make_config, seed=0, **overrides):
     torch.manual_seed(seed)
-    return MOE_CLASSES[kind](make_config(**overrides)).eval()
+    return MOE_CLASSES[model_family](make_config(**overrides)).eval()
 
 
 def clip(batch=2, seed=1):
@@ -89,8 +89,8 @@ def test_experts_kernel_matches_naive_loop(tiny_videomae_config, implementation,
             torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5, msg=f"{implementation}/{name}: {what}")
 
 
-def test_experts_kernels_agree_on_whole_model(kind, make_config):
-    model = build(kind, make_config, num_experts_per_tok=2, router_granularity="token")
+def test_experts_kernels_agree_on_whole_model(model_family, make_config):
+    model = build(model_family, make_config, num_experts_per_tok=2, router_granularity="token")
     x = clip()
     results = {}
     for implementation in IMPLEMENTATIONS:
@@ -107,20 +107,20 @@ def test_experts_kernels_agree_on_whole_model(kind, make_config):
 # ------------------------------------------------------------------------------------------------ routing units
 
 
-def _unit_of_token(kind, granularity):
+def _unit_of_token(model_family, granularity):
     """Expected token -> unit map of the tiny configs (VideoMAE: time-major tubelets; TimeSformer: CLS first, then
     patch-major with the frame index fastest; its CLS token is a unit of its own under frame routing)."""
     if granularity == "clip":
-        return [0] * TOKENS[kind]
-    if kind == "videomae":
+        return [0] * TOKENS[model_family]
+    if model_family == "videomae":
         return [j // 4 for j in range(8)]
     return [4] + [j % 4 for j in range(16)]
 
 
 @pytest.mark.parametrize("granularity", ["frame", "clip"])
-def test_units_share_one_decision(kind, make_config, granularity):
+def test_units_share_one_decision(model_family, make_config, granularity):
     """The router sees the mean hidden state of each unit, and every token of a unit gets the unit's experts."""
-    model = build(kind, make_config, router_granularity=granularity, num_experts_per_tok=2)
+    model = build(model_family, make_config, router_granularity=granularity, num_experts_per_tok=2)
     block = moe_blocks(model)[0]
     captured = {}
     block.register_forward_hook(lambda mod, args, out: captured.update(states=args[0]))
@@ -128,12 +128,12 @@ def test_units_share_one_decision(kind, make_config, granularity):
     block.experts.forward = lambda h, idx, w: captured.update(index=idx, weights=w) or original(h, idx, w)
     with torch.no_grad():
         out = model(clip())
-    units = torch.tensor(_unit_of_token(kind, granularity))
+    units = torch.tensor(_unit_of_token(model_family, granularity))
     states = captured["states"]  # (batch, tokens, hidden)
     means = torch.stack([states[:, units == u].mean(dim=1) for u in range(int(units.max()) + 1)], dim=1)
     torch.testing.assert_close(out.router_logits[0], block.router(means), rtol=1e-5, atol=1e-6)
-    index = captured["index"].reshape(2, TOKENS[kind], 2)
-    weights = captured["weights"].reshape(2, TOKENS[kind], 2)
+    index = captured["index"].reshape(2, TOKENS[model_family], 2)
+    weights = captured["weights"].reshape(2, TOKENS[model_family], 2)
     top = torch.topk(out.router_logits[0].softmax(-1), 2, dim=-1)
     torch.testing.assert_close(index, top.indices[:, units])
     torch.testing.assert_close(weights, (top.values / top.values.sum(-1, keepdim=True))[:, units])
@@ -149,8 +149,8 @@ def _router_grads(model, loss):
 
 
 @pytest.mark.parametrize("top_k", [1, 2])
-def test_router_receives_gradients(kind, make_config, top_k):
-    model = build(kind, make_config, num_experts_per_tok=top_k).train()
+def test_router_receives_gradients(model_family, make_config, top_k):
+    model = build(model_family, make_config, num_experts_per_tok=top_k).train()
     x, labels = clip(), torch.tensor([0, 5])
     out = model(x, labels=labels)
     ce = torch.nn.functional.cross_entropy(out.logits, labels)
@@ -166,10 +166,10 @@ def test_router_receives_gradients(kind, make_config, top_k):
 
 @pytest.mark.parametrize("granularity", ["token", "frame", "clip", "model"])
 @pytest.mark.parametrize("gate", ["straight_through", "switch"])
-def test_task_loss_alone_reaches_every_router_at_top1(kind, make_config, gate, granularity):
+def test_task_loss_alone_reaches_every_router_at_top1(model_family, make_config, gate, granularity):
     """With every auxiliary loss off, the cross-entropy of a top-1 model gives every router a non-zero gradient."""
     model = build(
-        kind,
+        model_family,
         make_config,
         router_gate=gate,
         router_granularity=granularity,
@@ -183,9 +183,9 @@ def test_task_loss_alone_reaches_every_router_at_top1(kind, make_config, gate, g
     assert all(g.abs().max() > 1e-7 for g in grads)
 
 
-def test_renormalize_gate_starves_the_router_at_top1(kind, make_config):
+def test_renormalize_gate_starves_the_router_at_top1(model_family, make_config):
     """The legacy gate: top-1 weights are p / p = 1, so the task loss cannot reach the router (up to round-off)."""
-    model = build(kind, make_config, router_gate="renormalize").train()
+    model = build(model_family, make_config, router_gate="renormalize").train()
     out = model(clip(), labels=torch.tensor([0, 5]))
     ce_grads = _router_grads(model, torch.nn.functional.cross_entropy(out.logits, torch.tensor([0, 5])))
     aux_grads = _router_grads(model, out.aux_loss)
@@ -193,10 +193,10 @@ def test_renormalize_gate_starves_the_router_at_top1(kind, make_config):
 
 
 @pytest.mark.parametrize("top_k", [1, 2])
-def test_gates_share_their_forward_value(kind, make_config, top_k):
+def test_gates_share_their_forward_value(model_family, make_config, top_k):
     """Every gate has the same forward value, bit for bit: only the router's gradient differs."""
     logits = [
-        build(kind, make_config, seed=3, router_gate=gate, num_experts_per_tok=top_k)(clip()).logits
+        build(model_family, make_config, seed=3, router_gate=gate, num_experts_per_tok=top_k)(clip()).logits
         for gate in ("straight_through", "switch", "renormalize")
     ]
     torch.testing.assert_close(logits[0], logits[1], rtol=0, atol=0)
@@ -204,8 +204,8 @@ def test_gates_share_their_forward_value(kind, make_config, top_k):
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
-def test_router_logits_stay_float32_under_autocast(kind, make_config, dtype):
-    model = build(kind, make_config, router_granularity="model")
+def test_router_logits_stay_float32_under_autocast(model_family, make_config, dtype):
+    model = build(model_family, make_config, router_granularity="model")
     with torch.autocast("cpu", dtype=dtype):
         out = model(clip())
     assert out.logits.dtype == dtype  # the rest of the model does run in half precision
@@ -221,8 +221,8 @@ def test_unknown_gate_is_rejected(make_config):
 # ------------------------------------------------------------------------------------------------ model-level routing
 
 
-def test_model_level_routing_is_one_decision_shared_by_all_layers(kind, make_config):
-    model = build(kind, make_config, router_granularity="model", num_experts_per_tok=1)
+def test_model_level_routing_is_one_decision_shared_by_all_layers(model_family, make_config):
+    model = build(model_family, make_config, router_granularity="model", num_experts_per_tok=1)
     blocks = moe_blocks(model)
     assert blocks[0].router is not None and all(b.router is None for b in blocks[1:])
     x = clip(batch=4)
@@ -244,8 +244,8 @@ def test_model_level_routing_is_one_decision_shared_by_all_layers(kind, make_con
     assert torch.equal(alone[0][0].top_k_index, decisions[0].top_k_index[:1])
 
 
-def test_model_level_routing_saves_and_loads(tmp_path, make_config, kind):
-    model = build(kind, make_config, router_granularity="model")
+def test_model_level_routing_saves_and_loads(tmp_path, make_config, model_family):
+    model = build(model_family, make_config, router_granularity="model")
     model.save_pretrained(tmp_path)
     loaded = type(model).from_pretrained(tmp_path).eval()
     torch.testing.assert_close(loaded(clip()).logits, model(clip()).logits, rtol=0, atol=0)
@@ -264,8 +264,8 @@ def _replicate_expert(model, experts):
     return clone
 
 
-def test_force_experts_computes_single_expert(kind, make_config):
-    model = build(kind, make_config, num_experts_per_tok=2)
+def test_force_experts_computes_single_expert(model_family, make_config):
+    model = build(model_family, make_config, num_experts_per_tok=2)
     with torch.no_grad():  # make the experts differ
         for block in moe_blocks(model):
             for param in block.experts.parameters():
@@ -290,8 +290,8 @@ def test_force_experts_computes_single_expert(kind, make_config):
         assert not torch.allclose(_replicate_expert(model, [0, 0])(x).logits, baseline.logits, atol=1e-6)
 
 
-def test_force_experts_restores_routing(kind, make_config):
-    model = build(kind, make_config)
+def test_force_experts_restores_routing(model_family, make_config):
+    model = build(model_family, make_config)
     blocks = moe_blocks(model)
     with pytest.raises(RuntimeError, match="boom"):
         with force_experts(model, 2):
@@ -305,15 +305,15 @@ def test_force_experts_restores_routing(kind, make_config):
     assert [b.forced_expert for b in blocks] == [None, None]
 
 
-def test_force_experts_rejects_bad_arguments(kind, make_config):
-    model = build(kind, make_config)
+def test_force_experts_rejects_bad_arguments(model_family, make_config):
+    model = build(model_family, make_config)
     with pytest.raises(ValueError, match="out of range"):
         with force_experts(model, 4):
             pass
     with pytest.raises(ValueError, match="2 MoE layers"):
         with force_experts(model, [0, 1, 2]):
             pass
-    dense = DENSE_CLASSES[kind](make_config(dense=True))
+    dense = DENSE_CLASSES[model_family](make_config(dense=True))
     with pytest.raises(ValueError, match="Mixture-of-Experts"):
         with force_experts(dense, 0):
             pass
@@ -323,8 +323,8 @@ def test_force_experts_rejects_bad_arguments(kind, make_config):
 # ---------------------------------------------------------------------------------------------- jitter, aux losses
 
 
-def test_jitter_only_in_training(kind, make_config):
-    model = build(kind, make_config, router_jitter_noise=0.3)
+def test_jitter_only_in_training(model_family, make_config):
+    model = build(model_family, make_config, router_jitter_noise=0.3)
     x = clip()
     with torch.no_grad():
         a, b = model(x), model(x)
@@ -335,7 +335,7 @@ def test_jitter_only_in_training(kind, make_config):
     assert not torch.equal(c.router_logits[0], d.router_logits[0])
     assert not torch.equal(c.router_logits[0], a.router_logits[0])
     # Without jitter, training-mode forwards are deterministic too (dropout is 0 in the tiny configs).
-    model = build(kind, make_config).train()
+    model = build(model_family, make_config).train()
     with torch.no_grad():
         torch.testing.assert_close(model(x).router_logits[0], model(x).router_logits[0], rtol=0, atol=0)
 
@@ -374,12 +374,12 @@ def test_sharpened_balance_loss_sees_collapsed_decisions_behind_flat_probabiliti
     assert logits.grad[..., 0].sum() > 0 > logits.grad[..., 1:].sum()
 
 
-def test_aux_loss_coefficients(kind, make_config):
+def test_aux_loss_coefficients(model_family, make_config):
     x = clip()
     with torch.no_grad():
-        base = build(kind, make_config, router_aux_loss_coef=0.0, router_z_loss_coef=0.0)(x)
+        base = build(model_family, make_config, router_aux_loss_coef=0.0, router_z_loss_coef=0.0)(x)
         assert base.aux_loss == 0
-        model = build(kind, make_config, router_aux_loss_coef=0.5, router_z_loss_coef=0.25)
+        model = build(model_family, make_config, router_aux_loss_coef=0.5, router_z_loss_coef=0.25)
         out = model(x)
     expected = 0.5 * load_balancing_loss(out.router_logits, 4, 1) + 0.25 * router_z_loss(out.router_logits)
     torch.testing.assert_close(out.aux_loss, expected)
@@ -392,16 +392,16 @@ def _router_flops(num_units_per_layer, num_layers=2, hidden=32, experts=4):
     return num_layers * 2 * num_units_per_layer * hidden * experts
 
 
-def test_count_cost_moe_against_dense(kind, make_config):
-    model = build(kind, make_config)  # 4 experts, top-1, token routing, default (grouped_mm) kernel
+def test_count_cost_moe_against_dense(model_family, make_config):
+    model = build(model_family, make_config)  # 4 experts, top-1, token routing, default (grouped_mm) kernel
     config = model.config
-    narrow = DENSE_CLASSES[kind](dense_equivalent_config(config, match="active"))
-    matched = DENSE_CLASSES[kind](dense_equivalent_config(config, match="total"))
+    narrow = DENSE_CLASSES[model_family](dense_equivalent_config(config, match="active"))
+    matched = DENSE_CLASSES[model_family](dense_equivalent_config(config, match="total"))
     moe_cost, narrow_cost, matched_cost = count_cost(model), count_cost(narrow), count_cost(matched)
     assert isinstance(moe_cost, CostReport) and moe_cost.input_shape == (4, 3, 16, 16)
 
     # One expert per token: exactly the one-expert-width dense model plus the router's matmul.
-    router = _router_flops(TOKENS[kind])
+    router = _router_flops(TOKENS[model_family])
     assert moe_cost.flops == narrow_cost.flops + router
     assert router < 0.02 * moe_cost.flops
     assert moe_cost.flops < 0.75 * matched_cost.flops
@@ -416,19 +416,19 @@ def test_count_cost_moe_against_dense(kind, make_config):
         assert dense_cost.active_parameters == dense_cost.total_parameters
 
 
-def test_count_cost_counts_routed_tokens_only(kind, make_config):
+def test_count_cost_counts_routed_tokens_only(model_family, make_config):
     """Top-2 costs exactly one more expert MLP per token than top-1; frame routing has a smaller router."""
-    top1 = count_cost(build(kind, make_config))
-    top2 = count_cost(build(kind, make_config, num_experts_per_tok=2))
-    mlp = 2 * (2 + 2) * TOKENS[kind] * 32 * 64  # 2 layers x (up + down matmul, 2 FLOPs per MAC), one expert
+    top1 = count_cost(build(model_family, make_config))
+    top2 = count_cost(build(model_family, make_config, num_experts_per_tok=2))
+    mlp = 2 * (2 + 2) * TOKENS[model_family] * 32 * 64  # 2 layers x (up + down matmul, 2 FLOPs per MAC), one expert
     assert top2.flops - top1.flops == mlp
-    frame = count_cost(build(kind, make_config, router_granularity="frame"))
-    frames = 2 if kind == "videomae" else 5
-    assert top1.flops - frame.flops == _router_flops(TOKENS[kind]) - _router_flops(frames)
+    frame = count_cost(build(model_family, make_config, router_granularity="frame"))
+    frames = 2 if model_family == "videomae" else 5
+    assert top1.flops - frame.flops == _router_flops(TOKENS[model_family]) - _router_flops(frames)
 
 
-def test_count_cost_restores_model_state(kind, make_config):
-    model = build(kind, make_config).train()
+def test_count_cost_restores_model_state(model_family, make_config):
+    model = build(model_family, make_config).train()
     implementation = model.config._experts_implementation
     state = {k: v.clone() for k, v in model.state_dict().items()}
     cost = count_cost(model, batch_size=3)
@@ -446,18 +446,18 @@ def test_count_cost_restores_model_state(kind, make_config):
     assert model.config._experts_implementation == "grouped_mm"
 
 
-def test_count_parameters_formula(kind, make_config):
-    model = build(kind, make_config, num_experts=4, num_experts_per_tok=2, moe_layers=[1])
+def test_count_parameters_formula(model_family, make_config):
+    model = build(model_family, make_config, num_experts=4, num_experts_per_tok=2, moe_layers=[1])
     active, total = count_parameters(model)
     expert = 2 * 32 * 64 + 64 + 32  # up + down weights and biases of one expert
     assert total == sum(p.numel() for p in model.parameters())
     assert total - active == (4 - 2) * expert
-    dense = DENSE_CLASSES[kind](make_config(dense=True))
+    dense = DENSE_CLASSES[model_family](make_config(dense=True))
     assert count_parameters(dense)[0] == count_parameters(dense)[1]
 
 
-def test_count_cost_input_shape(kind, make_config):
-    model = build(kind, make_config)
+def test_count_cost_input_shape(model_family, make_config):
+    model = build(model_family, make_config)
     assert count_cost(model, input_shape=(2, 4, 3, 16, 16)).batch_size == 2
     with pytest.raises(ValueError, match="frames, channels, height, width"):
         count_cost(model, input_shape=(3, 16, 16))

@@ -11,18 +11,20 @@ from hf_videomoe.moe import router_logits_only
 GRANULARITIES = ("token", "frame", "clip", "model")
 
 
-def _model(kind, config_factory, granularity):
+def _model(model_family, config_factory, granularity):
     torch.manual_seed(0)
-    cls = VideoMAEMoeForVideoClassification if kind == "videomae" else TimesformerMoeForVideoClassification
+    cls = VideoMAEMoeForVideoClassification if model_family == "videomae" else TimesformerMoeForVideoClassification
     return cls(config_factory(router_granularity=granularity, num_labels=4)).eval()
 
 
 @pytest.mark.parametrize("granularity", GRANULARITIES)
-@pytest.mark.parametrize("kind", ["videomae", "timesformer"])
+@pytest.mark.parametrize("model_family", ["videomae", "timesformer"])
 def test_router_logits_only_equals_the_full_pass_and_skips_the_classifier(
-    kind, granularity, tiny_videomae_config, tiny_timesformer_config
+    model_family, granularity, tiny_videomae_config, tiny_timesformer_config
 ):
-    model = _model(kind, tiny_videomae_config if kind == "videomae" else tiny_timesformer_config, granularity)
+    model = _model(
+        model_family, tiny_videomae_config if model_family == "videomae" else tiny_timesformer_config, granularity
+    )
     x = torch.rand(3, 4, 3, 16, 16)
     full = model(x, output_router_logits=True).router_logits
     calls = []

@@ -10,10 +10,10 @@ from hf_videomoe.moe import SparseMoeBlock
 CLASSES = {"videomae": VideoMAEMoeForVideoClassification, "timesformer": TimesformerMoeForVideoClassification}
 
 
-def build(kind, tiny_videomae_config, tiny_timesformer_config, **overrides):
-    make = tiny_videomae_config if kind == "videomae" else tiny_timesformer_config
+def build(model_family, tiny_videomae_config, tiny_timesformer_config, **overrides):
+    make = tiny_videomae_config if model_family == "videomae" else tiny_timesformer_config
     torch.manual_seed(0)
-    return CLASSES[kind](make(hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0, **overrides)).train()
+    return CLASSES[model_family](make(hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0, **overrides)).train()
 
 
 def clip(batch=2):
@@ -28,10 +28,14 @@ def grads(model, pixel_values, labels):
 
 @pytest.mark.parametrize("granularity", ["token", "model"])
 def test_checkpointing_gives_the_same_gradients(
-    kind, tiny_videomae_config, tiny_timesformer_config, granularity, monkeypatch
+    model_family, tiny_videomae_config, tiny_timesformer_config, granularity, monkeypatch
 ):
     model = build(
-        kind, tiny_videomae_config, tiny_timesformer_config, router_granularity=granularity, router_jitter_noise=0.1
+        model_family,
+        tiny_videomae_config,
+        tiny_timesformer_config,
+        router_granularity=granularity,
+        router_jitter_noise=0.1,
     )  # jitter: the recompute must replay the same random draw
     x, y = clip(), torch.tensor([1, 2])
     torch.manual_seed(5)
@@ -126,13 +130,13 @@ def test_from_dense_carries_the_processor(tmp_path, tiny_videomae_config):
     assert explicit.config.image_mean == [0.0] * 3
 
 
-def test_pipeline_classifies_an_mp4(tmp_path, tiny_videomae_config, tiny_timesformer_config, kind):
+def test_pipeline_classifies_an_mp4(tmp_path, tiny_videomae_config, tiny_timesformer_config, model_family):
     import numpy as np
     from transformers import AutoImageProcessor, pipeline
 
     from hf_videomoe.data import write_video
 
-    model = build(kind, tiny_videomae_config, tiny_timesformer_config).eval()
+    model = build(model_family, tiny_videomae_config, tiny_timesformer_config).eval()
     model.save_pretrained(tmp_path / "moe")  # a model built from a config: default processor from the config
     frames = np.random.default_rng(0).random((4, 3, 24, 32)).astype("float32")
     write_video(tmp_path / "clip.mp4", torch.from_numpy(frames))
