@@ -201,6 +201,8 @@ def loopback_hub_env(tmp_path):
             HF_HUB_OFFLINE="0",
             HF_HOME=str(tmp_path / "hf"),
             HF_TOKEN="test-token",
+            NO_PROXY="127.0.0.1,localhost",  # a proxy in the environment must not swallow loopback requests
+            no_proxy="127.0.0.1,localhost",
             **extra,
         )
 

@@ -19,12 +19,8 @@ def _model(model_family, config_factory, granularity):
 
 @pytest.mark.parametrize("granularity", GRANULARITIES)
 @pytest.mark.parametrize("model_family", ["videomae", "timesformer"])
-def test_router_logits_only_equals_the_full_pass_and_skips_the_classifier(
-    model_family, granularity, tiny_videomae_config, tiny_timesformer_config
-):
-    model = _model(
-        model_family, tiny_videomae_config if model_family == "videomae" else tiny_timesformer_config, granularity
-    )
+def test_router_logits_only_equals_the_full_pass_and_skips_the_classifier(model_family, granularity, make_config):
+    model = _model(model_family, make_config, granularity)
     x = torch.rand(3, 4, 3, 16, 16)
     full = model(x, output_router_logits=True).router_logits
     calls = []
