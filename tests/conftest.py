@@ -70,6 +70,44 @@ def make_config(model_family, tiny_videomae_config, tiny_timesformer_config):
     return tiny_videomae_config if model_family == "videomae" else tiny_timesformer_config
 
 
+@pytest.fixture
+def moe_class(model_family):
+    """``model_family``'s MoE classifier class (``VideoMAEMoeForVideoClassification`` or the TimeSformer one)."""
+    import hf_videomoe
+
+    return {
+        "videomae": hf_videomoe.VideoMAEMoeForVideoClassification,
+        "timesformer": hf_videomoe.TimesformerMoeForVideoClassification,
+    }[model_family]
+
+
+@pytest.fixture
+def dense_class(model_family):
+    """``model_family``'s dense transformers classifier class, the one ``from_dense`` upcycles."""
+    import transformers
+
+    return {
+        "videomae": transformers.VideoMAEForVideoClassification,
+        "timesformer": transformers.TimesformerForVideoClassification,
+    }[model_family]
+
+
+@pytest.fixture
+def make_moe_model(moe_class, make_config):
+    """Factory: ``make_moe_model(seed=0, **overrides)`` -> ``model_family``'s tiny MoE classifier in eval mode.
+
+    Built after ``manual_seed(seed)``, so two calls with the same arguments give the same weights.
+    """
+
+    def make(seed: int = 0, **overrides):
+        import torch
+
+        torch.manual_seed(seed)
+        return moe_class(make_config(**overrides)).eval()
+
+    return make
+
+
 @pytest.fixture(scope="session")
 def tiny_moe_model(tiny_videomae_config):
     """Factory: ``tiny_moe_model(seed=0, **overrides)`` -> a 4-expert VideoMAE-MoE built after ``manual_seed(seed)``."""
@@ -191,26 +229,7 @@ def card_report():
 
 
 @pytest.fixture
-def loopback_hub_env(tmp_path):
-    """Factory: ``loopback_hub_env(server, **extra)`` -> the environment of a subprocess that talks to ``server``."""
-
-    def make(server, **extra) -> dict:
-        return dict(
-            os.environ,
-            HF_ENDPOINT=server.url,
-            HF_HUB_OFFLINE="0",
-            HF_HOME=str(tmp_path / "hf"),
-            HF_TOKEN="test-token",
-            NO_PROXY="127.0.0.1,localhost",  # a proxy in the environment must not swallow loopback requests
-            no_proxy="127.0.0.1,localhost",
-            **extra,
-        )
-
-    return make
-
-
-@pytest.fixture
-def push_to_loopback_hub(loopback_hub_env):
+def push_to_loopback_hub(tmp_path):
     """Factory: ``push_to_loopback_hub(model_dir, repo_id)`` runs ``hf-videomoe push`` to a loopback Hub -> files."""
 
     def push(model_dir, repo_id: str) -> dict:
@@ -219,7 +238,7 @@ def push_to_loopback_hub(loopback_hub_env):
         with LoopbackHubServer() as server:
             proc = subprocess.run(
                 [sys.executable, "-m", "hf_videomoe.cli", "push", "--model", str(model_dir), "--repo-id", repo_id],
-                env=loopback_hub_env(server),
+                env=server.client_env(tmp_path / "hf"),
                 capture_output=True,
                 text=True,
                 timeout=240,

@@ -189,6 +189,21 @@ def test_loopback_server_state_api():
     assert server.requests == [("GET", "/api/models/user/x")]
 
 
+def test_loopback_server_client_env(tmp_path, monkeypatch):
+    """A subprocess gets the server's URL, its own HF_HOME, the offline switch lifted and loopback exempt from proxies."""
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HTTPS_PROXY", "http://proxy.invalid:3128")
+    with pytest.raises(RuntimeError, match="not running"):
+        LoopbackHubServer().client_env(tmp_path)
+    with LoopbackHubServer() as server:
+        env = server.client_env(tmp_path / "hf", OMP_NUM_THREADS="1", HF_TOKEN="other")
+        assert env["HF_ENDPOINT"] == server.url and env["HF_HOME"] == str(tmp_path / "hf")
+        assert env["HF_HUB_OFFLINE"] == "0" and env["HTTPS_PROXY"] == "http://proxy.invalid:3128"  # the rest is kept
+        assert "127.0.0.1" in env["NO_PROXY"].split(",") and "127.0.0.1" in env["no_proxy"].split(",")
+        assert env["OMP_NUM_THREADS"] == "1" and env["HF_TOKEN"] == "other"  # extra wins
+    assert os.environ["HF_HUB_OFFLINE"] == "1"  # this process keeps its switch
+
+
 def test_card_options_object_and_keywords_agree():
     report = RobustnessReport(
         clean_accuracy=0.9,
@@ -256,18 +271,7 @@ print("RESULTS " + json.dumps({"metrics": metrics_from_model_card(card), "report
 
 
 def _hub_env(server, home):
-    return dict(
-        os.environ,
-        HF_ENDPOINT=server.url,
-        HF_HUB_OFFLINE="0",  # only inside this subprocess, which talks to the loopback server only
-        HF_HOME=str(home),
-        HF_HUB_DISABLE_TELEMETRY="1",
-        HF_HUB_DISABLE_PROGRESS_BARS="1",
-        NO_PROXY="127.0.0.1,localhost",
-        no_proxy="127.0.0.1,localhost",
-        OMP_NUM_THREADS="1",
-        PYTHONPATH=str(REPO_ROOT),
-    )
+    return server.client_env(home, HF_HUB_DISABLE_PROGRESS_BARS="1", OMP_NUM_THREADS="1", PYTHONPATH=str(REPO_ROOT))
 
 
 def _run(script, args, env, cwd):

@@ -10,10 +10,6 @@ import textwrap
 
 import pytest
 import torch
-from transformers import (
-    TimesformerForVideoClassification,
-    VideoMAEForVideoClassification,
-)
 
 from hf_videomoe import (
     TimesformerMoeConfig,
@@ -24,19 +20,12 @@ from hf_videomoe import (
 from hf_videomoe.moe import moe_blocks
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-MOE_CLASSES = {"videomae": VideoMAEMoeForVideoClassification, "timesformer": TimesformerMoeForVideoClassification}
-DENSE_CLASSES = {"videomae": VideoMAEForVideoClassification, "timesformer": TimesformerForVideoClassification}
 # Routing units per clip for the tiny configs: VideoMAE has 2 tubelet steps x 4 patches, TimeSformer 1 CLS + 4 x 4.
 UNITS = {
     "videomae": {"token": 8, "frame": 2, "clip": 1},
     "timesformer": {"token": 17, "frame": 5, "clip": 1},
 }
 EXPECTED_SHAPE = "(batch, 4, 3, 16, 16)"
-
-
-def build(model_family, make_config, seed=0, **overrides):
-    torch.manual_seed(seed)
-    return MOE_CLASSES[model_family](make_config(**overrides)).eval()
 
 
 def clip(batch=2, seed=1, frames=4, size=16):
@@ -100,10 +89,8 @@ def test_auto_classes_load_in_fresh_interpreter(tmp_path, tiny_videomae_config, 
 # ------------------------------------------------------------------------------------------------- save / load
 
 
-def test_save_load_round_trip(model_family, make_config, tmp_path):
-    model = build(
-        model_family,
-        make_config,
+def test_save_load_round_trip(tmp_path, make_moe_model, moe_class):
+    model = make_moe_model(
         num_experts=3,
         num_experts_per_tok=2,
         moe_layers=[1],
@@ -112,7 +99,7 @@ def test_save_load_round_trip(model_family, make_config, tmp_path):
         router_jitter_noise=0.1,
     )
     model.save_pretrained(tmp_path)
-    loaded = MOE_CLASSES[model_family].from_pretrained(tmp_path).eval()
+    loaded = moe_class.from_pretrained(tmp_path).eval()
     for field in (
         "num_experts",
         "num_experts_per_tok",
@@ -132,7 +119,7 @@ def test_save_load_round_trip(model_family, make_config, tmp_path):
     assert len(b.router_logits) == len(a.router_logits) == 1
     torch.testing.assert_close(b.router_logits[0], a.router_logits[0], rtol=0, atol=0)
     # The experts kernel can be chosen at load time like any transformers MoE.
-    eager = MOE_CLASSES[model_family].from_pretrained(tmp_path, experts_implementation="eager").eval()
+    eager = moe_class.from_pretrained(tmp_path, experts_implementation="eager").eval()
     assert eager.config._experts_implementation == "eager"
     with torch.no_grad():
         torch.testing.assert_close(eager(x).logits, a.logits, rtol=0, atol=1e-5)
@@ -152,20 +139,17 @@ UPCYCLE_CASES = [
 
 @pytest.mark.parametrize("source", ["instance", "path"])
 @pytest.mark.parametrize("model_family,dense_kwargs,moe_kwargs", UPCYCLE_CASES)
-def test_upcycling_matches_dense(
-    model_family, dense_kwargs, moe_kwargs, source, tmp_path, tiny_videomae_config, tiny_timesformer_config
-):
-    make = tiny_videomae_config if model_family == "videomae" else tiny_timesformer_config
+def test_upcycling_matches_dense(dense_kwargs, moe_kwargs, source, tmp_path, make_config, moe_class, dense_class):
     torch.manual_seed(0)
-    dense = DENSE_CLASSES[model_family](make(dense=True, **dense_kwargs)).eval()
+    dense = dense_class(make_config(dense=True, **dense_kwargs)).eval()
     with torch.no_grad():  # non-zero biases and non-trivial weights everywhere, so every copy is checked
         for param in dense.parameters():
             param.add_(0.05 * torch.randn_like(param))
     if source == "path":
         dense.save_pretrained(tmp_path)
-    moe = MOE_CLASSES[model_family].from_dense(tmp_path if source == "path" else dense, num_experts=4, **moe_kwargs)
+    moe = moe_class.from_dense(tmp_path if source == "path" else dense, num_experts=4, **moe_kwargs)
 
-    assert isinstance(moe, MOE_CLASSES[model_family]) and not moe.training
+    assert isinstance(moe, moe_class) and not moe.training
     moe_layers = moe_kwargs.get("moe_layers", [0, 1])
     assert moe.config.moe_layers == moe_layers
     assert len(moe_blocks(moe)) == len(moe_layers)
@@ -188,8 +172,8 @@ def test_upcycling_matches_dense(
 
 @pytest.mark.parametrize("top_k", [1, 2])
 @pytest.mark.parametrize("granularity", ["token", "frame", "clip"])
-def test_granularity_and_top_k(model_family, make_config, granularity, top_k):
-    model = build(model_family, make_config, router_granularity=granularity, num_experts_per_tok=top_k)
+def test_granularity_and_top_k(model_family, granularity, top_k, make_moe_model):
+    model = make_moe_model(router_granularity=granularity, num_experts_per_tok=top_k)
     x, labels = clip(batch=3), torch.tensor([0, 3, 7])
     with torch.no_grad():
         out = model(x, labels=labels)
@@ -203,9 +187,9 @@ def test_granularity_and_top_k(model_family, make_config, granularity, top_k):
     torch.testing.assert_close(out.loss, ce + out.aux_loss)
 
 
-def test_output_router_logits_false(model_family, make_config):
+def test_output_router_logits_false(make_moe_model):
     x, labels = clip(), torch.tensor([1, 2])
-    model = build(model_family, make_config, output_router_logits=False)
+    model = make_moe_model(output_router_logits=False)
     with torch.no_grad():
         out = model(x, labels=labels)
         assert out.router_logits is None and out.aux_loss is None
@@ -221,8 +205,8 @@ def test_output_router_logits_false(model_family, make_config):
 
 
 @pytest.mark.parametrize("granularity", ["token", "frame", "clip"])
-def test_eval_outputs_do_not_depend_on_the_batch(model_family, make_config, granularity):
-    model = build(model_family, make_config, router_granularity=granularity, num_experts_per_tok=2)
+def test_eval_outputs_do_not_depend_on_the_batch(granularity, make_moe_model):
+    model = make_moe_model(router_granularity=granularity, num_experts_per_tok=2)
     x = clip(batch=4)
     with torch.no_grad():
         full = model(x)
@@ -306,94 +290,98 @@ BAD_PIXELS = {
 
 
 @pytest.mark.parametrize("case", sorted(BAD_PIXELS))
-def test_bad_pixel_values_raise(model_family, make_config, case):
-    model = build(model_family, make_config)
+def test_bad_pixel_values_raise(case, make_moe_model):
+    model = make_moe_model()
     with pytest.raises(ValueError, match=re.escape(EXPECTED_SHAPE)) as info:
         model(BAD_PIXELS[case]())
     assert EXPECTED_SHAPE in str(info.value), str(info.value)
 
 
-def test_pixel_values_must_be_a_tensor(model_family, make_config):
+def test_pixel_values_must_be_a_tensor(make_moe_model):
     with pytest.raises(TypeError, match=r"torch.Tensor"):
-        build(model_family, make_config)(clip().numpy())
+        make_moe_model()(clip().numpy())
 
 
-def test_pixel_range_tolerates_resampling_overshoot(model_family, make_config):
+def test_pixel_range_tolerates_resampling_overshoot(make_moe_model):
     x = clip().clamp(0, 1)
     x[0, 0, 0, 0, 0], x[1, 0, 0, 0, 0] = -5e-4, 1 + 5e-4
     with torch.no_grad():
-        assert build(model_family, make_config)(x).logits.shape == (2, 8)
+        assert make_moe_model()(x).logits.shape == (2, 8)
 
 
 # ----------------------------------------------------------------------------------------- checkpoint errors
 
 
 @pytest.fixture
-def saved_checkpoint(model_family, make_config, tmp_path):
+def saved_checkpoint(make_moe_model, tmp_path):
     path = tmp_path / "ckpt"
-    build(model_family, make_config).save_pretrained(path)
+    make_moe_model().save_pretrained(path)
     return path
 
 
-def _loaders(model_family):
+def _loaders(moe_class):
     from transformers import AutoModelForVideoClassification
 
     return {
         "auto": AutoModelForVideoClassification.from_pretrained,
-        "direct": MOE_CLASSES[model_family].from_pretrained,
+        "direct": moe_class.from_pretrained,
     }
 
 
 @pytest.mark.parametrize("loader", ["auto", "direct"])
-def test_missing_checkpoint_directory(model_family, tmp_path, loader):
+def test_missing_checkpoint_directory(moe_class, tmp_path, loader):
     missing = tmp_path / "does-not-exist"
     with pytest.raises(OSError, match=re.escape(str(missing))) as info:
-        _loaders(model_family)[loader](missing)
+        _loaders(moe_class)[loader](missing)
     assert str(missing) in str(info.value)
 
 
 @pytest.mark.parametrize("loader", ["auto", "direct"])
 @pytest.mark.parametrize("damage", ["truncated", "garbage", "empty"])
-def test_corrupt_weights_give_clear_error(model_family, saved_checkpoint, loader, damage):
+def test_corrupt_weights_give_clear_error(moe_class, saved_checkpoint, loader, damage):
     weights = saved_checkpoint / "model.safetensors"
     data = weights.read_bytes()
     weights.write_bytes(
         {"truncated": data[: len(data) // 2], "garbage": b"not a checkpoint" * 64, "empty": b""}[damage]
     )
     with pytest.raises(OSError, match="looks corrupt") as info:
-        _loaders(model_family)[loader](saved_checkpoint)
+        _loaders(moe_class)[loader](saved_checkpoint)
     assert str(saved_checkpoint) in str(info.value)
 
 
 @pytest.mark.parametrize("loader", ["auto", "direct"])
-def test_corrupt_config_gives_clear_error(model_family, saved_checkpoint, loader):
+def test_corrupt_config_gives_clear_error(moe_class, saved_checkpoint, loader):
     (saved_checkpoint / "config.json").write_text("{ this is not json")
     with pytest.raises(OSError, match="config.json"):
-        _loaders(model_family)[loader](saved_checkpoint)
+        _loaders(moe_class)[loader](saved_checkpoint)
 
 
-def test_missing_config_gives_clear_error(model_family, saved_checkpoint):
+def test_missing_config_gives_clear_error(saved_checkpoint, moe_class):
     (saved_checkpoint / "config.json").unlink()
     with pytest.raises(OSError, match="no config.json"):
-        MOE_CLASSES[model_family].from_pretrained(saved_checkpoint)
+        moe_class.from_pretrained(saved_checkpoint)
     with pytest.raises((OSError, ValueError), match="config.json"):
-        _loaders(model_family)["auto"](saved_checkpoint)
+        _loaders(moe_class)["auto"](saved_checkpoint)
 
 
-def test_missing_weights_gives_clear_error(model_family, saved_checkpoint):
+def test_missing_weights_gives_clear_error(saved_checkpoint, moe_class):
     (saved_checkpoint / "model.safetensors").unlink()
     with pytest.raises(OSError, match="model.safetensors"):
-        MOE_CLASSES[model_family].from_pretrained(saved_checkpoint)
+        moe_class.from_pretrained(saved_checkpoint)
 
 
 # ----------------------------------------------------------------------------------------------- from_dense errors
 
 
-def test_from_dense_errors(model_family, tmp_path, tiny_videomae_config, tiny_timesformer_config):
+def test_from_dense_errors(
+    model_family, tmp_path, tiny_videomae_config, tiny_timesformer_config, moe_class, make_moe_model
+):
+    from transformers import AutoModelForVideoClassification
+
     other = "timesformer" if model_family == "videomae" else "videomae"
-    other_make = tiny_timesformer_config if other == "timesformer" else tiny_videomae_config
-    wrong = DENSE_CLASSES[other](other_make(dense=True))
-    cls = MOE_CLASSES[model_family]
+    other_config = tiny_timesformer_config if other == "timesformer" else tiny_videomae_config
+    wrong = AutoModelForVideoClassification.from_config(other_config(dense=True))
+    cls = moe_class
     with pytest.raises(ValueError, match=other):
         cls.from_dense(wrong)
     wrong.save_pretrained(tmp_path / "wrong")
@@ -404,7 +392,7 @@ def test_from_dense_errors(model_family, tmp_path, tiny_videomae_config, tiny_ti
     (tmp_path / "empty").mkdir()
     with pytest.raises(ValueError, match="config.json"):
         cls.from_dense(tmp_path / "empty")
-    moe = MOE_CLASSES[model_family](make_tiny(model_family, tiny_videomae_config, tiny_timesformer_config))
+    moe = make_moe_model()
     with pytest.raises(ValueError, match="already has MoE"):
         cls.from_dense(moe)
     moe.save_pretrained(tmp_path / "moe")
@@ -412,10 +400,6 @@ def test_from_dense_errors(model_family, tmp_path, tiny_videomae_config, tiny_ti
         cls.from_dense(tmp_path / "moe")
     with pytest.raises(TypeError, match="from_dense expects a .* or a path to one, got int"):
         cls.from_dense(42)
-
-
-def make_tiny(model_family, tiny_videomae_config, tiny_timesformer_config, **overrides):
-    return (tiny_videomae_config if model_family == "videomae" else tiny_timesformer_config)(**overrides)
 
 
 def test_config_json_is_plain(model_family, saved_checkpoint):

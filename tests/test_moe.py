@@ -5,9 +5,8 @@ import copy
 import pytest
 import torch
 from torch import nn
-from transformers import TimesformerForVideoClassification, VideoMAEForVideoClassification
 
-from hf_videomoe import TimesformerMoeForVideoClassification, VideoMAEMoeForVideoClassification
+from hf_videomoe import VideoMAEMoeForVideoClassification
 from hf_videomoe.evaluation import CostReport, count_cost, count_parameters, dense_equivalent_config
 from hf_videomoe.moe import (
     force_experts,
@@ -20,15 +19,8 @@ from hf_videomoe.moe import (
     sharpened_balance_loss,
 )
 
-MOE_CLASSES = {"videomae": VideoMAEMoeForVideoClassification, "timesformer": TimesformerMoeForVideoClassification}
-DENSE_CLASSES = {"videomae": VideoMAEForVideoClassification, "timesformer": TimesformerForVideoClassification}
 TOKENS = {"videomae": 8, "timesformer": 17}  # tokens per clip of the tiny configs
 IMPLEMENTATIONS = ["eager", "batched_mm", "grouped_mm"]
-
-
-def build(model_family, make_config, seed=0, **overrides):
-    torch.manual_seed(seed)
-    return MOE_CLASSES[model_family](make_config(**overrides)).eval()
 
 
 def clip(batch=2, seed=1):
@@ -89,8 +81,8 @@ def test_experts_kernel_matches_naive_loop(tiny_videomae_config, implementation,
             torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5, msg=f"{implementation}/{name}: {what}")
 
 
-def test_experts_kernels_agree_on_whole_model(model_family, make_config):
-    model = build(model_family, make_config, num_experts_per_tok=2, router_granularity="token")
+def test_experts_kernels_agree_on_whole_model(make_moe_model):
+    model = make_moe_model(num_experts_per_tok=2, router_granularity="token")
     x = clip()
     results = {}
     for implementation in IMPLEMENTATIONS:
@@ -118,9 +110,9 @@ def _unit_of_token(model_family, granularity):
 
 
 @pytest.mark.parametrize("granularity", ["frame", "clip"])
-def test_units_share_one_decision(model_family, make_config, granularity):
+def test_units_share_one_decision(model_family, granularity, make_moe_model):
     """The router sees the mean hidden state of each unit, and every token of a unit gets the unit's experts."""
-    model = build(model_family, make_config, router_granularity=granularity, num_experts_per_tok=2)
+    model = make_moe_model(router_granularity=granularity, num_experts_per_tok=2)
     block = moe_blocks(model)[0]
     captured = {}
     block.register_forward_hook(lambda mod, args, out: captured.update(states=args[0]))
@@ -149,8 +141,8 @@ def _router_grads(model, loss):
 
 
 @pytest.mark.parametrize("top_k", [1, 2])
-def test_router_receives_gradients(model_family, make_config, top_k):
-    model = build(model_family, make_config, num_experts_per_tok=top_k).train()
+def test_router_receives_gradients(top_k, make_moe_model):
+    model = make_moe_model(num_experts_per_tok=top_k).train()
     x, labels = clip(), torch.tensor([0, 5])
     out = model(x, labels=labels)
     ce = torch.nn.functional.cross_entropy(out.logits, labels)
@@ -166,11 +158,9 @@ def test_router_receives_gradients(model_family, make_config, top_k):
 
 @pytest.mark.parametrize("granularity", ["token", "frame", "clip", "model"])
 @pytest.mark.parametrize("gate", ["straight_through", "switch"])
-def test_task_loss_alone_reaches_every_router_at_top1(model_family, make_config, gate, granularity):
+def test_task_loss_alone_reaches_every_router_at_top1(gate, granularity, make_moe_model):
     """With every auxiliary loss off, the cross-entropy of a top-1 model gives every router a non-zero gradient."""
-    model = build(
-        model_family,
-        make_config,
+    model = make_moe_model(
         router_gate=gate,
         router_granularity=granularity,
         router_aux_loss_coef=0.0,
@@ -183,9 +173,9 @@ def test_task_loss_alone_reaches_every_router_at_top1(model_family, make_config,
     assert all(g.abs().max() > 1e-7 for g in grads)
 
 
-def test_renormalize_gate_starves_the_router_at_top1(model_family, make_config):
+def test_renormalize_gate_starves_the_router_at_top1(make_moe_model):
     """The legacy gate: top-1 weights are p / p = 1, so the task loss cannot reach the router (up to round-off)."""
-    model = build(model_family, make_config, router_gate="renormalize").train()
+    model = make_moe_model(router_gate="renormalize").train()
     out = model(clip(), labels=torch.tensor([0, 5]))
     ce_grads = _router_grads(model, torch.nn.functional.cross_entropy(out.logits, torch.tensor([0, 5])))
     aux_grads = _router_grads(model, out.aux_loss)
@@ -193,10 +183,10 @@ def test_renormalize_gate_starves_the_router_at_top1(model_family, make_config):
 
 
 @pytest.mark.parametrize("top_k", [1, 2])
-def test_gates_share_their_forward_value(model_family, make_config, top_k):
+def test_gates_share_their_forward_value(top_k, make_moe_model):
     """Every gate has the same forward value, bit for bit: only the router's gradient differs."""
     logits = [
-        build(model_family, make_config, seed=3, router_gate=gate, num_experts_per_tok=top_k)(clip()).logits
+        make_moe_model(seed=3, router_gate=gate, num_experts_per_tok=top_k)(clip()).logits
         for gate in ("straight_through", "switch", "renormalize")
     ]
     torch.testing.assert_close(logits[0], logits[1], rtol=0, atol=0)
@@ -204,8 +194,8 @@ def test_gates_share_their_forward_value(model_family, make_config, top_k):
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
-def test_router_logits_stay_float32_under_autocast(model_family, make_config, dtype):
-    model = build(model_family, make_config, router_granularity="model")
+def test_router_logits_stay_float32_under_autocast(dtype, make_moe_model):
+    model = make_moe_model(router_granularity="model")
     with torch.autocast("cpu", dtype=dtype):
         out = model(clip())
     assert out.logits.dtype == dtype  # the rest of the model does run in half precision
@@ -221,8 +211,8 @@ def test_unknown_gate_is_rejected(make_config):
 # ------------------------------------------------------------------------------------------------ model-level routing
 
 
-def test_model_level_routing_is_one_decision_shared_by_all_layers(model_family, make_config):
-    model = build(model_family, make_config, router_granularity="model", num_experts_per_tok=1)
+def test_model_level_routing_is_one_decision_shared_by_all_layers(make_moe_model):
+    model = make_moe_model(router_granularity="model", num_experts_per_tok=1)
     blocks = moe_blocks(model)
     assert blocks[0].router is not None and all(b.router is None for b in blocks[1:])
     x = clip(batch=4)
@@ -244,8 +234,8 @@ def test_model_level_routing_is_one_decision_shared_by_all_layers(model_family, 
     assert torch.equal(alone[0][0].top_k_index, decisions[0].top_k_index[:1])
 
 
-def test_model_level_routing_saves_and_loads(tmp_path, make_config, model_family):
-    model = build(model_family, make_config, router_granularity="model")
+def test_model_level_routing_saves_and_loads(tmp_path, make_moe_model):
+    model = make_moe_model(router_granularity="model")
     model.save_pretrained(tmp_path)
     loaded = type(model).from_pretrained(tmp_path).eval()
     torch.testing.assert_close(loaded(clip()).logits, model(clip()).logits, rtol=0, atol=0)
@@ -264,8 +254,8 @@ def _replicate_expert(model, experts):
     return clone
 
 
-def test_force_experts_computes_single_expert(model_family, make_config):
-    model = build(model_family, make_config, num_experts_per_tok=2)
+def test_force_experts_computes_single_expert(make_moe_model):
+    model = make_moe_model(num_experts_per_tok=2)
     with torch.no_grad():  # make the experts differ
         for block in moe_blocks(model):
             for param in block.experts.parameters():
@@ -290,8 +280,8 @@ def test_force_experts_computes_single_expert(model_family, make_config):
         assert not torch.allclose(_replicate_expert(model, [0, 0])(x).logits, baseline.logits, atol=1e-6)
 
 
-def test_force_experts_restores_routing(model_family, make_config):
-    model = build(model_family, make_config)
+def test_force_experts_restores_routing(make_moe_model):
+    model = make_moe_model()
     blocks = moe_blocks(model)
     with pytest.raises(RuntimeError, match="boom"):
         with force_experts(model, 2):
@@ -305,15 +295,15 @@ def test_force_experts_restores_routing(model_family, make_config):
     assert [b.forced_expert for b in blocks] == [None, None]
 
 
-def test_force_experts_rejects_bad_arguments(model_family, make_config):
-    model = build(model_family, make_config)
+def test_force_experts_rejects_bad_arguments(make_config, make_moe_model, dense_class):
+    model = make_moe_model()
     with pytest.raises(ValueError, match="out of range"):
         with force_experts(model, 4):
             pass
     with pytest.raises(ValueError, match="2 MoE layers"):
         with force_experts(model, [0, 1, 2]):
             pass
-    dense = DENSE_CLASSES[model_family](make_config(dense=True))
+    dense = dense_class(make_config(dense=True))
     with pytest.raises(ValueError, match="Mixture-of-Experts"):
         with force_experts(dense, 0):
             pass
@@ -323,8 +313,8 @@ def test_force_experts_rejects_bad_arguments(model_family, make_config):
 # ---------------------------------------------------------------------------------------------- jitter, aux losses
 
 
-def test_jitter_only_in_training(model_family, make_config):
-    model = build(model_family, make_config, router_jitter_noise=0.3)
+def test_jitter_only_in_training(make_moe_model):
+    model = make_moe_model(router_jitter_noise=0.3)
     x = clip()
     with torch.no_grad():
         a, b = model(x), model(x)
@@ -335,7 +325,7 @@ def test_jitter_only_in_training(model_family, make_config):
     assert not torch.equal(c.router_logits[0], d.router_logits[0])
     assert not torch.equal(c.router_logits[0], a.router_logits[0])
     # Without jitter, training-mode forwards are deterministic too (dropout is 0 in the tiny configs).
-    model = build(model_family, make_config).train()
+    model = make_moe_model().train()
     with torch.no_grad():
         torch.testing.assert_close(model(x).router_logits[0], model(x).router_logits[0], rtol=0, atol=0)
 
@@ -374,12 +364,12 @@ def test_sharpened_balance_loss_sees_collapsed_decisions_behind_flat_probabiliti
     assert logits.grad[..., 0].sum() > 0 > logits.grad[..., 1:].sum()
 
 
-def test_aux_loss_coefficients(model_family, make_config):
+def test_aux_loss_coefficients(make_moe_model):
     x = clip()
     with torch.no_grad():
-        base = build(model_family, make_config, router_aux_loss_coef=0.0, router_z_loss_coef=0.0)(x)
+        base = make_moe_model(router_aux_loss_coef=0.0, router_z_loss_coef=0.0)(x)
         assert base.aux_loss == 0
-        model = build(model_family, make_config, router_aux_loss_coef=0.5, router_z_loss_coef=0.25)
+        model = make_moe_model(router_aux_loss_coef=0.5, router_z_loss_coef=0.25)
         out = model(x)
     expected = 0.5 * load_balancing_loss(out.router_logits, 4, 1) + 0.25 * router_z_loss(out.router_logits)
     torch.testing.assert_close(out.aux_loss, expected)
@@ -392,11 +382,11 @@ def _router_flops(num_units_per_layer, num_layers=2, hidden=32, experts=4):
     return num_layers * 2 * num_units_per_layer * hidden * experts
 
 
-def test_count_cost_moe_against_dense(model_family, make_config):
-    model = build(model_family, make_config)  # 4 experts, top-1, token routing, default (grouped_mm) kernel
+def test_count_cost_moe_against_dense(model_family, make_moe_model, dense_class):
+    model = make_moe_model()  # 4 experts, top-1, token routing, default (grouped_mm) kernel
     config = model.config
-    narrow = DENSE_CLASSES[model_family](dense_equivalent_config(config, match="active"))
-    matched = DENSE_CLASSES[model_family](dense_equivalent_config(config, match="total"))
+    narrow = dense_class(dense_equivalent_config(config, match="active"))
+    matched = dense_class(dense_equivalent_config(config, match="total"))
     moe_cost, narrow_cost, matched_cost = count_cost(model), count_cost(narrow), count_cost(matched)
     assert isinstance(moe_cost, CostReport) and moe_cost.input_shape == (4, 3, 16, 16)
 
@@ -416,19 +406,19 @@ def test_count_cost_moe_against_dense(model_family, make_config):
         assert dense_cost.active_parameters == dense_cost.total_parameters
 
 
-def test_count_cost_counts_routed_tokens_only(model_family, make_config):
+def test_count_cost_counts_routed_tokens_only(model_family, make_moe_model):
     """Top-2 costs exactly one more expert MLP per token than top-1; frame routing has a smaller router."""
-    top1 = count_cost(build(model_family, make_config))
-    top2 = count_cost(build(model_family, make_config, num_experts_per_tok=2))
+    top1 = count_cost(make_moe_model())
+    top2 = count_cost(make_moe_model(num_experts_per_tok=2))
     mlp = 2 * (2 + 2) * TOKENS[model_family] * 32 * 64  # 2 layers x (up + down matmul, 2 FLOPs per MAC), one expert
     assert top2.flops - top1.flops == mlp
-    frame = count_cost(build(model_family, make_config, router_granularity="frame"))
+    frame = count_cost(make_moe_model(router_granularity="frame"))
     frames = 2 if model_family == "videomae" else 5
     assert top1.flops - frame.flops == _router_flops(TOKENS[model_family]) - _router_flops(frames)
 
 
-def test_count_cost_restores_model_state(model_family, make_config):
-    model = build(model_family, make_config).train()
+def test_count_cost_restores_model_state(make_moe_model):
+    model = make_moe_model().train()
     implementation = model.config._experts_implementation
     state = {k: v.clone() for k, v in model.state_dict().items()}
     cost = count_cost(model, batch_size=3)
@@ -446,18 +436,18 @@ def test_count_cost_restores_model_state(model_family, make_config):
     assert model.config._experts_implementation == "grouped_mm"
 
 
-def test_count_parameters_formula(model_family, make_config):
-    model = build(model_family, make_config, num_experts=4, num_experts_per_tok=2, moe_layers=[1])
+def test_count_parameters_formula(make_config, make_moe_model, dense_class):
+    model = make_moe_model(num_experts=4, num_experts_per_tok=2, moe_layers=[1])
     active, total = count_parameters(model)
     expert = 2 * 32 * 64 + 64 + 32  # up + down weights and biases of one expert
     assert total == sum(p.numel() for p in model.parameters())
     assert total - active == (4 - 2) * expert
-    dense = DENSE_CLASSES[model_family](make_config(dense=True))
+    dense = dense_class(make_config(dense=True))
     assert count_parameters(dense)[0] == count_parameters(dense)[1]
 
 
-def test_count_cost_input_shape(model_family, make_config):
-    model = build(model_family, make_config)
+def test_count_cost_input_shape(make_moe_model):
+    model = make_moe_model()
     assert count_cost(model, input_shape=(2, 4, 3, 16, 16)).batch_size == 2
     with pytest.raises(ValueError, match="frames, channels, height, width"):
         count_cost(model, input_shape=(3, 16, 16))

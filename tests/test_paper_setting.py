@@ -69,7 +69,7 @@ def _cli(*args, env=None):
     return proc
 
 
-def test_paper_setting_end_to_end(ucf101, dense_checkpoint, tmp_path, loopback_hub_env):
+def test_paper_setting_end_to_end(ucf101, dense_checkpoint, tmp_path):
     run = tmp_path / "ucf-jtlat"
     _cli(
         "train",
@@ -131,7 +131,7 @@ def test_paper_setting_end_to_end(ucf101, dense_checkpoint, tmp_path, loopback_h
     assert report["mode"] == "cascade" and report["num_samples"] == 2
 
     with LoopbackHubServer() as server:
-        env = loopback_hub_env(server, OMP_NUM_THREADS="2")
+        env = server.client_env(tmp_path / "hf", OMP_NUM_THREADS="2")
         _cli("push", "--model", str(run), "--repo-id", "user/ucf-jtlat", env=env)
         assert {"model.safetensors", "video_preprocessor_config.json", "README.md"} <= set(
             server.files("user/ucf-jtlat")

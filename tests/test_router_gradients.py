@@ -17,7 +17,7 @@ with router logits ``z = W h``, probabilities ``p = softmax(z)``, selected set `
 import pytest
 import torch
 
-from hf_videomoe import TimesformerMoeForVideoClassification, VideoMAEMoeConfig, VideoMAEMoeForVideoClassification
+from hf_videomoe import VideoMAEMoeConfig
 from hf_videomoe.moe import moe_blocks, record_routing
 from hf_videomoe.moe.modeling_moe import SparseMoeBlock
 
@@ -159,11 +159,8 @@ def block_grad_is_zero(block) -> bool:
 # ---------------------------------------------------------------------------------------------- whole models
 
 
-def _tiny(model_family: str, make_config, **overrides):
-    torch.manual_seed(0)
-    cls = VideoMAEMoeForVideoClassification if model_family == "videomae" else TimesformerMoeForVideoClassification
-    config = make_config(num_experts=4, router_aux_loss_coef=0.0, router_z_loss_coef=0.0, **overrides)
-    return cls(config).train()
+def _tiny(make_moe_model, **overrides):
+    return make_moe_model(num_experts=4, router_aux_loss_coef=0.0, router_z_loss_coef=0.0, **overrides).train()
 
 
 def _clip(batch=3, seed=1):
@@ -173,14 +170,11 @@ def _clip(batch=3, seed=1):
 @pytest.mark.parametrize("granularity", ["model", "frame"])
 @pytest.mark.parametrize("top_k", [1, 2])
 @pytest.mark.parametrize("gate", GATES)
-@pytest.mark.parametrize("model_family", ["videomae", "timesformer"])
-def test_model_router_gradients_follow_the_gate_formula(model_family, gate, top_k, granularity, make_config):
+def test_model_router_gradients_follow_the_gate_formula(gate, top_k, granularity, make_moe_model):
     """On a whole model, the task loss's gradient at each router equals the gate formula applied to the gradient the
     loss sends to the gate *values* (measured by replaying the same routing with leaf gate values), times the
     router's input. With model-level routing the one router collects the gate gradients of every MoE layer."""
-    model = _tiny(
-        model_family, make_config, num_experts_per_tok=top_k, router_granularity=granularity, router_gate=gate
-    )
+    model = _tiny(make_moe_model, num_experts_per_tok=top_k, router_granularity=granularity, router_gate=gate)
     x, labels = _clip(), torch.tensor([0, 5, 3])
     blocks = moe_blocks(model)
     captured = {}
@@ -230,11 +224,10 @@ def test_model_router_gradients_follow_the_gate_formula(model_family, gate, top_
 
 
 @pytest.mark.parametrize("mode", ["autocast-bf16", "autocast-fp16", "bf16-weights"])
-@pytest.mark.parametrize("model_family", ["videomae", "timesformer"])
-def test_router_logits_are_an_exact_float32_product(model_family, mode, make_config):
+def test_router_logits_are_an_exact_float32_product(mode, make_moe_model):
     """Whatever precision the rest of the model runs in, each router's logits equal the float32 (here: float64)
     product of its input and weights to float32 round-off, far below the ~1e-3 relative error of a bf16 matmul."""
-    model = _tiny(model_family, make_config, router_granularity="token").eval()
+    model = _tiny(make_moe_model, router_granularity="token").eval()
     if mode == "bf16-weights":
         model = model.to(torch.bfloat16)
     captured = []

@@ -3,18 +3,14 @@
 import pytest
 import torch
 
-from hf_videomoe import TimesformerMoeForVideoClassification, VideoMAEMoeForVideoClassification
+from hf_videomoe import VideoMAEMoeForVideoClassification
 from hf_videomoe.attacks import build_attack
 from hf_videomoe.moe import SparseMoeBlock
 
-CLASSES = {"videomae": VideoMAEMoeForVideoClassification, "timesformer": TimesformerMoeForVideoClassification}
 
-
-def build(model_family, make_config, **overrides):
-    torch.manual_seed(0)
-    return CLASSES[model_family](
-        make_config(hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0, **overrides)
-    ).train()
+def build(make_moe_model, **overrides):
+    """In train mode with dropout off, so a checkpointed recompute sees the activations of the first pass."""
+    return make_moe_model(hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0, **overrides).train()
 
 
 def clip(batch=2):
@@ -28,9 +24,9 @@ def grads(model, pixel_values, labels):
 
 
 @pytest.mark.parametrize("granularity", ["token", "model"])
-def test_checkpointing_gives_the_same_gradients(model_family, make_config, granularity, monkeypatch):
+def test_checkpointing_gives_the_same_gradients(make_moe_model, granularity, monkeypatch):
     model = build(
-        model_family, make_config, router_granularity=granularity, router_jitter_noise=0.1
+        make_moe_model, router_granularity=granularity, router_jitter_noise=0.1
     )  # jitter: the recompute must replay the same random draw
     x, y = clip(), torch.tensor([1, 2])
     torch.manual_seed(5)
@@ -53,17 +49,19 @@ def test_checkpointing_gives_the_same_gradients(model_family, make_config, granu
     assert model.training and (adv - x).abs().max() <= 4 / 255 + 1e-6
 
 
-def test_reentrant_checkpointing_is_refused(tiny_videomae_config):
-    model = build("videomae", tiny_videomae_config)
+@pytest.mark.parametrize("model_family", ["videomae"])
+def test_reentrant_checkpointing_is_refused(make_moe_model):
+    model = build(make_moe_model)
     with pytest.raises(ValueError, match="non-reentrant"):
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": True})
 
 
-def test_trainer_gradient_checkpointing_argument(tmp_path, tiny_videomae_config):
+@pytest.mark.parametrize("model_family", ["videomae"])
+def test_trainer_gradient_checkpointing_argument(tmp_path, make_moe_model):
     from hf_videomoe.data import make_moving_shapes
     from hf_videomoe.training import AdversarialTrainer, AdversarialTrainingArguments
 
-    model = build("videomae", tiny_videomae_config)
+    model = build(make_moe_model)
     data = make_moving_shapes(16, num_frames=4, image_size=16, seed=0, test_size=4)
     args = AdversarialTrainingArguments(
         output_dir=str(tmp_path),
@@ -125,13 +123,13 @@ def test_from_dense_carries_the_processor(tmp_path, tiny_videomae_config):
     assert explicit.config.image_mean == [0.0] * 3
 
 
-def test_pipeline_classifies_an_mp4(tmp_path, make_config, model_family):
+def test_pipeline_classifies_an_mp4(tmp_path, make_moe_model):
     import numpy as np
     from transformers import AutoImageProcessor, pipeline
 
     from hf_videomoe.data import write_video
 
-    model = build(model_family, make_config).eval()
+    model = build(make_moe_model).eval()
     model.save_pretrained(tmp_path / "moe")  # a model built from a config: default processor from the config
     frames = np.random.default_rng(0).random((4, 3, 24, 32)).astype("float32")
     write_video(tmp_path / "clip.mp4", torch.from_numpy(frames))
@@ -150,11 +148,12 @@ def test_pipeline_classifies_an_mp4(tmp_path, make_config, model_family):
     assert predictions[0]["label"] == model.config.id2label[expected]
 
 
-def test_trainer_checkpoints_carry_a_processor(tmp_path, tiny_videomae_config):
+@pytest.mark.parametrize("model_family", ["videomae"])
+def test_trainer_checkpoints_carry_a_processor(tmp_path, make_moe_model):
     from hf_videomoe.data import make_moving_shapes
     from hf_videomoe.training import AdversarialTrainer, AdversarialTrainingArguments
 
-    model = build("videomae", tiny_videomae_config)
+    model = build(make_moe_model)
     data = make_moving_shapes(16, num_frames=4, image_size=16, seed=0, test_size=4)
     args = AdversarialTrainingArguments(
         output_dir=str(tmp_path),
@@ -196,10 +195,11 @@ def test_processors_are_made_consistent(tmp_path, tiny_videomae_config):
     assert processor.crop_size == {"height": 16, "width": 16}
 
 
-def test_routing_controls_refuse_checkpointed_training(tiny_videomae_config):
+@pytest.mark.parametrize("model_family", ["videomae"])
+def test_routing_controls_refuse_checkpointed_training(make_moe_model):
     from hf_videomoe.moe import random_routing, record_routing
 
-    model = build("videomae", tiny_videomae_config)
+    model = build(make_moe_model)
     model.gradient_checkpointing_enable()
     for control in (lambda: random_routing(model, 0), lambda: record_routing(model)):
         with pytest.raises(ValueError, match="activation checkpointing"), control():

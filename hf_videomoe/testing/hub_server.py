@@ -27,7 +27,7 @@ connection:
 >>> with LoopbackHubServer() as server:
 ...     server.fail("commit", status=500)                      # every commit answers HTTP 500
 ...     server.fail("commit", drop=True, repo_id="me/flaky")    # commits to me/flaky drop the connection
-...     # run the client in a subprocess with HF_ENDPOINT=server.url (huggingface_hub reads it at import)
+...     # run the client in a subprocess with env=server.client_env(tmp_dir) (huggingface_hub reads HF_ENDPOINT at import)
 ```
 
 The server keeps everything in memory; it does no authentication (tokens are accepted and ignored). It can also run
@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import os
 import threading
 import time
 from http.server import ThreadingHTTPServer
@@ -111,6 +112,25 @@ class LoopbackHubServer:
 
     def __exit__(self, *exc) -> None:
         self.stop()
+
+    def client_env(self, hf_home: str | os.PathLike, **extra: str) -> dict[str, str]:
+        """The environment of a subprocess that talks to this server: ``os.environ`` plus the Hub settings.
+
+        ``HF_ENDPOINT`` points at [`url`], ``HF_HUB_OFFLINE=0`` lifts a test suite's offline switch for that process
+        only, ``HF_HOME`` keeps its cache and token apart, ``NO_PROXY`` stops a proxy in the environment from
+        swallowing loopback requests, and telemetry stays off. ``extra`` adds or overrides variables.
+        """
+        return {
+            **os.environ,
+            "HF_ENDPOINT": self.url,
+            "HF_HUB_OFFLINE": "0",
+            "HF_HOME": str(hf_home),
+            "HF_TOKEN": "test-token",  # accepted and ignored: the server does no authentication
+            "HF_HUB_DISABLE_TELEMETRY": "1",
+            "NO_PROXY": "127.0.0.1,localhost",
+            "no_proxy": "127.0.0.1,localhost",
+            **extra,
+        }
 
     # -- failure injection ----------------------------------------------------------------------------------------
     def fail(
