@@ -464,24 +464,61 @@ def test_dense_timesformer_starts_able_to_see_frame_order():
 def test_defense_figure_draws_one_line_per_seed(tmp_path, monkeypatch):
     """The figure pairs each seed's rows (one line per seed across the defenses) and is skipped without rows."""
     from hf_videomoe.evaluation import plots
-    from hf_videomoe.reproduction.report import plot_defenses_per_seed
+    from hf_videomoe.reproduction.report import defense_rows, plot_rows_per_seed
 
     settings = Settings.quick()
-    assert plot_defenses_per_seed({"defenses": {}}, settings, tmp_path / "none.png") is None
+    assert plot_rows_per_seed(defense_rows({"defenses": {}}), settings, tmp_path / "none.png") is None
     assert not (tmp_path / "none.png").exists()
     rows = {
-        "moe-at": {0: {"clean": 0.8, "worst_case": 0.3}, 1: {"clean": 0.9, "worst_case": 0.2}},
         "j-tlat": {0: {"clean": 0.7, "worst_case": 0.25}, 1: {"clean": 0.85, "worst_case": 0.1}},
+        "moe-at": {0: {"clean": 0.8, "worst_case": 0.3}, 1: {"clean": 0.9, "worst_case": 0.2}},
     }
     closed = []  # keep the figure open to read its lines back
     monkeypatch.setattr(plots._pyplot(), "close", closed.append)
-    path = plot_defenses_per_seed({"defenses": rows}, settings, tmp_path / "figure.png")
+    path = plot_rows_per_seed(defense_rows({"defenses": rows}), settings, tmp_path / "figure.png")
     assert path == tmp_path / "figure.png" and path.stat().st_size > 0
     clean, worst = closed[0].axes
     # Defenses in table (b)'s order (MoE AT before J-TLAT), one line per seed, in percent.
     assert [list(line.get_ydata()) for line in worst.get_lines()] == [pytest.approx([30, 25]), pytest.approx([20, 10])]
     assert [line.get_label() for line in clean.get_lines()] == ["seed 0", "seed 1"]
     assert [t.get_text() for t in worst.get_xticklabels()] == ["MoE AT\n(PGD-AT)", "J-TLAT"]
+
+
+def test_model_step_figure_shows_the_registered_family_on_the_ablation_seeds(tmp_path, monkeypatch):
+    """Issue 40's figure: J-TLAT, the model-step ablations that ran, MoE AT, on the ablation seeds only."""
+    from hf_videomoe.evaluation import plots
+    from hf_videomoe.reproduction.report import model_step_rows, plot_rows_per_seed
+
+    def row(clean, worst):
+        return {"clean": clean, "worst_case": worst}
+
+    results = {
+        "defenses": {
+            "j-tlat": {0: row(0.8, 0.30), 1: row(0.8, 0.20), 5: row(0.8, 0.9)},  # seed 5 ran no ablation
+            "moe-at": {0: row(0.8, 0.36), 1: row(0.8, 0.24)},
+        },
+        "ablations": {"no-aux": {0: row(0.5, 0.5)}},
+    }
+    assert model_step_rows(results, [0, 1]) == []  # no model-step ablation yet: no figure
+    results["ablations"]["model-attack-pgd"] = {0: row(0.8, 0.33), 1: row(0.8, 0.22), 5: row(0.8, 0.9)}
+    rows = model_step_rows(results, [0, 1])
+    assert [label for label, _ in rows] == [
+        "J-TLAT",
+        "J-TLAT, step 3 on PGD",
+        "J-TLAT, step 3 on TLA-M",
+        "MoE AT (PGD-AT)",
+    ]
+    assert all(set(per_seed) <= {0, 1} for _, per_seed in rows) and rows[2][1] == {}
+    closed = []
+    monkeypatch.setattr(plots._pyplot(), "close", closed.append)
+    plot_rows_per_seed(rows, Settings.quick(), tmp_path / "figure.png")
+    _, worst = closed[0].axes
+    # The TLA-M row has not run: it is left out, and each seed's line runs J-TLAT -> PGD -> MoE AT.
+    assert [list(line.get_ydata()) for line in worst.get_lines()] == [
+        pytest.approx([30, 33, 36]),
+        pytest.approx([20, 22, 24]),
+    ]
+    assert len(worst.get_xticklabels()) == 3
 
 
 def test_results_page_counts_the_library_versions_of_its_evaluations(tmp_path):

@@ -14,6 +14,7 @@ import torch
 
 from ..evaluation.plots import saved_figure
 from ..training import AdversarialTrainingArguments
+from .claims import MODEL_STEP_ABLATIONS
 from .recipes import DEFENSES, PIXEL_MEAN, PIXEL_STD, Settings, eps_name, read_json
 from .tables import (
     ablation_table_markdown,
@@ -122,36 +123,36 @@ def protocol_markdown(settings: Settings, seeds, ablation_seeds, attack_table_se
     )
 
 
-def plot_defenses_per_seed(results: dict, settings: Settings, path: str | os.PathLike, dpi: int = 120) -> Path | None:
-    """Clean and worst-case accuracy of every defense row, one line per seed, the mean as a black bar.
+def plot_rows_per_seed(
+    rows: list[tuple[str, dict]], settings: Settings, path: str | os.PathLike, dpi: int = 120
+) -> Path | None:
+    """Clean and worst-case accuracy of each ``(label, {seed: result})`` row, one line per seed, the mean as a black bar.
 
     The rows of one seed share their mixture and their test clips, so the lines show whether each seed agrees with the
-    mean, which the paired tests of the verdicts read and a mean ± std table hides. ``None`` without defense rows.
+    mean, which the paired tests of the verdicts read and a mean ± std table hides. ``None`` when no row has a result.
     """
-    keys = [key for key in DEFENSES if results["defenses"].get(key)]
-    if not keys:
+    rows = [(label, per_seed) for label, per_seed in rows if per_seed]
+    if not rows:
         return None
-    seeds = sorted({seed for key in keys for seed in results["defenses"][key]})
+    seeds = sorted({seed for _, per_seed in rows for seed in per_seed})
     panels = [
         ("clean", "clean accuracy %", lambda r: r["clean"]),
         ("worst case", f"worst-case accuracy % (ε={eps_name(settings.train_eps)})", lambda r: r["worst_case"]),
     ]
-    positions = range(len(keys))
-    with saved_figure(path, dpi, 1, 2, figsize=(max(8.0, 4 + 1.4 * len(keys)), 4.2)) as (_, axes):
+    positions = range(len(rows))
+    with saved_figure(path, dpi, 1, 2, figsize=(max(8.0, 4 + 1.4 * len(rows)), 4.2)) as (_, axes):
         for ax, (title, ylabel, getter) in zip(axes, panels):
             for i, seed in enumerate(seeds):
                 points = [
-                    (x, 100 * getter(results["defenses"][key][seed]))
-                    for x, key in zip(positions, keys)
-                    if seed in results["defenses"][key]
+                    (x, 100 * getter(per_seed[seed])) for x, (_, per_seed) in zip(positions, rows) if seed in per_seed
                 ]
                 ax.plot(*zip(*points), marker="o", color=f"C{i % 10}", alpha=0.75, label=f"seed {seed}")
-            for x, key in zip(positions, keys):
-                mean, _ = mean_std(values_of(results["defenses"][key], getter))
+            for x, (_, per_seed) in zip(positions, rows):
+                mean, _ = mean_std(values_of(per_seed, getter))
                 ax.hlines(100 * mean, x - 0.25, x + 0.25, colors="black", linewidth=2.5)
             ax.set_xticks(
                 list(positions),
-                [textwrap.fill(DEFENSES[key][0], 14, break_long_words=False, break_on_hyphens=False) for key in keys],
+                [textwrap.fill(label, 14, break_long_words=False, break_on_hyphens=False) for label, _ in rows],
                 fontsize=8,
             )
             ax.set_ylabel(ylabel)
@@ -159,6 +160,30 @@ def plot_defenses_per_seed(results: dict, settings: Settings, path: str | os.Pat
             ax.grid(axis="y", alpha=0.3)
         axes[0].legend(fontsize=8)
     return Path(path)
+
+
+def defense_rows(results: dict) -> list[tuple[str, dict]]:
+    """Table (b)'s rows in its order, as ``(label, {seed: result})`` for [`plot_rows_per_seed`]."""
+    return [(DEFENSES[key][0], results["defenses"][key]) for key in DEFENSES if results["defenses"].get(key)]
+
+
+def model_step_rows(results: dict, ablation_seeds) -> list[tuple[str, dict]]:
+    """Issue 40's registered family on the ablation seeds: J-TLAT, its model-step ablations that ran, and MoE AT."""
+    ablations = results["ablations"]
+    if not any(name in ablations for name in MODEL_STEP_ABLATIONS):
+        return []
+
+    def on_seeds(per_seed: dict) -> dict:
+        return {seed: row for seed, row in per_seed.items() if seed in ablation_seeds}
+
+    return [
+        ("J-TLAT", on_seeds(results["defenses"].get("j-tlat", {}))),
+        *(
+            (f"J-TLAT, step 3 on {attack}", on_seeds(ablations.get(name, {})))
+            for name, attack in MODEL_STEP_ABLATIONS.items()
+        ),
+        ("MoE AT (PGD-AT)", on_seeds(results["defenses"].get("moe-at", {}))),
+    ]
 
 
 def write_results(
@@ -178,12 +203,21 @@ def write_results(
 ) -> str:
     date = datetime.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z")
     path.parent.mkdir(parents=True, exist_ok=True)
-    figure = plot_defenses_per_seed(results, settings, path.with_name(f"{path.stem}_defenses.png"))
+    figure = plot_rows_per_seed(defense_rows(results), settings, path.with_name(f"{path.stem}_defenses.png"))
     figure_line = (
         ""
         if figure is None
         else f"\n\n![Clean and worst-case accuracy of each defense, one line per "
         f"seed; black bars: the mean]({figure.name})"
+    )
+    model_step_figure = plot_rows_per_seed(
+        model_step_rows(results, ablation_seeds), settings, path.with_name(f"{path.stem}_model_step.png")
+    )
+    model_step_line = (
+        ""
+        if model_step_figure is None
+        else f"\n\n![J-TLAT, J-TLAT with step 3 on PGD or TLA-M examples, and MoE AT: clean and worst-case accuracy, "
+        f"one line per seed; black bars: the mean]({model_step_figure.name})"
     )
     dense_line = ""
     if dense_clean:
@@ -227,7 +261,7 @@ def write_results(
             "",
             "## Ablations (J-TLAT)",
             "",
-            ablation_table_markdown(results, settings, ablation_seeds),
+            ablation_table_markdown(results, settings, ablation_seeds) + model_step_line,
             "",
             "## What holds and what does not (generated from the numbers)",
             "",
