@@ -158,7 +158,7 @@ def plot_rows_per_seed(
             ax.set_ylabel(ylabel)
             ax.set_title(title)
             ax.grid(axis="y", alpha=0.3)
-        axes[0].legend(fontsize=8)
+        axes[-1].legend(fontsize=8, loc="center left", bbox_to_anchor=(1.0, 0.5))  # outside: never over a point
     return Path(path)
 
 
