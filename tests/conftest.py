@@ -60,7 +60,10 @@ def tiny_timesformer_config():
 
 @pytest.fixture(params=["videomae", "timesformer"])
 def model_family(request):
-    """The model family, ``"videomae"`` or ``"timesformer"``: a test asking for it runs once per family."""
+    """The model family, ``"videomae"`` or ``"timesformer"``: a test asking for it runs once per family.
+
+    ``@pytest.mark.parametrize("model_family", ["videomae"])`` narrows a test (and the fixtures below) to one family.
+    """
     return request.param
 
 
@@ -96,7 +99,8 @@ def dense_class(model_family):
 def make_moe_model(moe_class, make_config):
     """Factory: ``make_moe_model(seed=0, **overrides)`` -> ``model_family``'s tiny MoE classifier in eval mode.
 
-    Built after ``manual_seed(seed)``, so two calls with the same arguments give the same weights.
+    Built after ``manual_seed(seed)``, so two calls with the same arguments give the same weights. Unlike
+    ``tiny_moe_model`` (VideoMAE only, 4 experts, train mode) it follows ``model_family`` and the config defaults.
     """
 
     def make(seed: int = 0, **overrides):

@@ -190,16 +190,23 @@ def test_loopback_server_state_api():
 
 
 def test_loopback_server_client_env(tmp_path, monkeypatch):
-    """A subprocess gets the server's URL, its own HF_HOME, the offline switch lifted and loopback exempt from proxies."""
+    """A subprocess gets the server's URL, its own HF_HOME for every cache and token, a test token, the offline switch
+    lifted and loopback exempt from proxies; the rest of the environment is kept."""
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("HTTPS_PROXY", "http://proxy.invalid:3128")
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "developer-cache"))  # would override HF_HOME's hub cache
+    monkeypatch.setenv("HF_TOKEN_PATH", str(tmp_path / "developer-token"))
+    monkeypatch.setenv("HF_TOKEN", "hf_real_token")
     with pytest.raises(RuntimeError, match="not running"):
         LoopbackHubServer().client_env(tmp_path)
     with LoopbackHubServer() as server:
-        env = server.client_env(tmp_path / "hf", OMP_NUM_THREADS="1", HF_TOKEN="other")
+        env = server.client_env(tmp_path / "hf")
         assert env["HF_ENDPOINT"] == server.url and env["HF_HOME"] == str(tmp_path / "hf")
+        assert "HF_HUB_CACHE" not in env and "HF_TOKEN_PATH" not in env
+        assert env["HF_TOKEN"] == "test-token" and env["HF_HUB_DISABLE_TELEMETRY"] == "1"
         assert env["HF_HUB_OFFLINE"] == "0" and env["HTTPS_PROXY"] == "http://proxy.invalid:3128"  # the rest is kept
         assert "127.0.0.1" in env["NO_PROXY"].split(",") and "127.0.0.1" in env["no_proxy"].split(",")
+        env = server.client_env(tmp_path / "hf", OMP_NUM_THREADS="1", HF_TOKEN="other")
         assert env["OMP_NUM_THREADS"] == "1" and env["HF_TOKEN"] == "other"  # extra wins
     assert os.environ["HF_HUB_OFFLINE"] == "1"  # this process keeps its switch
 

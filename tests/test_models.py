@@ -381,25 +381,24 @@ def test_from_dense_errors(
     other = "timesformer" if model_family == "videomae" else "videomae"
     other_config = tiny_timesformer_config if other == "timesformer" else tiny_videomae_config
     wrong = AutoModelForVideoClassification.from_config(other_config(dense=True))
-    cls = moe_class
     with pytest.raises(ValueError, match=other):
-        cls.from_dense(wrong)
+        moe_class.from_dense(wrong)
     wrong.save_pretrained(tmp_path / "wrong")
     with pytest.raises(ValueError, match=other):
-        cls.from_dense(tmp_path / "wrong")
+        moe_class.from_dense(tmp_path / "wrong")
     with pytest.raises(OSError, match="no such file"):
-        cls.from_dense(tmp_path / "missing")
+        moe_class.from_dense(tmp_path / "missing")
     (tmp_path / "empty").mkdir()
     with pytest.raises(ValueError, match="config.json"):
-        cls.from_dense(tmp_path / "empty")
+        moe_class.from_dense(tmp_path / "empty")
     moe = make_moe_model()
     with pytest.raises(ValueError, match="already has MoE"):
-        cls.from_dense(moe)
+        moe_class.from_dense(moe)
     moe.save_pretrained(tmp_path / "moe")
     with pytest.raises(ValueError, match=f"{model_family}_moe"):
-        cls.from_dense(tmp_path / "moe")
+        moe_class.from_dense(tmp_path / "moe")
     with pytest.raises(TypeError, match="from_dense expects a .* or a path to one, got int"):
-        cls.from_dense(42)
+        moe_class.from_dense(42)
 
 
 def test_config_json_is_plain(model_family, saved_checkpoint):

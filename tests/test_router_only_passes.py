@@ -10,13 +10,9 @@ from hf_videomoe.moe import router_logits_only
 GRANULARITIES = ("token", "frame", "clip", "model")
 
 
-def _model(make_moe_model, granularity):
-    return make_moe_model(router_granularity=granularity, num_labels=4)
-
-
 @pytest.mark.parametrize("granularity", GRANULARITIES)
 def test_router_logits_only_equals_the_full_pass_and_skips_the_classifier(granularity, make_moe_model):
-    model = _model(make_moe_model, granularity)
+    model = make_moe_model(router_granularity=granularity, num_labels=4)
     x = torch.rand(3, 4, 3, 16, 16)
     full = model(x, output_router_logits=True).router_logits
     calls = []
@@ -37,7 +33,7 @@ def test_router_logits_only_equals_the_full_pass_and_skips_the_classifier(granul
 @pytest.mark.parametrize("granularity", ["token", "model"])
 @pytest.mark.parametrize("model_family", ["videomae"])
 def test_router_attacks_are_bit_identical_with_the_full_pass(name, granularity, make_moe_model, monkeypatch):
-    model = _model(make_moe_model, granularity)
+    model = make_moe_model(router_granularity=granularity, num_labels=4)
     batch = {"pixel_values": torch.rand(4, 4, 3, 16, 16), "labels": torch.tensor([0, 1, 2, 3])}
     attack = build_attack(name, eps=8 / 255, steps=3, seed=0)
     assert attack.build_objective().routers_only

@@ -61,6 +61,9 @@ def test_reproduction_and_attack_components_quick(tmp_path, run_script):
         assert controls.split("\n\n")[0].count("\n| ") == 7, eps  # the paper's seven attacks
     # The per-seed figure of table (b) is written next to the results file and linked from it.
     assert "](RESULTS_defenses.png)" in text and (out / "RESULTS_defenses.png").stat().st_size > 0
+    # So is the model-step family's, beside the ablation table, its caption naming the rows it shows.
+    assert "![J-TLAT; J-TLAT, step 3 on PGD; J-TLAT, step 3 on TLA-M; MoE AT (PGD-AT): clean and worst-case" in text
+    assert "](RESULTS_model_step.png)" in text and (out / "RESULTS_model_step.png").stat().st_size > 0
     # The mixture is built with the run's balance weight, and the protocol text says which.
     config = json.loads((out / "seed0" / "moe-upcycled" / "config.json").read_text())
     assert config["router_aux_loss_coef"] == Settings().router_aux_loss_coef
@@ -539,7 +542,7 @@ def test_results_page_counts_the_library_versions_of_its_evaluations(tmp_path):
 def test_every_ablation_has_a_generated_verdict():
     """Each ablation the reproduction can run is judged by a claim of its own in "what holds"."""
     from hf_videomoe.reproduction import ABLATIONS
-    from hf_videomoe.reproduction.claims import MODEL_STEP_ABLATIONS
+    from hf_videomoe.reproduction.recipes import MODEL_STEP_ABLATIONS
     from hf_videomoe.reproduction.tables import ABLATION_CLAIMS
 
     # The model-step ablations have their own registered family (docs/PROTOCOL.md), the others one claim each.

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import statistics
 
-from .recipes import ATTACK_LABELS, DEFENSES, PAPER_ATTACKS, Settings, eps_name
+from .recipes import ATTACK_LABELS, DEFENSES, MODEL_STEP_ABLATIONS, PAPER_ATTACKS, Settings, eps_name
 from .verdicts import Verdict, compare, finding, holm, seeds_phrase, survivors, values_of
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -32,11 +32,8 @@ ABLATION_CLAIMS = {
 }
 
 
-#: A registered family of its own (docs/PROTOCOL.md, "Registration of 2026-12-07"): the ablation whose step 3 trains on
-#: a strong attack's examples, against J-TLAT (does the model-step attack explain the gap?) and against MoE AT (do
-#: steps 1 and 2 add robustness on top of it?).
-MODEL_STEP_ABLATIONS = {"model-attack-pgd": "PGD", "model-attack-tla-m": "TLA-M"}
-#: Its claims as registered: each ablation against J-TLAT and against MoE AT.
+#: The model-step ablations' claims as registered (docs/PROTOCOL.md, "Registration of 2026-12-07"): each against
+#: J-TLAT (does the model-step attack explain the gap?) and against MoE AT (do steps 1 and 2 add robustness on top?).
 MODEL_STEP_FAMILY_SIZE = 2 * len(MODEL_STEP_ABLATIONS)
 
 

@@ -83,6 +83,9 @@ ABLATIONS = {
     "model-attack-pgd": ("step 3 on PGD examples", {"jtlat_model_attack": "pgd"}, {}),
     "model-attack-tla-m": ("step 3 on TLA-M examples", {"jtlat_model_attack": "tla-m"}, {}),
 }
+#: The ablations whose step 3 trains on a strong attack's examples, with that attack's label: a registered family of
+#: claims of their own (docs/PROTOCOL.md, "Registration of 2026-12-07"), read and plotted apart from the others.
+MODEL_STEP_ABLATIONS = {"model-attack-pgd": "PGD", "model-attack-tla-m": "TLA-M"}
 
 
 #: Written into every output folder: what of the cache goes under version control (results/reproduction2 is tracked).

@@ -14,8 +14,7 @@ import torch
 
 from ..evaluation.plots import saved_figure
 from ..training import AdversarialTrainingArguments
-from .claims import MODEL_STEP_ABLATIONS
-from .recipes import DEFENSES, PIXEL_MEAN, PIXEL_STD, Settings, eps_name, read_json
+from .recipes import DEFENSES, MODEL_STEP_ABLATIONS, PIXEL_MEAN, PIXEL_STD, Settings, eps_name, read_json
 from .tables import (
     ablation_table_markdown,
     attack_table_markdown,
@@ -142,11 +141,11 @@ def plot_rows_per_seed(
     positions = range(len(rows))
     with saved_figure(path, dpi, 1, 2, figsize=(max(8.0, 4 + 1.4 * len(rows)), 4.2)) as (_, axes):
         for ax, (title, ylabel, getter) in zip(axes, panels):
-            for i, seed in enumerate(seeds):
+            for seed in seeds:
                 points = [
                     (x, 100 * getter(per_seed[seed])) for x, (_, per_seed) in zip(positions, rows) if seed in per_seed
                 ]
-                ax.plot(*zip(*points), marker="o", color=f"C{i % 10}", alpha=0.75, label=f"seed {seed}")
+                ax.plot(*zip(*points), marker="o", color=f"C{seed % 10}", alpha=0.75, label=f"seed {seed}")
             for x, (_, per_seed) in zip(positions, rows):
                 mean, _ = mean_std(values_of(per_seed, getter))
                 ax.hlines(100 * mean, x - 0.25, x + 0.25, colors="black", linewidth=2.5)
@@ -168,7 +167,8 @@ def defense_rows(results: dict) -> list[tuple[str, dict]]:
 
 
 def model_step_rows(results: dict, ablation_seeds) -> list[tuple[str, dict]]:
-    """Issue 40's registered family on the ablation seeds: J-TLAT, its model-step ablations that ran, and MoE AT."""
+    """The model-step family on the ablation seeds: J-TLAT, each of ``MODEL_STEP_ABLATIONS`` (empty until it has run)
+    and MoE AT, as ``(label, {seed: result})`` for [`plot_rows_per_seed`]; ``[]`` before any of those ablations ran."""
     ablations = results["ablations"]
     if not any(name in ablations for name in MODEL_STEP_ABLATIONS):
         return []
@@ -177,12 +177,12 @@ def model_step_rows(results: dict, ablation_seeds) -> list[tuple[str, dict]]:
         return {seed: row for seed, row in per_seed.items() if seed in ablation_seeds}
 
     return [
-        ("J-TLAT", on_seeds(results["defenses"].get("j-tlat", {}))),
+        (DEFENSES["j-tlat"][0], on_seeds(results["defenses"].get("j-tlat", {}))),
         *(
             (f"J-TLAT, step 3 on {attack}", on_seeds(ablations.get(name, {})))
             for name, attack in MODEL_STEP_ABLATIONS.items()
         ),
-        ("MoE AT (PGD-AT)", on_seeds(results["defenses"].get("moe-at", {}))),
+        (DEFENSES["moe-at"][0], on_seeds(results["defenses"].get("moe-at", {}))),
     ]
 
 
@@ -210,14 +210,13 @@ def write_results(
         else f"\n\n![Clean and worst-case accuracy of each defense, one line per "
         f"seed; black bars: the mean]({figure.name})"
     )
-    model_step_figure = plot_rows_per_seed(
-        model_step_rows(results, ablation_seeds), settings, path.with_name(f"{path.stem}_model_step.png")
-    )
+    model_step = model_step_rows(results, ablation_seeds)
+    model_step_figure = plot_rows_per_seed(model_step, settings, path.with_name(f"{path.stem}_model_step.png"))
     model_step_line = (
         ""
         if model_step_figure is None
-        else f"\n\n![J-TLAT, J-TLAT with step 3 on PGD or TLA-M examples, and MoE AT: clean and worst-case accuracy, "
-        f"one line per seed; black bars: the mean]({model_step_figure.name})"
+        else f"\n\n![{'; '.join(label for label, per_seed in model_step if per_seed)}: clean and worst-case "
+        f"accuracy, one line per seed; black bars: the mean]({model_step_figure.name})"
     )
     dense_line = ""
     if dense_clean:

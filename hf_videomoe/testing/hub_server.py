@@ -49,6 +49,21 @@ from .hub_protocol import ENDPOINTS, FailureMode, HubRepository, HubRequestHandl
 __all__ = ["FailureMode", "LoopbackHubServer", "git_blob_sha1"]
 
 
+#: Variables that put a Hub cache or token somewhere other than under ``HF_HOME`` (huggingface_hub and transformers).
+_CACHE_LOCATION_VARIABLES = frozenset(
+    {
+        "HF_HUB_CACHE",
+        "HUGGINGFACE_HUB_CACHE",
+        "HF_ASSETS_CACHE",
+        "HUGGINGFACE_ASSETS_CACHE",
+        "HF_XET_CACHE",
+        "HF_TOKEN_PATH",
+        "HF_MODULES_CACHE",
+        "TRANSFORMERS_CACHE",
+    }
+)
+
+
 class _ThreadingServer(ThreadingHTTPServer):
     daemon_threads = True
     allow_reuse_address = True
@@ -114,18 +129,28 @@ class LoopbackHubServer:
         self.stop()
 
     def client_env(self, hf_home: str | os.PathLike, **extra: str) -> dict[str, str]:
-        """The environment of a subprocess that talks to this server: ``os.environ`` plus the Hub settings.
+        """The environment of a subprocess that talks to this server and to nothing else.
 
-        ``HF_ENDPOINT`` points at [`url`], ``HF_HUB_OFFLINE=0`` lifts a test suite's offline switch for that process
-        only, ``HF_HOME`` keeps its cache and token apart, ``NO_PROXY`` stops a proxy in the environment from
-        swallowing loopback requests, and telemetry stays off. ``extra`` adds or overrides variables.
+        ``os.environ`` with ``HF_ENDPOINT`` pointing at [`url`], ``HF_HUB_OFFLINE=0`` (a test suite's offline switch
+        is lifted for that process only), every Hub cache and token location under ``hf_home`` (variables such as
+        ``HF_HUB_CACHE`` or ``HF_TOKEN_PATH`` that would override ``HF_HOME`` are dropped, so a loopback download
+        never lands in the developer's cache, which is keyed by repo id and not by endpoint), ``HF_TOKEN=test-token``
+        in place of any real token (the server accepts every token), ``NO_PROXY`` for loopback and telemetry off.
+
+        Args:
+            hf_home: the subprocess's ``HF_HOME``, e.g. a folder under pytest's ``tmp_path``.
+            extra: variables to add or override, e.g. ``OMP_NUM_THREADS="1"``.
+
+        Returns:
+            A dict for ``subprocess.run(..., env=...)``.
         """
+        inherited = {name: value for name, value in os.environ.items() if name not in _CACHE_LOCATION_VARIABLES}
         return {
-            **os.environ,
+            **inherited,
             "HF_ENDPOINT": self.url,
             "HF_HUB_OFFLINE": "0",
             "HF_HOME": str(hf_home),
-            "HF_TOKEN": "test-token",  # accepted and ignored: the server does no authentication
+            "HF_TOKEN": "test-token",
             "HF_HUB_DISABLE_TELEMETRY": "1",
             "NO_PROXY": "127.0.0.1,localhost",
             "no_proxy": "127.0.0.1,localhost",
