@@ -233,6 +233,21 @@ def card_report():
 
 
 @pytest.fixture
+def loopback_hub(monkeypatch):
+    """A running ``LoopbackHubServer`` for Hub calls made in this process: huggingface_hub's offline switch is lifted
+    for this test only and loopback is exempt from proxies. (A subprocess takes ``server.client_env(...)`` instead.)"""
+    import huggingface_hub.constants
+
+    from hf_videomoe.testing import LoopbackHubServer
+
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setenv("NO_PROXY", "127.0.0.1,localhost")
+    monkeypatch.setenv("no_proxy", "127.0.0.1,localhost")
+    with LoopbackHubServer() as server:
+        yield server
+
+
+@pytest.fixture
 def push_to_loopback_hub(tmp_path):
     """Factory: ``push_to_loopback_hub(model_dir, repo_id)`` runs ``hf-videomoe push`` to a loopback Hub -> files."""
 

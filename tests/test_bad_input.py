@@ -275,19 +275,14 @@ def test_resume_state_is_checked(tmp_path, model):
 # The Hub push: bounded time and retries, the local folder kept on every failure
 
 
-def test_push_times_out_retries_and_keeps_the_folder(tmp_path, model, monkeypatch, card_report):
+def test_push_times_out_retries_and_keeps_the_folder(tmp_path, model, loopback_hub, card_report):
     import socket
     import threading
     import time
 
-    import huggingface_hub
-
     from hf_videomoe.hub import HubUploadError, push_robust_checkpoint
-    from hf_videomoe.testing import LoopbackHubServer
 
-    # Loopback only: these servers live on 127.0.0.1 inside this test.
-    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
-    monkeypatch.setenv("NO_PROXY", "127.0.0.1,localhost")
+    # Loopback only: both servers live on 127.0.0.1 inside this test.
     report = card_report()
     silent = socket.socket()  # accepts connections and never answers
     silent.bind(("127.0.0.1", 0))
@@ -329,17 +324,15 @@ def test_push_times_out_retries_and_keeps_the_folder(tmp_path, model, monkeypatc
             connection.close()
         silent.close()
 
-    with LoopbackHubServer() as server:  # a transient 500 is retried, then the push succeeds
-        server.fail("commit", status=500, repo_id="user/flaky", times=1)
-        push_robust_checkpoint(
-            model, "user/flaky", report, endpoint=server.url, token="x", plots=False, timeout=30.0, max_retries=1
-        )
-        assert "model.safetensors" in server.files("user/flaky")
-        server.fail("commit", status=403, repo_id="user/denied")  # a 4xx is not retried
-        with pytest.raises(HubUploadError, match="403|Forbidden"):
-            push_robust_checkpoint(
-                model, "user/denied", report, endpoint=server.url, token="x", plots=False, max_retries=3
-            )
+    server = loopback_hub
+    server.fail("commit", status=500, repo_id="user/flaky", times=1)  # a transient 500 is retried, then it succeeds
+    push_robust_checkpoint(
+        model, "user/flaky", report, endpoint=server.url, token="x", plots=False, timeout=30.0, max_retries=1
+    )
+    assert "model.safetensors" in server.files("user/flaky")
+    server.fail("commit", status=403, repo_id="user/denied")  # a 4xx is not retried
+    with pytest.raises(HubUploadError, match="403|Forbidden"):
+        push_robust_checkpoint(model, "user/denied", report, endpoint=server.url, token="x", plots=False, max_retries=3)
     with pytest.raises(ValueError, match="timeout"):
         push_robust_checkpoint(model, "user/x", report, timeout=0)
 

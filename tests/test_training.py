@@ -605,22 +605,15 @@ def test_robust_evaluation_selects_best_checkpoint_and_writes_card(tmp_path, tin
 
 
 @pytest.mark.slow
-def test_push_to_hub_uploads_robust_checkpoint(tmp_path, tiny_moe_model, shapes, monkeypatch):
-    import huggingface_hub.constants
-
-    from hf_videomoe.testing import LoopbackHubServer
-
+def test_push_to_hub_uploads_robust_checkpoint(tmp_path, tiny_moe_model, shapes, loopback_hub):
     args = make_args(tmp_path, max_steps=1, eval_attacks=["pgd"], eval_attack_steps=1, eval_max_samples=8)
     trainer = AdversarialTrainer(
         model=tiny_moe_model(), args=args, train_dataset=shapes["train"], eval_dataset=shapes["test"]
     )
     trainer.train()
     trainer.evaluate()
-    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
-    monkeypatch.setenv("NO_PROXY", "127.0.0.1,localhost")
-    with LoopbackHubServer() as server:
-        trainer.push_to_hub(repo_id="user/tiny-robust", endpoint=server.url, token="test", plots=False)
-        files = set(server.repos["user/tiny-robust"].files)
+    trainer.push_to_hub(repo_id="user/tiny-robust", endpoint=loopback_hub.url, token="test", plots=False)
+    files = set(loopback_hub.repos["user/tiny-robust"].files)
     assert {"README.md", "config.json", "model.safetensors", "report.json"} <= files
 
 
