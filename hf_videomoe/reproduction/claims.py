@@ -6,7 +6,7 @@ from __future__ import annotations
 import statistics
 
 from .recipes import ATTACK_LABELS, DEFENSES, MODEL_STEP_ABLATIONS, PAPER_ATTACKS, Settings, eps_name
-from .verdicts import Verdict, compare, finding, holm, seeds_phrase, survivors, values_of
+from .verdicts import Verdict, compare, finding, holm, on_seeds, seeds_phrase, survivors, values_of
 
 # ----------------------------------------------------------------------------------------------------------------------
 # "What holds": claims of the paper checked with simple rules on the measured numbers
@@ -53,7 +53,7 @@ def what_holds(results: dict, settings: Settings, ablation_seeds: list[int]) -> 
             )
         families.append((f"Table (b) — defenses (ε={e}), secondary claims", defense_claims(defenses)))
     ablations = results["ablations"]
-    base = {s: r for s, r in defenses.get("j-tlat", {}).items() if s in ablation_seeds}
+    base = on_seeds(defenses.get("j-tlat", {}), ablation_seeds)
     if ablations and base:
         families.append(
             (
@@ -61,7 +61,7 @@ def what_holds(results: dict, settings: Settings, ablation_seeds: list[int]) -> 
                 ablation_claims(base, ablations),
             )
         )
-        moe_at = {s: r for s, r in defenses.get("moe-at", {}).items() if s in ablation_seeds}
+        moe_at = on_seeds(defenses.get("moe-at", {}), ablation_seeds)
         model_step = model_step_claims(base, moe_at, ablations)
         if any(name in ablations for name in MODEL_STEP_ABLATIONS):
             families.append(

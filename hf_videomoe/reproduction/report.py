@@ -22,7 +22,7 @@ from .tables import (
     fmt,
     mean_std,
 )
-from .verdicts import values_of
+from .verdicts import on_seeds, values_of
 
 MANUAL_MARKER = "<!-- manual notes below this line are kept when the script rewrites this file -->"
 
@@ -173,16 +173,13 @@ def model_step_rows(results: dict, ablation_seeds) -> list[tuple[str, dict]]:
     if not any(name in ablations for name in MODEL_STEP_ABLATIONS):
         return []
 
-    def on_seeds(per_seed: dict) -> dict:
-        return {seed: row for seed, row in per_seed.items() if seed in ablation_seeds}
-
     return [
-        (DEFENSES["j-tlat"][0], on_seeds(results["defenses"].get("j-tlat", {}))),
+        (DEFENSES["j-tlat"][0], on_seeds(results["defenses"].get("j-tlat", {}), ablation_seeds)),
         *(
-            (f"J-TLAT, step 3 on {attack}", on_seeds(ablations.get(name, {})))
+            (f"J-TLAT, step 3 on {attack}", on_seeds(ablations.get(name, {}), ablation_seeds))
             for name, attack in MODEL_STEP_ABLATIONS.items()
         ),
-        (DEFENSES["moe-at"][0], on_seeds(results["defenses"].get("moe-at", {}))),
+        (DEFENSES["moe-at"][0], on_seeds(results["defenses"].get("moe-at", {}), ablation_seeds)),
     ]
 
 

@@ -14,6 +14,11 @@ from ..evaluation.paired_tests import holm_adjust, mcnemar_exact, paired_mean_in
 ALPHA = 0.05
 
 
+def on_seeds(rows: dict, seeds) -> dict:
+    """``rows`` (``{seed: result}``) restricted to ``seeds``: a reference row paired with rows that ran on fewer seeds."""
+    return {seed: row for seed, row in rows.items() if seed in seeds}
+
+
 def values_of(rows: dict, getter) -> list[float]:
     out = []
     for row in rows.values():
